@@ -1,0 +1,1 @@
+"""The broker bridge: fleetwire's stateless public gRPC front door (JobService)."""

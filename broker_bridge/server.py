@@ -1,0 +1,114 @@
+"""The bridge process: its backing connections and its gRPC server, started and stopped
+in a fixed order (connections → server; server → connections)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from broker_bridge.desk import JobDesk
+from broker_bridge.publisher import JobPublisher
+from broker_bridge.service import JobService
+from fleetwire.amqp import AmqpLink
+from fleetwire.db import open_pool
+from fleetwire.errors import BackendUnavailable
+from fleetwire.events import JobEvents, connect_redis
+from fleetwire.grpc_options import SERVER_OPTIONS
+from fleetwire.job_store import JobStore
+from fleetwire.settings import Settings
+from fleetwire.topology import Topology
+from fleetwire.v1 import job_service_pb2, job_service_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+
+
+class BridgeServer:
+    """Start, serve, stop. ``stop`` is idempotent and lets in-flight calls finish within
+    ``grace`` seconds."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._server: grpc.aio.Server | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._link = AmqpLink(settings.rabbitmq.url.get_secret_value())
+        self._redis = connect_redis(settings.redis.url.get_secret_value())
+        self._publisher = JobPublisher(
+            self._link,
+            Topology(settings.mesh.namespace),
+            confirm_timeout=settings.rabbitmq.publish_timeout,
+        )
+        self.port = 0
+
+    async def start(self) -> None:
+        self._pool = await open_pool(self._settings.postgres)
+        try:
+            channel = await self._link.channel()
+            await Topology(self._settings.mesh.namespace).declare_base(channel)
+            await channel.close()
+        except BackendUnavailable:
+            log.warning("rabbitmq not reachable at start; will retry on first submit")
+        events = JobEvents(
+            self._redis,
+            self._settings.mesh.namespace,
+            maxlen=self._settings.redis.stream_maxlen,
+            ttl=self._settings.redis.stream_ttl,
+        )
+        desk = JobDesk(self._settings, JobStore(self._pool), self._publisher, events)
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(desk), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"{self._settings.bridge.host}:{self._settings.bridge.port}"
+        self.port = server.add_insecure_port(address)
+        await server.start()
+        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        log.info("bridge serving", address=address, port=self.port)
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+        await self._publisher.close()
+        await self._link.close()
+        await self._redis.aclose()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        log.info("bridge stopped")
+
+
+async def run_bridge(settings: Settings) -> None:
+    """Runs the bridge until SIGINT/SIGTERM, then stops it gracefully."""
+    from fleetwire.lifecycle import wait_for_stop_signal
+
+    bridge = BridgeServer(settings)
+    await bridge.start()
+    try:
+        await wait_for_stop_signal()
+    finally:
+        await bridge.stop()
+
+
+def main() -> None:
+    from fleetwire.logs import configure_logging
+    from fleetwire.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(level=settings.mesh.log_level, json=settings.mesh.log_json, process="bridge")
+    asyncio.run(run_bridge(settings))

@@ -1,0 +1,124 @@
+"""Redis: per-job event streams for Watch, and the cancel channel.
+
+A job's events live in the capped, expiring stream ``<ns>:job:<id>:events``; each entry is
+either a state change (``kind=state``) or a token chunk (``kind=chunk``). Redis holds only
+what can be rebuilt: the job's state is always re-read from PostgreSQL, so a lost stream
+costs a Watch its live tokens, never a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from fleetwire.errors import BackendUnavailable
+from fleetwire.states import JobState
+
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkEvent:
+    attempt: int
+    sequence: int
+    text: str
+    token_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateEvent:
+    state: JobState
+
+
+Event = ChunkEvent | StateEvent
+
+
+def _decode(fields: dict[bytes, bytes]) -> Event:
+    if fields[b"kind"] == b"chunk":
+        return ChunkEvent(
+            attempt=int(fields[b"attempt"]),
+            sequence=int(fields[b"seq"]),
+            text=fields[b"text"].decode(),
+            token_count=int(fields[b"tokens"]),
+        )
+    return StateEvent(JobState(fields[b"state"].decode()))
+
+
+class JobEvents:
+    """Writes and tails job event streams."""
+
+    def __init__(
+        self, redis: aioredis.Redis, namespace: str, *, maxlen: int, ttl: timedelta
+    ) -> None:
+        self._redis = redis
+        self._namespace = namespace
+        self._maxlen = maxlen
+        self._ttl = ttl
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self._namespace}:cancel"
+
+    def stream_key(self, job_id: str) -> str:
+        return f"{self._namespace}:job:{job_id}:events"
+
+    async def _append(self, job_id: str, fields: dict[str, str | int]) -> None:
+        key = self.stream_key(job_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+                pipe.expire(key, self._ttl)
+                await pipe.execute()
+        except REDIS_ERRORS as err:
+            raise BackendUnavailable("redis", str(err)) from err
+
+    async def publish_state(self, job_id: str, state: JobState) -> None:
+        await self._append(job_id, {"kind": "state", "state": state.value})
+
+    async def publish_chunk(self, job_id: str, chunk: ChunkEvent) -> None:
+        await self._append(
+            job_id,
+            {
+                "kind": "chunk",
+                "attempt": chunk.attempt,
+                "seq": chunk.sequence,
+                "text": chunk.text,
+                "tokens": chunk.token_count,
+            },
+        )
+
+    async def read(
+        self, job_id: str, after_id: str, *, block: timedelta
+    ) -> list[tuple[str, Event]]:
+        """Events after stream id ``after_id`` ("0" for all), waiting up to ``block``."""
+        try:
+            reply = await self._redis.xread(
+                {self.stream_key(job_id): after_id},
+                block=int(block.total_seconds() * 1000),
+                count=256,
+            )
+        except REDIS_ERRORS as err:
+            raise BackendUnavailable("redis", str(err)) from err
+        events: list[tuple[str, Event]] = []
+        for _key, entries in reply or []:
+            for entry_id, fields in entries:
+                events.append((entry_id.decode(), _decode(fields)))
+        return events
+
+    async def request_cancel(self, job_id: str) -> None:
+        """Tells every scheduler to abort ``job_id`` if one of its nodes runs it."""
+        try:
+            await self._redis.publish(self.cancel_channel, job_id)
+        except REDIS_ERRORS as err:
+            raise BackendUnavailable("redis", str(err)) from err
+
+
+def connect_redis(url: str) -> aioredis.Redis:
+    """A Redis client with bounded timeouts (connections are made lazily)."""
+    return aioredis.Redis.from_url(
+        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
+    )

@@ -1,0 +1,302 @@
+"""All SQL on jobs, attempts and nodes. PostgreSQL is the source of truth.
+
+Every state change is a guarded UPDATE (see ``fleetwire.states``): a duplicated, late or
+replayed event finds the guard false and changes nothing, which is what makes finalisation
+exactly-once however often a result or an AMQP message is redelivered.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+import asyncpg
+
+from fleetwire.db import BACKEND_ERRORS
+from fleetwire.errors import BackendUnavailable
+from fleetwire.states import JobState, predecessors
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _names(states: frozenset[JobState]) -> list[str]:
+    return [s.value for s in states]
+
+
+def translating(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turns connection-level asyncpg errors into BackendUnavailable."""
+
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except BACKEND_ERRORS as err:
+            raise BackendUnavailable("postgresql", str(err) or type(err).__name__) from err
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    job_id: uuid.UUID
+    spec: bytes
+    model: str
+    network: str
+    priority: str
+    route_key: str
+    request_digest: bytes
+    trace_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SignedOutcome:
+    """A verified result, as stored with the job."""
+
+    attempt: int
+    node_id: str
+    output: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings: dict[str, float]
+    signature: bytes
+    public_key: bytes
+    key_id: str
+    finished_at_ms: int
+
+
+class JobStore:
+    """Jobs, attempts and node keys over one asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @translating
+    async def insert_job(self, job: NewJob) -> None:
+        await self._pool.execute(
+            "INSERT INTO jobs (job_id, state, spec, model, network, priority, route_key,"
+            " request_digest, trace_id, expires_at)"
+            " VALUES ($1, 'QUEUED', $2, $3, $4, $5, $6, $7, $8, $9)",
+            job.job_id,
+            job.spec,
+            job.model,
+            job.network,
+            job.priority,
+            job.route_key,
+            job.request_digest,
+            job.trace_id,
+            job.expires_at,
+        )
+
+    @translating
+    async def delete_unpublished(self, job_id: uuid.UUID) -> None:
+        """Removes a job whose publish failed, so nothing half-written can run later."""
+        await self._pool.execute(
+            "DELETE FROM jobs WHERE job_id = $1 AND state = 'QUEUED' AND attempts = 0", job_id
+        )
+
+    @translating
+    async def get_job(self, job_id: uuid.UUID) -> asyncpg.Record | None:
+        return await self._pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
+
+    @translating
+    async def attempts_of(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
+        return list(
+            await self._pool.fetch(
+                "SELECT * FROM attempts WHERE job_id = $1 ORDER BY attempt", job_id
+            )
+        )
+
+    @translating
+    async def begin_attempt(self, job_id: uuid.UUID, node_id: str, scheduler_id: str) -> int | None:
+        """Marks the job DISPATCHED to ``node_id`` under a new attempt number and returns it;
+        None when the job is terminal (or unknown) and must not run. An attempt left open by
+        a crashed scheduler is closed as LOST."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            attempt: int | None = await conn.fetchval(
+                "UPDATE jobs SET state = 'DISPATCHED', attempts = attempts + 1, node_id = $2,"
+                " updated_at = now() WHERE job_id = $1 AND state = ANY($3) RETURNING attempts",
+                job_id,
+                node_id,
+                _names(predecessors(JobState.DISPATCHED)),
+            )
+            if attempt is None:
+                return None
+            await conn.execute(
+                "UPDATE attempts SET outcome = 'LOST', ended_at = now(),"
+                " error_reason = 'SUPERSEDED', error_message = 'redelivered to a new attempt'"
+                " WHERE job_id = $1 AND outcome IN ('DISPATCHED', 'RUNNING')",
+                job_id,
+            )
+            await conn.execute(
+                "INSERT INTO attempts (job_id, attempt, node_id, scheduler_id, outcome)"
+                " VALUES ($1, $2, $3, $4, 'DISPATCHED')",
+                job_id,
+                attempt,
+                node_id,
+                scheduler_id,
+            )
+            return attempt
+
+    @translating
+    async def mark_running(self, job_id: uuid.UUID, attempt: int) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetchval(
+                "UPDATE jobs SET state = 'RUNNING', updated_at = now()"
+                " WHERE job_id = $1 AND attempts = $2 AND state = 'DISPATCHED' RETURNING true",
+                job_id,
+                attempt,
+            )
+            await conn.execute(
+                "UPDATE attempts SET outcome = 'RUNNING', started_at = now()"
+                " WHERE job_id = $1 AND attempt = $2 AND outcome = 'DISPATCHED'",
+                job_id,
+                attempt,
+            )
+            return bool(moved)
+
+    @translating
+    async def finalise_success(self, job_id: uuid.UUID, outcome: SignedOutcome) -> bool:
+        """Stores a verified result and makes the job SUCCEEDED. True only for the call that
+        finalised it; a duplicate or a result of a superseded attempt returns False."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                "UPDATE jobs SET state = 'SUCCEEDED', updated_at = now(), output = $3,"
+                " finish_reason = $4, prompt_tokens = $5, completion_tokens = $6,"
+                " timings = $7::jsonb, signature = $8, public_key = $9, key_id = $10,"
+                " signed_attempt = $2, finished_at_ms = $11, node_id = $12"
+                " WHERE job_id = $1 AND attempts = $2 AND state = ANY($13) RETURNING true",
+                job_id,
+                outcome.attempt,
+                outcome.output,
+                outcome.finish_reason,
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
+                json.dumps(outcome.timings),
+                outcome.signature,
+                outcome.public_key,
+                outcome.key_id,
+                outcome.finished_at_ms,
+                outcome.node_id,
+                _names(predecessors(JobState.SUCCEEDED)),
+            )
+            if done:
+                await conn.execute(
+                    "UPDATE attempts SET outcome = 'SUCCEEDED', ended_at = now()"
+                    " WHERE job_id = $1 AND attempt = $2",
+                    job_id,
+                    outcome.attempt,
+                )
+            return bool(done)
+
+    @translating
+    async def end_attempt(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        *,
+        attempt_outcome: str,
+        job_state: JobState,
+        reason: str,
+        message: str,
+    ) -> bool:
+        """Closes an attempt (FAILED, LOST, REJECTED, CANCELLED) and moves the job to
+        ``job_state`` (RETRYING to run again, or a terminal state). False when the job had
+        already moved on (another attempt, or terminal)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE attempts SET outcome = $3, ended_at = now(), error_reason = $4,"
+                " error_message = $5 WHERE job_id = $1 AND attempt = $2"
+                " AND outcome IN ('DISPATCHED', 'RUNNING')",
+                job_id,
+                attempt,
+                attempt_outcome,
+                reason,
+                message,
+            )
+            # A retry keeps no error on the job; a terminal failure records why.
+            moved = await conn.fetchval(
+                "UPDATE jobs SET state = $3, updated_at = now(),"
+                " error_reason = CASE WHEN $3 = 'RETRYING' THEN error_reason ELSE $4 END,"
+                " error_message = CASE WHEN $3 = 'RETRYING' THEN error_message ELSE $5 END"
+                " WHERE job_id = $1 AND attempts = $2 AND state = ANY($6) RETURNING true",
+                job_id,
+                attempt,
+                job_state.value,
+                reason,
+                message,
+                _names(predecessors(job_state)),
+            )
+            return bool(moved)
+
+    @translating
+    async def end_job(
+        self, job_id: uuid.UUID, state: JobState, *, reason: str, message: str
+    ) -> asyncpg.Record | None:
+        """Moves a live job to terminal ``state`` (CANCELLED, EXPIRED, FAILED) whatever its
+        attempt, closing an open attempt. Returns the job row afterwards (None if unknown);
+        a job that was already terminal keeps its state."""
+        assert state.is_terminal
+        async with self._pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetchval(
+                "UPDATE jobs SET state = $2, updated_at = now(), error_reason = $3,"
+                " error_message = $4 WHERE job_id = $1 AND state = ANY($5) RETURNING true",
+                job_id,
+                state.value,
+                reason,
+                message,
+                _names(predecessors(state)),
+            )
+            if moved:
+                await conn.execute(
+                    "UPDATE attempts SET outcome = $2, ended_at = now(), error_reason = $3,"
+                    " error_message = $4"
+                    " WHERE job_id = $1 AND outcome IN ('DISPATCHED', 'RUNNING')",
+                    job_id,
+                    "CANCELLED" if state is JobState.CANCELLED else "FAILED",
+                    reason,
+                    message,
+                )
+            row: asyncpg.Record | None = await conn.fetchrow(
+                "SELECT * FROM jobs WHERE job_id = $1", job_id
+            )
+            return row
+
+    @translating
+    async def node_key(self, node_id: str) -> tuple[bytes, bool] | None:
+        """(public key, revoked) registered for ``node_id``, or None."""
+        row = await self._pool.fetchrow(
+            "SELECT public_key, revoked FROM nodes WHERE node_id = $1", node_id
+        )
+        return None if row is None else (bytes(row["public_key"]), bool(row["revoked"]))
+
+    @translating
+    async def register_node(self, node_id: str, public_key: bytes, key_id: str) -> bool:
+        """Binds ``node_id`` to ``public_key`` if the id is new. True when the stored key is
+        ``public_key`` afterwards."""
+        stored = await self._pool.fetchval(
+            "INSERT INTO nodes (node_id, public_key, key_id) VALUES ($1, $2, $3)"
+            " ON CONFLICT (node_id) DO UPDATE SET last_seen_at = now()"
+            " RETURNING public_key",
+            node_id,
+            public_key,
+            key_id,
+        )
+        return bytes(stored) == public_key
+
+    @translating
+    async def touch_node(self, node_id: str) -> None:
+        await self._pool.execute(
+            "UPDATE nodes SET last_seen_at = now() WHERE node_id = $1", node_id
+        )
+
+
+def record_dict(row: asyncpg.Record) -> dict[str, Any]:
+    return dict(row.items())

@@ -1,0 +1,170 @@
+"""Typed settings for every fleetwire process.
+
+Each concern has its own group and environment prefix (``FLEETWIRE_RABBITMQ_*``,
+``FLEETWIRE_BRIDGE_*``...). Values come from the environment or a ``.env`` file; nothing
+else in the project reads ``os.environ`` for configuration. ``docs/configuration.md`` has
+the table of every setting (kept in sync by ``tests/unit/test_settings.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _group(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore")
+
+
+class MeshSettings(BaseSettings):
+    """Settings shared by every process of one mesh."""
+
+    model_config = _group("FLEETWIRE_")
+
+    namespace: str = Field(
+        "fw",
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="Prefix of every exchange, queue and Redis key, so meshes can share brokers.",
+    )
+    log_json: bool = Field(False, description="Log JSON lines instead of console text.")
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    models: list[str] = Field(
+        default_factory=lambda: ["tiny-llama"],
+        description="Model names the mesh accepts (JSON list). Submit rejects others.",
+    )
+
+
+class RabbitMQSettings(BaseSettings):
+    """RabbitMQ connection."""
+
+    model_config = _group("FLEETWIRE_RABBITMQ_")
+
+    url: SecretStr = Field(SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="AMQP URL.")
+    publish_timeout: timedelta = Field(
+        timedelta(seconds=10), description="How long Submit waits for the publisher confirm."
+    )
+
+
+class PostgresSettings(BaseSettings):
+    """PostgreSQL connection (the source of truth)."""
+
+    model_config = _group("FLEETWIRE_POSTGRES_")
+
+    dsn: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/fleetwire"),
+        description="asyncpg DSN. The database is created if missing (needs CREATEDB).",
+    )
+    pool_min: int = Field(1, ge=0, description="Minimum pool size per process.")
+    pool_max: int = Field(10, ge=1, description="Maximum pool size per process.")
+    command_timeout: timedelta = Field(
+        timedelta(seconds=10), description="Timeout of one SQL command."
+    )
+
+
+class RedisSettings(BaseSettings):
+    """Redis connection (presence, hot status, token streams)."""
+
+    model_config = _group("FLEETWIRE_REDIS_")
+
+    url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL.")
+    stream_maxlen: int = Field(
+        10_000, ge=100, description="Cap on events kept per job's event stream."
+    )
+    stream_ttl: timedelta = Field(
+        timedelta(hours=1), description="Expiry of a job's event stream after its last event."
+    )
+
+
+class BridgeSettings(BaseSettings):
+    """The broker bridge (public gRPC front door)."""
+
+    model_config = _group("FLEETWIRE_BRIDGE_")
+
+    host: str = Field("0.0.0.0", description="Listen address.")
+    port: int = Field(50051, description="Public gRPC port.")
+    default_ttl: timedelta = Field(timedelta(minutes=10), description="TTL of a job without one.")
+    max_ttl: timedelta = Field(timedelta(hours=24), description="Largest TTL accepted.")
+    max_prompt_bytes: int = Field(32 * 1024, description="Largest prompt accepted, in bytes.")
+    max_output_tokens: int = Field(
+        4096, description="Largest max_tokens accepted (the model's own limit applies too)."
+    )
+
+
+class SchedulerSettings(BaseSettings):
+    """The scheduler (NodeStream server and queue consumer)."""
+
+    model_config = _group("FLEETWIRE_SCHEDULER_")
+
+    host: str = Field("0.0.0.0", description="Listen address.")
+    port: int = Field(50052, description="NodeStream gRPC port.")
+    scheduler_id: str = Field("", description="Replica id; empty means hostname plus process id.")
+    heartbeat_interval: timedelta = Field(
+        timedelta(seconds=2), description="How often nodes heartbeat."
+    )
+    lease: timedelta = Field(
+        timedelta(seconds=10), description="Silence after which a node is offline."
+    )
+    dispatch_timeout: timedelta = Field(
+        timedelta(seconds=10), description="How long a node has to Accept a dispatch."
+    )
+    auto_register_nodes: bool = Field(
+        True,
+        description="Bind an unknown node id to the key it first presents (trust on first "
+        "use). Turn off in production and register keys with the CLI.",
+    )
+    defer_delay: timedelta = Field(
+        timedelta(seconds=1),
+        description="Wait before handing back a job no connected node can take right now.",
+    )
+
+
+class NodeSettings(BaseSettings):
+    """The node agent."""
+
+    model_config = _group("FLEETWIRE_NODE_")
+
+    scheduler_address: str = Field("127.0.0.1:50052", description="Scheduler host:port.")
+    node_id: str = Field("node-1", pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="Node id.")
+    key_file: Path = Field(
+        Path("node.key"), description="Private key file (created with mode 0600 if missing)."
+    )
+    model_path: Path = Field(
+        Path(".cache/models/tiny-llama"), description="Model directory served by vLLM."
+    )
+    model_name: str = Field("tiny-llama", description="Model name clients ask for.")
+    model_version: str = Field("", description="Model version; empty: from the directory.")
+    max_num_seqs: int = Field(8, ge=1, description="Engine concurrency (the node's slots).")
+    max_model_len: int = Field(512, ge=16, description="Context length in tokens.")
+    kv_cache_mib: int = Field(256, ge=16, description="KV cache size on CPU, MiB.")
+    region: str = Field("local", description="Region advertised to the mesh.")
+    networks: list[str] = Field(
+        default_factory=lambda: ["mainnet", "testnet"],
+        description="Networks the node opts into (JSON list).",
+    )
+    reconnect_max_delay: timedelta = Field(
+        timedelta(seconds=10), description="Longest back-off between reconnects."
+    )
+
+
+class Settings(BaseSettings):
+    """All groups together; build once in ``__main__`` and pass down."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
+    rabbitmq: RabbitMQSettings = Field(default_factory=RabbitMQSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    bridge: BridgeSettings = Field(default_factory=BridgeSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    node: NodeSettings = Field(default_factory=NodeSettings)
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    """Reads the settings from the environment (and ``.env``) once per process."""
+    return Settings()

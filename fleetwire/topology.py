@@ -1,0 +1,88 @@
+"""RabbitMQ topology: names, routing keys, priorities and idempotent declaration.
+
+``<ns>.jobs`` (topic) routes ``<network>.<model>`` to the durable classic queue
+``<ns>.jobs.<network>.<model>`` (``x-max-priority``; classic because quorum queues carry no
+priorities on RabbitMQ 3.10). Messages that expire or are rejected there dead-letter through
+``<ns>.dlx`` (fanout) into ``<ns>.dead``, where the scheduler records them as EXPIRED or
+FAILED — the broker does the expiring, no poller.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import aiormq.abc
+
+from fleetwire.v1 import job_pb2
+
+MAX_PRIORITY = 10
+
+PRIORITY_OF_CLASS: dict[int, int] = {
+    job_pb2.PRIORITY_CLASS_URGENT: 9,
+    job_pb2.PRIORITY_CLASS_NORMAL: 5,
+    job_pb2.PRIORITY_CLASS_BULK: 1,
+    job_pb2.PRIORITY_CLASS_TEST: 0,
+}
+
+NETWORK_NAMES: dict[int, str] = {
+    job_pb2.NETWORK_MAINNET: "mainnet",
+    job_pb2.NETWORK_TESTNET: "testnet",
+}
+
+HEADER_JOB_ID = "x-fleetwire-job-id"
+HEADER_REQUEST_ID = "x-request-id"
+HEADER_EXPIRES_AT_MS = "x-fleetwire-expires-at-ms"
+
+_ROUTE_WORD = re.compile(r"[^a-z0-9_-]")
+
+
+def route_word(name: str) -> str:
+    """A model name made safe as one routing-key word (dots and slashes become ``_``)."""
+    return _ROUTE_WORD.sub("_", name.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Every broker name of one mesh namespace."""
+
+    namespace: str
+
+    @property
+    def jobs_exchange(self) -> str:
+        return f"{self.namespace}.jobs"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.namespace}.dlx"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.namespace}.dead"
+
+    def route_key(self, network: str, model: str) -> str:
+        return f"{network}.{route_word(model)}"
+
+    def route_queue(self, route_key: str) -> str:
+        return f"{self.namespace}.jobs.{route_key}"
+
+    async def declare_base(self, channel: aiormq.abc.AbstractChannel) -> None:
+        """Declares the exchanges and the dead-letter queue (idempotent)."""
+        await channel.exchange_declare(self.jobs_exchange, exchange_type="topic", durable=True)
+        await channel.exchange_declare(
+            self.dead_letter_exchange, exchange_type="fanout", durable=True
+        )
+        await channel.queue_declare(self.dead_letter_queue, durable=True)
+        await channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange, "")
+
+    async def declare_route(self, channel: aiormq.abc.AbstractChannel, route_key: str) -> str:
+        """Declares the route's queue and binding (idempotent); returns the queue name."""
+        queue = self.route_queue(route_key)
+        arguments: dict[str, Any] = {
+            "x-max-priority": MAX_PRIORITY,
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+        }
+        await channel.queue_declare(queue, durable=True, arguments=arguments)
+        await channel.queue_bind(queue, self.jobs_exchange, route_key)
+        return queue

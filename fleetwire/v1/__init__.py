@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for fleetwire.v1 (make proto). Do not edit."""
