@@ -20,6 +20,7 @@ from fleetwire.errors import BackendUnavailable
 from fleetwire.events import JobEvents, connect_redis
 from fleetwire.grpc_options import SERVER_OPTIONS
 from fleetwire.job_store import JobStore
+from fleetwire.lifecycle import wait_for_stop_signal
 from fleetwire.settings import Settings
 from fleetwire.topology import Topology
 from fleetwire.v1 import job_service_pb2, job_service_pb2_grpc
@@ -95,7 +96,6 @@ class BridgeServer:
 
 async def run_bridge(settings: Settings) -> None:
     """Runs the bridge until SIGINT/SIGTERM, then stops it gracefully."""
-    from fleetwire.lifecycle import wait_for_stop_signal
 
     bridge = BridgeServer(settings)
     await bridge.start()

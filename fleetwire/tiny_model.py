@@ -26,6 +26,7 @@ imports without them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -56,7 +57,13 @@ _NUM_KV_HEADS: Final = 2
 _MAX_POSITION_EMBEDDINGS: Final = 2048
 _ROPE_THETA: Final = 10000.0
 _RMS_NORM_EPS: Final = 1e-6
-_INIT_STD: Final = 0.02
+# Hugging Face's default init (std 0.02 everywhere) makes a tied-embedding model whose
+# residual stream is dominated by the current token's embedding, so greedy decoding repeats
+# the last token forever. Larger layer weights let attention and MLP outputs dominate, which
+# gives varied text, and larger embeddings give greedy decoding clear top-1 margins (robust to
+# the small numeric differences between batched and single-sequence kernels).
+_EMBEDDING_STD: Final = 1.0
+_LAYER_STD: Final = 0.3
 
 _BOS: Final = "<s>"
 _EOS: Final = "</s>"
@@ -103,6 +110,7 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
             or a directory with other content and no marker); it is never deleted.
         RuntimeError: the trained tokenizer did not reach the model's vocabulary size.
         ImportError: torch, transformers, tokenizers or safetensors is not installed.
+
     """
     out_dir = Path(out_dir)
     build_key = _build_key(seed)
@@ -135,6 +143,7 @@ def _build_parameters(seed: int) -> dict[str, Any]:
         "num_attention_heads": _NUM_HEADS,
         "num_key_value_heads": _NUM_KV_HEADS,
         "max_position_embeddings": _MAX_POSITION_EMBEDDINGS,
+        "init_std": [_EMBEDDING_STD, _LAYER_STD],
         "special_tokens": list(_SPECIAL_TOKENS),
         "chat_template": _CHAT_TEMPLATE,
         "corpus": [_CORPUS_LEXICON_SIZE, _CORPUS_SENTENCES],
@@ -179,9 +188,9 @@ def _is_complete(directory: Path, build_key: str) -> bool:
 def _check_replaceable(out_dir: Path) -> None:
     if not out_dir.exists() and not out_dir.is_symlink():
         return
-    if out_dir.is_dir() and not out_dir.is_symlink():
-        if _read_marker(out_dir) is not None or not any(out_dir.iterdir()):
-            return
+    is_real_dir = out_dir.is_dir() and not out_dir.is_symlink()
+    if is_real_dir and (_read_marker(out_dir) is not None or not any(out_dir.iterdir())):
+        return
     raise FileExistsError(
         f"{out_dir} exists and is not a fleetwire model directory; refusing to replace it"
     )
@@ -224,7 +233,7 @@ def _train_tokenizer(corpus: list[str]) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(  # type: ignore[call-arg]
+    trainer = trainers.BpeTrainer(
         vocab_size=_VOCAB_SIZE,
         min_frequency=2,
         special_tokens=list(_SPECIAL_TOKENS),
@@ -232,7 +241,7 @@ def _train_tokenizer(corpus: list[str]) -> Tokenizer:
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
-    tokenizer.post_processor = processors.TemplateProcessing(  # type: ignore[call-arg]
+    tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{_BOS} $A",
         pair=f"{_BOS} $A {_BOS} $B",
         special_tokens=[(_BOS, _BOS_ID)],
@@ -297,10 +306,36 @@ def _tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _tensor_shapes() -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of the checkpoint tensors, in Hugging Face Llama naming.
+
+    ``lm_head.weight`` is absent: the output projection is tied to the embeddings.
+    """
+    head_dim = _HIDDEN_SIZE // _NUM_HEADS
+    shapes: list[tuple[str, tuple[int, ...]]] = [
+        ("model.embed_tokens.weight", (_VOCAB_SIZE, _HIDDEN_SIZE)),
+        ("model.norm.weight", (_HIDDEN_SIZE,)),
+    ]
+    for layer in range(_NUM_LAYERS):
+        prefix = f"model.layers.{layer}"
+        shapes += [
+            (f"{prefix}.input_layernorm.weight", (_HIDDEN_SIZE,)),
+            (f"{prefix}.post_attention_layernorm.weight", (_HIDDEN_SIZE,)),
+            (f"{prefix}.self_attn.q_proj.weight", (_NUM_HEADS * head_dim, _HIDDEN_SIZE)),
+            (f"{prefix}.self_attn.k_proj.weight", (_NUM_KV_HEADS * head_dim, _HIDDEN_SIZE)),
+            (f"{prefix}.self_attn.v_proj.weight", (_NUM_KV_HEADS * head_dim, _HIDDEN_SIZE)),
+            (f"{prefix}.self_attn.o_proj.weight", (_HIDDEN_SIZE, _NUM_HEADS * head_dim)),
+            (f"{prefix}.mlp.gate_proj.weight", (_INTERMEDIATE_SIZE, _HIDDEN_SIZE)),
+            (f"{prefix}.mlp.up_proj.weight", (_INTERMEDIATE_SIZE, _HIDDEN_SIZE)),
+            (f"{prefix}.mlp.down_proj.weight", (_HIDDEN_SIZE, _INTERMEDIATE_SIZE)),
+        ]
+    return sorted(shapes)
+
+
 def _write_model_files(directory: Path, seed: int) -> None:
     import torch
     from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     config = LlamaConfig(
         vocab_size=_VOCAB_SIZE,
@@ -312,7 +347,7 @@ def _write_model_files(directory: Path, seed: int) -> None:
         max_position_embeddings=_MAX_POSITION_EMBEDDINGS,
         rms_norm_eps=_RMS_NORM_EPS,
         rope_parameters={"rope_type": "default", "rope_theta": _ROPE_THETA},
-        initializer_range=_INIT_STD,
+        initializer_range=_LAYER_STD,
         tie_word_embeddings=True,
         bos_token_id=_BOS_ID,
         eos_token_id=_EOS_ID,
@@ -320,20 +355,15 @@ def _write_model_files(directory: Path, seed: int) -> None:
         dtype="float32",
         architectures=["LlamaForCausalLM"],
     )
-    # The model is only instantiated to learn the exact tensor names and shapes that this
-    # transformers version expects; every value is then drawn from a per-tensor generator.
-    with torch.device("meta"):
-        skeleton = LlamaForCausalLM(config)
     tensors: dict[str, torch.Tensor] = {}
-    for name, param in sorted(skeleton.state_dict().items()):
-        if name == "lm_head.weight":  # tied to model.embed_tokens.weight
-            continue
+    for name, shape in _tensor_shapes():
         if name.endswith("norm.weight"):
-            tensors[name] = torch.ones(param.shape, dtype=torch.float32)
+            tensors[name] = torch.ones(shape, dtype=torch.float32)
             continue
         generator = torch.Generator(device="cpu").manual_seed(_tensor_seed(seed, name))
-        tensors[name] = torch.empty(param.shape, dtype=torch.float32).normal_(
-            mean=0.0, std=_INIT_STD, generator=generator
+        std = _EMBEDDING_STD if name == "model.embed_tokens.weight" else _LAYER_STD
+        tensors[name] = torch.empty(shape, dtype=torch.float32).normal_(
+            mean=0.0, std=std, generator=generator
         )
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
@@ -382,10 +412,8 @@ def _install(tmp_dir: Path, out_dir: Path, build_key: str) -> None:
     if out_dir.exists():
         _check_replaceable(out_dir)
         stale = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.stale-", dir=out_dir.parent))
-        try:
+        with contextlib.suppress(FileNotFoundError):  # another builder moved it first
             os.replace(out_dir, stale / "model")
-        except FileNotFoundError:  # another builder moved it first
-            pass
     try:
         os.rename(tmp_dir, out_dir)
     except OSError:

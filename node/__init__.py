@@ -1,0 +1,1 @@
+"""The node agent: dials the mesh, runs jobs on vLLM, signs results."""

@@ -1,0 +1,5 @@
+"""``python -m node``: run one node agent."""
+
+from node.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The scheduler: NodeStream server, node registry, queue consumer, dispatcher, finaliser."""

@@ -1,0 +1,5 @@
+"""``python -m scheduler``: run one scheduler replica."""
+
+from scheduler.server import main
+
+main()

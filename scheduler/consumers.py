@@ -1,0 +1,203 @@
+"""AMQP consumption: one consumer per route some connected node serves, plus the
+dead-letter consumer that records expired and rejected jobs.
+
+Prefetch on a route equals the slots serving it, so unacked deliveries never outnumber the
+slots and RabbitMQ keeps the rest in priority order. A route no local node serves is not
+consumed at all, so another scheduler replica with such nodes gets its jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiormq.abc
+import structlog
+
+from fleetwire.amqp import AMQP_ERRORS, AmqpLink
+from fleetwire.errors import BackendUnavailable
+from fleetwire.events import JobEvents
+from fleetwire.job_store import JobStore
+from fleetwire.states import JobState
+from fleetwire.topology import Topology
+from fleetwire.v1 import job_pb2
+from scheduler.dispatcher import Dispatcher, Verdict
+
+log = structlog.get_logger(__name__)
+
+RECONNECT_DELAY = 1.0
+
+
+@dataclass(eq=False)
+class _RouteConsumer:
+    channel: aiormq.abc.AbstractChannel
+    consumer_tag: str
+    prefetch: int
+
+
+class QueueConsumers:
+    """Keeps consumers in step with the registry's routes; rebuilds them after a broker
+    outage. ``start``/``stop``; ``stop`` cancels in-flight handlers, which leaves their
+    deliveries unacked, so the broker redelivers them."""
+
+    def __init__(
+        self,
+        link: AmqpLink,
+        topology: Topology,
+        dispatcher: Dispatcher,
+        store: JobStore,
+        events: JobEvents,
+        routes: Callable[[], dict[str, int]],
+    ) -> None:
+        self._link = link
+        self._topology = topology
+        self._dispatcher = dispatcher
+        self._store = store
+        self._events = events
+        self._routes = routes
+        self._consumers: dict[str, _RouteConsumer] = {}
+        self._dead_channel: aiormq.abc.AbstractChannel | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._sync_task: asyncio.Task[None] | None = None
+        self._generation = -1
+
+    def routes_changed(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._sync_task = asyncio.create_task(self._sync_forever(), name="consumers-sync")
+
+    async def stop(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            await asyncio.gather(self._sync_task, return_exceptions=True)
+            self._sync_task = None
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        for consumer in self._consumers.values():
+            await _close(consumer.channel)
+        self._consumers.clear()
+        if self._dead_channel is not None:
+            await _close(self._dead_channel)
+
+    async def _sync_forever(self) -> None:
+        while True:
+            try:
+                await self._sync()
+            except (BackendUnavailable, *AMQP_ERRORS) as err:
+                log.warning("amqp unavailable; retrying", error=str(err) or type(err).__name__)
+                await asyncio.sleep(RECONNECT_DELAY)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RECONNECT_DELAY)
+            self._wake.clear()
+
+    async def _sync(self) -> None:
+        """Opens, resizes and closes route consumers to match the registry."""
+        connection = await self._link.connection()
+        if self._link.generation != self._generation or connection.is_closed:
+            self._consumers.clear()
+            self._dead_channel = None
+            self._generation = self._link.generation
+        if self._dead_channel is None or self._dead_channel.is_closed:
+            self._dead_channel = await self._link.channel(publisher_confirms=False)
+            await self._topology.declare_base(self._dead_channel)
+            await self._dead_channel.basic_qos(prefetch_count=32)
+            await self._dead_channel.basic_consume(
+                self._topology.dead_letter_queue, self._on_dead_letter
+            )
+        wanted = self._routes()
+        for route in list(self._consumers):
+            consumer = self._consumers[route]
+            if route not in wanted or consumer.channel.is_closed:
+                del self._consumers[route]
+                await _close(consumer.channel)
+                log.info("stopped consuming", route=route)
+        for route, slots in wanted.items():
+            consumer = self._consumers.get(route)
+            if consumer is None:
+                channel = await self._link.channel(publisher_confirms=False)
+                queue = await self._topology.declare_route(channel, route)
+                await channel.basic_qos(prefetch_count=slots)
+                ok = await channel.basic_consume(queue, self._handler_for(route))
+                self._consumers[route] = _RouteConsumer(channel, ok.consumer_tag or "", slots)
+                log.info("consuming", route=route, prefetch=slots)
+            elif consumer.prefetch != slots:
+                await consumer.channel.basic_qos(prefetch_count=slots)
+                consumer.prefetch = slots
+
+    def _handler_for(self, route: str) -> Callable[[aiormq.abc.DeliveredMessage], Awaitable[None]]:
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+            task = asyncio.create_task(self._handle(route, message))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+        return on_message
+
+    async def _handle(self, route: str, message: aiormq.abc.DeliveredMessage) -> None:
+        tag = message.delivery_tag
+        try:
+            verdict = await self._dispatcher.handle_delivery(route, message)
+        except BackendUnavailable as err:
+            log.warning("backing service down; requeueing", route=route, error=err.message)
+            await asyncio.sleep(RECONNECT_DELAY)
+            verdict = Verdict(ack=False)
+        except Exception:
+            log.exception("delivery handler failed; requeueing", route=route)
+            await asyncio.sleep(RECONNECT_DELAY)
+            verdict = Verdict(ack=False)
+        try:
+            if verdict.ack:
+                await message.channel.basic_ack(tag)
+            else:
+                await message.channel.basic_nack(tag, requeue=True)
+        except AMQP_ERRORS as err:
+            # The channel is gone; the broker requeues the delivery by itself.
+            log.warning("ack/nack lost with its channel", route=route, error=str(err))
+
+    async def _on_dead_letter(self, message: aiormq.abc.DeliveredMessage) -> None:
+        """Records a dead-lettered job (expired in its queue, or rejected) once, then acks."""
+        try:
+            envelope = job_pb2.Job()
+            envelope.ParseFromString(message.body)
+            reason = _death_reason(message)
+            if reason == "expired":
+                state, code, text = JobState.EXPIRED, "TTL_EXPIRED", "TTL ran out while queued"
+            else:
+                state, code, text = JobState.FAILED, "REJECTED", f"dead-lettered: {reason}"
+            row = await self._store.end_job(
+                uuid.UUID(envelope.job_id), state, reason=code, message=text
+            )
+            if row is not None and row["state"] == state:
+                log.info("job dead-lettered", job_id=envelope.job_id, state=state.value)
+                await self._events.publish_state(envelope.job_id, state)
+            await message.channel.basic_ack(message.delivery_tag)
+        except BackendUnavailable as err:
+            log.warning("dead letter not recorded yet", error=err.message)
+            await asyncio.sleep(RECONNECT_DELAY)
+            await message.channel.basic_nack(message.delivery_tag, requeue=True)
+        except ValueError:
+            log.exception("malformed dead letter dropped")
+            await message.channel.basic_ack(message.delivery_tag)
+
+
+def _death_reason(message: aiormq.abc.DeliveredMessage) -> str:
+    deaths = (message.header.properties.headers or {}).get("x-death") or []
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return (
+            str(deaths[0].get("reason", b"unknown"), "utf-8")
+            if isinstance(deaths[0].get("reason"), bytes)
+            else str(deaths[0].get("reason", "unknown"))
+        )
+    return "unknown"
+
+
+async def _close(channel: aiormq.abc.AbstractChannel) -> None:
+    if not channel.is_closed:
+        with contextlib.suppress(AMQP_ERRORS):
+            await channel.close()

@@ -1,0 +1,345 @@
+"""From an AMQP delivery to a final job: reserve, dispatch, follow, verify, finalise, ack.
+
+The delivery stays unacked until the job is final in PostgreSQL (or handed back), so a
+scheduler that dies at any point leaves the message to be redelivered; the guarded updates
+of the store make the redelivery finalise nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiormq.abc
+import structlog
+
+from fleetwire import signing
+from fleetwire.errors import BackendUnavailable
+from fleetwire.events import ChunkEvent, JobEvents
+from fleetwire.job_store import JobStore, SignedOutcome
+from fleetwire.settings import SchedulerSettings
+from fleetwire.states import JobState
+from fleetwire.topology import HEADER_REQUEST_ID
+from fleetwire.v1 import job_pb2
+from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from scheduler.registry import (
+    DispatchTimedOut,
+    JobRun,
+    Lost,
+    NodeRegistry,
+    NodeSession,
+    Outcome,
+)
+
+log = structlog.get_logger(__name__)
+
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with the AMQP delivery once an attempt is over."""
+
+    ack: bool  # True: the job is settled; False: requeue it for another attempt
+
+
+class Dispatcher:
+    """Runs each delivered job through one attempt on a connected node."""
+
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        scheduler_id: str,
+        store: JobStore,
+        events: JobEvents,
+        registry: NodeRegistry,
+    ) -> None:
+        self._settings = settings
+        self._scheduler_id = scheduler_id
+        self._store = store
+        self._events = events
+        self._registry = registry
+
+    # -- deliveries -------------------------------------------------------------------
+
+    async def handle_delivery(self, route: str, message: aiormq.abc.DeliveredMessage) -> Verdict:
+        envelope = job_pb2.Job()
+        envelope.ParseFromString(message.body)
+        job_id = envelope.job_id
+        headers = message.header.properties.headers or {}
+        trace_id = str(headers.get(HEADER_REQUEST_ID, ""))
+        bound = log.bind(job_id=job_id, trace_id=trace_id, route=route)
+
+        expires_at = envelope.expires_at.ToDatetime(tzinfo=UTC)
+        if expires_at <= datetime.now(UTC):
+            # Per-message TTL is enforced only at the queue head; check again here.
+            await self._end(job_id, JobState.EXPIRED, "TTL_EXPIRED", "TTL ran out while queued")
+            return Verdict(ack=True)
+
+        session = await self._registry.reserve(
+            route, wait=self._settings.defer_delay.total_seconds()
+        )
+        if session is None:
+            bound.info("no free node; deferring")
+            await asyncio.sleep(self._settings.defer_delay.total_seconds())
+            return Verdict(ack=False)
+        try:
+            return await self._attempt(session, envelope, expires_at, trace_id, bound)
+        finally:
+            await self._registry.release(session)
+
+    async def _attempt(
+        self,
+        session: NodeSession,
+        envelope: job_pb2.Job,
+        expires_at: datetime,
+        trace_id: str,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> Verdict:
+        job_id = envelope.job_id
+        attempt = await self._store.begin_attempt(
+            uuid.UUID(job_id), session.node_id, self._scheduler_id
+        )
+        if attempt is None:
+            bound.info("job is final or unknown; dropping delivery")
+            return Verdict(ack=True)
+        row = await self._store.get_job(uuid.UUID(job_id))
+        assert row is not None
+        await self._publish_state(job_id, JobState.DISPATCHED)
+
+        run = JobRun(job_id=job_id, attempt=attempt)
+        session.runs[(job_id, attempt)] = run
+        try:
+            dispatch = nodes_pb2.Dispatch(
+                job_id=job_id,
+                attempt=attempt,
+                spec=envelope.spec,
+                request_digest=bytes(row["request_digest"]),
+                trace_id=trace_id,
+            )
+            dispatch.deadline.FromDatetime(expires_at)
+            await session.send(nodes_pb2.NodeStreamResponse(dispatch=dispatch))
+            bound.info("dispatched", node_id=session.node_id, attempt=attempt)
+            outcome = await self._follow(run, expires_at)
+        except Exception as err:  # the stream broke while sending
+            outcome = Lost(f"dispatch failed: {err}")
+        finally:
+            session.runs.pop((job_id, attempt), None)
+        if outcome is None:
+            await session.send(
+                nodes_pb2.NodeStreamResponse(
+                    cancel=nodes_pb2.Cancel(job_id=job_id, attempt=attempt, reason="TTL expired")
+                )
+            )
+            await self._end(job_id, JobState.EXPIRED, "TTL_EXPIRED", "TTL ran out while running")
+            return Verdict(ack=True)
+        return await self._settle(
+            session, job_id, attempt, bytes(row["request_digest"]), envelope, outcome, bound
+        )
+
+    async def _follow(self, run: JobRun, expires_at: datetime) -> Outcome | None:
+        """Waits for Accept (dispatch timeout) and then the outcome (until the job's
+        deadline). None when the deadline passed first."""
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(run.accepted), self._settings.dispatch_timeout.total_seconds()
+            )
+        except TimeoutError:
+            return DispatchTimedOut()
+        remaining = (expires_at - datetime.now(UTC)).total_seconds()
+        try:
+            return await asyncio.wait_for(asyncio.shield(run.outcome), max(remaining, 0.001))
+        except TimeoutError:
+            return None
+
+    async def _settle(
+        self,
+        session: NodeSession,
+        job_id: str,
+        attempt: int,
+        digest: bytes,
+        envelope: job_pb2.Job,
+        outcome: Outcome,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> Verdict:
+        jid = uuid.UUID(job_id)
+        if isinstance(outcome, nodes_pb2.Result):
+            facts = signing.ResultFacts(
+                job_id=job_id,
+                attempt=attempt,
+                node_id=session.node_id,
+                model=envelope.spec.model,
+                request_digest=digest,
+                output_digest=signing.output_digest(outcome.output),
+                prompt_tokens=outcome.usage.prompt_tokens,
+                completion_tokens=outcome.usage.completion_tokens,
+                finished_at_unix_ms=outcome.finished_at_unix_ms,
+            )
+            if signing.verify(session.public_key, signing.result_bytes(facts), outcome.signature):
+                finalised = await self._store.finalise_success(
+                    jid,
+                    SignedOutcome(
+                        attempt=attempt,
+                        node_id=session.node_id,
+                        output=outcome.output,
+                        finish_reason=outcome.finish_reason,
+                        prompt_tokens=outcome.usage.prompt_tokens,
+                        completion_tokens=outcome.usage.completion_tokens,
+                        timings={
+                            "queue_ms": outcome.timings.queue_ms,
+                            "time_to_first_token_ms": outcome.timings.time_to_first_token_ms,
+                            "total_ms": outcome.timings.total_ms,
+                            "tokens_per_second": outcome.timings.tokens_per_second,
+                        },
+                        signature=bytes(outcome.signature),
+                        public_key=session.public_key,
+                        key_id=session.key_id,
+                        finished_at_ms=outcome.finished_at_unix_ms,
+                    ),
+                )
+                if finalised:
+                    bound.info("job succeeded", node_id=session.node_id, attempt=attempt)
+                    await self._publish_state(job_id, JobState.SUCCEEDED)
+                return Verdict(ack=True)
+            bound.warning("bad result signature; penalising node", node_id=session.node_id)
+            return await self._retry(
+                jid, attempt, "FAILED", "BAD_SIGNATURE", "result signature did not verify"
+            )
+        if isinstance(outcome, nodes_pb2.Failure):
+            if outcome.reason == "CANCELLED":
+                return Verdict(ack=True)  # the job was already made CANCELLED by the bridge
+            if not outcome.retryable:
+                moved = await self._store.end_attempt(
+                    jid,
+                    attempt,
+                    attempt_outcome="FAILED",
+                    job_state=JobState.FAILED,
+                    reason=outcome.reason,
+                    message=outcome.message,
+                )
+                if moved:
+                    bound.info("job failed", reason=outcome.reason)
+                    await self._publish_state(job_id, JobState.FAILED)
+                return Verdict(ack=True)
+            return await self._retry(jid, attempt, "FAILED", outcome.reason, outcome.message)
+        if isinstance(outcome, nodes_pb2.Reject):
+            return await self._retry(jid, attempt, "REJECTED", "REJECTED", outcome.reason)
+        if isinstance(outcome, DispatchTimedOut):
+            return await self._retry(
+                jid, attempt, "LOST", "DISPATCH_TIMEOUT", "node did not accept in time"
+            )
+        assert isinstance(outcome, Lost)
+        bound.warning("node lost mid-job; requeueing", node_id=session.node_id, why=outcome.reason)
+        return await self._retry(jid, attempt, "LOST", "NODE_LOST", outcome.reason)
+
+    async def _retry(
+        self, job_id: uuid.UUID, attempt: int, attempt_outcome: str, reason: str, message: str
+    ) -> Verdict:
+        if attempt >= MAX_ATTEMPTS:
+            moved = await self._store.end_attempt(
+                job_id,
+                attempt,
+                attempt_outcome=attempt_outcome,
+                job_state=JobState.DEAD_LETTERED,
+                reason="ATTEMPTS_EXHAUSTED",
+                message=f"{attempt} attempts; last: {reason}: {message}",
+            )
+            if moved:
+                await self._publish_state(str(job_id), JobState.DEAD_LETTERED)
+            return Verdict(ack=True)
+        moved = await self._store.end_attempt(
+            job_id,
+            attempt,
+            attempt_outcome=attempt_outcome,
+            job_state=JobState.RETRYING,
+            reason=reason,
+            message=message,
+        )
+        if moved:
+            await self._publish_state(str(job_id), JobState.RETRYING)
+        return Verdict(ack=not moved)
+
+    async def _end(self, job_id: str, state: JobState, reason: str, message: str) -> None:
+        row = await self._store.end_job(uuid.UUID(job_id), state, reason=reason, message=message)
+        if row is not None and row["state"] == state:
+            await self._publish_state(job_id, state)
+
+    async def _publish_state(self, job_id: str, state: JobState) -> None:
+        try:
+            await self._events.publish_state(job_id, state)
+        except BackendUnavailable:
+            log.warning("state event not published", job_id=job_id, state=state.value)
+
+    # -- node messages ----------------------------------------------------------------
+
+    async def on_node_message(
+        self, session: NodeSession, message: nodes_pb2.NodeStreamRequest
+    ) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "heartbeat":
+            return
+        if kind == "draining":
+            session.draining = True
+            log.info("node draining", node_id=session.node_id)
+            return
+        if kind == "progress":
+            await self._relay_progress(session, message.progress)
+            return
+        body = getattr(message, kind) if kind else None
+        if kind not in ("accept", "reject", "result", "failure") or body is None:
+            log.warning("unexpected node message", node_id=session.node_id, kind=kind)
+            return
+        run = session.run_of(body.job_id, body.attempt)
+        if run is None:
+            log.warning(
+                "message for a job this session does not run",
+                node_id=session.node_id,
+                kind=kind,
+                job_id=body.job_id,
+                attempt=body.attempt,
+            )
+            return
+        if kind == "accept":
+            if not run.accepted.done():
+                run.accepted.set_result(None)
+                await self._store.mark_running(uuid.UUID(run.job_id), run.attempt)
+                await self._publish_state(run.job_id, JobState.RUNNING)
+            return
+        run.resolve(body)
+
+    async def _relay_progress(self, session: NodeSession, progress: nodes_pb2.Progress) -> None:
+        if session.run_of(progress.job_id, progress.attempt) is None:
+            return
+        try:
+            await self._events.publish_chunk(
+                progress.job_id,
+                ChunkEvent(
+                    attempt=progress.attempt,
+                    sequence=progress.sequence,
+                    text=progress.text,
+                    token_count=progress.token_count,
+                ),
+            )
+        except BackendUnavailable:
+            log.warning("token chunk not relayed", job_id=progress.job_id)
+
+    async def cancel_job(self, job_id: str) -> None:
+        """Asks the node running ``job_id`` (if it is ours) to abort it."""
+        for session in self._registry.sessions:
+            for run in session.runs_of_job(job_id):
+                log.info("cancelling on node", job_id=job_id, node_id=session.node_id)
+                try:
+                    await session.send(
+                        nodes_pb2.NodeStreamResponse(
+                            cancel=nodes_pb2.Cancel(
+                                job_id=job_id, attempt=run.attempt, reason="cancelled by client"
+                            )
+                        )
+                    )
+                except Exception as err:
+                    log.warning("cancel not sent", job_id=job_id, error=str(err))
+                run.resolve(
+                    nodes_pb2.Failure(job_id=job_id, attempt=run.attempt, reason="CANCELLED")
+                )

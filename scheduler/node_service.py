@@ -1,0 +1,182 @@
+"""NodeService: the handshake that proves a node's key, then the stream's read loop.
+
+Order on every stream: Hello → Challenge → Auth (signature over the challenge) → Welcome.
+Only then is the node registered and able to receive work. After Welcome, silence longer
+than the lease ends the session; its jobs go back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import structlog
+
+from fleetwire import signing
+from fleetwire.errors import FleetwireError, PermissionDenied, Unauthenticated
+from fleetwire.grpc_errors import abort_with
+from fleetwire.job_store import JobStore
+from fleetwire.settings import SchedulerSettings
+from fleetwire.topology import NETWORK_NAMES, Topology
+from fleetwire.v1 import job_pb2, node_service_pb2_grpc
+from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from scheduler.registry import NodeRegistry, NodeSession
+
+log = structlog.get_logger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+HANDSHAKE_TIMEOUT = 10.0
+NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+MessageHandler = Callable[[NodeSession, nodes_pb2.NodeStreamRequest], Awaitable[None]]
+
+
+class NodeService(node_service_pb2_grpc.NodeServiceServicer):
+    """Authenticates nodes and pumps their messages into ``on_message``."""
+
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        scheduler_id: str,
+        store: JobStore,
+        registry: NodeRegistry,
+        topology: Topology,
+        on_message: MessageHandler,
+    ) -> None:
+        self._settings = settings
+        self._scheduler_id = scheduler_id
+        self._store = store
+        self._registry = registry
+        self._topology = topology
+        self._on_message = on_message
+
+    async def NodeStream(  # noqa: N802 - gRPC method name
+        self, request_iterator: Any, context: Context
+    ) -> None:
+        try:
+            session = await self._handshake(context)
+        except FleetwireError as err:
+            log.warning("node refused", reason=err.reason, error=err.message, peer=context.peer())
+            await abort_with(context, err)
+            return
+        previous = self._registry.add(session)
+        if previous is not None:
+            await self._registry.remove(previous, "replaced by a new session")
+        log.info(
+            "node connected",
+            node_id=session.node_id,
+            slots=session.slots,
+            routes=sorted(session.routes),
+            session=session.session_id,
+        )
+        reason = "stream ended"
+        try:
+            reason = await self._read_loop(session, context)
+        finally:
+            await self._registry.remove(session, reason)
+            log.info("node disconnected", node_id=session.node_id, reason=reason)
+
+    async def _read(self, context: Context, within: float) -> nodes_pb2.NodeStreamRequest | None:
+        async with asyncio.timeout(within):
+            message = await context.read()
+        if message is grpc.aio.EOF:
+            return None
+        assert isinstance(message, nodes_pb2.NodeStreamRequest)
+        return message
+
+    async def _handshake(self, context: Context) -> NodeSession:
+        first = await self._read(context, HANDSHAKE_TIMEOUT)
+        if first is None or first.WhichOneof("message") != "hello":
+            raise Unauthenticated("the first message must be Hello")
+        hello = first.hello
+        if not NODE_ID.match(hello.node_id):
+            raise Unauthenticated("node_id must be 1-64 characters of [a-z0-9-]")
+        if len(hello.public_key) != 32:
+            raise Unauthenticated("public_key must be a raw 32-byte ed25519 key")
+        public_key = bytes(hello.public_key)
+        await self._check_registration(hello.node_id, public_key)
+
+        nonce = secrets.token_bytes(32)
+        await context.write(
+            nodes_pb2.NodeStreamResponse(
+                challenge=nodes_pb2.Challenge(nonce=nonce, scheduler_id=self._scheduler_id)
+            )
+        )
+        answer = await self._read(context, HANDSHAKE_TIMEOUT)
+        if answer is None or answer.WhichOneof("message") != "auth":
+            raise Unauthenticated("Challenge must be answered with Auth")
+        signed = signing.node_auth_bytes(nonce, self._scheduler_id, hello.node_id, public_key)
+        if not signing.verify(public_key, signed, answer.auth.signature):
+            raise Unauthenticated("challenge signature does not verify")
+
+        session_id = uuid.uuid4().hex
+        write_lock = asyncio.Lock()
+
+        async def send(message: nodes_pb2.NodeStreamResponse) -> None:
+            async with write_lock:
+                await context.write(message)
+
+        welcome = nodes_pb2.Welcome(session_id=session_id)
+        welcome.heartbeat_interval.FromTimedelta(self._settings.heartbeat_interval)
+        welcome.lease.FromTimedelta(self._settings.lease)
+        await send(nodes_pb2.NodeStreamResponse(welcome=welcome))
+        return NodeSession(
+            node_id=hello.node_id,
+            public_key=public_key,
+            key_id=signing.key_id(public_key),
+            session_id=session_id,
+            routes=self._routes_of(hello),
+            slots=max(1, hello.slots),
+            send=send,
+        )
+
+    async def _check_registration(self, node_id: str, public_key: bytes) -> None:
+        registered = await self._store.node_key(node_id)
+        if registered is None:
+            if not self._settings.auto_register_nodes:
+                raise PermissionDenied(f"node {node_id} is not registered", reason="NODE_UNKNOWN")
+            if not await self._store.register_node(node_id, public_key, signing.key_id(public_key)):
+                raise PermissionDenied(
+                    f"node {node_id} is registered with another key", reason="KEY_MISMATCH"
+                )
+            log.info("node registered on first use", node_id=node_id)
+            return
+        key, revoked = registered
+        if revoked:
+            raise PermissionDenied(f"node {node_id}'s key is revoked", reason="KEY_REVOKED")
+        if key != public_key:
+            raise PermissionDenied(
+                f"node {node_id} is registered with another key", reason="KEY_MISMATCH"
+            )
+        await self._store.touch_node(node_id)
+
+    def _routes_of(self, hello: nodes_pb2.Hello) -> frozenset[str]:
+        networks = [NETWORK_NAMES[n] for n in hello.networks if n in NETWORK_NAMES] or [
+            NETWORK_NAMES[job_pb2.NETWORK_MAINNET]
+        ]
+        return frozenset(
+            self._topology.route_key(network, model.name)
+            for network in networks
+            for model in hello.models
+        )
+
+    async def _read_loop(self, session: NodeSession, context: Context) -> str:
+        lease = self._settings.lease.total_seconds()
+        while True:
+            try:
+                message = await self._read(context, lease)
+            except TimeoutError:
+                return f"silent for longer than its lease ({timedelta(seconds=lease)})"
+            except grpc.RpcError:
+                return "stream broken"
+            if message is None:
+                return "node closed the stream"
+            session.last_seen = time.monotonic()
+            await self._on_message(session, message)

@@ -1,0 +1,158 @@
+"""Connected nodes, their free slots and the jobs they run. Pure asyncio, no I/O.
+
+A ``NodeSession`` exists from Welcome until its stream ends. ``reserve`` takes a slot before
+a dispatch and the run's outcome gives it back; when a session ends every run on it resolves
+as ``Lost``, so its jobs go back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from fleetwire.v1 import node_service_pb2 as nodes_pb2
+
+Send = Callable[[nodes_pb2.NodeStreamResponse], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The node went away (stream ended, lease ran out) before finishing."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchTimedOut:
+    """The node did not Accept within the dispatch timeout."""
+
+
+Outcome = nodes_pb2.Result | nodes_pb2.Failure | nodes_pb2.Reject | Lost | DispatchTimedOut
+
+
+@dataclass(eq=False)
+class JobRun:
+    """One attempt of one job on one node."""
+
+    job_id: str
+    attempt: int
+    accepted: asyncio.Future[None] = field(default_factory=asyncio.Future)
+    outcome: asyncio.Future[Outcome] = field(default_factory=asyncio.Future)
+
+    def resolve(self, outcome: Outcome) -> None:
+        if not self.accepted.done():
+            self.accepted.set_result(None)
+        if not self.outcome.done():
+            self.outcome.set_result(outcome)
+
+
+@dataclass(eq=False)
+class NodeSession:
+    """A node with a live, authenticated NodeStream."""
+
+    node_id: str
+    public_key: bytes
+    key_id: str
+    session_id: str
+    routes: frozenset[str]
+    slots: int
+    send: Send
+    runs: dict[tuple[str, int], JobRun] = field(default_factory=dict)
+    reserved: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    draining: bool = False
+
+    @property
+    def free_slots(self) -> int:
+        return 0 if self.draining else max(0, self.slots - self.reserved)
+
+    def run_of(self, job_id: str, attempt: int) -> JobRun | None:
+        return self.runs.get((job_id, attempt))
+
+    def runs_of_job(self, job_id: str) -> list[JobRun]:
+        return [run for (jid, _), run in self.runs.items() if jid == job_id]
+
+
+class NodeRegistry:
+    """The scheduler's view of its connected nodes."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, NodeSession] = {}
+        self._capacity_changed = asyncio.Condition()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener`` whenever nodes join or leave."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    @property
+    def sessions(self) -> list[NodeSession]:
+        return list(self._sessions.values())
+
+    def get(self, node_id: str) -> NodeSession | None:
+        return self._sessions.get(node_id)
+
+    def add(self, session: NodeSession) -> NodeSession | None:
+        """Registers ``session``; returns the session it replaces (same node id), if any."""
+        previous = self._sessions.get(session.node_id)
+        self._sessions[session.node_id] = session
+        self._changed()
+        return previous
+
+    async def remove(self, session: NodeSession, reason: str) -> None:
+        """Forgets ``session`` (if still current) and resolves its runs as Lost."""
+        if self._sessions.get(session.node_id) is session:
+            del self._sessions[session.node_id]
+            self._changed()
+        for run in list(session.runs.values()):
+            run.resolve(Lost(reason))
+        await self._notify()
+
+    def routes(self) -> dict[str, int]:
+        """Every route some node serves, with the total slots serving it."""
+        totals: dict[str, int] = {}
+        for session in self._sessions.values():
+            for route in session.routes:
+                totals[route] = totals.get(route, 0) + session.slots
+        return totals
+
+    def serves(self, route: str) -> bool:
+        return any(route in s.routes for s in self._sessions.values())
+
+    def _pick(self, route: str) -> NodeSession | None:
+        candidates = [s for s in self._sessions.values() if route in s.routes and s.free_slots]
+        # Most free slots first spreads load; ties go to the node seen most recently.
+        return max(candidates, key=lambda s: (s.free_slots, s.last_seen), default=None)
+
+    async def reserve(self, route: str, *, wait: float) -> NodeSession | None:
+        """Takes a slot on the best node serving ``route``, waiting up to ``wait`` seconds
+        for one to free up. None when no node serving the route has a free slot."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        async with self._capacity_changed:
+            while True:
+                session = self._pick(route)
+                if session is not None:
+                    session.reserved += 1
+                    return session
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not self.serves(route):
+                    return None
+                try:
+                    await asyncio.wait_for(self._capacity_changed.wait(), remaining)
+                except TimeoutError:
+                    return None
+
+    async def release(self, session: NodeSession) -> None:
+        session.reserved = max(0, session.reserved - 1)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._capacity_changed:
+            self._capacity_changed.notify_all()

@@ -1,0 +1,138 @@
+"""The scheduler process. Start order: PostgreSQL → Redis/AMQP → gRPC server → consumers.
+Stop order: consumers (in-flight deliveries go back to the broker) → gRPC server → the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import asyncpg
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fleetwire.amqp import AmqpLink
+from fleetwire.db import open_pool
+from fleetwire.events import JobEvents, connect_redis
+from fleetwire.grpc_options import SERVER_OPTIONS
+from fleetwire.job_store import JobStore
+from fleetwire.lifecycle import wait_for_stop_signal
+from fleetwire.settings import Settings
+from fleetwire.topology import Topology
+from fleetwire.v1 import node_service_pb2, node_service_pb2_grpc
+from scheduler.cancel_relay import CancelRelay
+from scheduler.consumers import QueueConsumers
+from scheduler.dispatcher import Dispatcher
+from scheduler.node_service import NodeService
+from scheduler.registry import NodeRegistry
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+
+
+class SchedulerServer:
+    """One scheduler replica: ``start``, ``wait``, idempotent ``stop``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.scheduler_id = (
+            settings.scheduler.scheduler_id or f"{socket.gethostname()}-{os.getpid()}"
+        )
+        self._pool: asyncpg.Pool | None = None
+        self._link = AmqpLink(settings.rabbitmq.url.get_secret_value())
+        self._redis = connect_redis(settings.redis.url.get_secret_value())
+        self._server: grpc.aio.Server | None = None
+        self._consumers: QueueConsumers | None = None
+        self._cancel_relay: CancelRelay | None = None
+        self.registry = NodeRegistry()
+        self.port = 0
+
+    async def start(self) -> None:
+        settings = self._settings
+        self._pool = await open_pool(settings.postgres)
+        store = JobStore(self._pool)
+        events = JobEvents(
+            self._redis,
+            settings.mesh.namespace,
+            maxlen=settings.redis.stream_maxlen,
+            ttl=settings.redis.stream_ttl,
+        )
+        topology = Topology(settings.mesh.namespace)
+        dispatcher = Dispatcher(settings.scheduler, self.scheduler_id, store, events, self.registry)
+        self._consumers = QueueConsumers(
+            self._link, topology, dispatcher, store, events, self.registry.routes
+        )
+        self.registry.on_change(self._consumers.routes_changed)
+        self._cancel_relay = CancelRelay(self._redis, events.cancel_channel, dispatcher.cancel_job)
+
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        node_service_pb2_grpc.add_NodeServiceServicer_to_server(
+            NodeService(
+                settings.scheduler,
+                self.scheduler_id,
+                store,
+                self.registry,
+                topology,
+                dispatcher.on_node_message,
+            ),
+            server,
+        )
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"{settings.scheduler.host}:{settings.scheduler.port}"
+        self.port = server.add_insecure_port(address)
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        await self._consumers.start()
+        await self._cancel_relay.start()
+        log.info("scheduler serving", address=address, scheduler_id=self.scheduler_id)
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._cancel_relay is not None:
+            await self._cancel_relay.stop()
+            self._cancel_relay = None
+        if self._consumers is not None:
+            await self._consumers.stop()
+            self._consumers = None
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+        await self._link.close()
+        await self._redis.aclose()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        log.info("scheduler stopped")
+
+
+async def run_scheduler(settings: Settings) -> None:
+    """Runs the scheduler until SIGINT/SIGTERM, then stops it gracefully."""
+    scheduler = SchedulerServer(settings)
+    await scheduler.start()
+    try:
+        await wait_for_stop_signal()
+    finally:
+        await scheduler.stop()
+
+
+def main() -> None:
+    from fleetwire.logs import configure_logging
+    from fleetwire.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(
+        level=settings.mesh.log_level, json=settings.mesh.log_json, process="scheduler"
+    )
+    asyncio.run(run_scheduler(settings))
