@@ -104,6 +104,6 @@ class JobPublisher:
     async def close(self) -> None:
         async with self._lock:
             if self._channel is not None and not self._channel.is_closed:
-                with contextlib.suppress(AMQP_ERRORS):
+                with contextlib.suppress(*AMQP_ERRORS):
                     await self._channel.close()
             self._channel = None

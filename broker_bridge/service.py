@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
-
-import grpc
+from typing import Any, TypeAlias
 
 from broker_bridge.desk import JobDesk
 from fleetwire.errors import DeadlineExceeded
@@ -14,7 +12,7 @@ from fleetwire.grpc_errors import translate_errors
 from fleetwire.topology import HEADER_REQUEST_ID
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
 
 
 def trace_id_of(context: Context) -> str:

@@ -65,6 +65,6 @@ class AmqpLink:
     async def close(self) -> None:
         async with self._lock:
             if self._connection is not None and not self._connection.is_closed:
-                with contextlib.suppress(AMQP_ERRORS):
+                with contextlib.suppress(*AMQP_ERRORS):
                     await self._connection.close()
             self._connection = None

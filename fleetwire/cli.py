@@ -17,6 +17,7 @@ from rich.console import Console
 
 from fleetwire.client_calls import JobClient, is_terminal, make_spec, state_name
 from fleetwire.settings import load_settings
+from fleetwire.v1 import job_pb2
 from fleetwire.verify import verify_job
 
 app = typer.Typer(help="fleetwire: a mesh for LLM inference jobs.", no_args_is_help=True)
@@ -101,10 +102,7 @@ def migrate() -> None:
     console.print("migrations applied")
 
 
-def _print_job(job: object, as_json: bool) -> None:
-    from fleetwire.v1 import job_pb2
-
-    assert isinstance(job, job_pb2.Job)
+def _print_job(job: job_pb2.Job, as_json: bool) -> None:
     if as_json:
         console.print_json(json_format.MessageToJson(job))
         return
@@ -161,7 +159,7 @@ def submit(
         client.close()
 
 
-def _follow(client: JobClient, job_id: str, *, stream: bool) -> object:
+def _follow(client: JobClient, job_id: str, *, stream: bool) -> job_pb2.Job:
     last = None
     for event in client.watch(job_id):
         if event.HasField("chunk") and stream:

@@ -20,7 +20,8 @@ NETWORKS = {"mainnet": job_pb2.NETWORK_MAINNET, "testnet": job_pb2.NETWORK_TESTN
 
 
 def state_name(state: int) -> str:
-    return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+    name: str = job_pb2.JobState.Name(state)
+    return name.removeprefix("JOB_STATE_")
 
 
 def is_terminal(job: job_pb2.Job) -> bool:
@@ -76,10 +77,16 @@ class JobClient:
         grpc.channel_ready_future(self._channel).result(timeout=timeout)
 
     def submit(self, spec: job_pb2.JobSpec, *, timeout: float = 30.0) -> job_pb2.Job:
-        return self._stub.Submit(job_service_pb2.SubmitRequest(job=spec), timeout=timeout).job
+        job: job_pb2.Job = self._stub.Submit(
+            job_service_pb2.SubmitRequest(job=spec), timeout=timeout
+        ).job
+        return job
 
     def status(self, job_id: str) -> job_pb2.Job:
-        return self._stub.Status(job_service_pb2.StatusRequest(job_id=job_id), timeout=10).job
+        job: job_pb2.Job = self._stub.Status(
+            job_service_pb2.StatusRequest(job_id=job_id), timeout=10
+        ).job
+        return job
 
     def watch(
         self, job_id: str, *, after_sequence: int = 0, timeout: float | None = None
@@ -90,9 +97,10 @@ class JobClient:
         )
 
     def cancel(self, job_id: str, reason: str = "") -> job_pb2.Job:
-        return self._stub.Cancel(
+        job: job_pb2.Job = self._stub.Cancel(
             job_service_pb2.CancelRequest(job_id=job_id, reason=reason), timeout=10
         ).job
+        return job
 
     def wait(self, job_id: str, *, timeout: float) -> job_pb2.Job:
         """Follows the job with Watch until it is terminal."""

@@ -33,7 +33,7 @@ BACKEND_ERRORS: tuple[type[BaseException], ...] = (
 def migrations() -> list[tuple[str, str]]:
     """(version, sql) of every migration, in order."""
     folder = resources.files("fleetwire") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name.removesuffix(".sql"), p.read_text()) for p in files]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -96,7 +97,7 @@ class JobEvents:
     ) -> list[tuple[str, Event]]:
         """Events after stream id ``after_id`` ("0" for all), waiting up to ``block``."""
         try:
-            reply = await self._redis.xread(
+            reply: Any = await self._redis.xread(
                 {self.stream_key(job_id): after_id},
                 block=int(block.total_seconds() * 1000),
                 count=256,

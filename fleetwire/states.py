@@ -28,11 +28,13 @@ class JobState(StrEnum):
         return self in TERMINAL
 
     def to_proto(self) -> job_pb2.JobState:
-        return job_pb2.JobState.Value(f"JOB_STATE_{self.value}")
+        value: job_pb2.JobState = job_pb2.JobState.Value(f"JOB_STATE_{self.value}")
+        return value
 
     @classmethod
     def from_proto(cls, value: int) -> JobState:
-        return cls(job_pb2.JobState.Name(value).removeprefix("JOB_STATE_"))
+        name: str = job_pb2.JobState.Name(value)
+        return cls(name.removeprefix("JOB_STATE_"))
 
 
 TERMINAL: frozenset[JobState] = frozenset(

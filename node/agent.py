@@ -30,7 +30,7 @@ from node.vllm_runtime import VllmRuntime
 
 log = structlog.get_logger(__name__)
 
-NETWORK_VALUES = {name: value for value, name in NETWORK_NAMES.items()}
+NETWORK_VALUES: dict[str, Any] = {name: value for value, name in NETWORK_NAMES.items()}
 
 
 class HandshakeRefused(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiormq.abc
@@ -29,6 +29,7 @@ from scheduler.dispatcher import Dispatcher, Verdict
 log = structlog.get_logger(__name__)
 
 RECONNECT_DELAY = 1.0
+_BROKER_DOWN: tuple[type[BaseException], ...] = (BackendUnavailable, *AMQP_ERRORS)
 
 
 @dataclass(eq=False)
@@ -89,7 +90,7 @@ class QueueConsumers:
         while True:
             try:
                 await self._sync()
-            except (BackendUnavailable, *AMQP_ERRORS) as err:
+            except _BROKER_DOWN as err:
                 log.warning("amqp unavailable; retrying", error=str(err) or type(err).__name__)
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
@@ -113,10 +114,10 @@ class QueueConsumers:
             )
         wanted = self._routes()
         for route in list(self._consumers):
-            consumer = self._consumers[route]
-            if route not in wanted or consumer.channel.is_closed:
+            stale = self._consumers[route]
+            if route not in wanted or stale.channel.is_closed:
                 del self._consumers[route]
-                await _close(consumer.channel)
+                await _close(stale.channel)
                 log.info("stopped consuming", route=route)
         for route, slots in wanted.items():
             consumer = self._consumers.get(route)
@@ -131,7 +132,9 @@ class QueueConsumers:
                 await consumer.channel.basic_qos(prefetch_count=slots)
                 consumer.prefetch = slots
 
-    def _handler_for(self, route: str) -> Callable[[aiormq.abc.DeliveredMessage], Awaitable[None]]:
+    def _handler_for(
+        self, route: str
+    ) -> Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]]:
         async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
             task = asyncio.create_task(self._handle(route, message))
             self._handlers.add(task)
@@ -140,7 +143,7 @@ class QueueConsumers:
         return on_message
 
     async def _handle(self, route: str, message: aiormq.abc.DeliveredMessage) -> None:
-        tag = message.delivery_tag
+        tag = _tag(message)
         try:
             verdict = await self._dispatcher.handle_delivery(route, message)
         except BackendUnavailable as err:
@@ -176,28 +179,31 @@ class QueueConsumers:
             if row is not None and row["state"] == state:
                 log.info("job dead-lettered", job_id=envelope.job_id, state=state.value)
                 await self._events.publish_state(envelope.job_id, state)
-            await message.channel.basic_ack(message.delivery_tag)
+            await message.channel.basic_ack(_tag(message))
         except BackendUnavailable as err:
             log.warning("dead letter not recorded yet", error=err.message)
             await asyncio.sleep(RECONNECT_DELAY)
-            await message.channel.basic_nack(message.delivery_tag, requeue=True)
+            await message.channel.basic_nack(_tag(message), requeue=True)
         except ValueError:
             log.exception("malformed dead letter dropped")
-            await message.channel.basic_ack(message.delivery_tag)
+            await message.channel.basic_ack(_tag(message))
+
+
+def _tag(message: aiormq.abc.DeliveredMessage) -> int:
+    assert message.delivery_tag is not None  # always set on a consumed delivery
+    return message.delivery_tag
 
 
 def _death_reason(message: aiormq.abc.DeliveredMessage) -> str:
-    deaths = (message.header.properties.headers or {}).get("x-death") or []
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        return (
-            str(deaths[0].get("reason", b"unknown"), "utf-8")
-            if isinstance(deaths[0].get("reason"), bytes)
-            else str(deaths[0].get("reason", "unknown"))
-        )
-    return "unknown"
+    """The ``reason`` of the newest ``x-death`` entry: "expired", "rejected"..."""
+    deaths = (message.header.properties.headers or {}).get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], dict):
+        return "unknown"
+    reason = deaths[0].get("reason")
+    return reason.decode() if isinstance(reason, bytes) else str(reason)
 
 
 async def _close(channel: aiormq.abc.AbstractChannel) -> None:
     if not channel.is_closed:
-        with contextlib.suppress(AMQP_ERRORS):
+        with contextlib.suppress(*AMQP_ERRORS):
             await channel.close()

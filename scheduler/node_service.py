@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
@@ -31,7 +31,7 @@ from scheduler.registry import NodeRegistry, NodeSession
 
 log = structlog.get_logger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
 HANDSHAKE_TIMEOUT = 10.0
 NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
