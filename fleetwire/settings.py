@@ -12,8 +12,23 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _seconds(value: Any) -> Any:
+    """Durations may be given as plain seconds ("2.5") as well as ISO 8601 ("PT2.5S")."""
+    if isinstance(value, str):
+        try:
+            return timedelta(seconds=float(value))
+        except ValueError:
+            return value
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_seconds)]
 
 
 def _group(prefix: str) -> SettingsConfigDict:
@@ -44,7 +59,7 @@ class RabbitMQSettings(BaseSettings):
     model_config = _group("FLEETWIRE_RABBITMQ_")
 
     url: SecretStr = Field(SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="AMQP URL.")
-    publish_timeout: timedelta = Field(
+    publish_timeout: Duration = Field(
         timedelta(seconds=10), description="How long Submit waits for the publisher confirm."
     )
 
@@ -60,7 +75,7 @@ class PostgresSettings(BaseSettings):
     )
     pool_min: int = Field(1, ge=0, description="Minimum pool size per process.")
     pool_max: int = Field(10, ge=1, description="Maximum pool size per process.")
-    command_timeout: timedelta = Field(
+    command_timeout: Duration = Field(
         timedelta(seconds=10), description="Timeout of one SQL command."
     )
 
@@ -74,7 +89,7 @@ class RedisSettings(BaseSettings):
     stream_maxlen: int = Field(
         10_000, ge=100, description="Cap on events kept per job's event stream."
     )
-    stream_ttl: timedelta = Field(
+    stream_ttl: Duration = Field(
         timedelta(hours=1), description="Expiry of a job's event stream after its last event."
     )
 
@@ -86,8 +101,8 @@ class BridgeSettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Listen address.")
     port: int = Field(50051, description="Public gRPC port.")
-    default_ttl: timedelta = Field(timedelta(minutes=10), description="TTL of a job without one.")
-    max_ttl: timedelta = Field(timedelta(hours=24), description="Largest TTL accepted.")
+    default_ttl: Duration = Field(timedelta(minutes=10), description="TTL of a job without one.")
+    max_ttl: Duration = Field(timedelta(hours=24), description="Largest TTL accepted.")
     max_prompt_bytes: int = Field(32 * 1024, description="Largest prompt accepted, in bytes.")
     max_output_tokens: int = Field(
         4096, description="Largest max_tokens accepted (the model's own limit applies too)."
@@ -102,13 +117,13 @@ class SchedulerSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Listen address.")
     port: int = Field(50052, description="NodeStream gRPC port.")
     scheduler_id: str = Field("", description="Replica id; empty means hostname plus process id.")
-    heartbeat_interval: timedelta = Field(
+    heartbeat_interval: Duration = Field(
         timedelta(seconds=2), description="How often nodes heartbeat."
     )
-    lease: timedelta = Field(
+    lease: Duration = Field(
         timedelta(seconds=10), description="Silence after which a node is offline."
     )
-    dispatch_timeout: timedelta = Field(
+    dispatch_timeout: Duration = Field(
         timedelta(seconds=10), description="How long a node has to Accept a dispatch."
     )
     auto_register_nodes: bool = Field(
@@ -116,7 +131,7 @@ class SchedulerSettings(BaseSettings):
         description="Bind an unknown node id to the key it first presents (trust on first "
         "use). Turn off in production and register keys with the CLI.",
     )
-    defer_delay: timedelta = Field(
+    defer_delay: Duration = Field(
         timedelta(seconds=1),
         description="Wait before handing back a job no connected node can take right now.",
     )
@@ -145,7 +160,7 @@ class NodeSettings(BaseSettings):
         default_factory=lambda: ["mainnet", "testnet"],
         description="Networks the node opts into (JSON list).",
     )
-    reconnect_max_delay: timedelta = Field(
+    reconnect_max_delay: Duration = Field(
         timedelta(seconds=10), description="Longest back-off between reconnects."
     )
 
