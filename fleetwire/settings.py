@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, SecretStr
