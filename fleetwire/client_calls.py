@@ -105,9 +105,13 @@ class JobClient:
     def wait(self, job_id: str, *, timeout: float) -> job_pb2.Job:
         """Follows the job with Watch until it is terminal."""
         last: job_pb2.Job | None = None
-        for event in self.watch(job_id, timeout=timeout):
-            if event.HasField("job"):
-                last = event.job
-                if is_terminal(last):
-                    return last
-        return last if last is not None else self.status(job_id)
+        try:
+            for event in self.watch(job_id, timeout=timeout):
+                if event.HasField("job"):
+                    last = event.job
+                    if is_terminal(last):
+                        return last
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise
+        return self.status(job_id)

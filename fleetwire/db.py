@@ -68,8 +68,8 @@ async def ensure_database(dsn: str) -> None:
         admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
         try:
             await admin.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:
-            pass
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            pass  # another process created it at the same moment
         finally:
             await admin.close()
     else:

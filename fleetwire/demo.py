@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from fleetwire.client_calls import JobClient, make_spec, state_name
 from fleetwire.settings import load_settings
@@ -35,7 +34,7 @@ def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
     mesh.start()
     client = JobClient(f"127.0.0.1:{settings.bridge.port}")
     try:
-        client.wait_ready(timeout=60)
+        _wait_until_serving(mesh, client, timeout=60)
         submitted: list[tuple[str, str]] = []
         for i in range(jobs):
             priority, prompt = PROMPTS[i % len(PROMPTS)]
@@ -46,28 +45,42 @@ def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
             console.print(f"submitted {priority:6} {job.job_id}")
         console.print("waiting for the nodes' engines to start and the results to come back…")
         deadline = time.monotonic() + timeout
-        table = Table("job", "priority", "state", "node", "tokens", "signature", "output")
         ok = True
         for priority, job_id in submitted:
             job = client.wait(job_id, timeout=max(1.0, deadline - time.monotonic()))
             verified = verify_job(job)
             ok &= job.state == job_pb2.JOB_STATE_SUCCEEDED and verified
-            table.add_row(
-                job_id[:8],
-                priority,
-                state_name(job.state),
-                job.signature.node_id,
-                str(job.usage.completion_tokens),
-                "[green]verified[/]" if verified else "[red]invalid[/]",
-                repr(job.output[:60]),
+            mark = "[green]signature verified[/]" if verified else "[red]signature INVALID[/]"
+            console.print(
+                f"[bold]{job_id}[/] {priority:6} {state_name(job.state)} on "
+                f"{job.signature.node_id or '-'} (key {job.signature.key_id or '-'}), "
+                f"{job.usage.completion_tokens} tokens, {mark}"
             )
-        console.print(table)
+            console.print(f"    {job.output!r}", markup=False, highlight=False)
+            if job.error.reason:
+                console.print(f"    error: {job.error.reason}: {job.error.message}")
         console.print("[bold green]all results verified[/]" if ok else "[bold red]demo failed[/]")
         return 0 if ok else 1
     finally:
         client.close()
         console.print("stopping the mesh…")
         mesh.stop()
+
+
+def _wait_until_serving(mesh: LocalMesh, client: JobClient, *, timeout: float) -> None:
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if failed := mesh.failed():
+            names = ", ".join(f"{c.name} (exit {c.process.returncode})" for c in failed)
+            raise RuntimeError(f"mesh process exited: {names}; see .cache/demo-logs/")
+        try:
+            client.wait_ready(timeout=1.0)
+            return
+        except grpc.FutureTimeoutError:
+            continue
+    raise TimeoutError("the bridge did not start serving; see .cache/demo-logs/")
 
 
 def _submit_with_retry(client: JobClient, spec: job_pb2.JobSpec) -> job_pb2.Job:

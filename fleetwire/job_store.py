@@ -175,7 +175,7 @@ class JobStore:
                 " WHERE job_id = $1 AND attempts = $2 AND state = ANY($13) RETURNING true",
                 job_id,
                 outcome.attempt,
-                outcome.output,
+                outcome.output.encode(),
                 outcome.finish_reason,
                 outcome.prompt_tokens,
                 outcome.completion_tokens,
@@ -219,7 +219,7 @@ class JobStore:
                 attempt,
                 attempt_outcome,
                 reason,
-                message,
+                _clean(message),
             )
             # A retry keeps no error on the job; a terminal failure records why.
             moved = await conn.fetchval(
@@ -231,7 +231,7 @@ class JobStore:
                 attempt,
                 job_state.value,
                 reason,
-                message,
+                _clean(message),
                 _names(predecessors(job_state)),
             )
             return bool(moved)
@@ -296,6 +296,11 @@ class JobStore:
         await self._pool.execute(
             "UPDATE nodes SET last_seen_at = now() WHERE node_id = $1", node_id
         )
+
+
+def _clean(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; node-supplied messages may."""
+    return text.replace("\x00", "\ufffd")
 
 
 def record_dict(row: asyncpg.Record) -> dict[str, Any]:

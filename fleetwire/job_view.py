@@ -24,7 +24,8 @@ def job_from_row(row: Mapping[str, Any]) -> job_pb2.Job:
     job.updated_at.FromDatetime(row["updated_at"])
     job.expires_at.FromDatetime(row["expires_at"])
     if row["state"] == JobState.SUCCEEDED:
-        job.output = row["output"]
+        output = bytes(row["output"]).decode()
+        job.output = output
         job.finish_reason = row["finish_reason"]
         job.usage.prompt_tokens = row["prompt_tokens"]
         job.usage.completion_tokens = row["completion_tokens"]
@@ -42,7 +43,7 @@ def job_from_row(row: Mapping[str, Any]) -> job_pb2.Job:
         sig.signature = bytes(row["signature"])
         sig.attempt = row["signed_attempt"]
         sig.request_digest = bytes(row["request_digest"])
-        sig.output_digest = output_digest(row["output"])
+        sig.output_digest = output_digest(output)
         sig.finished_at_unix_ms = row["finished_at_ms"]
     if row["error_reason"]:
         job.error.reason = row["error_reason"]

@@ -105,6 +105,11 @@ class Dispatcher:
         if attempt is None:
             bound.info("job is final or unknown; dropping delivery")
             return Verdict(ack=True)
+        if attempt > MAX_ATTEMPTS:
+            # Attempts that ended without an outcome (a crash in between) count too.
+            return await self._retry(
+                uuid.UUID(job_id), attempt, "LOST", "ATTEMPTS_EXHAUSTED", "no attempt finished"
+            )
         row = await self._store.get_job(uuid.UUID(job_id))
         assert row is not None
         await self._publish_state(job_id, JobState.DISPATCHED)

@@ -26,7 +26,7 @@ CREATE TABLE jobs (
     expires_at         timestamptz NOT NULL,
     attempts           integer NOT NULL DEFAULT 0,
     node_id            text,
-    output             text,
+    output             bytea,                   -- UTF-8; text columns cannot hold NUL
     finish_reason      text,
     prompt_tokens      bigint,
     completion_tokens  bigint,
