@@ -62,7 +62,8 @@ class JobDesk:
         network = NETWORK_NAMES[spec.network]
         route_key = self._topology.route_key(network, spec.model)
         ttl = spec.ttl.ToTimedelta()
-        expires_at = datetime.now(UTC) + ttl
+        now = datetime.now(UTC)
+        expires_at = now + ttl
         spec_bytes = spec.SerializeToString(deterministic=True)
         await self._store.insert_job(
             NewJob(
@@ -97,7 +98,11 @@ class JobDesk:
             raise
         log.info("job accepted", job_id=str(job_id), route=route_key, trace_id=trace_id)
         await self._publish_state(str(job_id), JobState.QUEUED)
-        return await self.status(str(job_id))
+        accepted = job_pb2.Job(job_id=str(job_id), state=job_pb2.JOB_STATE_QUEUED, spec=spec)
+        accepted.created_at.FromDatetime(now)
+        accepted.updated_at.FromDatetime(now)
+        accepted.expires_at.FromDatetime(expires_at)
+        return accepted
 
     async def status(self, raw_job_id: str) -> job_pb2.Job:
         row = await self._store.get_job(parse_job_id(raw_job_id))

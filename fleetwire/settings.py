@@ -3,7 +3,7 @@
 Each concern has its own group and environment prefix (``FLEETWIRE_RABBITMQ_*``,
 ``FLEETWIRE_BRIDGE_*``...). Values come from the environment or a ``.env`` file; nothing
 else in the project reads ``os.environ`` for configuration. ``docs/configuration.md`` has
-the table of every setting (kept in sync by ``tests/unit/test_settings.py``).
+the table of every setting (kept in sync by ``tests/unit/test_configuration_doc.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -164,10 +164,9 @@ class NodeSettings(BaseSettings):
     )
 
 
-class Settings(BaseSettings):
-    """All groups together; build once in ``__main__`` and pass down."""
-
-    model_config = SettingsConfigDict(extra="ignore")
+class Settings(BaseModel):
+    """All groups together; build once in ``__main__`` and pass down. A plain model: only
+    the groups read the environment, each under its own prefix."""
 
     mesh: MeshSettings = Field(default_factory=MeshSettings)
     rabbitmq: RabbitMQSettings = Field(default_factory=RabbitMQSettings)

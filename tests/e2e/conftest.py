@@ -1,0 +1,79 @@
+"""A real local mesh for end-to-end tests: scheduler, bridge and two node agents running
+vLLM on the tiny model, as child processes (``fleetwire.supervisor.LocalMesh``)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleetwire.client_calls import JobClient
+from fleetwire.keys import load_key
+from fleetwire.supervisor import LocalMesh
+from tests.conftest import MODEL_DIR
+
+NODE_START_TIMEOUT = 300.0
+
+
+class LiveMesh:
+    def __init__(self, mesh: LocalMesh, env: dict[str, str], log_dir: Path) -> None:
+        self.mesh = mesh
+        self.env = env
+        self.log_dir = log_dir
+        self.bridge_address = f"127.0.0.1:{env['FLEETWIRE_BRIDGE_PORT']}"
+
+    def client(self) -> JobClient:
+        return JobClient(self.bridge_address)
+
+    def public_key(self, node_id: str) -> bytes:
+        return bytes(load_key(self.mesh.key_dir / f"{node_id}.key").verify_key)
+
+    def connected_nodes(self) -> set[str]:
+        """Node ids whose latest scheduler log event is a connect."""
+        state: dict[str, bool] = {}
+        log = (self.log_dir / "scheduler.log").read_text(errors="replace")
+        for match in re.finditer(r"node (connected|disconnected)\s.*?node_id=([a-z0-9-]+)", log):
+            state[match.group(2)] = match.group(1) == "connected"
+        return {node for node, up in state.items() if up}
+
+    def wait_for_nodes(self, nodes: set[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if failed := self.mesh.failed():
+                raise RuntimeError(f"mesh process exited early: {[c.name for c in failed]}")
+            if nodes <= self.connected_nodes():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"nodes {nodes - self.connected_nodes()} did not connect")
+
+    def log_tails(self, lines: int = 60) -> str:
+        out = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"===== {path.name} =====\n" + "\n".join(tail))
+        return "\n".join(out)
+
+
+@pytest.fixture(scope="session")
+def live_mesh(
+    mesh_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[LiveMesh]:
+    if not (MODEL_DIR / "config.json").exists():
+        pytest.fail(f"the tiny model is missing at {MODEL_DIR}: run `make model`")
+    log_dir = tmp_path_factory.mktemp("mesh-logs")
+    mesh = LocalMesh(nodes=2, key_dir=tmp_path_factory.mktemp("node-keys"), log_dir=log_dir)
+    live = LiveMesh(mesh, mesh_env, log_dir)
+    mesh.start()
+    try:
+        live.wait_for_nodes({"node-1", "node-2"}, NODE_START_TIMEOUT)
+        yield live
+    finally:
+        failed_before = request.session.testsfailed
+        mesh.stop()
+        if failed_before:
+            print(live.log_tails())

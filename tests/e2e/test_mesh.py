@@ -1,0 +1,153 @@
+"""End to end: real processes, real RabbitMQ/Redis/PostgreSQL, real vLLM nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from fleetwire.client_calls import make_spec
+from fleetwire.v1 import job_pb2
+from fleetwire.verify import verify_job
+from tests.e2e.conftest import LiveMesh
+
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+PRIORITIES = ["urgent", "normal", "bulk", "test", "normal"]
+
+
+def test_mixed_priority_jobs_succeed_with_signatures_of_the_nodes(live_mesh: LiveMesh) -> None:
+    client = live_mesh.client()
+    try:
+        ids = [
+            client.submit(
+                make_spec(
+                    f"job {i} says",
+                    max_tokens=16,
+                    priority=PRIORITIES[i % len(PRIORITIES)],
+                    chat=i % 3 == 0,
+                    seed=i,
+                    temperature=0.7 if i % 2 else 0.0,
+                )
+            ).job_id
+            for i in range(10)
+        ]
+        finished = [client.wait(job_id, timeout=240) for job_id in ids]
+    finally:
+        client.close()
+    keys = {node: live_mesh.public_key(node) for node in ("node-1", "node-2")}
+    for job in finished:
+        assert job.state == job_pb2.JOB_STATE_SUCCEEDED, (job.job_id, job.error)
+        assert job.usage.completion_tokens > 0
+        assert job.output
+        node = job.signature.node_id
+        assert node in keys
+        assert bytes(job.signature.public_key) == keys[node]
+        assert verify_job(job, keys[node]), f"signature of {job.job_id} does not verify"
+        other = keys["node-2" if node == "node-1" else "node-1"]
+        assert not verify_job(job, other), "a signature must not verify under another key"
+
+
+def grpcurl(live_mesh: LiveMesh, *args: str) -> str:
+    result = subprocess.run(
+        [GRPCURL, "-plaintext", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_grpcurl_lists_submits_and_reads_status(live_mesh: LiveMesh) -> None:
+    address = live_mesh.bridge_address
+    services = grpcurl(live_mesh, address, "list").split()
+    assert "fleetwire.v1.JobService" in services
+    assert "grpc.health.v1.Health" in services
+
+    request = {
+        "job": {
+            "model": "tiny-llama",
+            "prompt": "from grpcurl",
+            "sampling": {"maxTokens": 8},
+            "priority": "PRIORITY_CLASS_URGENT",
+        }
+    }
+    submitted = json.loads(
+        grpcurl(live_mesh, "-d", json.dumps(request), address, "fleetwire.v1.JobService/Submit")
+    )
+    job_id = submitted["job"]["job_id"]
+    assert submitted["job"]["state"] == "JOB_STATE_QUEUED"
+
+    client = live_mesh.client()
+    try:
+        client.wait(job_id, timeout=120)
+    finally:
+        client.close()
+    status = json.loads(
+        grpcurl(
+            live_mesh,
+            "-d",
+            json.dumps({"job_id": job_id}),
+            address,
+            "fleetwire.v1.JobService/Status",
+        )
+    )
+    assert status["job"]["state"] == "JOB_STATE_SUCCEEDED"
+    assert status["job"]["signature"]["signature"]  # base64 of the 64-byte signature
+    assert int(status["job"]["usage"]["completion_tokens"]) == 8
+
+
+async def _attempts(dsn: str, job_id: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(
+            await conn.fetch(
+                "SELECT attempt, node_id, outcome, error_reason FROM attempts"
+                " WHERE job_id = $1 ORDER BY attempt",
+                uuid.UUID(job_id),
+            )
+        )
+    finally:
+        await conn.close()
+
+
+def test_node_killed_mid_job_leaves_no_job_behind(live_mesh: LiveMesh) -> None:
+    """SIGKILL the node running a job as soon as it streams tokens: the job goes back to the
+    queue and finishes, signed, on the other node. (Last test: it leaves one node.)"""
+    import asyncio
+
+    dsn = live_mesh.env["FLEETWIRE_POSTGRES_DSN"]
+    client = live_mesh.client()
+    try:
+        spec = make_spec("a long story", max_tokens=400)
+        spec.sampling.ignore_eos = True
+        job_id = client.submit(spec).job_id
+        for event in client.watch(job_id, timeout=120):
+            if event.HasField("chunk"):
+                break
+            if event.HasField("job") and event.job.state == job_pb2.JOB_STATE_SUCCEEDED:
+                pytest.fail("the job finished before it could be interrupted")
+        attempts = asyncio.run(_attempts(dsn, job_id))
+        victim = attempts[-1]["node_id"]
+        os.killpg(live_mesh.mesh.child(victim).process.pid, signal.SIGKILL)
+
+        job = client.wait(job_id, timeout=180)
+    finally:
+        client.close()
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.signature.node_id != victim
+    assert job.usage.completion_tokens == 400
+    assert verify_job(job, live_mesh.public_key(job.signature.node_id))
+    history = asyncio.run(_attempts(dsn, job_id))
+    assert len(history) >= 2
+    assert history[0]["node_id"] == victim
+    assert history[0]["outcome"] == "LOST"
+    assert history[-1]["outcome"] == "SUCCEEDED"
