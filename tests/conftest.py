@@ -28,12 +28,43 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SUITES = ("unit", "integration", "faults", "e2e")
+
+
+def _suite_of(item: pytest.Item) -> int:
+    for rank, suite in enumerate(SUITES):
+        if f"{os.sep}{suite}{os.sep}" in str(item.path):
+            return rank
+    return len(SUITES)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks each test by its folder: unit, integration or e2e."""
+    """Marks each test by its folder and runs the suites in order: unit, integration,
+    faults, e2e (fast feedback first; real processes last)."""
     for item in items:
-        for marker in ("unit", "integration", "e2e"):
-            if f"{os.sep}{marker}{os.sep}" in str(item.path):
-                item.add_marker(getattr(pytest.mark, marker))
+        rank = _suite_of(item)
+        if rank < len(SUITES):
+            item.add_marker(getattr(pytest.mark, SUITES[rank]))
+    items.sort(key=_suite_of)  # stable: keeps file order within a suite
+
+
+def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
+    """FLEETWIRE_* variables of one isolated mesh: its own namespace (queues, Redis keys),
+    database and free ports."""
+    env = {
+        "FLEETWIRE_NAMESPACE": namespace,
+        "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
+        "FLEETWIRE_BRIDGE_PORT": str(free_port()),
+        "FLEETWIRE_SCHEDULER_PORT": str(free_port()),
+        "FLEETWIRE_SCHEDULER_LEASE": "6",
+        "FLEETWIRE_SCHEDULER_HEARTBEAT_INTERVAL": "1",
+        "FLEETWIRE_NODE_MODEL_PATH": str(MODEL_DIR),
+        "FLEETWIRE_NODE_KEY_FILE": str(key_file),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    env["FLEETWIRE_NODE_SCHEDULER_ADDRESS"] = f"127.0.0.1:{env['FLEETWIRE_SCHEDULER_PORT']}"
+    return env
 
 
 @pytest.fixture(scope="session")
@@ -45,19 +76,7 @@ def run_id() -> str:
 def mesh_env(run_id: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """FLEETWIRE_* variables of this run's isolated mesh; also applied to os.environ so
     in-process components and child processes see the same settings."""
-    env = {
-        "FLEETWIRE_NAMESPACE": run_id,
-        "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{run_id}",
-        "FLEETWIRE_BRIDGE_PORT": str(free_port()),
-        "FLEETWIRE_SCHEDULER_PORT": str(free_port()),
-        "FLEETWIRE_SCHEDULER_LEASE": "6",
-        "FLEETWIRE_SCHEDULER_HEARTBEAT_INTERVAL": "1",
-        "FLEETWIRE_NODE_MODEL_PATH": str(MODEL_DIR),
-        "FLEETWIRE_NODE_KEY_FILE": str(tmp_path_factory.mktemp("keys") / "node.key"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    env["FLEETWIRE_NODE_SCHEDULER_ADDRESS"] = f"127.0.0.1:{env['FLEETWIRE_SCHEDULER_PORT']}"
+    env = isolated_env(run_id, tmp_path_factory.mktemp("keys") / "node.key")
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -68,10 +87,11 @@ def mesh_env(run_id: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        asyncio.run(_cleanup(run_id))
+        asyncio.run(cleanup_namespace(run_id))
 
 
-async def _cleanup(run_id: str) -> None:
+async def cleanup_namespace(run_id: str) -> None:
+    """Removes the database, queues, exchanges and Redis keys of one isolated mesh."""
     settings = Settings()
     try:
         conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
@@ -82,11 +102,10 @@ async def _cleanup(run_id: str) -> None:
     try:
         connection = await aiormq.connect(settings.rabbitmq.url.get_secret_value())
         channel = await connection.channel()
-        for route in ("mainnet.tiny-llama", "testnet.tiny-llama", "mainnet.other-model"):
-            await channel.queue_delete(f"{run_id}.jobs.{route}")
-        await channel.queue_delete(f"{run_id}.dead")
-        await channel.exchange_delete(f"{run_id}.jobs")
-        await channel.exchange_delete(f"{run_id}.dlx")
+        for queue in await _queues_of(run_id):
+            await channel.queue_delete(queue)
+        for exchange in ("jobs", "dlx", "retry"):
+            await channel.exchange_delete(f"{run_id}.{exchange}")
         await connection.close()
     except (OSError, aiormq.exceptions.AMQPError):
         pass
@@ -98,6 +117,24 @@ async def _cleanup(run_id: str) -> None:
         await redis.aclose()
     except OSError:
         pass
+
+
+async def _queues_of(namespace: str) -> list[str]:
+    """Names of the broker's queues in ``namespace`` (via rabbitmqctl when present)."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "list_queues",
+            "name",
+            "-q",
+            "--no-table-headers",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+    except (OSError, TimeoutError):
+        return []
+    return [q for q in out.decode().split() if q.startswith(f"{namespace}.")]
 
 
 @pytest.fixture(scope="session")

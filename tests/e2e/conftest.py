@@ -3,6 +3,7 @@ vLLM on the tiny model, as child processes (``fleetwire.supervisor.LocalMesh``).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 from fleetwire.client_calls import JobClient
 from fleetwire.keys import load_key
 from fleetwire.supervisor import LocalMesh
-from tests.conftest import MODEL_DIR
+from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
 
 NODE_START_TIMEOUT = 300.0
 
@@ -59,15 +60,20 @@ class LiveMesh:
 
 @pytest.fixture(scope="session")
 def live_mesh(
-    mesh_env: dict[str, str],
+    run_id: str,
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[LiveMesh]:
+    """Two vLLM nodes, a scheduler and a bridge in a namespace, database and ports of their
+    own (apart from the in-process servers of the integration tests)."""
     if not (MODEL_DIR / "config.json").exists():
         pytest.fail(f"the tiny model is missing at {MODEL_DIR}: run `make model`")
+    namespace = f"{run_id}e"
+    key_dir = tmp_path_factory.mktemp("node-keys")
+    env = isolated_env(namespace, key_dir / "node.key")
     log_dir = tmp_path_factory.mktemp("mesh-logs")
-    mesh = LocalMesh(nodes=2, key_dir=tmp_path_factory.mktemp("node-keys"), log_dir=log_dir)
-    live = LiveMesh(mesh, mesh_env, log_dir)
+    mesh = LocalMesh(nodes=2, env=env, key_dir=key_dir, log_dir=log_dir)
+    live = LiveMesh(mesh, env, log_dir)
     mesh.start()
     try:
         live.wait_for_nodes({"node-1", "node-2"}, NODE_START_TIMEOUT)
@@ -77,3 +83,4 @@ def live_mesh(
         mesh.stop()
         if failed_before:
             print(live.log_tails())
+        asyncio.run(cleanup_namespace(namespace))

@@ -119,6 +119,40 @@ async def _attempts(dsn: str, job_id: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
+def test_sync_submit_returns_the_signed_result(live_mesh: LiveMesh) -> None:
+    client = live_mesh.client()
+    try:
+        spec = make_spec("wait for me", max_tokens=12)
+        spec.mode = job_pb2.INFERENCE_MODE_SYNC
+        job = client.submit(spec, timeout=120)
+    finally:
+        client.close()
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert verify_job(job, live_mesh.public_key(job.signature.node_id))
+
+
+def test_cancel_running_job_stops_generation(live_mesh: LiveMesh) -> None:
+    client = live_mesh.client()
+    try:
+        spec = make_spec("never ending", max_tokens=480)
+        spec.sampling.ignore_eos = True
+        job_id = client.submit(spec).job_id
+        tokens = 0
+        for event in client.watch(job_id, timeout=120):
+            if event.HasField("chunk"):
+                tokens += event.chunk.token_count
+                if tokens >= 5:
+                    client.cancel(job_id, "enough")
+            elif event.HasField("job") and event.job.state == job_pb2.JOB_STATE_CANCELLED:
+                break
+        job = client.status(job_id)
+    finally:
+        client.close()
+    assert job.state == job_pb2.JOB_STATE_CANCELLED
+    assert job.error.reason == "CANCELLED_BY_CLIENT"
+    assert tokens < 480, "generation went on to the end despite the cancel"
+
+
 def test_node_killed_mid_job_leaves_no_job_behind(live_mesh: LiveMesh) -> None:
     """SIGKILL the node running a job as soon as it streams tokens: the job goes back to the
     queue and finishes, signed, on the other node. (Last test: it leaves one node.)"""
