@@ -106,6 +106,35 @@ class BridgeSettings(BaseSettings):
     max_output_tokens: int = Field(
         4096, description="Largest max_tokens accepted (the model's own limit applies too)."
     )
+    require_api_key: bool = Field(
+        False,
+        description="Refuse calls without a valid API key (UNAUTHENTICATED). When false, "
+        "calls without a key run as the tenant 'anonymous'; a key that is sent is checked.",
+    )
+    auth_cache_ttl: Duration = Field(
+        timedelta(seconds=2),
+        description="How long a replica trusts a key lookup; a revoked key stops working "
+        "within this time.",
+    )
+    tenant_rate: float = Field(
+        50.0, gt=0, description="Jobs per second a tenant may submit (token bucket refill)."
+    )
+    tenant_burst: int = Field(
+        100, ge=1, description="Token bucket size: jobs a tenant may submit at once."
+    )
+    max_queue_depth: int = Field(
+        10_000,
+        ge=1,
+        description="Depth of a route's queue above which bulk and test jobs are refused; "
+        "normal jobs are refused at twice and urgent jobs at four times this depth.",
+    )
+    queue_depth_cache: Duration = Field(
+        timedelta(seconds=1), description="How long a measured queue depth is reused."
+    )
+    queue_full_retry: Duration = Field(
+        timedelta(seconds=5), description="Retry delay advised when a queue is too deep."
+    )
+    max_batch_jobs: int = Field(256, ge=1, description="Most jobs in one SubmitBatch call.")
 
 
 class SchedulerSettings(BaseSettings):
@@ -134,6 +163,21 @@ class SchedulerSettings(BaseSettings):
         timedelta(seconds=1),
         description="Wait before handing back a job no connected node can take right now.",
     )
+    retry_delays: list[Duration] = Field(
+        default_factory=lambda: [
+            timedelta(minutes=1),
+            timedelta(minutes=5),
+            timedelta(minutes=30),
+        ],
+        description="Delays of the retry stages a retryably failed job waits in (JSON list of "
+        "seconds); after the last stage the job is dead-lettered.",
+    )
+    max_attempts: int = Field(
+        8,
+        ge=1,
+        description="Attempts (including ones lost with their node) after which a job is "
+        "dead-lettered.",
+    )
 
 
 class NodeSettings(BaseSettings):
@@ -161,6 +205,19 @@ class NodeSettings(BaseSettings):
     )
     reconnect_max_delay: Duration = Field(
         timedelta(seconds=10), description="Longest back-off between reconnects."
+    )
+    config: Path | None = Field(
+        None,
+        description="Node config file (TOML): served models, region, subclouds, networks, "
+        "prices. Its values replace the model, region and network settings above.",
+    )
+    subclouds: list[str] = Field(
+        default_factory=list, description="Private pools the node joins (JSON list)."
+    )
+    drain_grace: Duration = Field(
+        timedelta(seconds=120),
+        description="On SIGTERM, how long running jobs may take to finish before they are "
+        "aborted and handed back.",
     )
 
 

@@ -5,6 +5,13 @@
 priorities on RabbitMQ 3.10). Messages that expire or are rejected there dead-letter through
 ``<ns>.dlx`` (fanout) into ``<ns>.dead``, where the scheduler records them as EXPIRED or
 FAILED — the broker does the expiring, no poller.
+
+Staged retries: stage *n* is a fanout exchange and a queue of the same name,
+``<ns>.retry.<n>-<delay>ms``, whose queue TTL is the stage's delay and whose dead-letter
+exchange is ``<ns>.jobs``; a message published there keeps its routing key and priority,
+waits out the delay and is routed back to its route queue. The delay is part of the name,
+so changing the delays declares new queues instead of clashing with the old arguments.
+After the last stage a job's message rests in ``<ns>.dead-letters`` for inspection.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ NETWORK_NAMES: dict[int, str] = {
 HEADER_JOB_ID = "x-fleetwire-job-id"
 HEADER_REQUEST_ID = "x-request-id"
 HEADER_EXPIRES_AT_MS = "x-fleetwire-expires-at-ms"
+HEADER_RETRIES = "x-fleetwire-retries"
+HEADER_LAST_ERROR = "x-fleetwire-last-error"
 
 _ROUTE_WORD = re.compile(r"[^a-z0-9_-]")
 
@@ -61,6 +70,33 @@ class Topology:
     def dead_letter_queue(self) -> str:
         return f"{self.namespace}.dead"
 
+    @property
+    def dead_letters_queue(self) -> str:
+        """Where messages of DEAD_LETTERED jobs rest (published there by the scheduler)."""
+        return f"{self.namespace}.dead-letters"
+
+    def retry_stage(self, stage: int, delay_ms: int) -> str:
+        """Name of retry stage ``stage`` (0-based): its exchange and its queue."""
+        return f"{self.namespace}.retry.{stage + 1}-{delay_ms}ms"
+
+    async def declare_retry_stage(
+        self, channel: aiormq.abc.AbstractChannel, stage: int, delay_ms: int
+    ) -> str:
+        """Declares stage ``stage``'s exchange and delay queue (idempotent)."""
+        name = self.retry_stage(stage, delay_ms)
+        await channel.exchange_declare(name, exchange_type="fanout", durable=True)
+        await channel.queue_declare(
+            name,
+            durable=True,
+            arguments={
+                "x-message-ttl": delay_ms,
+                "x-dead-letter-exchange": self.jobs_exchange,
+                "x-max-priority": MAX_PRIORITY,
+            },
+        )
+        await channel.queue_bind(name, name, "")
+        return name
+
     def route_key(self, network: str, model: str) -> str:
         return f"{network}.{route_word(model)}"
 
@@ -75,6 +111,7 @@ class Topology:
         )
         await channel.queue_declare(self.dead_letter_queue, durable=True)
         await channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange, "")
+        await channel.queue_declare(self.dead_letters_queue, durable=True)
 
     async def declare_route(self, channel: aiormq.abc.AbstractChannel, route_key: str) -> str:
         """Declares the route's queue and binding (idempotent); returns the queue name."""

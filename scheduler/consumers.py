@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import aiormq.abc
@@ -23,9 +25,14 @@ from fleetwire.errors import BackendUnavailable
 from fleetwire.events import JobEvents
 from fleetwire.job_store import JobStore
 from fleetwire.states import JobState
-from fleetwire.topology import Topology
+from fleetwire.topology import (
+    HEADER_EXPIRES_AT_MS,
+    HEADER_LAST_ERROR,
+    HEADER_RETRIES,
+    Topology,
+)
 from fleetwire.v1 import job_pb2
-from scheduler.dispatcher import Dispatcher, Verdict
+from scheduler.dispatcher import REQUEUE, Action, Dispatcher, Verdict
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +60,7 @@ class QueueConsumers:
         store: JobStore,
         events: JobEvents,
         routes: Callable[[], dict[str, int]],
+        retry_delays: list[timedelta],
     ) -> None:
         self._link = link
         self._topology = topology
@@ -66,6 +74,9 @@ class QueueConsumers:
         self._wake = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
         self._generation = -1
+        self._publisher: aiormq.abc.AbstractChannel | None = None
+        self._declared_stages: set[str] = set()
+        self._stage_delays_ms = [int(d.total_seconds() * 1000) for d in retry_delays]
 
     def routes_changed(self) -> None:
         self._wake.set()
@@ -86,6 +97,8 @@ class QueueConsumers:
         self._consumers.clear()
         if self._dead_channel is not None:
             await _close(self._dead_channel)
+        if self._publisher is not None:
+            await _close(self._publisher)
 
     async def _sync_forever(self) -> None:
         while True:
@@ -150,19 +163,76 @@ class QueueConsumers:
         except BackendUnavailable as err:
             log.warning("backing service down; requeueing", route=route, error=err.message)
             await asyncio.sleep(RECONNECT_DELAY)
-            verdict = Verdict(ack=False)
+            verdict = REQUEUE
         except Exception:
             log.exception("delivery handler failed; requeueing", route=route)
             await asyncio.sleep(RECONNECT_DELAY)
-            verdict = Verdict(ack=False)
+            verdict = REQUEUE
         try:
-            if verdict.ack:
-                await message.channel.basic_ack(tag)
-            else:
+            if verdict.action in (Action.RETRY_STAGE, Action.DEAD_LETTER):
+                try:
+                    await self._forward(message, verdict)
+                except _BROKER_DOWN as err:
+                    # Not forwarded: put it straight back; the job is RETRYING or final, and
+                    # a redelivery runs or drops it accordingly. Nothing is lost either way.
+                    log.warning("forward failed; requeueing", route=route, error=str(err))
+                    verdict = REQUEUE
+            if verdict.action is Action.REQUEUE:
                 await message.channel.basic_nack(tag, requeue=True)
+            else:
+                await message.channel.basic_ack(tag)
         except AMQP_ERRORS as err:
             # The channel is gone; the broker requeues the delivery by itself.
             log.warning("ack/nack lost with its channel", route=route, error=str(err))
+
+    async def _forward(self, message: aiormq.abc.DeliveredMessage, verdict: Verdict) -> None:
+        """Republishes a delivery (confirmed, persistent, same body, routing key and
+        priority) to a retry stage or the dead-letters queue. ``x-death`` is dropped so
+        RabbitMQ's cycle detection never discards the message on its way back."""
+        props = message.header.properties
+        headers = {k: v for k, v in (props.headers or {}).items() if k != "x-death"}
+        headers[HEADER_LAST_ERROR] = verdict.reason[:512]
+        expiration = props.expiration
+        expires_at_ms = headers.get(HEADER_EXPIRES_AT_MS)
+        if isinstance(expires_at_ms, int):
+            remaining = expires_at_ms - int(time.time() * 1000)
+            expiration = str(max(1, remaining))
+        if verdict.action is Action.RETRY_STAGE:
+            headers[HEADER_RETRIES] = verdict.stage + 1
+            delay_ms = self._stage_delays_ms[verdict.stage]
+            exchange = self._topology.retry_stage(verdict.stage, delay_ms)
+            routing_key = message.routing_key or ""
+        else:
+            exchange, routing_key, expiration = "", self._topology.dead_letters_queue, None
+        channel = await self._publish_channel()
+        if verdict.action is Action.RETRY_STAGE and exchange not in self._declared_stages:
+            await self._topology.declare_retry_stage(channel, verdict.stage, delay_ms)
+            self._declared_stages.add(exchange)
+        confirmation = await channel.basic_publish(
+            message.body,
+            exchange=exchange,
+            routing_key=routing_key,
+            mandatory=True,
+            timeout=10,
+            properties=aiormq.spec.Basic.Properties(
+                content_type=props.content_type,
+                message_type=props.message_type,
+                delivery_mode=2,
+                priority=props.priority,
+                expiration=expiration,
+                message_id=props.message_id,
+                timestamp=props.timestamp,
+                headers=headers,
+            ),
+        )
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise ConnectionError(f"forward not confirmed: {confirmation!r}")
+
+    async def _publish_channel(self) -> aiormq.abc.AbstractChannel:
+        if self._publisher is None or self._publisher.is_closed:
+            self._declared_stages.clear()
+            self._publisher = await self._link.channel(publisher_confirms=True)
+        return self._publisher
 
     async def _on_dead_letter(self, message: aiormq.abc.DeliveredMessage) -> None:
         """Records a dead-lettered job (expired in its queue, or rejected) once, then acks."""

@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 
 import aiormq.abc
 import structlog
@@ -21,7 +22,7 @@ from fleetwire.events import ChunkEvent, JobEvents
 from fleetwire.job_store import JobStore, SignedOutcome
 from fleetwire.settings import SchedulerSettings
 from fleetwire.states import JobState
-from fleetwire.topology import HEADER_REQUEST_ID
+from fleetwire.topology import HEADER_REQUEST_ID, HEADER_RETRIES
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.registry import (
@@ -35,14 +36,25 @@ from scheduler.registry import (
 
 log = structlog.get_logger(__name__)
 
-MAX_ATTEMPTS = 5
+
+class Action(Enum):
+    """What the consumer does with the AMQP delivery once an attempt is over."""
+
+    ACK = "ack"  # the job is settled (or not ours to run)
+    REQUEUE = "requeue"  # back to its queue at once (node lost, no slot): not a failure
+    RETRY_STAGE = "retry-stage"  # republish to retry stage ``stage``, then ack
+    DEAD_LETTER = "dead-letter"  # park in the dead-letters queue, then ack
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to do with the AMQP delivery once an attempt is over."""
+    action: Action
+    stage: int = 0
+    reason: str = ""
 
-    ack: bool  # True: the job is settled; False: requeue it for another attempt
+
+ACK = Verdict(Action.ACK)
+REQUEUE = Verdict(Action.REQUEUE)
 
 
 class Dispatcher:
@@ -70,13 +82,15 @@ class Dispatcher:
         job_id = envelope.job_id
         headers = message.header.properties.headers or {}
         trace_id = str(headers.get(HEADER_REQUEST_ID, ""))
+        retries = headers.get(HEADER_RETRIES, 0)
+        retries = retries if isinstance(retries, int) else 0
         bound = log.bind(job_id=job_id, trace_id=trace_id, route=route)
 
         expires_at = envelope.expires_at.ToDatetime(tzinfo=UTC)
         if expires_at <= datetime.now(UTC):
             # Per-message TTL is enforced only at the queue head; check again here.
             await self._end(job_id, JobState.EXPIRED, "TTL_EXPIRED", "TTL ran out while queued")
-            return Verdict(ack=True)
+            return ACK
 
         session = await self._registry.reserve(
             route, wait=self._settings.defer_delay.total_seconds()
@@ -84,9 +98,9 @@ class Dispatcher:
         if session is None:
             bound.info("no free node; deferring")
             await asyncio.sleep(self._settings.defer_delay.total_seconds())
-            return Verdict(ack=False)
+            return REQUEUE
         try:
-            return await self._attempt(session, envelope, expires_at, trace_id, bound)
+            return await self._attempt(session, envelope, expires_at, trace_id, retries, bound)
         finally:
             await self._registry.release(session)
 
@@ -96,6 +110,7 @@ class Dispatcher:
         envelope: job_pb2.Job,
         expires_at: datetime,
         trace_id: str,
+        retries: int,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> Verdict:
         job_id = envelope.job_id
@@ -104,11 +119,11 @@ class Dispatcher:
         )
         if attempt is None:
             bound.info("job is final or unknown; dropping delivery")
-            return Verdict(ack=True)
-        if attempt > MAX_ATTEMPTS:
+            return ACK
+        if attempt > self._settings.max_attempts:
             # Attempts that ended without an outcome (a crash in between) count too.
-            return await self._retry(
-                uuid.UUID(job_id), attempt, "LOST", "ATTEMPTS_EXHAUSTED", "no attempt finished"
+            return await self._give_up(
+                uuid.UUID(job_id), attempt, "LOST", "no attempt finished", bound
             )
         row = await self._store.get_job(uuid.UUID(job_id))
         assert row is not None
@@ -139,9 +154,16 @@ class Dispatcher:
                 )
             )
             await self._end(job_id, JobState.EXPIRED, "TTL_EXPIRED", "TTL ran out while running")
-            return Verdict(ack=True)
+            return ACK
         return await self._settle(
-            session, job_id, attempt, bytes(row["request_digest"]), envelope, outcome, bound
+            session,
+            job_id,
+            attempt,
+            bytes(row["request_digest"]),
+            envelope,
+            outcome,
+            retries,
+            bound,
         )
 
     async def _follow(self, run: JobRun, expires_at: datetime) -> Outcome | None:
@@ -167,6 +189,7 @@ class Dispatcher:
         digest: bytes,
         envelope: job_pb2.Job,
         outcome: Outcome,
+        retries: int,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> Verdict:
         jid = uuid.UUID(job_id)
@@ -207,14 +230,20 @@ class Dispatcher:
                 if finalised:
                     bound.info("job succeeded", node_id=session.node_id, attempt=attempt)
                     await self._publish_state(job_id, JobState.SUCCEEDED)
-                return Verdict(ack=True)
+                return ACK
             bound.warning("bad result signature; penalising node", node_id=session.node_id)
             return await self._retry(
-                jid, attempt, "FAILED", "BAD_SIGNATURE", "result signature did not verify"
+                jid,
+                attempt,
+                "FAILED",
+                "BAD_SIGNATURE",
+                "result signature did not verify",
+                staged_from=retries,
+                bound=bound,
             )
         if isinstance(outcome, nodes_pb2.Failure):
             if outcome.reason == "CANCELLED":
-                return Verdict(ack=True)  # the job was already made CANCELLED by the bridge
+                return ACK  # the job was already made CANCELLED by the bridge
             if not outcome.retryable:
                 moved = await self._store.end_attempt(
                     jid,
@@ -227,33 +256,55 @@ class Dispatcher:
                 if moved:
                     bound.info("job failed", reason=outcome.reason)
                     await self._publish_state(job_id, JobState.FAILED)
-                return Verdict(ack=True)
-            return await self._retry(jid, attempt, "FAILED", outcome.reason, outcome.message)
+                return ACK
+            return await self._retry(
+                jid,
+                attempt,
+                "FAILED",
+                outcome.reason,
+                outcome.message,
+                staged_from=retries,
+                bound=bound,
+            )
         if isinstance(outcome, nodes_pb2.Reject):
-            return await self._retry(jid, attempt, "REJECTED", "REJECTED", outcome.reason)
+            return await self._retry(
+                jid, attempt, "REJECTED", "REJECTED", outcome.reason, bound=bound
+            )
         if isinstance(outcome, DispatchTimedOut):
             return await self._retry(
-                jid, attempt, "LOST", "DISPATCH_TIMEOUT", "node did not accept in time"
+                jid,
+                attempt,
+                "LOST",
+                "DISPATCH_TIMEOUT",
+                "node did not accept in time",
+                bound=bound,
             )
         assert isinstance(outcome, Lost)
         bound.warning("node lost mid-job; requeueing", node_id=session.node_id, why=outcome.reason)
-        return await self._retry(jid, attempt, "LOST", "NODE_LOST", outcome.reason)
+        return await self._retry(jid, attempt, "LOST", "NODE_LOST", outcome.reason, bound=bound)
 
     async def _retry(
-        self, job_id: uuid.UUID, attempt: int, attempt_outcome: str, reason: str, message: str
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        attempt_outcome: str,
+        reason: str,
+        message: str,
+        *,
+        staged_from: int | None = None,
+        bound: structlog.typing.FilteringBoundLogger,
     ) -> Verdict:
-        if attempt >= MAX_ATTEMPTS:
-            moved = await self._store.end_attempt(
-                job_id,
-                attempt,
-                attempt_outcome=attempt_outcome,
-                job_state=JobState.DEAD_LETTERED,
-                reason="ATTEMPTS_EXHAUSTED",
-                message=f"{attempt} attempts; last: {reason}: {message}",
+        """Ends the attempt and sends the job round again: through retry stage
+        ``staged_from`` for failures (a delay that grows per stage), straight back to its
+        queue when the node was lost or refused. Past the last stage or the attempt limit
+        the job is dead-lettered."""
+        delays = self._settings.retry_delays
+        if attempt >= self._settings.max_attempts or (
+            staged_from is not None and staged_from >= len(delays)
+        ):
+            return await self._give_up(
+                job_id, attempt, attempt_outcome, f"{reason}: {message}", bound
             )
-            if moved:
-                await self._publish_state(str(job_id), JobState.DEAD_LETTERED)
-            return Verdict(ack=True)
         moved = await self._store.end_attempt(
             job_id,
             attempt,
@@ -262,9 +313,35 @@ class Dispatcher:
             reason=reason,
             message=message,
         )
-        if moved:
-            await self._publish_state(str(job_id), JobState.RETRYING)
-        return Verdict(ack=not moved)
+        if not moved:
+            return ACK  # the job moved on meanwhile (cancelled, expired): nothing to retry
+        await self._publish_state(str(job_id), JobState.RETRYING)
+        if staged_from is None:
+            return REQUEUE
+        bound.info("retrying after a delay", stage=staged_from + 1, reason=reason)
+        return Verdict(Action.RETRY_STAGE, stage=staged_from, reason=reason)
+
+    async def _give_up(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        attempt_outcome: str,
+        last_error: str,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> Verdict:
+        moved = await self._store.end_attempt(
+            job_id,
+            attempt,
+            attempt_outcome=attempt_outcome,
+            job_state=JobState.DEAD_LETTERED,
+            reason="ATTEMPTS_EXHAUSTED",
+            message=f"gave up after {attempt} attempt(s); last error: {last_error}",
+        )
+        if not moved:
+            return ACK
+        bound.warning("job dead-lettered", attempts=attempt, last_error=last_error)
+        await self._publish_state(str(job_id), JobState.DEAD_LETTERED)
+        return Verdict(Action.DEAD_LETTER, reason=last_error)
 
     async def _end(self, job_id: str, state: JobState, reason: str, message: str) -> None:
         row = await self._store.end_job(uuid.UUID(job_id), state, reason=reason, message=message)

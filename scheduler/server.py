@@ -64,7 +64,13 @@ class SchedulerServer:
         topology = Topology(settings.mesh.namespace)
         dispatcher = Dispatcher(settings.scheduler, self.scheduler_id, store, events, self.registry)
         self._consumers = QueueConsumers(
-            self._link, topology, dispatcher, store, events, self.registry.routes
+            self._link,
+            topology,
+            dispatcher,
+            store,
+            events,
+            self.registry.routes,
+            settings.scheduler.retry_delays,
         )
         self.registry.on_change(self._consumers.routes_changed)
         self._cancel_relay = CancelRelay(self._redis, events.cancel_channel, dispatcher.cancel_job)

@@ -63,7 +63,9 @@ def default_text(field: FieldInfo) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
-        return json.dumps(value)
+        return json.dumps(
+            [v.total_seconds() if isinstance(v, timedelta) else v for v in value]
+        ).replace(".0", "")
     if value == "":
         return "empty"
     return str(value)

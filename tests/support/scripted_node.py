@@ -1,0 +1,141 @@
+"""A protocol-level node for fault tests: it speaks the real NodeStream protocol with a real
+key (handshake, heartbeats) and answers each Dispatch as a script says — a retryable
+failure, a forged signature, or a correctly signed result. It stands in for a misbehaving
+node, which a real vLLM node cannot be made to be; it is never used where a real node's
+behaviour is under test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from nacl.signing import SigningKey
+
+from fleetwire import signing
+from fleetwire.v1 import job_pb2, node_service_pb2_grpc
+from fleetwire.v1 import node_service_pb2 as nodes_pb2
+
+# A script maps the dispatch count (1-based, over the node's life) to an answer.
+Answer = str  # "fail-retryable" | "fail-final" | "bad-signature" | "ok"
+
+
+@dataclass
+class ScriptedNode:
+    address: str
+    node_id: str
+    model: str
+    script: Callable[[int], Answer]
+    key: SigningKey = field(default_factory=SigningKey.generate)
+    dispatches: list[nodes_pb2.Dispatch] = field(default_factory=list)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _serve(self) -> None:
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            call = node_service_pb2_grpc.NodeServiceStub(channel).NodeStream()
+            public = bytes(self.key.verify_key)
+            await call.write(
+                nodes_pb2.NodeStreamRequest(
+                    hello=nodes_pb2.Hello(
+                        node_id=self.node_id,
+                        public_key=public,
+                        networks=[job_pb2.NETWORK_MAINNET],
+                        models=[nodes_pb2.ServedModel(name=self.model, runtime="scripted")],
+                        slots=1,
+                    )
+                )
+            )
+            challenge = (await call.read()).challenge
+            signed = signing.node_auth_bytes(
+                challenge.nonce, challenge.scheduler_id, self.node_id, public
+            )
+            await call.write(
+                nodes_pb2.NodeStreamRequest(
+                    auth=nodes_pb2.Auth(signature=signing.sign(self.key, signed))
+                )
+            )
+            welcome = await call.read()
+            assert welcome.WhichOneof("message") == "welcome"
+            self.connected.set()
+            heartbeat = asyncio.create_task(self._heartbeat(call))
+            try:
+                while True:
+                    message = await call.read()
+                    if message is grpc.aio.EOF:
+                        return
+                    if message.WhichOneof("message") == "dispatch":
+                        await self._answer(call, message.dispatch)
+            finally:
+                heartbeat.cancel()
+
+    async def _heartbeat(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        while True:
+            await asyncio.sleep(1)
+            await call.write(nodes_pb2.NodeStreamRequest(heartbeat=nodes_pb2.Heartbeat()))
+
+    async def _answer(self, call: grpc.aio.StreamStreamCall, dispatch: nodes_pb2.Dispatch) -> None:  # type: ignore[type-arg]
+        self.dispatches.append(dispatch)
+        answer = self.script(len(self.dispatches))
+        await call.write(
+            nodes_pb2.NodeStreamRequest(
+                accept=nodes_pb2.Accept(job_id=dispatch.job_id, attempt=dispatch.attempt)
+            )
+        )
+        if answer.startswith("fail"):
+            await call.write(
+                nodes_pb2.NodeStreamRequest(
+                    failure=nodes_pb2.Failure(
+                        job_id=dispatch.job_id,
+                        attempt=dispatch.attempt,
+                        reason="SCRIPTED_FAILURE",
+                        message="as scripted",
+                        retryable=answer == "fail-retryable",
+                    )
+                )
+            )
+            return
+        output = f"scripted output {dispatch.attempt}"
+        finished = int(time.time() * 1000)
+        facts = signing.ResultFacts(
+            job_id=dispatch.job_id,
+            attempt=dispatch.attempt,
+            node_id=self.node_id,
+            model=dispatch.spec.model,
+            request_digest=bytes(dispatch.request_digest),
+            output_digest=signing.output_digest(output),
+            prompt_tokens=3,
+            completion_tokens=3,
+            finished_at_unix_ms=finished,
+        )
+        signature = signing.sign(self.key, signing.result_bytes(facts))
+        if answer == "bad-signature":
+            signature = bytes(64)
+        await call.write(
+            nodes_pb2.NodeStreamRequest(
+                result=nodes_pb2.Result(
+                    job_id=dispatch.job_id,
+                    attempt=dispatch.attempt,
+                    output=output,
+                    finish_reason="length",
+                    usage=job_pb2.Usage(prompt_tokens=3, completion_tokens=3),
+                    finished_at_unix_ms=finished,
+                    signature=signature,
+                )
+            )
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(node: ScriptedNode) -> AsyncIterator[ScriptedNode]:
+    """Runs ``node`` until the block ends; waits until it is welcomed."""
+    task = asyncio.create_task(node._serve())
+    try:
+        await asyncio.wait_for(node.connected.wait(), 10)
+        yield node
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await task
