@@ -178,6 +178,15 @@ class SchedulerSettings(BaseSettings):
         description="Attempts (including ones lost with their node) after which a job is "
         "dead-lettered.",
     )
+    penalty_threshold: float = Field(
+        10.0,
+        gt=0,
+        description="Penalty points at which a node is excluded (bad signature 5, unexpected "
+        "result 5, dispatch timeout 2, lease expired 2, failure 1; decaying 1 point/min).",
+    )
+    penalty_cooldown: Duration = Field(
+        timedelta(minutes=1), description="How long an excluded node gets no work."
+    )
 
 
 class NodeSettings(BaseSettings):

@@ -25,6 +25,8 @@ from fleetwire.states import JobState
 from fleetwire.topology import HEADER_REQUEST_ID, HEADER_RETRIES
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from scheduler.penalties import POINTS, Offence, PenaltyBox
+from scheduler.penalty_store import PenaltyStore
 from scheduler.registry import (
     DispatchTimedOut,
     JobRun,
@@ -67,12 +69,16 @@ class Dispatcher:
         store: JobStore,
         events: JobEvents,
         registry: NodeRegistry,
+        penalties: PenaltyBox,
+        penalty_store: PenaltyStore,
     ) -> None:
         self._settings = settings
         self._scheduler_id = scheduler_id
         self._store = store
         self._events = events
         self._registry = registry
+        self._penalties = penalties
+        self._penalty_store = penalty_store
 
     # -- deliveries -------------------------------------------------------------------
 
@@ -232,6 +238,7 @@ class Dispatcher:
                     await self._publish_state(job_id, JobState.SUCCEEDED)
                 return ACK
             bound.warning("bad result signature; penalising node", node_id=session.node_id)
+            await self.penalise(session.node_id, Offence.BAD_SIGNATURE, jid, attempt)
             return await self._retry(
                 jid,
                 attempt,
@@ -257,6 +264,7 @@ class Dispatcher:
                     bound.info("job failed", reason=outcome.reason)
                     await self._publish_state(job_id, JobState.FAILED)
                 return ACK
+            await self.penalise(session.node_id, Offence.FAILURE, jid, attempt)
             return await self._retry(
                 jid,
                 attempt,
@@ -271,6 +279,7 @@ class Dispatcher:
                 jid, attempt, "REJECTED", "REJECTED", outcome.reason, bound=bound
             )
         if isinstance(outcome, DispatchTimedOut):
+            await self.penalise(session.node_id, Offence.DISPATCH_TIMEOUT, jid, attempt)
             return await self._retry(
                 jid,
                 attempt,
@@ -280,6 +289,8 @@ class Dispatcher:
                 bound=bound,
             )
         assert isinstance(outcome, Lost)
+        if outcome.lease_expired:
+            await self.penalise(session.node_id, Offence.LEASE_EXPIRED, jid, attempt)
         bound.warning("node lost mid-job; requeueing", node_id=session.node_id, why=outcome.reason)
         return await self._retry(jid, attempt, "LOST", "NODE_LOST", outcome.reason, bound=bound)
 
@@ -374,6 +385,12 @@ class Dispatcher:
             log.warning("unexpected node message", node_id=session.node_id, kind=kind)
             return
         run = session.run_of(body.job_id, body.attempt)
+        if run is None and kind == "result":
+            # A result for a job/attempt this session does not run: wrong job, stale
+            # attempt or a replay. It changes nothing, and it costs the node.
+            log.warning("unexpected result", node_id=session.node_id, job_id=body.job_id)
+            await self.penalise(session.node_id, Offence.UNEXPECTED_RESULT, None, body.attempt)
+            return
         if run is None:
             log.warning(
                 "message for a job this session does not run",
@@ -406,6 +423,28 @@ class Dispatcher:
             )
         except BackendUnavailable:
             log.warning("token chunk not relayed", job_id=progress.job_id)
+
+    async def penalise(
+        self, node_id: str, offence: Offence, job_id: uuid.UUID | None, attempt: int | None
+    ) -> None:
+        """Adds the offence to the node's standing and records it; past the threshold the
+        node gets no work for the cooldown."""
+        excluded = self._penalties.penalise(node_id, offence)
+        until = datetime.now(UTC) + self._settings.penalty_cooldown if excluded else None
+        if excluded:
+            log.warning("node excluded", node_id=node_id, offence=offence.value, until=until)
+        try:
+            await self._penalty_store.record(
+                node_id=node_id,
+                offence=offence.value,
+                points=POINTS[offence],
+                job_id=job_id,
+                attempt=attempt,
+                excluded_until=until,
+                scheduler_id=self._scheduler_id,
+            )
+        except BackendUnavailable:
+            log.warning("penalty not recorded", node_id=node_id, offence=offence.value)
 
     async def cancel_job(self, job_id: str) -> None:
         """Asks the node running ``job_id`` (if it is ours) to abort it."""

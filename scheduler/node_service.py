@@ -76,11 +76,11 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             routes=sorted(session.routes),
             session=session.session_id,
         )
-        reason = "stream ended"
+        reason, lease_expired = "stream ended", False
         try:
-            reason = await self._read_loop(session, context)
+            reason, lease_expired = await self._read_loop(session, context)
         finally:
-            await self._registry.remove(session, reason)
+            await self._registry.remove(session, reason, lease_expired=lease_expired)
             log.info("node disconnected", node_id=session.node_id, reason=reason)
 
     async def _read(self, context: Context, within: float) -> nodes_pb2.NodeStreamRequest | None:
@@ -167,16 +167,17 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             for model in hello.models
         )
 
-    async def _read_loop(self, session: NodeSession, context: Context) -> str:
+    async def _read_loop(self, session: NodeSession, context: Context) -> tuple[str, bool]:
+        """Reads until the stream ends; returns why, and whether the lease ran out."""
         lease = self._settings.lease.total_seconds()
         while True:
             try:
                 message = await self._read(context, lease)
             except TimeoutError:
-                return f"silent for longer than its lease ({timedelta(seconds=lease)})"
+                return f"silent for longer than its lease ({timedelta(seconds=lease)})", True
             except grpc.RpcError:
-                return "stream broken"
+                return "stream broken", False
             if message is None:
-                return "node closed the stream"
+                return "node closed the stream", False
             session.last_seen = time.monotonic()
             await self._on_message(session, message)

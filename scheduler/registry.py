@@ -22,6 +22,7 @@ class Lost:
     """The node went away (stream ended, lease ran out) before finishing."""
 
     reason: str
+    lease_expired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,8 @@ class NodeSession:
 class NodeRegistry:
     """The scheduler's view of its connected nodes."""
 
-    def __init__(self) -> None:
+    def __init__(self, excluded: Callable[[str], bool] = lambda _node_id: False) -> None:
+        self._excluded = excluded
         self._sessions: dict[str, NodeSession] = {}
         self._capacity_changed = asyncio.Condition()
         self._listeners: list[Callable[[], None]] = []
@@ -105,13 +107,15 @@ class NodeRegistry:
         self._changed()
         return previous
 
-    async def remove(self, session: NodeSession, reason: str) -> None:
+    async def remove(
+        self, session: NodeSession, reason: str, *, lease_expired: bool = False
+    ) -> None:
         """Forgets ``session`` (if still current) and resolves its runs as Lost."""
         if self._sessions.get(session.node_id) is session:
             del self._sessions[session.node_id]
             self._changed()
         for run in list(session.runs.values()):
-            run.resolve(Lost(reason))
+            run.resolve(Lost(reason, lease_expired=lease_expired))
         await self._notify()
 
     def routes(self) -> dict[str, int]:
@@ -126,7 +130,11 @@ class NodeRegistry:
         return any(route in s.routes for s in self._sessions.values())
 
     def _pick(self, route: str) -> NodeSession | None:
-        candidates = [s for s in self._sessions.values() if route in s.routes and s.free_slots]
+        candidates = [
+            s
+            for s in self._sessions.values()
+            if route in s.routes and s.free_slots and not self._excluded(s.node_id)
+        ]
         # Most free slots first spreads load; ties go to the node seen most recently.
         return max(candidates, key=lambda s: (s.free_slots, s.last_seen), default=None)
 

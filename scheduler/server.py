@@ -27,6 +27,8 @@ from scheduler.cancel_relay import CancelRelay
 from scheduler.consumers import QueueConsumers
 from scheduler.dispatcher import Dispatcher
 from scheduler.node_service import NodeService
+from scheduler.penalties import PenaltyBox
+from scheduler.penalty_store import PenaltyStore
 from scheduler.registry import NodeRegistry
 
 log = structlog.get_logger(__name__)
@@ -48,7 +50,11 @@ class SchedulerServer:
         self._server: grpc.aio.Server | None = None
         self._consumers: QueueConsumers | None = None
         self._cancel_relay: CancelRelay | None = None
-        self.registry = NodeRegistry()
+        self.penalties = PenaltyBox(
+            threshold=settings.scheduler.penalty_threshold,
+            cooldown=settings.scheduler.penalty_cooldown.total_seconds(),
+        )
+        self.registry = NodeRegistry(excluded=self.penalties.is_excluded)
         self.port = 0
 
     async def start(self) -> None:
@@ -62,7 +68,15 @@ class SchedulerServer:
             ttl=settings.redis.stream_ttl,
         )
         topology = Topology(settings.mesh.namespace)
-        dispatcher = Dispatcher(settings.scheduler, self.scheduler_id, store, events, self.registry)
+        dispatcher = Dispatcher(
+            settings.scheduler,
+            self.scheduler_id,
+            store,
+            events,
+            self.registry,
+            self.penalties,
+            PenaltyStore(self._pool),
+        )
         self._consumers = QueueConsumers(
             self._link,
             topology,

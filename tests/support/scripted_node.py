@@ -30,6 +30,7 @@ class ScriptedNode:
     model: str
     script: Callable[[int], Answer]
     key: SigningKey = field(default_factory=SigningKey.generate)
+    work_time: float = 0.0  # seconds each answer takes, to keep the node busy
     dispatches: list[nodes_pb2.Dispatch] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -84,6 +85,7 @@ class ScriptedNode:
                 accept=nodes_pb2.Accept(job_id=dispatch.job_id, attempt=dispatch.attempt)
             )
         )
+        await asyncio.sleep(self.work_time)
         if answer.startswith("fail"):
             await call.write(
                 nodes_pb2.NodeStreamRequest(

@@ -1,0 +1,79 @@
+"""Penalties: misbehaving nodes lose standing and, past a threshold, work for a while.
+
+Each offence adds points; points decay linearly over time (one ``decay_per_minute`` per
+minute), so an occasional hiccup is forgiven and a pattern is not. A node whose points
+reach ``threshold`` is excluded from matching for ``cooldown`` and then readmitted with a
+clean slate. Pure logic, no I/O: the scheduler records each offence in PostgreSQL itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Offence(StrEnum):
+    DISPATCH_TIMEOUT = "DISPATCH_TIMEOUT"  # did not Accept in time
+    LEASE_EXPIRED = "LEASE_EXPIRED"  # went silent mid-job
+    FAILURE = "FAILURE"  # a retryable failure
+    BAD_SIGNATURE = "BAD_SIGNATURE"  # a result whose signature does not verify
+    UNEXPECTED_RESULT = (
+        "UNEXPECTED_RESULT"  # result for a job/attempt it does not run (or a replay)
+    )
+
+
+POINTS: dict[Offence, float] = {
+    Offence.DISPATCH_TIMEOUT: 2.0,
+    Offence.LEASE_EXPIRED: 2.0,
+    Offence.FAILURE: 1.0,
+    Offence.BAD_SIGNATURE: 5.0,
+    Offence.UNEXPECTED_RESULT: 5.0,
+}
+
+
+@dataclass
+class _Standing:
+    points: float = 0.0
+    updated: float = 0.0
+    excluded_until: float = 0.0
+
+
+@dataclass
+class PenaltyBox:
+    """Per-node standing. ``threshold`` points exclude a node for ``cooldown`` seconds."""
+
+    threshold: float = 10.0
+    cooldown: float = 60.0
+    decay_per_minute: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    _standings: dict[str, _Standing] = field(default_factory=dict)
+
+    def _current(self, node_id: str) -> _Standing:
+        now = self.clock()
+        standing = self._standings.setdefault(node_id, _Standing(updated=now))
+        elapsed_min = (now - standing.updated) / 60.0
+        standing.points = max(0.0, standing.points - elapsed_min * self.decay_per_minute)
+        standing.updated = now
+        if standing.excluded_until and now >= standing.excluded_until:
+            standing.excluded_until = 0.0
+            standing.points = 0.0
+        return standing
+
+    def penalise(self, node_id: str, offence: Offence) -> bool:
+        """Adds the offence's points; True when this offence excluded the node."""
+        standing = self._current(node_id)
+        if standing.excluded_until:
+            return False
+        standing.points += POINTS[offence]
+        if standing.points >= self.threshold:
+            standing.excluded_until = self.clock() + self.cooldown
+            return True
+        return False
+
+    def is_excluded(self, node_id: str) -> bool:
+        return bool(self._current(node_id).excluded_until)
+
+    def points(self, node_id: str) -> float:
+        return self._current(node_id).points

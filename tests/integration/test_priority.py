@@ -1,0 +1,60 @@
+"""Priority under backlog: with one busy single-slot node and a backlog of bulk jobs, an
+urgent job submitted after them starts before them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from scheduler.server import SchedulerServer
+from tests.support.scripted_node import ScriptedNode, running
+
+
+def spec(priority: int, prompt: str) -> job_pb2.JobSpec:
+    return job_pb2.JobSpec(
+        model="scripted",
+        prompt=prompt,
+        priority=priority,
+        sampling=job_pb2.SamplingParams(max_tokens=3),
+    )
+
+
+async def test_urgent_job_overtakes_a_bulk_backlog(
+    jobs: job_service_pb2_grpc.JobServiceStub, scheduler: SchedulerServer
+) -> None:
+    busy = ScriptedNode(
+        address=f"127.0.0.1:{scheduler.port}",
+        node_id="busy-node",
+        model="scripted",
+        script=lambda _n: "ok",
+        work_time=0.4,
+    )
+    async with running(busy):
+        bulk = [
+            (
+                await jobs.Submit(
+                    job_service_pb2.SubmitRequest(
+                        job=spec(job_pb2.PRIORITY_CLASS_BULK, f"bulk {i}")
+                    )
+                )
+            ).job.job_id
+            for i in range(5)
+        ]
+        await asyncio.sleep(0.1)  # the first bulk job is now running; the rest wait
+        urgent = (
+            await jobs.Submit(
+                job_service_pb2.SubmitRequest(job=spec(job_pb2.PRIORITY_CLASS_URGENT, "urgent"))
+            )
+        ).job.job_id
+        for job_id in [*bulk, urgent]:  # leave no job behind for the next test
+            for _ in range(100):
+                status = await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))
+                if status.job.state == job_pb2.JOB_STATE_SUCCEEDED:
+                    break
+                await asyncio.sleep(0.1)
+    order = [d.job_id for d in busy.dispatches]
+    assert sorted(order) == sorted([*bulk, urgent])
+    started_before_urgent = order.index(urgent)
+    assert started_before_urgent <= 1, (
+        f"urgent started after {started_before_urgent} bulk jobs of the backlog: {order}"
+    )
