@@ -92,6 +92,11 @@ class Dispatcher:
         retries = retries if isinstance(retries, int) else 0
         bound = log.bind(job_id=job_id, trace_id=trace_id, route=route)
 
+        if self._registry.runs_job(job_id):
+            # A duplicate of a delivery we are running right now (a double publish, or a
+            # redelivery racing the original): the original settles the job.
+            bound.info("duplicate delivery of a running job; dropping it")
+            return ACK
         expires_at = envelope.expires_at.ToDatetime(tzinfo=UTC)
         if expires_at <= datetime.now(UTC):
             # Per-message TTL is enforced only at the queue head; check again here.

@@ -126,6 +126,10 @@ class NodeRegistry:
                 totals[route] = totals.get(route, 0) + session.slots
         return totals
 
+    def runs_job(self, job_id: str) -> bool:
+        """Whether a node of this scheduler is running some attempt of ``job_id``."""
+        return any(s.runs_of_job(job_id) for s in self._sessions.values())
+
     def serves(self, route: str) -> bool:
         return any(route in s.routes for s in self._sessions.values())
 

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import aiormq
 import asyncpg
+import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from broker_bridge.server import BridgeServer
 from fleetwire.settings import Settings
+from fleetwire.v1 import job_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / ".cache" / "models" / "tiny-llama"
@@ -67,6 +70,15 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
     }
     env["FLEETWIRE_NODE_SCHEDULER_ADDRESS"] = f"127.0.0.1:{env['FLEETWIRE_SCHEDULER_PORT']}"
     return env
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keeps each phase's report on the item (``item.rep_call``), so fixtures can show the
+    logs of the processes they started when the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +154,21 @@ async def _queues_of(namespace: str) -> list[str]:
 @pytest.fixture(scope="session")
 def settings(mesh_env: dict[str, str]) -> Settings:
     return Settings()
+
+
+@pytest.fixture(scope="session")
+async def bridge(settings: Settings) -> AsyncIterator[BridgeServer]:
+    """The broker bridge in-process, on this run's services."""
+    server = BridgeServer(settings)
+    await server.start()
+    yield server
+    await server.stop(grace=1)
+
+
+@pytest.fixture
+async def jobs(bridge: BridgeServer) -> AsyncIterator[job_service_pb2_grpc.JobServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{bridge.port}") as channel:
+        yield job_service_pb2_grpc.JobServiceStub(channel)
 
 
 @pytest.fixture

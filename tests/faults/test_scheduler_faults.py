@@ -1,0 +1,118 @@
+"""Scheduler faults: a replica SIGKILLed mid-job, and duplicate deliveries. Real scheduler
+processes, real RabbitMQ and PostgreSQL; scripted protocol-level nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import aiormq
+import asyncpg
+
+from fleetwire.settings import Settings
+from fleetwire.topology import Topology
+from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from tests.faults.conftest import SchedulerProcess
+from tests.support.scripted_node import ScriptedNode, running
+
+
+def spec() -> job_pb2.JobSpec:
+    return job_pb2.JobSpec(
+        model="scripted", prompt="p", sampling=job_pb2.SamplingParams(max_tokens=3)
+    )
+
+
+async def wait_terminal(jobs: job_service_pb2_grpc.JobServiceStub, job_id: str) -> job_pb2.Job:
+    for _ in range(300):
+        job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
+        if job.state in (
+            job_pb2.JOB_STATE_SUCCEEDED,
+            job_pb2.JOB_STATE_FAILED,
+            job_pb2.JOB_STATE_DEAD_LETTERED,
+            job_pb2.JOB_STATE_EXPIRED,
+        ):
+            return job
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} not finished: {job}")
+
+
+async def attempts_of(settings: Settings, job_id: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
+    try:
+        return list(
+            await conn.fetch(
+                "SELECT attempt, node_id, scheduler_id, outcome FROM attempts"
+                " WHERE job_id = $1 ORDER BY attempt",
+                uuid.UUID(job_id),
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    for _ in range(200):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_scheduler_sigkilled_mid_job_loses_nothing(
+    jobs: job_service_pb2_grpc.JobServiceStub,
+    start_scheduler: Callable[[str], SchedulerProcess],
+    settings: Settings,
+) -> None:
+    first = await asyncio.to_thread(start_scheduler, "sched-a")
+    second = await asyncio.to_thread(start_scheduler, "sched-b")
+    slow = ScriptedNode(
+        f"127.0.0.1:{first.port}", "slow-a", "scripted", lambda _n: "ok", work_time=30
+    )
+    quick = ScriptedNode(f"127.0.0.1:{second.port}", "quick-b", "scripted", lambda _n: "ok")
+    async with running(slow):
+        job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+        await wait_for(lambda: any(d.job_id == job_id for d in slow.dispatches), "dispatch to A")
+        async with running(quick):
+            first.kill()  # mid-job: the delivery is unacked, the attempt open
+            job = await wait_terminal(jobs, job_id)
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert job.signature.node_id == "quick-b"
+    history = await attempts_of(settings, job_id)
+    assert [(r["scheduler_id"], r["node_id"], r["outcome"]) for r in history] == [
+        ("sched-a", "slow-a", "LOST"),
+        ("sched-b", "quick-b", "SUCCEEDED"),
+    ]
+
+
+async def test_duplicate_delivery_is_finalised_once(
+    jobs: job_service_pb2_grpc.JobServiceStub,
+    start_scheduler: Callable[[str], SchedulerProcess],
+    settings: Settings,
+    amqp_channel: aiormq.abc.AbstractChannel,
+) -> None:
+    replica = await asyncio.to_thread(start_scheduler, "sched-dup")
+    node = ScriptedNode(
+        f"127.0.0.1:{replica.port}", "dup-node", "scripted", lambda _n: "ok", work_time=1
+    )
+    topology = Topology(settings.mesh.namespace)
+    async with running(node):
+        job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+        await wait_for(lambda: any(d.job_id == job_id for d in node.dispatches), "dispatch")
+        # Publish the same job again, as a duplicate publish or a stray redelivery would.
+        envelope = job_pb2.Job(job_id=job_id, spec=spec())
+        envelope.expires_at.GetCurrentTime()
+        envelope.expires_at.seconds += 600
+        for _ in range(2):
+            await amqp_channel.basic_publish(
+                envelope.SerializeToString(),
+                exchange=topology.jobs_exchange,
+                routing_key=topology.route_key("mainnet", "scripted"),
+                properties=aiormq.spec.Basic.Properties(delivery_mode=2, priority=5),
+            )
+        job = await wait_terminal(jobs, job_id)
+        await asyncio.sleep(1.5)  # let the duplicates arrive after the job is final too
+    assert job.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert [d.attempt for d in node.dispatches if d.job_id == job_id] == [1]
+    history = await attempts_of(settings, job_id)
+    assert [r["outcome"] for r in history] == ["SUCCEEDED"]
