@@ -187,6 +187,11 @@ class SchedulerSettings(BaseSettings):
     penalty_cooldown: Duration = Field(
         timedelta(minutes=1), description="How long an excluded node gets no work."
     )
+    reconnect_grace: Duration = Field(
+        timedelta(seconds=10),
+        description="How long the jobs of a node whose stream broke wait for it to reconnect "
+        "with them before they go back to the queue (0: at once).",
+    )
 
 
 class NodeSettings(BaseSettings):
@@ -227,6 +232,11 @@ class NodeSettings(BaseSettings):
         timedelta(seconds=120),
         description="On SIGTERM, how long running jobs may take to finish before they are "
         "aborted and handed back.",
+    )
+    keep_jobs_on_reconnect: bool = Field(
+        False,
+        description="Experimental, needs scheduler support: when the stream drops, keep "
+        "running jobs and deliver their results on the next session instead of aborting them.",
     )
 
 

@@ -8,6 +8,7 @@ of the store make the redelivery finalise nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +54,13 @@ class Verdict:
     action: Action
     stage: int = 0
     reason: str = ""
+
+
+@dataclass
+class Reservation:
+    """The session holding a reserved slot; it changes when the node reconnects mid-job."""
+
+    session: NodeSession
 
 
 ACK = Verdict(Action.ACK)
@@ -110,14 +118,15 @@ class Dispatcher:
             bound.info("no free node; deferring")
             await asyncio.sleep(self._settings.defer_delay.total_seconds())
             return REQUEUE
+        reservation = Reservation(session)
         try:
-            return await self._attempt(session, envelope, expires_at, trace_id, retries, bound)
+            return await self._attempt(reservation, envelope, expires_at, trace_id, retries, bound)
         finally:
-            await self._registry.release(session)
+            await self._registry.release(reservation.session)
 
     async def _attempt(
         self,
-        session: NodeSession,
+        reservation: Reservation,
         envelope: job_pb2.Job,
         expires_at: datetime,
         trace_id: str,
@@ -125,6 +134,7 @@ class Dispatcher:
         bound: structlog.typing.FilteringBoundLogger,
     ) -> Verdict:
         job_id = envelope.job_id
+        session = reservation.session
         attempt = await self._store.begin_attempt(
             uuid.UUID(job_id), session.node_id, self._scheduler_id
         )
@@ -140,7 +150,7 @@ class Dispatcher:
         assert row is not None
         await self._publish_state(job_id, JobState.DISPATCHED)
 
-        run = JobRun(job_id=job_id, attempt=attempt)
+        run = JobRun(job_id=job_id, attempt=attempt, session=session)
         session.runs[(job_id, attempt)] = run
         try:
             dispatch = nodes_pb2.Dispatch(
@@ -157,13 +167,19 @@ class Dispatcher:
         except Exception as err:  # the stream broke while sending
             outcome = Lost(f"dispatch failed: {err}")
         finally:
+            # After a reconnect the run lives on the node's new session.
+            session = run.session or session
+            reservation.session = session
             session.runs.pop((job_id, attempt), None)
         if outcome is None:
-            await session.send(
-                nodes_pb2.NodeStreamResponse(
-                    cancel=nodes_pb2.Cancel(job_id=job_id, attempt=attempt, reason="TTL expired")
+            with contextlib.suppress(Exception):  # best effort: the node may be gone
+                await session.send(
+                    nodes_pb2.NodeStreamResponse(
+                        cancel=nodes_pb2.Cancel(
+                            job_id=job_id, attempt=attempt, reason="TTL expired"
+                        )
+                    )
                 )
-            )
             await self._end(job_id, JobState.EXPIRED, "TTL_EXPIRED", "TTL ran out while running")
             return ACK
         return await self._settle(
@@ -205,42 +221,10 @@ class Dispatcher:
     ) -> Verdict:
         jid = uuid.UUID(job_id)
         if isinstance(outcome, nodes_pb2.Result):
-            facts = signing.ResultFacts(
-                job_id=job_id,
-                attempt=attempt,
-                node_id=session.node_id,
-                model=envelope.spec.model,
-                request_digest=digest,
-                output_digest=signing.output_digest(outcome.output),
-                prompt_tokens=outcome.usage.prompt_tokens,
-                completion_tokens=outcome.usage.completion_tokens,
-                finished_at_unix_ms=outcome.finished_at_unix_ms,
-            )
-            if signing.verify(session.public_key, signing.result_bytes(facts), outcome.signature):
-                finalised = await self._store.finalise_success(
-                    jid,
-                    SignedOutcome(
-                        attempt=attempt,
-                        node_id=session.node_id,
-                        output=outcome.output,
-                        finish_reason=outcome.finish_reason,
-                        prompt_tokens=outcome.usage.prompt_tokens,
-                        completion_tokens=outcome.usage.completion_tokens,
-                        timings={
-                            "queue_ms": outcome.timings.queue_ms,
-                            "time_to_first_token_ms": outcome.timings.time_to_first_token_ms,
-                            "total_ms": outcome.timings.total_ms,
-                            "tokens_per_second": outcome.timings.tokens_per_second,
-                        },
-                        signature=bytes(outcome.signature),
-                        public_key=session.public_key,
-                        key_id=session.key_id,
-                        finished_at_ms=outcome.finished_at_unix_ms,
-                    ),
-                )
+            finalised = await self._finalise(session, jid, digest, envelope.spec.model, outcome)
+            if finalised is not None:
                 if finalised:
                     bound.info("job succeeded", node_id=session.node_id, attempt=attempt)
-                    await self._publish_state(job_id, JobState.SUCCEEDED)
                 return ACK
             bound.warning("bad result signature; penalising node", node_id=session.node_id)
             await self.penalise(session.node_id, Offence.BAD_SIGNATURE, jid, attempt)
@@ -298,6 +282,79 @@ class Dispatcher:
             await self.penalise(session.node_id, Offence.LEASE_EXPIRED, jid, attempt)
         bound.warning("node lost mid-job; requeueing", node_id=session.node_id, why=outcome.reason)
         return await self._retry(jid, attempt, "LOST", "NODE_LOST", outcome.reason, bound=bound)
+
+    async def _finalise(
+        self,
+        session: NodeSession,
+        job_id: uuid.UUID,
+        digest: bytes,
+        model: str,
+        result: nodes_pb2.Result,
+    ) -> bool | None:
+        """Verifies ``result`` against the node's key and the job's request digest and, if
+        it holds, makes the job SUCCEEDED. None: the signature does not verify; False: it
+        does, but the job had moved on (a duplicate or a superseded attempt)."""
+        facts = signing.ResultFacts(
+            job_id=str(job_id),
+            attempt=result.attempt,
+            node_id=session.node_id,
+            model=model,
+            request_digest=digest,
+            output_digest=signing.output_digest(result.output),
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            finished_at_unix_ms=result.finished_at_unix_ms,
+        )
+        if not signing.verify(session.public_key, signing.result_bytes(facts), result.signature):
+            return None
+        timings = result.timings
+        finalised = await self._store.finalise_success(
+            job_id,
+            SignedOutcome(
+                attempt=result.attempt,
+                node_id=session.node_id,
+                output=result.output,
+                finish_reason=result.finish_reason,
+                prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens,
+                timings={
+                    "queue_ms": timings.queue_ms,
+                    "time_to_first_token_ms": timings.time_to_first_token_ms,
+                    "total_ms": timings.total_ms,
+                    "tokens_per_second": timings.tokens_per_second,
+                },
+                signature=bytes(result.signature),
+                public_key=session.public_key,
+                key_id=session.key_id,
+                finished_at_ms=result.finished_at_unix_ms,
+            ),
+        )
+        if finalised:
+            await self._publish_state(str(job_id), JobState.SUCCEEDED)
+        return finalised
+
+    async def _finalise_announced(self, session: NodeSession, result: nodes_pb2.Result) -> None:
+        """A result the node announced in Hello that no delivery of ours waits for (this
+        scheduler restarted while the node ran it). Finalised directly when it is still the
+        job's current attempt; the job's redelivered message then finds it final."""
+        job_id = uuid.UUID(result.job_id)
+        row = await self._store.get_job(job_id)
+        if row is None:
+            return
+        spec = job_pb2.JobSpec()
+        spec.ParseFromString(bytes(row["spec"]))
+        finalised = await self._finalise(
+            session, job_id, bytes(row["request_digest"]), spec.model, result
+        )
+        if finalised is None:
+            await self.penalise(session.node_id, Offence.BAD_SIGNATURE, job_id, result.attempt)
+        log.info(
+            "announced result",
+            job_id=result.job_id,
+            attempt=result.attempt,
+            node_id=session.node_id,
+            finalised=bool(finalised),
+        )
 
     async def _retry(
         self,
@@ -390,6 +447,9 @@ class Dispatcher:
             log.warning("unexpected node message", node_id=session.node_id, kind=kind)
             return
         run = session.run_of(body.job_id, body.attempt)
+        if run is None and kind == "result" and (body.job_id, body.attempt) in session.announced:
+            await self._finalise_announced(session, message.result)
+            return
         if run is None and kind == "result":
             # A result for a job/attempt this session does not run: wrong job, stale
             # attempt or a replay. It changes nothing, and it costs the node.

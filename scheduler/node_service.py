@@ -66,9 +66,10 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             log.warning("node refused", reason=err.reason, error=err.message, peer=context.peer())
             await abort_with(context, err)
             return
-        previous = self._registry.add(session)
+        previous = self._registry.get(session.node_id)
         if previous is not None:
             await self._registry.remove(previous, "replaced by a new session")
+        self._registry.add(session)
         log.info(
             "node connected",
             node_id=session.node_id,
@@ -135,6 +136,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             routes=self._routes_of(hello),
             slots=max(1, hello.slots),
             send=send,
+            announced=frozenset((ref.job_id, ref.attempt) for ref in hello.running_jobs),
         )
 
     async def _check_registration(self, node_id: str, public_key: bytes) -> None:

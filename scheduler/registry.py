@@ -39,6 +39,7 @@ class JobRun:
 
     job_id: str
     attempt: int
+    session: NodeSession | None = None  # the session it runs on; changes on a reconnect
     accepted: asyncio.Future[None] = field(default_factory=asyncio.Future)
     outcome: asyncio.Future[Outcome] = field(default_factory=asyncio.Future)
 
@@ -64,6 +65,7 @@ class NodeSession:
     reserved: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     draining: bool = False
+    announced: frozenset[tuple[str, int]] = frozenset()  # Hello.running_jobs
 
     @property
     def free_slots(self) -> int:
@@ -79,9 +81,17 @@ class NodeSession:
 class NodeRegistry:
     """The scheduler's view of its connected nodes."""
 
-    def __init__(self, excluded: Callable[[str], bool] = lambda _node_id: False) -> None:
+    def __init__(
+        self,
+        excluded: Callable[[str], bool] = lambda _node_id: False,
+        *,
+        reconnect_grace: float = 0.0,
+    ) -> None:
         self._excluded = excluded
+        self._reconnect_grace = reconnect_grace
         self._sessions: dict[str, NodeSession] = {}
+        # Runs of nodes whose stream broke, waiting ``reconnect_grace`` for them to return.
+        self._orphans: dict[str, dict[tuple[str, int], JobRun]] = {}
         self._capacity_changed = asyncio.Condition()
         self._listeners: list[Callable[[], None]] = []
 
@@ -100,23 +110,57 @@ class NodeRegistry:
     def get(self, node_id: str) -> NodeSession | None:
         return self._sessions.get(node_id)
 
-    def add(self, session: NodeSession) -> NodeSession | None:
-        """Registers ``session``; returns the session it replaces (same node id), if any."""
-        previous = self._sessions.get(session.node_id)
+    def add(self, session: NodeSession) -> None:
+        """Registers ``session`` (remove the node's previous session first) and re-attaches
+        the node's orphaned runs that it announced in Hello; the others are Lost."""
         self._sessions[session.node_id] = session
+        orphans = self._orphans.pop(session.node_id, {})
+        for key, run in orphans.items():
+            if run.outcome.done():
+                continue
+            if key not in session.announced:
+                run.resolve(Lost("node reconnected without the job"))
+                continue
+            old = run.session
+            if old is not None:
+                old.runs.pop(key, None)
+                old.reserved = max(0, old.reserved - 1)
+            run.session = session
+            session.runs[key] = run
+            session.reserved += 1
         self._changed()
-        return previous
 
     async def remove(
         self, session: NodeSession, reason: str, *, lease_expired: bool = False
     ) -> None:
-        """Forgets ``session`` (if still current) and resolves its runs as Lost."""
+        """Forgets ``session`` (if still current). Its runs wait ``reconnect_grace`` for the
+        node to come back with them (a broken stream), or are Lost at once (lease ran out,
+        or no grace)."""
         if self._sessions.get(session.node_id) is session:
             del self._sessions[session.node_id]
             self._changed()
-        for run in list(session.runs.values()):
-            run.resolve(Lost(reason, lease_expired=lease_expired))
+        runs = [run for run in session.runs.values() if not run.outcome.done()]
+        if runs and self._reconnect_grace > 0 and not lease_expired:
+            parked = self._orphans.setdefault(session.node_id, {})
+            for run in runs:
+                parked[(run.job_id, run.attempt)] = run
+            asyncio.get_running_loop().call_later(
+                self._reconnect_grace, self._expire_orphans, session.node_id, runs, reason
+            )
+        else:
+            for run in runs:
+                run.resolve(Lost(reason, lease_expired=lease_expired))
         await self._notify()
+
+    def _expire_orphans(self, node_id: str, runs: list[JobRun], reason: str) -> None:
+        parked = self._orphans.get(node_id, {})
+        for run in runs:
+            key = (run.job_id, run.attempt)
+            if parked.get(key) is run:
+                del parked[key]
+                run.resolve(Lost(f"{reason}; not back within {self._reconnect_grace:g}s"))
+        if not parked:
+            self._orphans.pop(node_id, None)
 
     def routes(self) -> dict[str, int]:
         """Every route some node serves, with the total slots serving it."""
@@ -128,7 +172,9 @@ class NodeRegistry:
 
     def runs_job(self, job_id: str) -> bool:
         """Whether a node of this scheduler is running some attempt of ``job_id``."""
-        return any(s.runs_of_job(job_id) for s in self._sessions.values())
+        return any(s.runs_of_job(job_id) for s in self._sessions.values()) or any(
+            jid == job_id for runs in self._orphans.values() for (jid, _) in runs
+        )
 
     def serves(self, route: str) -> bool:
         return any(route in s.routes for s in self._sessions.values())

@@ -54,7 +54,10 @@ class SchedulerServer:
             threshold=settings.scheduler.penalty_threshold,
             cooldown=settings.scheduler.penalty_cooldown.total_seconds(),
         )
-        self.registry = NodeRegistry(excluded=self.penalties.is_excluded)
+        self.registry = NodeRegistry(
+            excluded=self.penalties.is_excluded,
+            reconnect_grace=settings.scheduler.reconnect_grace.total_seconds(),
+        )
         self.port = 0
 
     async def start(self) -> None:

@@ -12,27 +12,37 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ServedModel(_message.Message):
-    __slots__ = ("name", "version", "runtime", "max_model_len")
+    __slots__ = ("name", "version", "runtime", "max_model_len", "price_per_1k_prompt_tokens", "price_per_1k_completion_tokens", "slots")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    PRICE_PER_1K_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_PER_1K_COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     runtime: str
     max_model_len: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., runtime: _Optional[str] = ..., max_model_len: _Optional[int] = ...) -> None: ...
+    price_per_1k_prompt_tokens: int
+    price_per_1k_completion_tokens: int
+    slots: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., runtime: _Optional[str] = ..., max_model_len: _Optional[int] = ..., price_per_1k_prompt_tokens: _Optional[int] = ..., price_per_1k_completion_tokens: _Optional[int] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class GpuInfo(_message.Message):
-    __slots__ = ("gpu_class", "memory_mib")
+    __slots__ = ("gpu_class", "memory_mib", "name", "source")
     GPU_CLASS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     gpu_class: str
     memory_mib: int
-    def __init__(self, gpu_class: _Optional[str] = ..., memory_mib: _Optional[int] = ...) -> None: ...
+    name: str
+    source: str
+    def __init__(self, gpu_class: _Optional[str] = ..., memory_mib: _Optional[int] = ..., name: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "public_key", "agent_version", "networks", "models", "gpus", "region", "subclouds", "slots")
+    __slots__ = ("node_id", "public_key", "agent_version", "networks", "models", "gpus", "region", "subclouds", "slots", "running_jobs")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +52,7 @@ class Hello(_message.Message):
     REGION_FIELD_NUMBER: _ClassVar[int]
     SUBCLOUDS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     public_key: bytes
     agent_version: str
@@ -51,7 +62,16 @@ class Hello(_message.Message):
     region: str
     subclouds: _containers.RepeatedScalarFieldContainer[str]
     slots: int
-    def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., agent_version: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., region: _Optional[str] = ..., subclouds: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ...) -> None: ...
+    running_jobs: _containers.RepeatedCompositeFieldContainer[JobRef]
+    def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., agent_version: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., region: _Optional[str] = ..., subclouds: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running_jobs: _Optional[_Iterable[_Union[JobRef, _Mapping]]] = ...) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id", "attempt")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    attempt: int
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Auth(_message.Message):
     __slots__ = ("signature",)

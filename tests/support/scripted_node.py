@@ -31,6 +31,11 @@ class ScriptedNode:
     script: Callable[[int], Answer]
     key: SigningKey = field(default_factory=SigningKey.generate)
     work_time: float = 0.0  # seconds each answer takes, to keep the node busy
+    hold_results: bool = False  # keep outcomes in ``held`` instead of sending them
+    held: list[nodes_pb2.NodeStreamRequest] = field(default_factory=list)
+    # Announced in Hello as still running, and sent right after Welcome (a reconnect).
+    announce: list[tuple[str, int]] = field(default_factory=list)
+    deliver_after_welcome: list[nodes_pb2.NodeStreamRequest] = field(default_factory=list)
     dispatches: list[nodes_pb2.Dispatch] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -46,6 +51,10 @@ class ScriptedNode:
                         networks=[job_pb2.NETWORK_MAINNET],
                         models=[nodes_pb2.ServedModel(name=self.model, runtime="scripted")],
                         slots=1,
+                        running_jobs=[
+                            nodes_pb2.JobRef(job_id=job_id, attempt=attempt)
+                            for job_id, attempt in self.announce
+                        ],
                     )
                 )
             )
@@ -61,6 +70,8 @@ class ScriptedNode:
             welcome = await call.read()
             assert welcome.WhichOneof("message") == "welcome"
             self.connected.set()
+            for pending in self.deliver_after_welcome:
+                await call.write(pending)
             heartbeat = asyncio.create_task(self._heartbeat(call))
             try:
                 while True:
@@ -87,7 +98,8 @@ class ScriptedNode:
         )
         await asyncio.sleep(self.work_time)
         if answer.startswith("fail"):
-            await call.write(
+            await self._send_outcome(
+                call,
                 nodes_pb2.NodeStreamRequest(
                     failure=nodes_pb2.Failure(
                         job_id=dispatch.job_id,
@@ -96,7 +108,7 @@ class ScriptedNode:
                         message="as scripted",
                         retryable=answer == "fail-retryable",
                     )
-                )
+                ),
             )
             return
         output = f"scripted output {dispatch.attempt}"
@@ -115,7 +127,8 @@ class ScriptedNode:
         signature = signing.sign(self.key, signing.result_bytes(facts))
         if answer == "bad-signature":
             signature = bytes(64)
-        await call.write(
+        await self._send_outcome(
+            call,
             nodes_pb2.NodeStreamRequest(
                 result=nodes_pb2.Result(
                     job_id=dispatch.job_id,
@@ -126,8 +139,18 @@ class ScriptedNode:
                     finished_at_unix_ms=finished,
                     signature=signature,
                 )
-            )
+            ),
         )
+
+    async def _send_outcome(
+        self,
+        call: grpc.aio.StreamStreamCall,  # type: ignore[type-arg]
+        outcome: nodes_pb2.NodeStreamRequest,
+    ) -> None:
+        if self.hold_results:
+            self.held.append(outcome)
+        else:
+            await call.write(outcome)
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,81 @@
+"""A node whose stream breaks mid-job and comes back within the grace period keeps its
+job: the result it delivers after reconnecting finalises the same attempt. A node that
+comes back without the job (or not at all) loses it to a retry."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nacl.signing import SigningKey
+
+from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from scheduler.server import SchedulerServer
+from tests.support.scripted_node import ScriptedNode, running
+
+
+def spec() -> job_pb2.JobSpec:
+    return job_pb2.JobSpec(
+        model="scripted", prompt="p", sampling=job_pb2.SamplingParams(max_tokens=3)
+    )
+
+
+async def wait_state(
+    jobs: job_service_pb2_grpc.JobServiceStub, job_id: str, states: set[int]
+) -> job_pb2.Job:
+    for _ in range(200):
+        job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
+        if job.state in states:
+            return job
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+async def test_result_delivered_after_a_reconnect_finalises_the_same_attempt(
+    jobs: job_service_pb2_grpc.JobServiceStub, scheduler: SchedulerServer
+) -> None:
+    address = f"127.0.0.1:{scheduler.port}"
+    key = SigningKey.generate()
+    before = ScriptedNode(address, "flaky-link", "scripted", lambda _n: "ok", key=key)
+    before.hold_results = True  # the result is ready, but the link breaks before it is sent
+    async with running(before):
+        job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+        for _ in range(100):
+            if before.held:
+                break
+            await asyncio.sleep(0.05)
+    assert before.held, "the node finished the job before the link broke"
+
+    after = ScriptedNode(
+        address,
+        "flaky-link",
+        "scripted",
+        lambda _n: "ok",
+        key=key,
+        announce=[(job_id, 1)],
+        deliver_after_welcome=before.held,
+    )
+    async with running(after):
+        job = await wait_state(jobs, job_id, {job_pb2.JOB_STATE_SUCCEEDED})
+    assert job.attempts == 1
+    assert job.signature.attempt == 1
+    assert job.signature.node_id == "flaky-link"
+
+
+async def test_node_back_without_the_job_loses_it_to_a_retry(
+    jobs: job_service_pb2_grpc.JobServiceStub, scheduler: SchedulerServer
+) -> None:
+    address = f"127.0.0.1:{scheduler.port}"
+    key = SigningKey.generate()
+    before = ScriptedNode(address, "amnesiac", "scripted", lambda _n: "ok", key=key)
+    before.hold_results = True
+    async with running(before):
+        job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+        for _ in range(100):
+            if before.dispatches:
+                break
+            await asyncio.sleep(0.05)
+    after = ScriptedNode(address, "amnesiac", "scripted", lambda _n: "ok", key=key)
+    async with running(after):
+        job = await wait_state(jobs, job_id, {job_pb2.JOB_STATE_SUCCEEDED})
+    assert job.attempts == 2
+    assert [d.attempt for d in after.dispatches if d.job_id == job_id] == [2]
