@@ -122,7 +122,8 @@ class JobStore:
         async with self._pool.acquire() as conn, conn.transaction():
             attempt: int | None = await conn.fetchval(
                 "UPDATE jobs SET state = 'DISPATCHED', attempts = attempts + 1, node_id = $2,"
-                " updated_at = now() WHERE job_id = $1 AND state = ANY($3) RETURNING attempts",
+                " updated_at = now(), error_reason = NULL, error_message = NULL"
+                " WHERE job_id = $1 AND state = ANY($3) RETURNING attempts",
                 job_id,
                 node_id,
                 _names(predecessors(JobState.DISPATCHED)),
@@ -245,9 +246,14 @@ class JobStore:
         a job that was already terminal keeps its state."""
         assert state.is_terminal
         async with self._pool.acquire() as conn, conn.transaction():
+            # A job that expires after being deferred for want of an eligible node says so.
             moved = await conn.fetchval(
-                "UPDATE jobs SET state = $2, updated_at = now(), error_reason = $3,"
-                " error_message = $4 WHERE job_id = $1 AND state = ANY($5) RETURNING true",
+                "UPDATE jobs SET state = $2, updated_at = now(),"
+                " error_message = CASE WHEN $2 = 'EXPIRED' AND error_reason = 'NO_ELIGIBLE_NODE'"
+                " THEN error_message ELSE $4 END,"
+                " error_reason = CASE WHEN $2 = 'EXPIRED' AND error_reason = 'NO_ELIGIBLE_NODE'"
+                " THEN error_reason ELSE $3 END"
+                " WHERE job_id = $1 AND state = ANY($5) RETURNING true",
                 job_id,
                 state.value,
                 reason,
@@ -268,6 +274,17 @@ class JobStore:
                 "SELECT * FROM jobs WHERE job_id = $1", job_id
             )
             return row
+
+    @translating
+    async def note_deferral(self, job_id: uuid.UUID, message: str) -> None:
+        """Remembers on a waiting job why no node took it; if its TTL runs out before one
+        does, it expires with reason NO_ELIGIBLE_NODE and this message."""
+        await self._pool.execute(
+            "UPDATE jobs SET error_reason = 'NO_ELIGIBLE_NODE', error_message = $2"
+            " WHERE job_id = $1 AND state IN ('QUEUED', 'RETRYING')",
+            job_id,
+            _clean(message[:1000]),
+        )
 
     @translating
     async def node_key(self, node_id: str) -> tuple[bytes, bool] | None:

@@ -97,8 +97,11 @@ class Topology:
         await channel.queue_bind(name, name, "")
         return name
 
-    def route_key(self, network: str, model: str) -> str:
-        return f"{network}.{route_word(model)}"
+    def route_key(self, network: str, model: str, subcloud: str = "") -> str:
+        """``<network>.<model>``, or ``<network>.<model>.<subcloud>`` for a private pool's
+        jobs (their own queue, consumed only where member nodes are connected)."""
+        key = f"{network}.{route_word(model)}"
+        return f"{key}.{route_word(subcloud)}" if subcloud else key
 
     def route_queue(self, route_key: str) -> str:
         return f"{self.namespace}.jobs.{route_key}"

@@ -26,6 +26,7 @@ from fleetwire.states import JobState
 from fleetwire.topology import HEADER_REQUEST_ID, HEADER_RETRIES
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from scheduler.matching import JobNeeds
 from scheduler.penalties import POINTS, Offence, PenaltyBox
 from scheduler.penalty_store import PenaltyStore
 from scheduler.registry import (
@@ -111,11 +112,19 @@ class Dispatcher:
             await self._end(job_id, JobState.EXPIRED, "TTL_EXPIRED", "TTL ran out while queued")
             return ACK
 
+        needs = JobNeeds.from_spec(envelope.spec)
         session = await self._registry.reserve(
-            route, wait=self._settings.defer_delay.total_seconds()
+            route, wait=self._settings.defer_delay.total_seconds(), needs=needs
         )
         if session is None:
-            bound.info("no free node; deferring")
+            if not self._registry.eligible(route, needs):
+                why = "; ".join(self._registry.why_not(route, needs)) or "no node"
+                bound.info("no eligible node; deferring", why=why)
+                await self._store.note_deferral(
+                    uuid.UUID(job_id), f"no connected node can run it ({why})"
+                )
+            else:
+                bound.info("no free slot; deferring")
             await asyncio.sleep(self._settings.defer_delay.total_seconds())
             return REQUEUE
         reservation = Reservation(session)
@@ -331,6 +340,8 @@ class Dispatcher:
         )
         if finalised:
             await self._publish_state(str(job_id), JobState.SUCCEEDED)
+            if timings.time_to_first_token_ms:
+                session.recent_ttft_ms.append(timings.time_to_first_token_ms)
         return finalised
 
     async def _finalise_announced(self, session: NodeSession, result: nodes_pb2.Result) -> None:

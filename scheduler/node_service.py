@@ -24,9 +24,10 @@ from fleetwire.errors import FleetwireError, PermissionDenied, Unauthenticated
 from fleetwire.grpc_errors import abort_with
 from fleetwire.job_store import JobStore
 from fleetwire.settings import SchedulerSettings
-from fleetwire.topology import NETWORK_NAMES, Topology
-from fleetwire.v1 import job_pb2, node_service_pb2_grpc
+from fleetwire.topology import Topology
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from fleetwire.v1 import node_service_pb2_grpc
+from scheduler.matching import NodeProfile
 from scheduler.registry import NodeRegistry, NodeSession
 
 log = structlog.get_logger(__name__)
@@ -118,6 +119,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             raise Unauthenticated("challenge signature does not verify")
 
         session_id = uuid.uuid4().hex
+        profile = NodeProfile.from_hello(hello)
         write_lock = asyncio.Lock()
 
         async def send(message: nodes_pb2.NodeStreamResponse) -> None:
@@ -133,7 +135,8 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             public_key=public_key,
             key_id=signing.key_id(public_key),
             session_id=session_id,
-            routes=self._routes_of(hello),
+            routes=self._routes_of(profile),
+            profile=profile,
             slots=max(1, hello.slots),
             send=send,
             announced=frozenset((ref.job_id, ref.attempt) for ref in hello.running_jobs),
@@ -159,14 +162,15 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             )
         await self._store.touch_node(node_id)
 
-    def _routes_of(self, hello: nodes_pb2.Hello) -> frozenset[str]:
-        networks = [NETWORK_NAMES[n] for n in hello.networks if n in NETWORK_NAMES] or [
-            NETWORK_NAMES[job_pb2.NETWORK_MAINNET]
-        ]
+    def _routes_of(self, profile: NodeProfile) -> frozenset[str]:
+        """The queues the node's jobs arrive on: public routes for a public node, its
+        subclouds' routes for a node reserved to subclouds."""
+        pools = sorted(profile.subclouds) or [""]
         return frozenset(
-            self._topology.route_key(network, model.name)
-            for network in networks
-            for model in hello.models
+            self._topology.route_key(network, model, pool)
+            for network in profile.networks
+            for model in profile.models
+            for pool in pools
         )
 
     async def _read_loop(self, session: NodeSession, context: Context) -> tuple[str, bool]:

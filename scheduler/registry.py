@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from scheduler.matching import JobNeeds, NodeProfile, Standing, ineligibility, score
 
 Send = Callable[[nodes_pb2.NodeStreamResponse], Awaitable[None]]
 
@@ -66,6 +68,8 @@ class NodeSession:
     last_seen: float = field(default_factory=time.monotonic)
     draining: bool = False
     announced: frozenset[tuple[str, int]] = frozenset()  # Hello.running_jobs
+    profile: NodeProfile = field(default_factory=lambda: NodeProfile(frozenset(), {}))
+    recent_ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20))
 
     @property
     def free_slots(self) -> int:
@@ -84,10 +88,12 @@ class NodeRegistry:
     def __init__(
         self,
         excluded: Callable[[str], bool] = lambda _node_id: False,
+        penalty_points: Callable[[str], float] = lambda _node_id: 0.0,
         *,
         reconnect_grace: float = 0.0,
     ) -> None:
         self._excluded = excluded
+        self._penalty_points = penalty_points
         self._reconnect_grace = reconnect_grace
         self._sessions: dict[str, NodeSession] = {}
         # Runs of nodes whose stream broke, waiting ``reconnect_grace`` for them to return.
@@ -179,28 +185,59 @@ class NodeRegistry:
     def serves(self, route: str) -> bool:
         return any(route in s.routes for s in self._sessions.values())
 
-    def _pick(self, route: str) -> NodeSession | None:
-        candidates = [
+    def eligible(self, route: str, needs: JobNeeds | None) -> list[NodeSession]:
+        """Nodes on ``route`` that may run the job (free slot or not)."""
+        return [
             s
             for s in self._sessions.values()
-            if route in s.routes and s.free_slots and not self._excluded(s.node_id)
+            if route in s.routes
+            and not s.draining
+            and not self._excluded(s.node_id)
+            and (needs is None or ineligibility(s.profile, needs) is None)
         ]
-        # Most free slots first spreads load; ties go to the node seen most recently.
-        return max(candidates, key=lambda s: (s.free_slots, s.last_seen), default=None)
 
-    async def reserve(self, route: str, *, wait: float) -> NodeSession | None:
-        """Takes a slot on the best node serving ``route``, waiting up to ``wait`` seconds
-        for one to free up. None when no node serving the route has a free slot."""
+    def why_not(self, route: str, needs: JobNeeds) -> list[str]:
+        """For each node on ``route`` that may not run the job: ``node: REASON``."""
+        reasons = []
+        for s in self._sessions.values():
+            if route not in s.routes:
+                continue
+            reason = ineligibility(s.profile, needs)
+            if reason is None and self._excluded(s.node_id):
+                reason = "EXCLUDED"
+            if reason is None and s.draining:
+                reason = "DRAINING"
+            if reason is not None:
+                reasons.append(f"{s.node_id}: {reason}")
+        return reasons
+
+    def _standing(self, s: NodeSession) -> Standing:
+        return Standing(
+            slots=s.slots,
+            free_slots=s.free_slots,
+            penalty_points=self._penalty_points(s.node_id),
+            recent_ttft_ms=list(s.recent_ttft_ms),
+        )
+
+    def _pick(self, route: str, needs: JobNeeds | None) -> NodeSession | None:
+        candidates = [s for s in self.eligible(route, needs) if s.free_slots]
+        return max(candidates, key=lambda s: score(self._standing(s)), default=None)
+
+    async def reserve(
+        self, route: str, *, wait: float, needs: JobNeeds | None = None
+    ) -> NodeSession | None:
+        """Takes a slot on the best eligible node serving ``route`` (by ``score``), waiting
+        up to ``wait`` seconds for one to free up. None when there is none."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         async with self._capacity_changed:
             while True:
-                session = self._pick(route)
+                session = self._pick(route, needs)
                 if session is not None:
                     session.reserved += 1
                     return session
                 remaining = deadline - loop.time()
-                if remaining <= 0 or not self.serves(route):
+                if remaining <= 0 or not self.eligible(route, needs):
                     return None
                 try:
                     await asyncio.wait_for(self._capacity_changed.wait(), remaining)

@@ -56,6 +56,7 @@ class SchedulerServer:
         )
         self.registry = NodeRegistry(
             excluded=self.penalties.is_excluded,
+            penalty_points=self.penalties.points,
             reconnect_grace=settings.scheduler.reconnect_grace.total_seconds(),
         )
         self.port = 0

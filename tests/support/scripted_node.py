@@ -30,6 +30,8 @@ class ScriptedNode:
     model: str
     script: Callable[[int], Answer]
     key: SigningKey = field(default_factory=SigningKey.generate)
+    region: str = "local"
+    subclouds: list[str] = field(default_factory=list)
     work_time: float = 0.0  # seconds each answer takes, to keep the node busy
     hold_results: bool = False  # keep outcomes in ``held`` instead of sending them
     held: list[nodes_pb2.NodeStreamRequest] = field(default_factory=list)
@@ -51,6 +53,8 @@ class ScriptedNode:
                         networks=[job_pb2.NETWORK_MAINNET],
                         models=[nodes_pb2.ServedModel(name=self.model, runtime="scripted")],
                         slots=1,
+                        region=self.region,
+                        subclouds=self.subclouds,
                         running_jobs=[
                             nodes_pb2.JobRef(job_id=job_id, attempt=attempt)
                             for job_id, attempt in self.announce

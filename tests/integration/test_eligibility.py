@@ -1,0 +1,59 @@
+"""Eligibility: a job goes only to a node that meets its constraints; a job no connected
+node can run is deferred (no attempt burned) and expires saying why."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from scheduler.server import SchedulerServer
+from tests.support.scripted_node import ScriptedNode, running
+
+
+def spec(region: str, ttl_s: float = 60) -> job_pb2.JobSpec:
+    s = job_pb2.JobSpec(model="scripted", prompt="p", sampling=job_pb2.SamplingParams(max_tokens=3))
+    s.constraints.region = region
+    s.ttl.FromTimedelta(timedelta(seconds=ttl_s))
+    return s
+
+
+async def wait_terminal(jobs: job_service_pb2_grpc.JobServiceStub, job_id: str) -> job_pb2.Job:
+    for _ in range(300):
+        job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
+        if job.state in (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_EXPIRED):
+            return job
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+async def test_job_runs_only_on_a_node_in_its_region(
+    jobs: job_service_pb2_grpc.JobServiceStub, scheduler: SchedulerServer
+) -> None:
+    address = f"127.0.0.1:{scheduler.port}"
+    eu = ScriptedNode(address, "node-eu", "scripted", lambda _n: "ok", region="eu-west")
+    us = ScriptedNode(address, "node-us", "scripted", lambda _n: "ok", region="us-east")
+    async with running(eu), running(us):
+        ids = [
+            (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec("us-east")))).job.job_id
+            for _ in range(4)
+        ]
+        finished = [await wait_terminal(jobs, job_id) for job_id in ids]
+    assert {job.signature.node_id for job in finished} == {"node-us"}
+    assert not [d for d in eu.dispatches if d.job_id in ids]
+
+
+async def test_job_no_node_can_run_expires_with_the_reason(
+    jobs: job_service_pb2_grpc.JobServiceStub, scheduler: SchedulerServer
+) -> None:
+    address = f"127.0.0.1:{scheduler.port}"
+    eu = ScriptedNode(address, "node-eu-2", "scripted", lambda _n: "ok", region="eu-west")
+    async with running(eu):
+        job_id = (
+            await jobs.Submit(job_service_pb2.SubmitRequest(job=spec("mars", ttl_s=3)))
+        ).job.job_id
+        job = await wait_terminal(jobs, job_id)
+    assert job.state == job_pb2.JOB_STATE_EXPIRED
+    assert job.error.reason == "NO_ELIGIBLE_NODE"
+    assert "node-eu-2: REGION" in job.error.message
+    assert job.attempts == 0, "deferring is not an attempt"
