@@ -28,6 +28,7 @@ from fleetwire.topology import Topology
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from scheduler.matching import NodeProfile
+from scheduler.presence import NodePresence
 from scheduler.registry import NodeRegistry, NodeSession
 
 log = structlog.get_logger(__name__)
@@ -50,6 +51,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         registry: NodeRegistry,
         topology: Topology,
         on_message: MessageHandler,
+        presence: NodePresence,
     ) -> None:
         self._settings = settings
         self._scheduler_id = scheduler_id
@@ -57,6 +59,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         self._registry = registry
         self._topology = topology
         self._on_message = on_message
+        self._presence = presence
 
     async def NodeStream(  # noqa: N802 - gRPC method name
         self, request_iterator: Any, context: Context
@@ -71,6 +74,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         if previous is not None:
             await self._registry.remove(previous, "replaced by a new session")
         self._registry.add(session)
+        await self._presence.announce(session)
         log.info(
             "node connected",
             node_id=session.node_id,
@@ -83,6 +87,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             reason, lease_expired = await self._read_loop(session, context)
         finally:
             await self._registry.remove(session, reason, lease_expired=lease_expired)
+            await self._presence.forget(session)
             log.info("node disconnected", node_id=session.node_id, reason=reason)
 
     async def _read(self, context: Context, within: float) -> nodes_pb2.NodeStreamRequest | None:
@@ -186,4 +191,8 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             if message is None:
                 return "node closed the stream", False
             session.last_seen = time.monotonic()
+            if message.WhichOneof("message") == "heartbeat":
+                await self._presence.heartbeat(
+                    session, message.heartbeat.free_slots, message.heartbeat.running_jobs
+                )
             await self._on_message(session, message)

@@ -22,18 +22,29 @@ from fleetwire.job_store import JobStore
 from fleetwire.lifecycle import wait_for_stop_signal
 from fleetwire.settings import Settings
 from fleetwire.topology import Topology
-from fleetwire.v1 import node_service_pb2, node_service_pb2_grpc
+from fleetwire.v1 import (
+    mesh_admin_service_pb2,
+    mesh_admin_service_pb2_grpc,
+    node_service_pb2,
+    node_service_pb2_grpc,
+)
+from scheduler.admin_service import MeshAdminService
+from scheduler.admin_store import AdminStore
 from scheduler.cancel_relay import CancelRelay
 from scheduler.consumers import QueueConsumers
 from scheduler.dispatcher import Dispatcher
 from scheduler.node_service import NodeService
 from scheduler.penalties import PenaltyBox
 from scheduler.penalty_store import PenaltyStore
+from scheduler.presence import NodePresence
 from scheduler.registry import NodeRegistry
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+ADMIN_SERVICE_NAME = mesh_admin_service_pb2.DESCRIPTOR.services_by_name[
+    "MeshAdminService"
+].full_name
 
 
 class SchedulerServer:
@@ -93,7 +104,19 @@ class SchedulerServer:
         self.registry.on_change(self._consumers.routes_changed)
         self._cancel_relay = CancelRelay(self._redis, events.cancel_channel, dispatcher.cancel_job)
 
+        presence = NodePresence(
+            self._redis,
+            settings.mesh.namespace,
+            self.scheduler_id,
+            ttl_seconds=2 * settings.scheduler.lease.total_seconds(),
+        )
         server = grpc.aio.server(options=SERVER_OPTIONS)
+        mesh_admin_service_pb2_grpc.add_MeshAdminServiceServicer_to_server(
+            MeshAdminService(
+                presence, AdminStore(self._pool), self.penalties, self._link, topology
+            ),
+            server,
+        )
         node_service_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeService(
                 settings.scheduler,
@@ -102,13 +125,15 @@ class SchedulerServer:
                 self.registry,
                 topology,
                 dispatcher.on_node_message,
+                presence,
             ),
             server,
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
         )
         address = f"{settings.scheduler.host}:{settings.scheduler.port}"
         self.port = server.add_insecure_port(address)

@@ -1,0 +1,121 @@
+import datetime
+
+from fleetwire.v1 import job_pb2 as _job_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeView(_message.Message):
+    __slots__ = ("node_id", "scheduler_id", "models", "region", "subclouds", "slots", "free_slots", "running_jobs", "draining", "penalty_points", "excluded", "penalties_24h", "connected_at", "last_seen")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_ID_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SUBCLOUDS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    PENALTY_POINTS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    PENALTIES_24H_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    scheduler_id: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    region: str
+    subclouds: _containers.RepeatedScalarFieldContainer[str]
+    slots: int
+    free_slots: int
+    running_jobs: int
+    draining: bool
+    penalty_points: float
+    excluded: bool
+    penalties_24h: int
+    connected_at: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    def __init__(self, node_id: _Optional[str] = ..., scheduler_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., region: _Optional[str] = ..., subclouds: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., free_slots: _Optional[int] = ..., running_jobs: _Optional[int] = ..., draining: _Optional[bool] = ..., penalty_points: _Optional[float] = ..., excluded: _Optional[bool] = ..., penalties_24h: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeView]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeView, _Mapping]]] = ...) -> None: ...
+
+class QueueDepthsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RouteDepth(_message.Message):
+    __slots__ = ("route", "priority", "waiting_jobs", "queue_messages")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    WAITING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    priority: _job_pb2.PriorityClass
+    waiting_jobs: int
+    queue_messages: int
+    def __init__(self, route: _Optional[str] = ..., priority: _Optional[_Union[_job_pb2.PriorityClass, str]] = ..., waiting_jobs: _Optional[int] = ..., queue_messages: _Optional[int] = ...) -> None: ...
+
+class QueueDepthsResponse(_message.Message):
+    __slots__ = ("depths",)
+    DEPTHS_FIELD_NUMBER: _ClassVar[int]
+    depths: _containers.RepeatedCompositeFieldContainer[RouteDepth]
+    def __init__(self, depths: _Optional[_Iterable[_Union[RouteDepth, _Mapping]]] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ...) -> None: ...
+
+class JobTrailRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class AttemptView(_message.Message):
+    __slots__ = ("attempt", "node_id", "scheduler_id", "outcome", "dispatched_at", "started_at", "ended_at", "error")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DISPATCHED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    node_id: str
+    scheduler_id: str
+    outcome: str
+    dispatched_at: _timestamp_pb2.Timestamp
+    started_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    error: _job_pb2.JobError
+    def __init__(self, attempt: _Optional[int] = ..., node_id: _Optional[str] = ..., scheduler_id: _Optional[str] = ..., outcome: _Optional[str] = ..., dispatched_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[_job_pb2.JobError, _Mapping]] = ...) -> None: ...
+
+class JobTrailResponse(_message.Message):
+    __slots__ = ("job", "attempts")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    attempts: _containers.RepeatedCompositeFieldContainer[AttemptView]
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptView, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,155 @@
+"""MeshAdminService: operator views over presence (Redis), PostgreSQL and RabbitMQ."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import aiormq
+import structlog
+
+from fleetwire.amqp import AMQP_ERRORS, AmqpLink
+from fleetwire.errors import FieldViolation, InvalidArgument, NotFound
+from fleetwire.grpc_errors import translate_errors
+from fleetwire.job_view import job_from_row
+from fleetwire.topology import Topology
+from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
+from scheduler.admin_store import AdminStore
+from scheduler.penalties import PenaltyBox
+from scheduler.presence import NodePresence
+
+log = structlog.get_logger(__name__)
+
+_QUEUE_GONE: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.ChannelNotFoundEntity,
+    *AMQP_ERRORS,
+)
+
+Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
+
+
+def _timestamp(epoch: str) -> Any:
+    stamp = mesh_admin_service_pb2.NodeView().connected_at
+    with contextlib.suppress(ValueError):
+        stamp.FromDatetime(datetime.fromtimestamp(float(epoch), UTC))
+    return stamp
+
+
+class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
+    def __init__(
+        self,
+        presence: NodePresence,
+        store: AdminStore,
+        penalties: PenaltyBox,
+        link: AmqpLink,
+        topology: Topology,
+    ) -> None:
+        self._presence = presence
+        self._store = store
+        self._penalties = penalties
+        self._link = link
+        self._topology = topology
+
+    @translate_errors
+    async def ListNodes(  # noqa: N802 - gRPC method name
+        self, request: mesh_admin_service_pb2.ListNodesRequest, context: Context
+    ) -> mesh_admin_service_pb2.ListNodesResponse:
+        penalties = await self._store.penalties_24h()
+        views = []
+        for entry in await self._presence.all_nodes():
+            node_id = entry["node_id"]
+            view = mesh_admin_service_pb2.NodeView(
+                node_id=node_id,
+                scheduler_id=entry.get("scheduler_id", ""),
+                models=[m for m in entry.get("models", "").split(",") if m],
+                region=entry.get("region", ""),
+                subclouds=[s for s in entry.get("subclouds", "").split(",") if s],
+                slots=int(entry.get("slots", 0)),
+                free_slots=int(entry.get("free_slots", 0)),
+                running_jobs=int(entry.get("running_jobs", 0)),
+                draining=entry.get("draining") == "1",
+                # Standing is per replica; this replica's view of nodes it has judged.
+                penalty_points=self._penalties.points(node_id),
+                excluded=self._penalties.is_excluded(node_id),
+                penalties_24h=penalties.get(node_id, 0),
+            )
+            view.connected_at.CopyFrom(_timestamp(entry.get("connected_at", "0")))
+            view.last_seen.CopyFrom(_timestamp(entry.get("last_seen", "0")))
+            views.append(view)
+        return mesh_admin_service_pb2.ListNodesResponse(nodes=views)
+
+    @translate_errors
+    async def QueueDepths(  # noqa: N802
+        self, request: mesh_admin_service_pb2.QueueDepthsRequest, context: Context
+    ) -> mesh_admin_service_pb2.QueueDepthsResponse:
+        rows = await self._store.waiting_jobs()
+        in_queue: dict[str, int] = {}
+        for route in sorted({r["route_key"] for r in rows}):
+            in_queue[route] = await self._queue_messages(route)
+        return mesh_admin_service_pb2.QueueDepthsResponse(
+            depths=[
+                mesh_admin_service_pb2.RouteDepth(
+                    route=r["route_key"],
+                    priority=job_pb2.PriorityClass.Value(r["priority"]),
+                    waiting_jobs=r["waiting"],
+                    queue_messages=in_queue.get(r["route_key"], 0),
+                )
+                for r in rows
+            ]
+        )
+
+    async def _queue_messages(self, route: str) -> int:
+        """Ready messages in the route's queue (passive declare; 0 when it does not exist)."""
+        try:
+            channel = await self._link.channel(publisher_confirms=False)
+        except Exception:  # BackendUnavailable: report PostgreSQL's view alone
+            return 0
+        try:
+            ok = await channel.queue_declare(self._topology.route_queue(route), passive=True)
+            return int(ok.message_count or 0)
+        except _QUEUE_GONE:
+            return 0
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(*AMQP_ERRORS):
+                    await channel.close()
+
+    @translate_errors
+    async def ListDeadLetters(  # noqa: N802
+        self, request: mesh_admin_service_pb2.ListDeadLettersRequest, context: Context
+    ) -> mesh_admin_service_pb2.ListDeadLettersResponse:
+        if request.limit > 1000:
+            raise InvalidArgument([FieldViolation("limit", "at most 1000")])
+        rows = await self._store.dead_letters(request.limit or 100)
+        return mesh_admin_service_pb2.ListDeadLettersResponse(jobs=[job_from_row(r) for r in rows])
+
+    @translate_errors
+    async def JobTrail(  # noqa: N802
+        self, request: mesh_admin_service_pb2.JobTrailRequest, context: Context
+    ) -> mesh_admin_service_pb2.JobTrailResponse:
+        import uuid
+
+        try:
+            job_id = uuid.UUID(request.job_id)
+        except ValueError as err:
+            raise InvalidArgument([FieldViolation("job_id", "not a job id (UUID)")]) from err
+        job, attempts = await self._store.job_and_attempts(job_id)
+        if job is None:
+            raise NotFound(f"job {request.job_id} not found")
+        views = []
+        for a in attempts:
+            view = mesh_admin_service_pb2.AttemptView(
+                attempt=a["attempt"],
+                node_id=a["node_id"],
+                scheduler_id=a["scheduler_id"],
+                outcome=a["outcome"],
+            )
+            for name in ("dispatched_at", "started_at", "ended_at"):
+                if a[name] is not None:
+                    getattr(view, name).FromDatetime(a[name])
+            if a["error_reason"]:
+                view.error.reason = a["error_reason"]
+                view.error.message = a["error_message"] or ""
+            views.append(view)
+        return mesh_admin_service_pb2.JobTrailResponse(job=job_from_row(job), attempts=views)
