@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from rich.console import Console
 
-from fleetwire.client_calls import JobClient, make_spec, state_name
-from fleetwire.settings import load_settings
+from fleetwire.client_calls import JobClient, is_terminal, make_spec, state_name
+from fleetwire.settings import Settings, load_settings
 from fleetwire.supervisor import LocalMesh
 from fleetwire.v1 import job_pb2
 from fleetwire.verify import verify_job
@@ -23,10 +26,35 @@ PROMPTS = [
 ]
 
 
+def demo_env(settings: Settings) -> dict[str, str]:
+    """The demo's own namespace and database (``<db>_demo``), so it never meets the state
+    of a mesh you run with ``fleetwire up`` (or of an earlier demo)."""
+    parts = urlsplit(settings.postgres.dsn.get_secret_value())
+    database = parts.path.lstrip("/") or "fleetwire"
+    dsn = urlunsplit(parts._replace(path=f"/{database}_demo"))
+    return {"FLEETWIRE_NAMESPACE": "demo", "FLEETWIRE_POSTGRES_DSN": dsn}
+
+
+async def _fresh_database(dsn: str) -> None:
+    parts = urlsplit(dsn)
+    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
     """Returns the process exit code: 0 when every job SUCCEEDED with a valid signature."""
     settings = load_settings()
-    mesh = LocalMesh(nodes=nodes, log_dir=Path(".cache/demo-logs"))
+    env = demo_env(settings)
+    asyncio.run(_fresh_database(env["FLEETWIRE_POSTGRES_DSN"]))
+    mesh = LocalMesh(
+        nodes=nodes,
+        env=env,
+        key_dir=Path(".cache/demo-keys"),
+        log_dir=Path(".cache/demo-logs"),
+    )
     console.print(
         f"[bold]fleetwire demo[/]: starting scheduler, bridge and {nodes} vLLM node(s) "
         "(logs in .cache/demo-logs/)"
@@ -47,7 +75,7 @@ def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
         deadline = time.monotonic() + timeout
         ok = True
         for priority, job_id in submitted:
-            job = client.wait(job_id, timeout=max(1.0, deadline - time.monotonic()))
+            job = _wait_for_job(mesh, client, job_id, deadline)
             verified = verify_job(job)
             ok &= job.state == job_pb2.JOB_STATE_SUCCEEDED and verified
             mark = "[green]signature verified[/]" if verified else "[red]signature INVALID[/]"
@@ -65,6 +93,18 @@ def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
         client.close()
         console.print("stopping the mesh…")
         mesh.stop()
+
+
+def _wait_for_job(mesh: LocalMesh, client: JobClient, job_id: str, deadline: float) -> job_pb2.Job:
+    """Follows the job until it is terminal, the deadline passes, or a mesh process dies
+    (then the logs say why, e.g. a node refused at the handshake)."""
+    while True:
+        job = client.wait(job_id, timeout=5.0)
+        if is_terminal(job) or time.monotonic() > deadline:
+            return job
+        if failed := mesh.failed():
+            names = ", ".join(f"{c.name} (exit {c.process.returncode})" for c in failed)
+            raise RuntimeError(f"mesh process exited: {names}; see .cache/demo-logs/")
 
 
 def _wait_until_serving(mesh: LocalMesh, client: JobClient, *, timeout: float) -> None:
