@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup venv services tools model demo up test test-fast pytest proto lint typecheck bench clean
+.PHONY: help setup venv services tools model demo up test test-fast test-ts pytest proto lint typecheck bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -49,7 +49,10 @@ pytest:
 test-fast: venv services  ## unit and integration tests only (no vLLM)
 	@$(PY) -m pytest tests/unit tests/integration
 
-proto: venv  ## regenerate the Python stubs from protos/
+test-ts: tools  ## TypeScript client: offline tests; against a mesh too when FLEETWIRE_ADDRESS is set
+	@node --import tsx --test clients/typescript/test/signing.test.ts clients/typescript/test/mesh.test.ts
+
+proto: venv tools  ## regenerate the Python stubs and the TypeScript client code from protos/
 	@scripts/gen-proto.sh
 
 lint: venv tools  ## ruff, ruff format, buf lint, buf breaking
@@ -58,8 +61,13 @@ lint: venv tools  ## ruff, ruff format, buf lint, buf breaking
 	@$(BUF) lint
 	@scripts/buf-breaking.sh
 
-typecheck: venv  ## mypy --strict on the hand-written packages
+typecheck: venv tools  ## mypy --strict on the hand-written packages, tsc on the TypeScript client
 	@$(VENV)/bin/mypy
+	@node_modules/.bin/tsc --noEmit -p clients/typescript
+
+bench: venv services model  ## benchmarks: mesh vs raw AMQP, Celery and direct vLLM (a few minutes; not in `make test`)
+	@$(PY) -c "import celery, pyinstrument" 2>/dev/null || $(VENV)/bin/pip install -q -e ".[bench]"
+	@$(PY) -m bench.run
 
 clean:  ## remove build caches (keeps .venv and the model)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache *.egg-info

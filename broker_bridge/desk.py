@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
+from broker_bridge.admission import Admission
+from broker_bridge.auth import Caller
+from broker_bridge.idempotency import RequestLocks
 from broker_bridge.publisher import JobMessage, JobPublisher
 from fleetwire.errors import (
     BackendUnavailable,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -31,15 +37,76 @@ log = structlog.get_logger(__name__)
 WATCH_POLL = timedelta(seconds=2)
 
 
-def parse_job_id(raw: str) -> uuid.UUID:
+def parse_id(raw: str, field: str = "job_id") -> uuid.UUID:
     try:
         return uuid.UUID(raw)
     except ValueError as err:
-        raise InvalidArgument([FieldViolation("job_id", "not a job id (UUID)")]) from err
+        raise InvalidArgument([FieldViolation(field, "not an id (UUID)")]) from err
+
+
+def submit_digest(spec: job_pb2.JobSpec) -> bytes:
+    """SHA-256 of a validated spec: two submits with one request id must have equal ones."""
+    return hashlib.sha256(spec.SerializeToString(deterministic=True)).digest()
+
+
+def new_job(
+    spec: job_pb2.JobSpec,
+    *,
+    topology: Topology,
+    tenant_id: str,
+    trace_id: str,
+    now: datetime,
+    batch_id: uuid.UUID | None = None,
+    batch_index: int | None = None,
+) -> tuple[NewJob, JobMessage]:
+    """The row and the AMQP message of a validated spec."""
+    job_id = uuid.uuid4()
+    network = NETWORK_NAMES[spec.network]
+    route_key = topology.route_key(network, spec.model)
+    ttl = spec.ttl.ToTimedelta()
+    expires_at = now + ttl
+    row = NewJob(
+        job_id=job_id,
+        spec=spec.SerializeToString(deterministic=True),
+        model=spec.model,
+        network=network,
+        priority=job_pb2.PriorityClass.Name(spec.priority),
+        route_key=route_key,
+        request_digest=request_digest(request_facts(str(job_id), spec)),
+        trace_id=trace_id,
+        expires_at=expires_at,
+        tenant_id=tenant_id,
+        client_request_id=spec.client_request_id or None,
+        submit_digest=submit_digest(spec),
+        batch_id=batch_id,
+        batch_index=batch_index,
+    )
+    envelope = job_pb2.Job(job_id=str(job_id), spec=spec)
+    envelope.expires_at.FromDatetime(expires_at)
+    message = JobMessage(
+        job_id=str(job_id),
+        route_key=route_key,
+        body=envelope.SerializeToString(),
+        priority=PRIORITY_OF_CLASS[spec.priority],
+        ttl=ttl,
+        expires_at_ms=int(expires_at.timestamp() * 1000),
+        trace_id=trace_id,
+    )
+    return row, message
+
+
+def queued_job(row: NewJob, spec: job_pb2.JobSpec, now: datetime) -> job_pb2.Job:
+    """The accepted job as Submit answers it (built from what was written)."""
+    accepted = job_pb2.Job(job_id=str(row.job_id), state=job_pb2.JOB_STATE_QUEUED, spec=spec)
+    accepted.created_at.FromDatetime(now)
+    accepted.updated_at.FromDatetime(now)
+    accepted.expires_at.FromDatetime(row.expires_at)
+    return accepted
 
 
 class JobDesk:
-    """Submit, Status, Watch and Cancel over the store, the publisher and the event streams."""
+    """Submit, Status, Watch and Cancel over the store, the publisher and the event
+    streams, always on behalf of one tenant."""
 
     def __init__(
         self,
@@ -47,95 +114,124 @@ class JobDesk:
         store: JobStore,
         publisher: JobPublisher,
         events: JobEvents,
+        admission: Admission,
+        locks: RequestLocks,
     ) -> None:
         self._settings = settings
         self._store = store
         self._publisher = publisher
         self._events = events
+        self._admission = admission
+        self._locks = locks
         self._topology = Topology(settings.mesh.namespace)
 
-    async def submit(self, spec: job_pb2.JobSpec, *, trace_id: str) -> job_pb2.Job:
-        """Accepts a job: row written, message confirmed, then the id is returned. If the
-        publish fails the row is removed again, so an error to the client means no job."""
-        spec = validate_spec(spec, models=self._settings.mesh.models, limits=self._settings.bridge)
-        job_id = uuid.uuid4()
-        network = NETWORK_NAMES[spec.network]
-        route_key = self._topology.route_key(network, spec.model)
-        ttl = spec.ttl.ToTimedelta()
-        now = datetime.now(UTC)
-        expires_at = now + ttl
-        spec_bytes = spec.SerializeToString(deterministic=True)
-        await self._store.insert_job(
-            NewJob(
-                job_id=job_id,
-                spec=spec_bytes,
-                model=spec.model,
-                network=network,
-                priority=job_pb2.PriorityClass.Name(spec.priority),
-                route_key=route_key,
-                request_digest=request_digest(request_facts(str(job_id), spec)),
-                trace_id=trace_id,
-                expires_at=expires_at,
-            )
-        )
-        envelope = job_pb2.Job(job_id=str(job_id), spec=spec)
-        envelope.expires_at.FromDatetime(expires_at)
-        try:
-            await self._publisher.publish(
-                JobMessage(
-                    job_id=str(job_id),
-                    route_key=route_key,
-                    body=envelope.SerializeToString(),
-                    priority=PRIORITY_OF_CLASS[spec.priority],
-                    ttl=ttl,
-                    expires_at_ms=int(expires_at.timestamp() * 1000),
-                    trace_id=trace_id,
-                )
-            )
-        except BaseException:
-            # Not confirmed (or the call was cancelled): leave nothing that could run later.
-            await asyncio.shield(self._store.delete_unpublished(job_id))
-            raise
-        log.info("job accepted", job_id=str(job_id), route=route_key, trace_id=trace_id)
-        await self._publish_state(str(job_id), JobState.QUEUED)
-        accepted = job_pb2.Job(job_id=str(job_id), state=job_pb2.JOB_STATE_QUEUED, spec=spec)
-        accepted.created_at.FromDatetime(now)
-        accepted.updated_at.FromDatetime(now)
-        accepted.expires_at.FromDatetime(expires_at)
-        return accepted
+    def validate(self, spec: job_pb2.JobSpec) -> job_pb2.JobSpec:
+        return validate_spec(spec, models=self._settings.mesh.models, limits=self._settings.bridge)
 
-    async def status(self, raw_job_id: str) -> job_pb2.Job:
-        row = await self._store.get_job(parse_job_id(raw_job_id))
+    async def submit(self, spec: job_pb2.JobSpec, *, caller: Caller, trace_id: str) -> job_pb2.Job:
+        """Accepts a job: admitted, row written, message confirmed, then the job is
+        returned. If the publish fails the row is removed again, so an error to the client
+        means no job. With a client request id, returns the existing job when the tenant
+        used the id before (same spec; FAILED_PRECONDITION otherwise), also when another
+        replica is accepting it at this moment."""
+        spec = self.validate(spec)
+        request_id = spec.client_request_id
+        if not request_id:
+            accepted = await self._admit_and_accept(spec, caller, trace_id)
+            assert accepted is not None  # only a request id can conflict
+            return accepted
+        async with self._locks.held("job", caller.tenant_id, request_id):
+            existing = await self._store.job_by_request_id(caller.tenant_id, request_id)
+            if existing is None:
+                accepted = await self._admit_and_accept(spec, caller, trace_id)
+                if accepted is not None:
+                    return accepted
+                existing = await self._store.job_by_request_id(caller.tenant_id, request_id)
+                if existing is None:  # pragma: no cover - inserted and deleted meanwhile
+                    raise BackendUnavailable("postgresql", "concurrent submit; retry")
+        return self._replayed(existing, spec, request_id)
+
+    def _replayed(
+        self, row: Mapping[str, Any], spec: job_pb2.JobSpec, request_id: str
+    ) -> job_pb2.Job:
+        if row["submit_digest"] is not None and bytes(row["submit_digest"]) != submit_digest(spec):
+            raise FailedPrecondition(
+                f"client_request_id {request_id!r} was used for a different job "
+                f"({row['job_id']}); use a new id for a new job",
+                reason="IDEMPOTENCY_KEY_REUSED",
+            )
+        log.info("duplicate submit answered with the original job", job_id=str(row["job_id"]))
+        return job_from_row(row)
+
+    async def _admit_and_accept(
+        self, spec: job_pb2.JobSpec, caller: Caller, trace_id: str
+    ) -> job_pb2.Job | None:
+        now = datetime.now(UTC)
+        row, message = new_job(
+            spec, topology=self._topology, tenant_id=caller.tenant_id, trace_id=trace_id, now=now
+        )
+        await self._admission.check_queue(row.route_key, spec.priority)
+        await self._admission.check_backlog(caller.tenant_id)
+        await self._admission.take(
+            caller.tenant_id, rate=caller.rate_per_second, burst=caller.burst
+        )
+        if not await self._store.insert_job(row):
+            return None
+        try:
+            await self._publisher.publish(message)
+        except BaseException as err:
+            # Not confirmed (or the call was cancelled): leave nothing that could run later.
+            gone = await asyncio.shield(self._store.delete_unpublished(row.job_id))
+            if gone or not isinstance(err, Exception):
+                raise
+            # A scheduler already took the message (its confirm was lost): the job runs, so
+            # the truthful answer is the job, not an error.
+            log.warning("publish unconfirmed but the job was dispatched", job_id=str(row.job_id))
+        log.info("job accepted", job_id=str(row.job_id), route=row.route_key)
+        await self.publish_state(str(row.job_id), JobState.QUEUED)
+        return queued_job(row, spec, now)
+
+    async def status(self, raw_job_id: str, *, tenant_id: str) -> job_pb2.Job:
+        """The job; NOT_FOUND also when it belongs to another tenant."""
+        row = await self._store.job_of_tenant(parse_id(raw_job_id), tenant_id)
         if row is None:
             raise NotFound(f"job {raw_job_id} not found")
         return job_from_row(row)
 
-    async def wait_terminal(self, raw_job_id: str) -> job_pb2.Job:
+    async def wait_terminal(self, raw_job_id: str, *, tenant_id: str) -> job_pb2.Job:
         """Follows the job until it is terminal (the caller bounds the wait)."""
-        async for event in self.watch(raw_job_id, after_sequence=0, tokens=False):
-            if event.HasField("job") and _is_terminal(event.job):
+        async for event in self.watch(
+            raw_job_id, tenant_id=tenant_id, after_sequence=0, tokens=False
+        ):
+            if event.HasField("job") and is_terminal(event.job):
                 return event.job
-        return await self.status(raw_job_id)
+        return await self.status(raw_job_id, tenant_id=tenant_id)
 
     async def watch(
-        self, raw_job_id: str, *, after_sequence: int, tokens: bool = True
+        self, raw_job_id: str, *, tenant_id: str, after_sequence: int, tokens: bool = True
     ) -> AsyncIterator[job_service_pb2.WatchResponse]:
         """The current state first, then chunks and state changes until terminal. The state
         is always read from PostgreSQL; Redis only wakes the loop and carries tokens, so a
         lost stream degrades to polling instead of hanging."""
-        job = await self.status(raw_job_id)
+        job = await self.status(raw_job_id, tenant_id=tenant_id)
         yield job_service_pb2.WatchResponse(job=job)
-        if _is_terminal(job):
+        if is_terminal(job):
             return
         last_id = "0"
         last_state = job.state
+        block: timedelta | None = WATCH_POLL
         while True:
             try:
-                events = await self._events.read(raw_job_id, last_id, block=WATCH_POLL)
+                events = await self._events.read(raw_job_id, last_id, block=block)
             except BackendUnavailable:
                 log.warning("watch: redis unavailable, polling", job_id=raw_job_id)
                 await asyncio.sleep(WATCH_POLL.total_seconds())
                 events = []
+            if block is None and not events:
+                # Drained after the job became terminal: every chunk the node produced was
+                # relayed before the result, so nothing is left to send but the final state.
+                yield job_service_pb2.WatchResponse(job=job)
+                return
             state_changed = not events
             for entry_id, event in events:
                 last_id = entry_id
@@ -151,19 +247,20 @@ class JobDesk:
                         )
                 elif isinstance(event, StateEvent):
                     state_changed = True
-            if state_changed:
-                job = await self.status(raw_job_id)
+            if state_changed and block is not None:
+                job = await self.status(raw_job_id, tenant_id=tenant_id)
+                if is_terminal(job):
+                    block = None  # send what is left in the stream, then the final job
+                    continue
                 if job.state != last_state:
                     last_state = job.state
                     yield job_service_pb2.WatchResponse(job=job)
-                if _is_terminal(job):
-                    return
 
-    async def cancel(self, raw_job_id: str, reason: str) -> job_pb2.Job:
+    async def cancel(self, raw_job_id: str, reason: str, *, tenant_id: str) -> job_pb2.Job:
         """Cancels a live job; a terminal job is returned unchanged."""
-        job_id = parse_job_id(raw_job_id)
+        await self.status(raw_job_id, tenant_id=tenant_id)  # NOT_FOUND for foreign jobs
         row = await self._store.end_job(
-            job_id,
+            parse_id(raw_job_id),
             JobState.CANCELLED,
             reason="CANCELLED_BY_CLIENT",
             message=reason[:256] or "cancelled by the client",
@@ -171,19 +268,22 @@ class JobDesk:
         if row is None:
             raise NotFound(f"job {raw_job_id} not found")
         if row["state"] == JobState.CANCELLED:
-            await self._publish_state(raw_job_id, JobState.CANCELLED)
-            try:
-                await self._events.request_cancel(raw_job_id)
-            except BackendUnavailable:
-                log.warning("cancel not relayed to schedulers", job_id=raw_job_id)
+            await self.publish_state(raw_job_id, JobState.CANCELLED)
+            await self.relay_cancel(raw_job_id)
         return job_from_row(row)
 
-    async def _publish_state(self, job_id: str, state: JobState) -> None:
+    async def relay_cancel(self, job_id: str) -> None:
+        try:
+            await self._events.request_cancel(job_id)
+        except BackendUnavailable:
+            log.warning("cancel not relayed to schedulers", job_id=job_id)
+
+    async def publish_state(self, job_id: str, state: JobState) -> None:
         try:
             await self._events.publish_state(job_id, state)
         except BackendUnavailable:
             log.warning("state event not published", job_id=job_id, state=state.value)
 
 
-def _is_terminal(job: job_pb2.Job) -> bool:
+def is_terminal(job: job_pb2.Job) -> bool:
     return JobState.from_proto(job.state).is_terminal

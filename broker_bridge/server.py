@@ -11,7 +11,11 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from broker_bridge.admission import Admission, QueueDepthGauge, TenantRateLimiter
+from broker_bridge.auth import Authenticator
+from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
+from broker_bridge.idempotency import RequestLocks
 from broker_bridge.publisher import JobPublisher
 from broker_bridge.service import JobService
 from fleetwire.amqp import AmqpLink
@@ -22,6 +26,7 @@ from fleetwire.grpc_options import SERVER_OPTIONS
 from fleetwire.job_store import JobStore
 from fleetwire.lifecycle import wait_for_stop_signal
 from fleetwire.settings import Settings
+from fleetwire.tenants import TenantStore
 from fleetwire.topology import Topology
 from fleetwire.v1 import job_service_pb2, job_service_pb2_grpc
 
@@ -40,10 +45,12 @@ class BridgeServer:
         self._pool: asyncpg.Pool | None = None
         self._link = AmqpLink(settings.rabbitmq.url.get_secret_value())
         self._redis = connect_redis(settings.redis.url.get_secret_value())
+        topology = Topology(settings.mesh.namespace)
         self._publisher = JobPublisher(
-            self._link,
-            Topology(settings.mesh.namespace),
-            confirm_timeout=settings.rabbitmq.publish_timeout,
+            self._link, topology, confirm_timeout=settings.rabbitmq.publish_timeout
+        )
+        self._gauge = QueueDepthGauge(
+            self._link, topology, max_age=settings.bridge.queue_depth_cache
         )
         self.port = 0
 
@@ -61,9 +68,25 @@ class BridgeServer:
             maxlen=self._settings.redis.stream_maxlen,
             ttl=self._settings.redis.stream_ttl,
         )
-        desk = JobDesk(self._settings, JobStore(self._pool), self._publisher, events)
+        namespace = self._settings.mesh.namespace
+        store = JobStore(self._pool)
+        admission = Admission(
+            TenantRateLimiter(self._redis, namespace),
+            self._gauge,
+            self._settings.bridge,
+            waiting_of=store.waiting_jobs_of_tenant,
+        )
+        # A request id stays locked at most as long as one accept can take.
+        locks = RequestLocks(
+            self._redis, namespace, ttl=self._settings.rabbitmq.publish_timeout * 2
+        )
+        desk = JobDesk(self._settings, store, self._publisher, events, admission, locks)
+        batches = BatchDesk(self._settings, store, self._publisher, admission, locks, desk)
+        auth = Authenticator(TenantStore(self._pool), self._settings.bridge)
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(desk), server)
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(
+            JobService(desk, batches, auth), server
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -86,6 +109,7 @@ class BridgeServer:
         if server is not None:
             await server.stop(grace)
         await self._publisher.close()
+        await self._gauge.close()
         await self._link.close()
         await self._redis.aclose()
         if self._pool is not None:

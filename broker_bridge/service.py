@@ -1,4 +1,8 @@
-"""The JobService servicer: protobuf in, domain call, protobuf out; errors mapped once."""
+"""The JobService servicer: protobuf in, domain call, protobuf out; errors mapped once.
+
+Every call is first resolved to a tenant (``authorization`` metadata) and runs with its
+trace id and tenant bound to the log context, so every log line of the call carries them.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,17 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
+import structlog
+
+from broker_bridge.auth import Authenticator, Caller
+from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
 from fleetwire.errors import DeadlineExceeded
 from fleetwire.grpc_errors import translate_errors
 from fleetwire.topology import HEADER_REQUEST_ID
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+
+JOB_ID_METADATA = "x-fleetwire-job-id"
 
 Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
 
@@ -24,19 +34,36 @@ def trace_id_of(context: Context) -> str:
 
 
 class JobService(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(self, desk: JobDesk) -> None:
+    def __init__(self, desk: JobDesk, batches: BatchDesk, auth: Authenticator) -> None:
         self._desk = desk
+        self._batches = batches
+        self._auth = auth
+
+    async def _enter(
+        self, context: Context, method: str, *, echo: bool = True
+    ) -> tuple[Caller, str]:
+        """Binds the trace id to the log context, echoes it, and authenticates."""
+        trace_id = trace_id_of(context)
+        structlog.contextvars.bind_contextvars(trace_id=trace_id, rpc=method)
+        if echo:
+            await context.send_initial_metadata(((HEADER_REQUEST_ID, trace_id),))
+        caller = await self._auth.caller(context.invocation_metadata() or ())
+        structlog.contextvars.bind_contextvars(tenant=caller.tenant_id)
+        return caller, trace_id
 
     @translate_errors
     async def Submit(  # noqa: N802 - gRPC method name
         self, request: job_service_pb2.SubmitRequest, context: Context
     ) -> job_service_pb2.SubmitResponse:
-        trace_id = trace_id_of(context)
-        await context.send_initial_metadata(((HEADER_REQUEST_ID, trace_id),))
-        job = await self._desk.submit(request.job, trace_id=trace_id)
-        if request.job.mode == job_pb2.INFERENCE_MODE_SYNC:
+        caller, trace_id = await self._enter(context, "Submit", echo=False)
+        job = await self._desk.submit(request.job, caller=caller, trace_id=trace_id)
+        # Sent before a SYNC wait: a client whose deadline runs out still has the job id.
+        await context.send_initial_metadata(
+            ((HEADER_REQUEST_ID, trace_id), (JOB_ID_METADATA, job.job_id))
+        )
+        if job.spec.mode == job_pb2.INFERENCE_MODE_SYNC:
             try:
-                job = await self._desk.wait_terminal(job.job_id)
+                job = await self._desk.wait_terminal(job.job_id, tenant_id=caller.tenant_id)
             except TimeoutError as err:  # pragma: no cover - grpc cancels first
                 raise DeadlineExceeded(f"job {job.job_id} still running") from err
         return job_service_pb2.SubmitResponse(job=job)
@@ -45,19 +72,50 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
     async def Status(  # noqa: N802
         self, request: job_service_pb2.StatusRequest, context: Context
     ) -> job_service_pb2.StatusResponse:
-        return job_service_pb2.StatusResponse(job=await self._desk.status(request.job_id))
+        caller, _ = await self._enter(context, "Status")
+        job = await self._desk.status(request.job_id, tenant_id=caller.tenant_id)
+        return job_service_pb2.StatusResponse(job=job)
 
     @translate_errors
     async def Watch(  # noqa: N802
         self, request: job_service_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchResponse]:
-        async for event in self._desk.watch(request.job_id, after_sequence=request.after_sequence):
+        caller, _ = await self._enter(context, "Watch")
+        async for event in self._desk.watch(
+            request.job_id, tenant_id=caller.tenant_id, after_sequence=request.after_sequence
+        ):
             yield event
 
     @translate_errors
     async def Cancel(  # noqa: N802
         self, request: job_service_pb2.CancelRequest, context: Context
     ) -> job_service_pb2.CancelResponse:
-        return job_service_pb2.CancelResponse(
-            job=await self._desk.cancel(request.job_id, request.reason)
+        caller, _ = await self._enter(context, "Cancel")
+        job = await self._desk.cancel(request.job_id, request.reason, tenant_id=caller.tenant_id)
+        return job_service_pb2.CancelResponse(job=job)
+
+    @translate_errors
+    async def SubmitBatch(  # noqa: N802
+        self, request: job_service_pb2.SubmitBatchRequest, context: Context
+    ) -> job_service_pb2.SubmitBatchResponse:
+        caller, trace_id = await self._enter(context, "SubmitBatch")
+        batch = await self._batches.submit(
+            list(request.jobs), request.client_request_id, caller=caller, trace_id=trace_id
         )
+        return job_service_pb2.SubmitBatchResponse(batch=batch)
+
+    @translate_errors
+    async def BatchStatus(  # noqa: N802
+        self, request: job_service_pb2.BatchStatusRequest, context: Context
+    ) -> job_service_pb2.BatchStatusResponse:
+        caller, _ = await self._enter(context, "BatchStatus")
+        batch = await self._batches.status(request.batch_id, tenant_id=caller.tenant_id)
+        return job_service_pb2.BatchStatusResponse(batch=batch)
+
+    @translate_errors
+    async def WatchBatch(  # noqa: N802
+        self, request: job_service_pb2.WatchBatchRequest, context: Context
+    ) -> AsyncIterator[job_service_pb2.WatchBatchResponse]:
+        caller, _ = await self._enter(context, "WatchBatch")
+        async for event in self._batches.watch(request.batch_id, tenant_id=caller.tenant_id):
+            yield event

@@ -6,23 +6,43 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
-import grpc
 import typer
 from google.protobuf import json_format
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from fleetwire.client_calls import JobClient, is_terminal, make_spec, state_name
 from fleetwire.settings import load_settings
-from fleetwire.v1 import job_pb2
-from fleetwire.verify import verify_job
+from fleetwire_client import (
+    BatchProgress,
+    Client,
+    FleetwireError,
+    InvalidArgument,
+    JobRequest,
+    JobResult,
+    Token,
+)
+
+if TYPE_CHECKING:
+    from fleetwire.node_store import NodeStore
+    from fleetwire.tenants import TenantStore
+
+T = TypeVar("T")
 
 app = typer.Typer(help="fleetwire: a mesh for LLM inference jobs.", no_args_is_help=True)
 keys_app = typer.Typer(help="Node key files.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+admin_app = typer.Typer(help="Administer the mesh.", no_args_is_help=True)
+nodes_app = typer.Typer(help="Node registration: keys the scheduler accepts.", no_args_is_help=True)
+admin_app.add_typer(nodes_app, name="nodes")
+api_keys_app = typer.Typer(help="Tenants' API keys for the bridge.", no_args_is_help=True)
+admin_app.add_typer(api_keys_app, name="keys")
+app.add_typer(admin_app, name="admin")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -102,21 +122,115 @@ def migrate() -> None:
     console.print("migrations applied")
 
 
-def _print_job(job: job_pb2.Job, as_json: bool) -> None:
+# --- Using a mesh: job commands, on the Python SDK (clients/python, fleetwire_client) -----
+
+AddressOption = Annotated[str | None, typer.Option("--address", help="Bridge host:port.")]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="FLEETWIRE_API_KEY",
+        help="API key, sent as 'authorization: Bearer <key>'.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (one object per job).")]
+NodeKeyOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--node-key",
+        help="Public key (hex) of a node you trust; repeatable. A signature must verify under "
+        "one of them. Without: the key the job names (proves integrity, not who signed).",
+        show_default=False,
+    ),
+]
+
+
+def _client(address: str | None, api_key: str | None) -> Client:
+    return Client(_address(address), api_key=api_key)
+
+
+def _job_json(result: JobResult) -> str:
+    return str(json_format.MessageToJson(result.message, indent=None))
+
+
+def _signature_note(result: JobResult, node_keys: list[str] | None) -> str:
+    """'verified' or 'INVALID' for a signed result, checked offline (docs/signing.md)."""
+    try:
+        keys: list[str | None] = [*node_keys] if node_keys else [None]
+        verified = any(result.verify(key) for key in keys)
+    except ValueError as err:  # a malformed --node-key
+        err_console.print(f"[red]--node-key[/]: {err}")
+        raise typer.Exit(2) from None
+    how = "" if node_keys else " (key named by the job)"
+    return ("[green]verified[/]" if verified else "[red]INVALID[/]") + how
+
+
+def _print_job(result: JobResult, as_json: bool, node_keys: list[str] | None = None) -> None:
     if as_json:
-        console.print_json(json_format.MessageToJson(job))
+        console.print_json(_job_json(result))
         return
-    verified = verify_job(job) if job.state == job_pb2.JOB_STATE_SUCCEEDED else None
-    console.print(f"[bold]{job.job_id}[/] {state_name(job.state)} attempts={job.attempts}")
-    if job.output:
-        console.print(f"  output: {job.output!r}")
+    console.print(f"[bold]{result.job_id}[/] {result.state.name} attempts={result.attempts}")
+    signature = result.signature
+    if result.output or signature is not None:
+        console.print(f"  output: {result.output!r}")
+    if signature is not None:
         console.print(
-            f"  node={job.signature.node_id} key={job.signature.key_id} "
-            f"tokens={job.usage.completion_tokens} signature "
-            + ("[green]verified[/]" if verified else "[red]INVALID[/]")
+            f"  node={signature.node_id} key={signature.key_id} "
+            f"tokens={result.completion_tokens} signature {_signature_note(result, node_keys)}"
         )
-    if job.error.reason:
-        console.print(f"  error: {job.error.reason}: {job.error.message}")
+    if result.error_reason:
+        console.print(f"  error: {result.error_reason}: {result.error_message}")
+
+
+def _failed(err: FleetwireError) -> NoReturn:
+    reason = f" ({err.reason})" if err.reason else ""
+    err_console.print(f"[red]{err.code.name}[/]{reason}: {err.message}", markup=True)
+    if isinstance(err, InvalidArgument):
+        for violation in err.violations:
+            err_console.print(f"  {violation.field}: {violation.description}")
+    raise typer.Exit(1)
+
+
+def _follow(client: Client, job_id: str, *, stream: bool) -> JobResult:
+    """Streams the job's tokens (when ``stream``) until it is terminal; returns it."""
+    last: JobResult | None = None
+    streamed = False
+    for event in client.watch(job_id):
+        if isinstance(event, Token):
+            if stream:
+                console.print(event.text, end="", highlight=False, markup=False)
+                streamed = True
+        else:
+            last = event
+    if streamed:
+        console.print()
+    return last if last is not None and last.terminal else client.status(job_id)
+
+
+def _job_request(
+    prompt: str,
+    *,
+    model: str,
+    max_tokens: int,
+    priority: str,
+    temperature: float,
+    seed: int | None,
+    ttl: float | None,
+    network: str,
+    chat: bool,
+) -> JobRequest:
+    return JobRequest(
+        prompt="" if chat else prompt,
+        messages=[("user", prompt)] if chat else (),
+        model=model,
+        max_tokens=max_tokens,
+        priority=priority,
+        temperature=temperature,
+        seed=seed,
+        ttl=timedelta(seconds=ttl) if ttl else None,
+        network=network,
+    )
 
 
 @app.command()
@@ -131,95 +245,182 @@ def submit(
     network: str = "mainnet",
     chat: bool = False,
     wait: Annotated[bool, typer.Option(help="Stream tokens and wait for the result.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    address: Annotated[str | None, typer.Option(help="Bridge host:port.")] = None,
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    node_key: NodeKeyOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Submit a job; by default stream its tokens and print the verified result."""
-    client = JobClient(_address(address))
+    request = _job_request(
+        prompt,
+        model=model,
+        max_tokens=max_tokens,
+        priority=priority,
+        temperature=temperature,
+        seed=seed,
+        ttl=ttl,
+        network=network,
+        chat=chat,
+    )
     try:
-        job = client.submit(
-            make_spec(
-                prompt,
-                model=model,
-                max_tokens=max_tokens,
-                priority=priority,
-                temperature=temperature,
-                seed=seed,
-                ttl=timedelta(seconds=ttl) if ttl else None,
-                network=network,
-                chat=chat,
-            )
+        with _client(address, api_key) as client:
+            job = client.submit(request)
+            if wait:
+                job = _follow(client, job.job_id, stream=not as_json)
+            _print_job(job, as_json, node_key)
+    except FleetwireError as err:
+        _failed(err)
+
+
+@app.command()
+def batch(
+    prompts: Annotated[Path, typer.Argument(help="A file with one prompt per line; - for stdin.")],
+    model: str = "tiny-llama",
+    max_tokens: int = 32,
+    priority: str = "bulk",
+    temperature: float = 0.0,
+    seed: Annotated[int | None, typer.Option()] = None,
+    ttl: Annotated[float | None, typer.Option(help="TTL in seconds.")] = None,
+    network: str = "mainnet",
+    chat: bool = False,
+    wait: Annotated[bool, typer.Option(help="Show progress and wait for every result.")] = True,
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    node_key: NodeKeyOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Submit one job per line of PROMPTS as a batch, with progress, then the results.
+
+    One SubmitBatch call (all jobs accepted or none); a progress bar on stderr until every
+    job is terminal, then a table with verified signatures (or JSON lines with --json).
+    Exits 1 unless every job succeeded. --no-wait prints the batch id and returns.
+    """
+    text = sys.stdin.read() if str(prompts) == "-" else prompts.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        err_console.print("no prompts")
+        raise typer.Exit(1)
+    requests = [
+        _job_request(
+            line,
+            model=model,
+            max_tokens=max_tokens,
+            priority=priority,
+            temperature=temperature,
+            seed=seed,
+            ttl=ttl,
+            network=network,
+            chat=chat,
         )
-        if wait:
-            job = _follow(client, job.job_id, stream=not as_json)
-        _print_job(job, as_json)
-    except grpc.RpcError as err:
-        _rpc_failed(err)
-    finally:
-        client.close()
+        for line in lines
+    ]
+    try:
+        with _client(address, api_key) as client:
+            batch = client.submit_batch(requests)
+            if not wait:
+                _print_batch_progress(batch, as_json)
+                return
+            jobs = _wait_all(client, batch, show=not as_json)
+    except FleetwireError as err:
+        _failed(err)
+    if as_json:
+        for job in jobs:
+            print(_job_json(job))
+    else:
+        console.print(f"batch [bold]{batch.batch_id}[/]")
+        _print_batch(jobs, node_key)
+    if not all(job.succeeded for job in jobs):
+        raise typer.Exit(1)
 
 
-def _follow(client: JobClient, job_id: str, *, stream: bool) -> job_pb2.Job:
-    last = None
-    for event in client.watch(job_id):
-        if event.HasField("chunk") and stream:
-            console.print(event.chunk.text, end="", highlight=False, markup=False)
-        elif event.HasField("job"):
-            last = event.job
-            if is_terminal(last):
-                break
-    if stream:
-        console.print()
-    return last if last is not None else client.status(job_id)
+def _print_batch_progress(batch: BatchProgress, as_json: bool) -> None:
+    if as_json:
+        print(json_format.MessageToJson(batch.message, indent=None))
+    else:
+        console.print(f"batch [bold]{batch.batch_id}[/]: {batch.total} jobs accepted")
 
 
-def _rpc_failed(err: grpc.RpcError) -> None:
-    code = err.code() if hasattr(err, "code") else None
-    details = err.details() if hasattr(err, "details") else str(err)
-    err_console.print(f"[red]{getattr(code, 'name', code)}[/]: {details}")
-    raise typer.Exit(1)
+def _wait_all(client: Client, batch: BatchProgress, *, show: bool) -> list[JobResult]:
+    """Every job of the batch once terminal, in order, with a progress bar on stderr
+    driven by WatchBatch."""
+    finished: dict[str, JobResult] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not show,
+    ) as progress:
+        task = progress.add_task("jobs", total=batch.total)
+        for event in client.watch_batch(batch.batch_id):
+            progress.update(task, completed=event.progress.finished)
+            if event.job is not None:
+                finished[event.job.job_id] = event.job
+    return [finished.get(job_id) or client.status(job_id) for job_id in batch.job_ids]
+
+
+def _print_batch(jobs: list[JobResult], node_keys: list[str] | None) -> None:
+    table = Table("job", "state", "tokens", "node", "signature", "output")
+    for job in jobs:
+        signature = job.signature
+        table.add_row(
+            job.job_id,
+            job.state.name,
+            str(job.completion_tokens) if job.succeeded else "",
+            signature.node_id if signature else "",
+            _signature_note(job, node_keys) if signature else "",
+            repr(job.output[:40]) if job.output else job.error_reason,
+        )
+    console.print(table)
 
 
 @app.command()
 def status(
     job_id: str,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    address: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    node_key: NodeKeyOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Show a job's state (and its verified result when done)."""
-    client = JobClient(_address(address))
     try:
-        _print_job(client.status(job_id), as_json)
-    except grpc.RpcError as err:
-        _rpc_failed(err)
-    finally:
-        client.close()
+        with _client(address, api_key) as client:
+            _print_job(client.status(job_id), as_json, node_key)
+    except FleetwireError as err:
+        _failed(err)
 
 
 @app.command()
-def watch(job_id: str, address: Annotated[str | None, typer.Option()] = None) -> None:
+def watch(
+    job_id: str,
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    node_key: NodeKeyOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
     """Stream a job's tokens and state changes until it is terminal."""
-    client = JobClient(_address(address))
     try:
-        _print_job(_follow(client, job_id, stream=True), False)
-    except grpc.RpcError as err:
-        _rpc_failed(err)
-    finally:
-        client.close()
+        with _client(address, api_key) as client:
+            _print_job(_follow(client, job_id, stream=not as_json), as_json, node_key)
+    except FleetwireError as err:
+        _failed(err)
 
 
 @app.command()
 def cancel(
-    job_id: str, reason: str = "", address: Annotated[str | None, typer.Option()] = None
+    job_id: str,
+    reason: str = "",
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Cancel a job."""
-    client = JobClient(_address(address))
     try:
-        _print_job(client.cancel(job_id, reason), False)
-    except grpc.RpcError as err:
-        _rpc_failed(err)
-    finally:
-        client.close()
+        with _client(address, api_key) as client:
+            _print_job(client.cancel(job_id, reason), as_json)
+    except FleetwireError as err:
+        _failed(err)
 
 
 @keys_app.command("new")
@@ -230,17 +431,225 @@ def keys_new(file: Annotated[Path, typer.Option(help="Key file to create (0600).
 
     key = create_key(file)
     public = bytes(key.verify_key)
-    console.print(json.dumps({"public_key": public.hex(), "key_id": key_id(public)}))
+    typer.echo(json.dumps({"public_key": public.hex(), "key_id": key_id(public)}))
 
 
 @keys_app.command("show")
 def keys_show(file: Annotated[Path, typer.Option(help="Key file.")]) -> None:
-    """Print the public key of a node key file."""
-    from fleetwire.keys import load_key
+    """Print the public key of a node key file (and of a rotated key waiting beside it)."""
+    from fleetwire.errors import ConfigurationError
+    from fleetwire.keys import load_key, next_key_path
     from fleetwire.signing import key_id
 
-    public = bytes(load_key(file).verify_key)
-    console.print(json.dumps({"public_key": public.hex(), "key_id": key_id(public)}))
+    try:
+        public = bytes(load_key(file).verify_key)
+        shown: dict[str, str] = {"public_key": public.hex(), "key_id": key_id(public)}
+        successor = next_key_path(file)
+        if successor.exists():
+            next_public = bytes(load_key(successor).verify_key)
+            shown |= {"next_public_key": next_public.hex(), "next_key_id": key_id(next_public)}
+    except (OSError, ConfigurationError) as err:
+        err_console.print(f"[red]{err}[/]")
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(shown))
+
+
+@keys_app.command("rotate")
+def keys_rotate(file: Annotated[Path, typer.Option(help="The node's key file.")]) -> None:
+    """Start a key rotation: write a new key to FILE.next (0600) and print it.
+
+    The running node keeps FILE. Next: register the new key
+    (`fleetwire admin nodes register NODE --public-key NEW --replace`), then send the node
+    SIGHUP: it finishes its running jobs, switches to the new key and reconnects.
+    """
+    from fleetwire.errors import ConfigurationError
+    from fleetwire.keys import create_next_key, load_key, next_key_path
+    from fleetwire.signing import key_id
+
+    try:
+        key = create_next_key(file)
+    except FileExistsError:
+        err_console.print(
+            f"[red]{next_key_path(file)} already exists[/]: register it and SIGHUP the node, "
+            "or delete it to start over"
+        )
+        raise typer.Exit(1) from None
+    except ConfigurationError as err:
+        err_console.print(f"[red]{err}[/]")
+        raise typer.Exit(1) from None
+    public = bytes(key.verify_key)
+    current = bytes(load_key(file).verify_key)
+    typer.echo(
+        json.dumps(
+            {
+                "public_key": public.hex(),
+                "key_id": key_id(public),
+                "file": str(next_key_path(file)),
+                "replaces_key_id": key_id(current),
+            }
+        )
+    )
+
+
+def _run_node_store(work: Callable[[NodeStore], Awaitable[T]]) -> T:
+    """Runs ``work`` against the mesh's PostgreSQL (migrated first)."""
+    import asyncio
+
+    from fleetwire.db import open_pool
+    from fleetwire.node_store import NodeStore
+
+    async def run() -> T:
+        pool = await open_pool(load_settings().postgres)
+        try:
+            return await work(NodeStore(pool))
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+@nodes_app.command("register")
+def nodes_register(
+    node_id: str,
+    public_key: Annotated[str, typer.Option(help="Hex public key (`keys show`/`keys new`).")],
+    replace: Annotated[
+        bool, typer.Option(help="Replace another registered key (key rotation).")
+    ] = False,
+) -> None:
+    """Register NODE_ID's public key, so the scheduler accepts the node.
+
+    Needed when FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES=false (production). Applies to the
+    node's next handshake; a connected session keeps the key it proved.
+    """
+    from fleetwire.node_store import Registration
+    from fleetwire.signing import key_id
+
+    try:
+        raw = bytes.fromhex(public_key)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        err_console.print("[red]--public-key must be 64 hex digits (a raw ed25519 key)[/]")
+        raise typer.Exit(2)
+    outcome = _run_node_store(lambda store: store.register(node_id, raw, replace=replace))
+    if outcome is Registration.CONFLICT:
+        err_console.print(
+            f"[red]{node_id} is registered with another key[/]; pass --replace to rotate"
+        )
+        raise typer.Exit(1)
+    typer.echo(
+        json.dumps({"node_id": node_id, "key_id": key_id(raw), "registration": outcome.value})
+    )
+
+
+@nodes_app.command("revoke")
+def nodes_revoke(node_id: str) -> None:
+    """Revoke NODE_ID's key: its next handshake is refused (KEY_REVOKED)."""
+    if not _run_node_store(lambda store: store.revoke(node_id)):
+        err_console.print(f"[red]unknown node {node_id}[/]")
+        raise typer.Exit(1)
+    typer.echo(json.dumps({"node_id": node_id, "revoked": True}))
+
+
+@nodes_app.command("list")
+def nodes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List registered nodes and their keys."""
+    records = _run_node_store(lambda store: store.list_nodes())
+    rows = [
+        {
+            "node_id": r.node_id,
+            "key_id": r.key_id,
+            "public_key": r.public_key.hex(),
+            "revoked": r.revoked,
+            "registered_at": r.registered_at.isoformat(),
+            "last_seen_at": r.last_seen_at.isoformat() if r.last_seen_at else None,
+        }
+        for r in records
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        state = "[red]revoked[/]" if row["revoked"] else "active"
+        console.print(
+            f"{row['node_id']:24} key {row['key_id']} {state} "
+            f"last seen {row['last_seen_at'] or '-'}"
+        )
+
+
+def _run_tenant_store(work: Callable[[TenantStore], Awaitable[T]]) -> T:
+    """Runs ``work`` against the mesh's PostgreSQL (migrated first)."""
+    import asyncio
+
+    from fleetwire.db import open_pool
+    from fleetwire.tenants import TenantStore
+
+    async def run() -> T:
+        pool = await open_pool(load_settings().postgres)
+        try:
+            return await work(TenantStore(pool))
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+@api_keys_app.command("create")
+def api_keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant id (created if new).")],
+    name: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create an API key for TENANT. The key is printed once and stored only hashed:
+    clients send it as `authorization: Bearer <key>`."""
+    try:
+        issued = _run_tenant_store(lambda store: store.create_key(tenant, name=name))
+    except ValueError as err:
+        from rich.markup import escape
+
+        err_console.print(f"[red]{escape(str(err))}[/]")
+        raise typer.Exit(2) from None
+    shown = {"tenant": issued.tenant_id, "key_id": issued.key_id, "key": issued.secret}
+    if as_json:
+        console.print(json.dumps(shown))
+        return
+    console.print(f"tenant {issued.tenant_id}, key id {issued.key_id}")
+    console.print(f"key (shown once, store it now): {issued.secret}", soft_wrap=True)
+
+
+@api_keys_app.command("list")
+def api_keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List API keys (ids, tenants, state; never the keys themselves)."""
+    records = _run_tenant_store(lambda store: store.list_keys(tenant))
+    rows = [
+        {
+            "key_id": r.key_id,
+            "tenant": r.tenant_id,
+            "name": r.name,
+            "created_at": r.created_at.isoformat(),
+            "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+        }
+        for r in records
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        state = f"[red]revoked {row['revoked_at']}[/]" if row["revoked_at"] else "active"
+        console.print(f"{row['key_id']}  {row['tenant']:24} {state}  {row['name']}", soft_wrap=True)
+
+
+@api_keys_app.command("revoke")
+def api_keys_revoke(key_id: str) -> None:
+    """Revoke the API key KEY_ID; every bridge refuses it within
+    FLEETWIRE_BRIDGE_AUTH_CACHE_TTL."""
+    if not _run_tenant_store(lambda store: store.revoke_key(key_id)):
+        err_console.print(f"[red]no live key {key_id}[/]")
+        raise typer.Exit(1)
+    console.print(json.dumps({"key_id": key_id, "revoked": True}))
 
 
 @app.command()

@@ -81,9 +81,19 @@ class ResourceExhausted(FleetwireError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, *, retry_delay: timedelta, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_delay: timedelta,
+        reason: str | None = None,
+        quota_subject: str = "",
+    ) -> None:
         super().__init__(message, reason=reason)
         self.retry_delay = retry_delay
+        # Which limit was hit ("tenant:acme", "queue:mainnet.tiny-llama"): sent as a
+        # google.rpc.QuotaFailure violation when set.
+        self.quota_subject = quota_subject
 
 
 class BackendUnavailable(FleetwireError):

@@ -93,13 +93,14 @@ class JobEvents:
         )
 
     async def read(
-        self, job_id: str, after_id: str, *, block: timedelta
+        self, job_id: str, after_id: str, *, block: timedelta | None
     ) -> list[tuple[str, Event]]:
-        """Events after stream id ``after_id`` ("0" for all), waiting up to ``block``."""
+        """Events after stream id ``after_id`` ("0" for all), waiting up to ``block`` for
+        the first (None: return at once)."""
         try:
             reply: Any = await self._redis.xread(
                 {self.stream_key(job_id): after_id},
-                block=int(block.total_seconds() * 1000),
+                block=None if block is None else max(1, int(block.total_seconds() * 1000)),
                 count=256,
             )
         except REDIS_ERRORS as err:

@@ -54,6 +54,18 @@ def status_for(error: FleetwireError) -> status_pb2.Status:
                 )
             )
         )
+    if isinstance(error, ResourceExhausted) and error.quota_subject:
+        details.append(
+            _packed(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(
+                            subject=error.quota_subject, description=error.message
+                        )
+                    ]
+                )
+            )
+        )
     if isinstance(error, ResourceExhausted | BackendUnavailable):
         delay = duration_pb2.Duration()
         delay.FromTimedelta(error.retry_delay)

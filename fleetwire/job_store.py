@@ -18,6 +18,7 @@ import asyncpg
 
 from fleetwire.db import BACKEND_ERRORS
 from fleetwire.errors import BackendUnavailable
+from fleetwire.ledger import Prices, bill_job
 from fleetwire.states import JobState, predecessors
 
 P = ParamSpec("P")
@@ -53,6 +54,48 @@ class NewJob:
     request_digest: bytes
     trace_id: str
     expires_at: datetime
+    tenant_id: str = "anonymous"
+    client_request_id: str | None = None  # None: no idempotency key
+    submit_digest: bytes | None = None  # SHA-256 of the spec as accepted
+    batch_id: uuid.UUID | None = None
+    batch_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewBatch:
+    batch_id: uuid.UUID
+    tenant_id: str
+    client_request_id: str | None
+    request_digest: bytes
+    trace_id: str
+    jobs: list[NewJob]
+
+
+_INSERT_JOB = (
+    "INSERT INTO jobs (job_id, state, spec, model, network, priority, route_key,"
+    " request_digest, trace_id, expires_at, tenant_id, client_request_id, submit_digest,"
+    " batch_id, batch_index)"
+    " VALUES ($1, 'QUEUED', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+)
+
+
+def _job_args(job: NewJob) -> tuple[Any, ...]:
+    return (
+        job.job_id,
+        job.spec,
+        job.model,
+        job.network,
+        job.priority,
+        job.route_key,
+        job.request_digest,
+        job.trace_id,
+        job.expires_at,
+        job.tenant_id,
+        job.client_request_id,
+        job.submit_digest,
+        job.batch_id,
+        job.batch_index,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,27 +122,123 @@ class JobStore:
         self._pool = pool
 
     @translating
-    async def insert_job(self, job: NewJob) -> None:
-        await self._pool.execute(
-            "INSERT INTO jobs (job_id, state, spec, model, network, priority, route_key,"
-            " request_digest, trace_id, expires_at)"
-            " VALUES ($1, 'QUEUED', $2, $3, $4, $5, $6, $7, $8, $9)",
-            job.job_id,
-            job.spec,
-            job.model,
-            job.network,
-            job.priority,
-            job.route_key,
-            job.request_digest,
-            job.trace_id,
-            job.expires_at,
+    async def insert_job(self, job: NewJob) -> bool:
+        """Writes a QUEUED job. False (nothing written) when the tenant already has a job
+        with the same client request id: the unique constraint is the last word."""
+        inserted = await self._pool.fetchval(
+            _INSERT_JOB + " ON CONFLICT ON CONSTRAINT jobs_tenant_request_key DO NOTHING"
+            " RETURNING true",
+            *_job_args(job),
+        )
+        return bool(inserted)
+
+    @translating
+    async def waiting_jobs_of_tenant(self, tenant_id: str) -> int:
+        """How many of the tenant's jobs wait for a node (QUEUED or RETRYING)."""
+        count: int = await self._pool.fetchval(
+            "SELECT count(*) FROM jobs WHERE tenant_id = $1 AND state IN ('QUEUED', 'RETRYING')",
+            tenant_id,
+        )
+        return count
+
+    @translating
+    async def job_of_tenant(self, job_id: uuid.UUID, tenant_id: str) -> asyncpg.Record | None:
+        """The job if it belongs to ``tenant_id``; None for unknown and foreign jobs alike."""
+        return await self._pool.fetchrow(
+            "SELECT * FROM jobs WHERE job_id = $1 AND tenant_id = $2", job_id, tenant_id
         )
 
     @translating
-    async def delete_unpublished(self, job_id: uuid.UUID) -> None:
-        """Removes a job whose publish failed, so nothing half-written can run later."""
-        await self._pool.execute(
-            "DELETE FROM jobs WHERE job_id = $1 AND state = 'QUEUED' AND attempts = 0", job_id
+    async def job_by_request_id(
+        self, tenant_id: str, client_request_id: str
+    ) -> asyncpg.Record | None:
+        return await self._pool.fetchrow(
+            "SELECT * FROM jobs WHERE tenant_id = $1 AND client_request_id = $2",
+            tenant_id,
+            client_request_id,
+        )
+
+    @translating
+    async def insert_batch(self, batch: NewBatch) -> bool:
+        """Writes the batch and all its jobs in one transaction. False (nothing written)
+        when the tenant already has a batch with the same client request id."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                "INSERT INTO batches (batch_id, tenant_id, client_request_id, request_digest,"
+                " job_count, trace_id) VALUES ($1, $2, $3, $4, $5, $6)"
+                " ON CONFLICT ON CONSTRAINT batches_tenant_request_key DO NOTHING"
+                " RETURNING true",
+                batch.batch_id,
+                batch.tenant_id,
+                batch.client_request_id,
+                batch.request_digest,
+                len(batch.jobs),
+                batch.trace_id,
+            )
+            if not inserted:
+                return False
+            await conn.executemany(_INSERT_JOB, [_job_args(job) for job in batch.jobs])
+            return True
+
+    @translating
+    async def batch_of_tenant(self, batch_id: uuid.UUID, tenant_id: str) -> asyncpg.Record | None:
+        return await self._pool.fetchrow(
+            "SELECT * FROM batches WHERE batch_id = $1 AND tenant_id = $2", batch_id, tenant_id
+        )
+
+    @translating
+    async def batch_by_request_id(
+        self, tenant_id: str, client_request_id: str
+    ) -> asyncpg.Record | None:
+        return await self._pool.fetchrow(
+            "SELECT * FROM batches WHERE tenant_id = $1 AND client_request_id = $2",
+            tenant_id,
+            client_request_id,
+        )
+
+    @translating
+    async def batch_jobs(self, batch_id: uuid.UUID) -> list[asyncpg.Record]:
+        """The batch's jobs (id, state), in submission order."""
+        return list(
+            await self._pool.fetch(
+                "SELECT job_id, state FROM jobs WHERE batch_id = $1 ORDER BY batch_index, job_id",
+                batch_id,
+            )
+        )
+
+    @translating
+    async def withdraw_batch(self, batch_id: uuid.UUID) -> None:
+        """Undoes a batch whose publishing failed: every live job is cancelled (so no
+        message that did reach the broker can run), never-dispatched jobs are deleted, and
+        the batch row too when no job is left."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE jobs SET state = 'CANCELLED', updated_at = now(),"
+                " error_reason = 'BATCH_ABORTED', error_message = 'the batch was not accepted'"
+                " WHERE batch_id = $1 AND state = ANY($2)",
+                batch_id,
+                _names(predecessors(JobState.CANCELLED)),
+            )
+            await conn.execute("DELETE FROM jobs WHERE batch_id = $1 AND attempts = 0", batch_id)
+            await conn.execute(
+                "DELETE FROM batches b WHERE batch_id = $1"
+                " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.batch_id)",
+                batch_id,
+            )
+
+    @translating
+    async def delete_unpublished(self, job_id: uuid.UUID) -> bool:
+        """Removes a job whose publish failed, so nothing half-written can run later. False
+        when the row had already moved on (a scheduler got the message although its confirm
+        was lost): the job exists and runs."""
+        deleted = await self._pool.fetchval(
+            "DELETE FROM jobs WHERE job_id = $1 AND state = 'QUEUED' AND attempts = 0"
+            " RETURNING true",
+            job_id,
+        )
+        return (
+            bool(deleted)
+            or await self._pool.fetchval("SELECT true FROM jobs WHERE job_id = $1", job_id) is None
         )
 
     @translating
@@ -164,9 +303,12 @@ class JobStore:
             return bool(moved)
 
     @translating
-    async def finalise_success(self, job_id: uuid.UUID, outcome: SignedOutcome) -> bool:
-        """Stores a verified result and makes the job SUCCEEDED. True only for the call that
-        finalised it; a duplicate or a result of a superseded attempt returns False."""
+    async def finalise_success(
+        self, job_id: uuid.UUID, outcome: SignedOutcome, prices: Prices | None = None
+    ) -> bool:
+        """Stores a verified result, makes the job SUCCEEDED and (with ``prices``) bills it,
+        all in one transaction. True only for the call that finalised it; a duplicate or a
+        result of a superseded attempt returns False and bills nothing."""
         async with self._pool.acquire() as conn, conn.transaction():
             done = await conn.fetchval(
                 "UPDATE jobs SET state = 'SUCCEEDED', updated_at = now(), output = $3,"
@@ -195,6 +337,8 @@ class JobStore:
                     job_id,
                     outcome.attempt,
                 )
+                if prices is not None:
+                    await bill_job(conn, job_id, prices)
             return bool(done)
 
     @translating

@@ -34,7 +34,46 @@ def load_key(path: Path) -> SigningKey:
 
 
 def load_or_create_key(path: Path) -> SigningKey:
-    """The node's key: loaded when the file exists, created (0600) otherwise."""
+    """The node's key: loaded when the file exists, created (0600) otherwise. A rotation
+    interrupted between its two renames (no ``path``, a ``<path>.next``) is completed."""
     if path.exists():
         return load_key(path)
+    promoted = promote_next_key(path)
+    if promoted is not None:
+        return promoted
     return create_key(path)
+
+
+def next_key_path(path: Path) -> Path:
+    """Where ``fleetwire keys rotate`` puts the successor of the key at ``path``."""
+    return path.with_name(path.name + ".next")
+
+
+def previous_key_path(path: Path) -> Path:
+    """Where a promoted rotation keeps the key it replaced."""
+    return path.with_name(path.name + ".prev")
+
+
+def create_next_key(path: Path) -> SigningKey:
+    """Step 1 of a rotation: writes a new key beside ``path`` (``<path>.next``, 0600) and
+    returns it; ``path`` itself is untouched, so a running node keeps its key. Refuses when
+    a successor is already waiting (FileExistsError): register or delete that one first."""
+    if not path.exists():
+        raise ConfigurationError(f"key file {path} does not exist; create it with `keys new`")
+    load_key(path)  # refuse to rotate a key file that is itself unusable
+    return create_key(next_key_path(path))
+
+
+def promote_next_key(path: Path) -> SigningKey | None:
+    """Step 3 of a rotation, done by the node: ``<path>.next`` becomes ``path`` and the old
+    key is kept as ``<path>.prev``. Returns the new key, or None when no successor waits.
+    Each rename is atomic; a crash in between leaves ``path`` absent and ``.prev`` and
+    ``.next`` present, which the next promotion completes."""
+    successor = next_key_path(path)
+    if not successor.exists():
+        return None
+    key = load_key(successor)
+    if path.exists():
+        os.replace(path, previous_key_path(path))
+    os.replace(successor, path)
+    return key

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -135,6 +135,12 @@ class BridgeSettings(BaseSettings):
         timedelta(seconds=5), description="Retry delay advised when a queue is too deep."
     )
     max_batch_jobs: int = Field(256, ge=1, description="Most jobs in one SubmitBatch call.")
+    max_waiting_per_tenant: int = Field(
+        1_000,
+        ge=1,
+        description="Jobs one tenant may have waiting (QUEUED or RETRYING) at once; more "
+        "are refused, so no tenant fills a queue for the others.",
+    )
 
 
 class SchedulerSettings(BaseSettings):
@@ -187,6 +193,14 @@ class SchedulerSettings(BaseSettings):
     penalty_cooldown: Duration = Field(
         timedelta(minutes=1), description="How long an excluded node gets no work."
     )
+    price_per_1k_prompt_tokens: int = Field(
+        100, ge=0, description="Micro-credits a mainnet job is charged per 1,000 prompt tokens."
+    )
+    price_per_1k_completion_tokens: int = Field(
+        200,
+        ge=0,
+        description="Micro-credits a mainnet job is charged per 1,000 completion tokens.",
+    )
     reconnect_grace: Duration = Field(
         timedelta(seconds=10),
         description="How long the jobs of a node whose stream broke wait for it to reconnect "
@@ -203,6 +217,11 @@ class NodeSettings(BaseSettings):
     node_id: str = Field("node-1", pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="Node id.")
     key_file: Path = Field(
         Path("node.key"), description="Private key file (created with mode 0600 if missing)."
+    )
+    runtime: Literal["vllm", "bench"] = Field(
+        "vllm",
+        description="Inference runtime: vllm, or bench (a measurement instrument that answers "
+        "every job at once with a fixed text; benchmarks only, never in production).",
     )
     model_path: Path = Field(
         Path(".cache/models/tiny-llama"), description="Model directory served by vLLM."
@@ -234,9 +253,10 @@ class NodeSettings(BaseSettings):
         "aborted and handed back.",
     )
     keep_jobs_on_reconnect: bool = Field(
-        False,
-        description="Experimental, needs scheduler support: when the stream drops, keep "
-        "running jobs and deliver their results on the next session instead of aborting them.",
+        True,
+        description="When the stream drops, keep running jobs and deliver their results on "
+        "the next session (the scheduler waits FLEETWIRE_SCHEDULER_RECONNECT_GRACE for them); "
+        "false: abort them at once.",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from fleetwire.errors import FieldViolation, InvalidArgument
@@ -15,6 +16,11 @@ MAX_LABELS = 16
 MAX_LABEL_BYTES = 64
 MAX_REQUEST_ID_BYTES = 128
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
+MAX_MESSAGES = 256
+MAX_GPU_MEMORY_MIB = 1 << 22  # 4 TiB: anything larger is a unit mistake
+# model versions, GPU classes, regions and subclouds: short plain names
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")  # "v1", "sha256:ab12..."
 
 
 def validate_spec(
@@ -38,9 +44,21 @@ def validate_spec(
     prompt_bytes = len(spec.prompt.encode()) + sum(len(m.content.encode()) for m in spec.messages)
     if prompt_bytes > limits.max_prompt_bytes:
         violation("prompt", f"{prompt_bytes} bytes; at most {limits.max_prompt_bytes}")
+    if len(spec.messages) > MAX_MESSAGES:
+        violation("messages", f"at most {MAX_MESSAGES} messages")
     for i, message in enumerate(spec.messages):
         if message.role not in CHAT_ROLES:
             violation(f"messages[{i}].role", f"must be one of {sorted(CHAT_ROLES)}")
+    if spec.model_version and not VERSION.match(spec.model_version):
+        violation("model_version", f"must match {VERSION.pattern}")
+
+    constraints = spec.constraints
+    if constraints.min_gpu_memory_mib > MAX_GPU_MEMORY_MIB:
+        violation("constraints.min_gpu_memory_mib", f"at most {MAX_GPU_MEMORY_MIB} (MiB)")
+    for name in ("gpu_class", "region", "subcloud"):
+        value = getattr(constraints, name)
+        if value and not NAME.match(value):
+            violation(f"constraints.{name}", f"must match {NAME.pattern}")
 
     sampling = spec.sampling
     if not spec.HasField("sampling") or sampling.max_tokens == 0:
@@ -71,6 +89,8 @@ def validate_spec(
 
     if len(spec.client_request_id.encode()) > MAX_REQUEST_ID_BYTES:
         violation("client_request_id", f"at most {MAX_REQUEST_ID_BYTES} bytes")
+    elif not spec.client_request_id.isprintable():
+        violation("client_request_id", "printable characters only")
     if len(spec.labels) > MAX_LABELS:
         violation("labels", f"at most {MAX_LABELS} labels")
     if any(

@@ -1,64 +1,145 @@
-"""The node process: load the key, start the engine, serve until told to stop.
+"""The node process: load the key and config, start the engines, serve until told to stop.
 
-SIGTERM or SIGINT: drain (finish running jobs, up to the grace period) and exit 0.
-A second signal: abort running jobs at once (the scheduler retries them elsewhere).
+Signals:
+- SIGTERM or SIGINT: drain — announce Draining, accept nothing new, let running jobs finish
+  (up to ``FLEETWIRE_NODE_DRAIN_GRACE``), send their results, close the stream, stop the
+  engines, exit 0.
+- A second SIGTERM/SIGINT: abort running jobs at once and hand them back to the mesh as
+  retryable (they finish on another node), then exit 0.
+- SIGHUP: key rotation — if ``<key file>.next`` exists (``fleetwire keys rotate``), drain
+  this session, promote the new key and reconnect with it; the engines stay up.
+
+Exit codes: 0 after a drain; ``EXIT_REFUSED`` (78, EX_CONFIG) when the mesh refuses the
+node's key (not registered, revoked, or another key is registered): restarting will not
+help until an operator registers the key, so a systemd unit should not restart on it
+(``RestartPreventExitStatus=78``); ``EXIT_CONFIG`` (78 as well) for a bad config or key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
+from pathlib import Path
 
 import structlog
 
-from fleetwire.keys import load_or_create_key
+from fleetwire.errors import ConfigurationError
+from fleetwire.keys import load_or_create_key, next_key_path, promote_next_key
 from fleetwire.settings import Settings
-from node.agent import NodeAgent
+from node.agent import HandshakeRefused, NodeAgent
+from node.bench_runtime import bench_runtimes
+from node.config import NodeProfile, load_profile
 from node.vllm_runtime import VllmRuntime
 
 log = structlog.get_logger(__name__)
 
-DRAIN_GRACE = 120.0
+EXIT_REFUSED = 78
+EXIT_CONFIG = 78
 
 
-async def run_node(settings: Settings) -> None:
+def build_runtimes(profile: NodeProfile) -> dict[str, VllmRuntime]:
+    """One engine per served model (not started)."""
+    return {
+        model.name: VllmRuntime(
+            str(model.path),
+            served_name=model.name,
+            max_num_seqs=model.max_num_seqs,
+            max_model_len=model.max_model_len,
+            kv_cache_bytes=model.kv_cache_mib * 1024 * 1024 if model.kv_cache_mib else None,
+        )
+        for model in profile.models
+    }
+
+
+async def run_node(settings: Settings) -> int:
+    """Runs the node until drained; returns the process exit code."""
     s = settings.node
     key = load_or_create_key(s.key_file)
-    runtime = VllmRuntime(
-        str(s.model_path),
-        served_name=s.model_name,
-        max_num_seqs=s.max_num_seqs,
-        max_model_len=s.max_model_len,
-        kv_cache_bytes=s.kv_cache_mib * 1024 * 1024,
+    profile = load_profile(s)
+    # The bench runtime is a measurement instrument (docs/benchmarks.md), never production.
+    runtimes = build_runtimes(profile) if s.runtime == "vllm" else bench_runtimes(profile)
+    log.info(
+        "starting engines",
+        node_id=s.node_id,
+        models=[f"{m.name}={m.path}" for m in profile.models],
+        region=profile.region,
+        subclouds=list(profile.subclouds),
     )
-    log.info("starting engine", model=str(s.model_path), node_id=s.node_id)
-    await runtime.start()
-    agent = NodeAgent(s, key, runtime)
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-    drain_task: asyncio.Task[None] | None = None
+    try:
+        await asyncio.gather(*(runtime.start() for runtime in runtimes.values()))
+        agent = NodeAgent(s, key, runtimes, profile)
+        return await _serve(agent, s.key_file, s.drain_grace.total_seconds())
+    finally:
+        await asyncio.gather(
+            *(runtime.stop() for runtime in runtimes.values()), return_exceptions=True
+        )
+        log.info("node stopped")
 
-    def on_signal() -> None:
-        nonlocal signals_seen, drain_task
-        signals_seen += 1
-        if signals_seen == 1:
-            log.info("stop requested; draining")
-            drain_task = asyncio.create_task(agent.drain(DRAIN_GRACE))
+
+async def _serve(agent: NodeAgent, key_file: Path, grace: float) -> int:
+    loop = asyncio.get_running_loop()
+    stops_seen = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    def own(task: asyncio.Task[None]) -> None:
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def on_stop() -> None:
+        nonlocal stops_seen
+        stops_seen += 1
+        if stops_seen == 1:
+            log.info("stop requested; draining", grace_s=grace)
+            own(asyncio.create_task(agent.drain(grace)))
         else:
-            log.warning("second stop signal; aborting running jobs")
-            asyncio.create_task(agent.drain(0.0))  # noqa: RUF006 - awaited via run()
+            log.warning("second stop signal; aborting and handing back running jobs")
+            own(asyncio.create_task(agent.drain(0.0)))
+
+    def on_hangup() -> None:
+        if not next_key_path(key_file).exists():
+            log.info("SIGHUP: no rotated key waiting", expected=str(next_key_path(key_file)))
+            return
+        try:
+            new_key = promote_next_key(key_file)
+        except (ConfigurationError, OSError) as err:
+            log.error("SIGHUP: cannot load the rotated key", error=str(err))
+            return
+        if new_key is not None:
+            agent.rotate_key(new_key)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
-        await agent.run()
-        if drain_task is not None:
-            await drain_task
+        tried_successor = False
+        while True:
+            try:
+                await agent.run()
+                break
+            except HandshakeRefused as err:
+                # The registered key was replaced before this node was told (SIGHUP): when a
+                # rotated key waits, it is the one the mesh expects now.
+                successor = None
+                if not tried_successor and next_key_path(key_file).exists():
+                    successor = promote_next_key(key_file)
+                tried_successor = True
+                if successor is None:
+                    log.error(
+                        "the mesh refused this node's key; register it "
+                        "(fleetwire admin nodes register) and start the node again",
+                        error=str(err),
+                        public_key=agent.public_key.hex(),
+                    )
+                    return EXIT_REFUSED
+                log.warning("key refused; switching to the rotated key", error=str(err))
+                agent.rotate_key(successor)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return 0
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        await runtime.stop()
-        log.info("node stopped")
 
 
 def main() -> None:
@@ -69,4 +150,9 @@ def main() -> None:
     configure_logging(
         level=settings.mesh.log_level, json=settings.mesh.log_json, process=settings.node.node_id
     )
-    asyncio.run(run_node(settings))
+    try:
+        code = asyncio.run(run_node(settings))
+    except ConfigurationError as err:
+        log.error("bad node configuration", error=str(err))
+        code = EXIT_CONFIG
+    sys.exit(code)

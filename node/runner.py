@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -15,7 +15,13 @@ from fleetwire import signing
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.validation import request_facts
-from node.vllm_runtime import GenerationRequest, PromptTooLongError, SamplingSpec, VllmRuntime
+from node.vllm_runtime import (
+    GenerationRequest,
+    InvalidRequestError,
+    PromptTooLongError,
+    SamplingSpec,
+    VllmRuntime,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -24,10 +30,15 @@ Send = Callable[[nodes_pb2.NodeStreamRequest], Awaitable[None]]
 
 @dataclass(eq=False)
 class RunningJob:
+    """A job the node accepted. ``cancelled``: the mesh asked to stop it (ends as CANCELLED);
+    ``hand_back``: the node is shutting down (ends as a retryable NODE_SHUTDOWN failure)."""
+
     job_id: str
     attempt: int
     request_id: str
+    model: str = ""
     cancelled: bool = False
+    hand_back: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -49,12 +60,13 @@ def generation_request(request_id: str, spec: job_pb2.JobSpec) -> GenerationRequ
 
 
 class JobRunner:
-    """Turns a Dispatch into engine work and signed messages."""
+    """Turns a Dispatch into engine work and signed messages. ``key`` may be replaced
+    between jobs (key rotation); a job signs with the key current when it finishes."""
 
-    def __init__(self, node_id: str, key: SigningKey, runtime: VllmRuntime) -> None:
+    def __init__(self, node_id: str, key: SigningKey, runtimes: Mapping[str, VllmRuntime]) -> None:
         self._node_id = node_id
-        self._key = key
-        self._runtime = runtime
+        self.key = key
+        self._runtimes = runtimes
 
     def digest_matches(self, dispatch: nodes_pb2.Dispatch) -> bool:
         """The node signs only what it recomputed itself from the spec it received."""
@@ -71,8 +83,9 @@ class JobRunner:
         prompt_tokens = completion_tokens = 0
         finish_reason = ""
         request = generation_request(job.request_id, dispatch.spec)
+        runtime = self._runtimes[dispatch.spec.model]
         try:
-            async for chunk in self._runtime.generate(request):
+            async for chunk in runtime.generate(request):
                 now = time.monotonic()
                 started = started or now
                 prompt_tokens, completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
@@ -96,6 +109,9 @@ class JobRunner:
         except PromptTooLongError as err:
             await self._fail(job, send, "PROMPT_TOO_LONG", str(err), retryable=False)
             return
+        except InvalidRequestError as err:
+            await self._fail(job, send, "INVALID_REQUEST", str(err), retryable=False)
+            return
         except Exception as err:
             log.exception("engine error", job_id=job.job_id)
             await self._fail(
@@ -103,7 +119,24 @@ class JobRunner:
             )
             return
         if job.cancelled or finish_reason == "abort":
-            await self._fail(job, send, "CANCELLED", "aborted on request", retryable=False)
+            if job.hand_back:
+                await self._fail(
+                    job,
+                    send,
+                    "NODE_SHUTDOWN",
+                    f"the node stopped after {completion_tokens} tokens; run it elsewhere",
+                    retryable=True,
+                    tokens=completion_tokens,
+                )
+            else:
+                await self._fail(
+                    job,
+                    send,
+                    "CANCELLED",
+                    f"aborted on request after {completion_tokens} tokens",
+                    retryable=False,
+                    tokens=completion_tokens,
+                )
             return
         finished = time.monotonic()
         output = "".join(parts)
@@ -133,7 +166,7 @@ class JobRunner:
                 tokens_per_second=completion_tokens / generation_s if generation_s > 0 else 0.0,
             ),
             finished_at_unix_ms=finished_at_ms,
-            signature=signing.sign(self._key, signing.result_bytes(facts)),
+            signature=signing.sign(self.key, signing.result_bytes(facts)),
         )
         await send(nodes_pb2.NodeStreamRequest(result=result))
         log.info(
@@ -145,9 +178,23 @@ class JobRunner:
         )
 
     async def _fail(
-        self, job: RunningJob, send: Send, reason: str, message: str, *, retryable: bool
+        self,
+        job: RunningJob,
+        send: Send,
+        reason: str,
+        message: str,
+        *,
+        retryable: bool,
+        tokens: int | None = None,
     ) -> None:
-        log.info("job failed", job_id=job.job_id, reason=reason, retryable=retryable)
+        log.info(
+            "job failed",
+            job_id=job.job_id,
+            attempt=job.attempt,
+            reason=reason,
+            retryable=retryable,
+            tokens=tokens,
+        )
         await send(
             nodes_pb2.NodeStreamRequest(
                 failure=nodes_pb2.Failure(

@@ -125,6 +125,19 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
         return mesh_admin_service_pb2.ListDeadLettersResponse(jobs=[job_from_row(r) for r in rows])
 
     @translate_errors
+    async def GetBalance(  # noqa: N802
+        self, request: mesh_admin_service_pb2.GetBalanceRequest, context: Context
+    ) -> mesh_admin_service_pb2.GetBalanceResponse:
+        if not request.account.startswith(("tenant:", "owner:")):
+            raise InvalidArgument(
+                [FieldViolation("account", 'must be "tenant:<id>" or "owner:<id>"')]
+            )
+        balance, entries = await self._store.balance(request.account)
+        return mesh_admin_service_pb2.GetBalanceResponse(
+            account=request.account, balance_micro_credits=balance, entries=entries
+        )
+
+    @translate_errors
     async def JobTrail(  # noqa: N802
         self, request: mesh_admin_service_pb2.JobTrailRequest, context: Context
     ) -> mesh_admin_service_pb2.JobTrailResponse:

@@ -43,6 +43,16 @@ class AdminStore:
         return {r["node_id"]: int(r["n"]) for r in rows}
 
     @translating
+    async def balance(self, account: str) -> tuple[int, int]:
+        """(balance in micro-credits, entry count) of ``account``."""
+        row = await self._pool.fetchrow(
+            "SELECT coalesce(sum(amount), 0) AS balance, count(*) AS entries"
+            " FROM ledger_entries WHERE account = $1",
+            account,
+        )
+        return int(row["balance"]), int(row["entries"])
+
+    @translating
     async def job_and_attempts(
         self, job_id: uuid.UUID
     ) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:

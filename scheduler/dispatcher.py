@@ -21,6 +21,7 @@ from fleetwire import signing
 from fleetwire.errors import BackendUnavailable
 from fleetwire.events import ChunkEvent, JobEvents
 from fleetwire.job_store import JobStore, SignedOutcome
+from fleetwire.ledger import Prices
 from fleetwire.settings import SchedulerSettings
 from fleetwire.states import JobState
 from fleetwire.topology import HEADER_REQUEST_ID, HEADER_RETRIES
@@ -88,6 +89,10 @@ class Dispatcher:
         self._registry = registry
         self._penalties = penalties
         self._penalty_store = penalty_store
+        self._prices = Prices(
+            per_1k_prompt_tokens=settings.price_per_1k_prompt_tokens,
+            per_1k_completion_tokens=settings.price_per_1k_completion_tokens,
+        )
 
     # -- deliveries -------------------------------------------------------------------
 
@@ -337,6 +342,7 @@ class Dispatcher:
                 key_id=session.key_id,
                 finished_at_ms=result.finished_at_unix_ms,
             ),
+            self._prices,
         )
         if finalised:
             await self._publish_state(str(job_id), JobState.SUCCEEDED)

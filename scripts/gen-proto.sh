@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Regenerates the Python stubs from protos/ with grpcio-tools (local plugins only).
-# Output: fleetwire/v1/*_pb2.py, *_pb2.pyi and *_pb2_grpc.py — generated, never edited.
+# Regenerates every client stub from protos/ with local plugins only:
+#   Python      fleetwire/v1/*_pb2.py, *_pb2.pyi, *_pb2_grpc.py  (grpcio-tools)
+#   TypeScript  clients/typescript/src/gen/fleetwire/v1/*_pb.ts   (buf + protoc-gen-es from
+#               node_modules, as buf.gen.yaml says; `make tools` installs both)
+# Generated, never edited. Usage: scripts/gen-proto.sh [OUT]; OUT (default: the repository)
+# is where both trees are written, so tests can regenerate into a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 OUT="${1:-.}"
+BUF=node_modules/.bin/buf
 mkdir -p "$OUT/fleetwire/v1"
 "$PY" -m grpc_tools.protoc \
   -I protos \
@@ -13,3 +18,9 @@ mkdir -p "$OUT/fleetwire/v1"
 cat > "$OUT/fleetwire/v1/__init__.py" <<'PY'
 """Generated protobuf and gRPC stubs for fleetwire.v1 (make proto). Do not edit."""
 PY
+
+if [[ ! -x $BUF || ! -x node_modules/.bin/protoc-gen-es ]]; then
+  echo "gen-proto: buf or protoc-gen-es missing from node_modules; run \`make tools\`" >&2
+  exit 1
+fi
+"$BUF" generate --template buf.gen.yaml --output "$OUT"

@@ -34,6 +34,13 @@ class JobServiceStub:
     RESOURCE_EXHAUSTED (google.rpc.RetryInfo), UNAVAILABLE (a backing service is down; the
     job was not accepted), DEADLINE_EXCEEDED. Every error carries google.rpc.ErrorInfo with a
     stable reason and the domain "fleetwire.dev".
+
+    Authentication: send `authorization: Bearer <api key>` metadata (keys are created with
+    `fleetwire admin keys create`). A missing, malformed, unknown or revoked key is
+    UNAUTHENTICATED when the bridge requires keys (FLEETWIRE_BRIDGE_REQUIRE_API_KEY);
+    otherwise calls without a key run as the tenant "anonymous". A job or batch of another
+    tenant is NOT_FOUND. Optional `x-request-id` metadata is the trace id (generated when
+    absent, echoed in the initial metadata).
     """
 
     def __init__(self, channel):
@@ -62,6 +69,21 @@ class JobServiceStub:
                 request_serializer=fleetwire_dot_v1_dot_job__service__pb2.CancelRequest.SerializeToString,
                 response_deserializer=fleetwire_dot_v1_dot_job__service__pb2.CancelResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/fleetwire.v1.JobService/SubmitBatch',
+                request_serializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
+        self.BatchStatus = channel.unary_unary(
+                '/fleetwire.v1.JobService/BatchStatus',
+                request_serializer=fleetwire_dot_v1_dot_job__service__pb2.BatchStatusRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_job__service__pb2.BatchStatusResponse.FromString,
+                _registered_method=True)
+        self.WatchBatch = channel.unary_stream(
+                '/fleetwire.v1.JobService/WatchBatch',
+                request_serializer=fleetwire_dot_v1_dot_job__service__pb2.WatchBatchRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_job__service__pb2.WatchBatchResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -73,13 +95,27 @@ class JobServiceServicer:
     RESOURCE_EXHAUSTED (google.rpc.RetryInfo), UNAVAILABLE (a backing service is down; the
     job was not accepted), DEADLINE_EXCEEDED. Every error carries google.rpc.ErrorInfo with a
     stable reason and the domain "fleetwire.dev".
+
+    Authentication: send `authorization: Bearer <api key>` metadata (keys are created with
+    `fleetwire admin keys create`). A missing, malformed, unknown or revoked key is
+    UNAUTHENTICATED when the bridge requires keys (FLEETWIRE_BRIDGE_REQUIRE_API_KEY);
+    otherwise calls without a key run as the tenant "anonymous". A job or batch of another
+    tenant is NOT_FOUND. Optional `x-request-id` metadata is the trace id (generated when
+    absent, echoed in the initial metadata).
     """
 
     def Submit(self, request, context):
         """Accepts a job. Answers only after the job row is written and RabbitMQ confirmed the
         message, so an OK answer means the job will run, expire or fail visibly. In
         INFERENCE_MODE_SYNC the call waits for the terminal state (bounded by the deadline).
-        Errors: INVALID_ARGUMENT, UNAVAILABLE, RESOURCE_EXHAUSTED.
+        Idempotent with JobSpec.client_request_id: the same id from the same tenant returns
+        the original job; the same id with a different spec is FAILED_PRECONDITION (reason
+        IDEMPOTENCY_KEY_REUSED).
+        Errors: INVALID_ARGUMENT, UNAUTHENTICATED, FAILED_PRECONDITION, UNAVAILABLE,
+        RESOURCE_EXHAUSTED (google.rpc.RetryInfo and QuotaFailure; ErrorInfo reason
+        TENANT_RATE_LIMITED, TENANT_BACKLOG_FULL or QUEUE_FULL), DEADLINE_EXCEEDED (SYNC only;
+        the job id is sent first in the initial metadata `x-fleetwire-job-id`, and the job
+        keeps running and can be followed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +146,32 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBatch(self, request, context):
+        """Accepts many jobs at once under a new batch id: all of them or none (a failure
+        cancels the jobs already published, and the call fails). Each job counts against the
+        tenant's rate. Idempotent with SubmitBatchRequest.client_request_id.
+        Errors: as Submit; INVALID_ARGUMENT names the job by index (`jobs[3].model`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchStatus(self, request, context):
+        """Aggregate progress of a batch. Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBatch(self, request, context):
+        """Streams a batch's progress: the current aggregate first, then each member job when it
+        becomes terminal together with the new aggregate, until every job is terminal.
+        Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +195,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=fleetwire_dot_v1_dot_job__service__pb2.CancelRequest.FromString,
                     response_serializer=fleetwire_dot_v1_dot_job__service__pb2.CancelResponse.SerializeToString,
             ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'BatchStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchStatus,
+                    request_deserializer=fleetwire_dot_v1_dot_job__service__pb2.BatchStatusRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_job__service__pb2.BatchStatusResponse.SerializeToString,
+            ),
+            'WatchBatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBatch,
+                    request_deserializer=fleetwire_dot_v1_dot_job__service__pb2.WatchBatchRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_job__service__pb2.WatchBatchResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'fleetwire.v1.JobService', rpc_method_handlers)
@@ -150,6 +227,13 @@ class JobService:
     RESOURCE_EXHAUSTED (google.rpc.RetryInfo), UNAVAILABLE (a backing service is down; the
     job was not accepted), DEADLINE_EXCEEDED. Every error carries google.rpc.ErrorInfo with a
     stable reason and the domain "fleetwire.dev".
+
+    Authentication: send `authorization: Bearer <api key>` metadata (keys are created with
+    `fleetwire admin keys create`). A missing, malformed, unknown or revoked key is
+    UNAUTHENTICATED when the bridge requires keys (FLEETWIRE_BRIDGE_REQUIRE_API_KEY);
+    otherwise calls without a key run as the tenant "anonymous". A job or batch of another
+    tenant is NOT_FOUND. Optional `x-request-id` metadata is the trace id (generated when
+    absent, echoed in the initial metadata).
     """
 
     @staticmethod
@@ -250,6 +334,87 @@ class JobService:
             '/fleetwire.v1.JobService/Cancel',
             fleetwire_dot_v1_dot_job__service__pb2.CancelRequest.SerializeToString,
             fleetwire_dot_v1_dot_job__service__pb2.CancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.JobService/SubmitBatch',
+            fleetwire_dot_v1_dot_job__service__pb2.SubmitBatchRequest.SerializeToString,
+            fleetwire_dot_v1_dot_job__service__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.JobService/BatchStatus',
+            fleetwire_dot_v1_dot_job__service__pb2.BatchStatusRequest.SerializeToString,
+            fleetwire_dot_v1_dot_job__service__pb2.BatchStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fleetwire.v1.JobService/WatchBatch',
+            fleetwire_dot_v1_dot_job__service__pb2.WatchBatchRequest.SerializeToString,
+            fleetwire_dot_v1_dot_job__service__pb2.WatchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -119,3 +119,19 @@ class JobTrailResponse(_message.Message):
     job: _job_pb2.Job
     attempts: _containers.RepeatedCompositeFieldContainer[AttemptView]
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptView, _Mapping]]] = ...) -> None: ...
+
+class GetBalanceRequest(_message.Message):
+    __slots__ = ("account",)
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    def __init__(self, account: _Optional[str] = ...) -> None: ...
+
+class GetBalanceResponse(_message.Message):
+    __slots__ = ("account", "balance_micro_credits", "entries")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_MICRO_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    balance_micro_credits: int
+    entries: int
+    def __init__(self, account: _Optional[str] = ..., balance_micro_credits: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...

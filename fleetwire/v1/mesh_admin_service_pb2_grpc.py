@@ -58,6 +58,11 @@ class MeshAdminServiceStub:
                 request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobTrailRequest.SerializeToString,
                 response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobTrailResponse.FromString,
                 _registered_method=True)
+        self.GetBalance = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/GetBalance',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
@@ -95,6 +100,13 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBalance(self, request, context):
+        """An account's balance in the credit ledger ("tenant:<id>" or "owner:<id>").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +129,11 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.JobTrail,
                     request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobTrailRequest.FromString,
                     response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobTrailResponse.SerializeToString,
+            ),
+            'GetBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBalance,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,6 +248,33 @@ class MeshAdminService:
             '/fleetwire.v1.MeshAdminService/JobTrail',
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobTrailRequest.SerializeToString,
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobTrailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/GetBalance',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

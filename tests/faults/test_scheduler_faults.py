@@ -51,6 +51,17 @@ async def attempts_of(settings: Settings, job_id: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def ledger_kinds(settings: Settings, job_id: str) -> list[str]:
+    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
+    try:
+        rows = await conn.fetch(
+            "SELECT kind FROM ledger_entries WHERE job_id = $1 ORDER BY kind", uuid.UUID(job_id)
+        )
+    finally:
+        await conn.close()
+    return [r["kind"] for r in rows]
+
+
 async def wait_for(predicate: Callable[[], bool], what: str) -> None:
     for _ in range(200):
         if predicate():
@@ -83,6 +94,7 @@ async def test_scheduler_sigkilled_mid_job_loses_nothing(
         ("sched-a", "slow-a", "LOST"),
         ("sched-b", "quick-b", "SUCCEEDED"),
     ]
+    assert await ledger_kinds(settings, job_id) == ["JOB_CHARGE", "NODE_EARNING"], "billed once"
 
 
 async def test_duplicate_delivery_is_finalised_once(
@@ -116,3 +128,4 @@ async def test_duplicate_delivery_is_finalised_once(
     assert [d.attempt for d in node.dispatches if d.job_id == job_id] == [1]
     history = await attempts_of(settings, job_id)
     assert [r["outcome"] for r in history] == ["SUCCEEDED"]
+    assert await ledger_kinds(settings, job_id) == ["JOB_CHARGE", "NODE_EARNING"], "billed once"

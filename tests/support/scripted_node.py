@@ -31,6 +31,7 @@ class ScriptedNode:
     script: Callable[[int], Answer]
     key: SigningKey = field(default_factory=SigningKey.generate)
     region: str = "local"
+    networks: list[int] = field(default_factory=lambda: [job_pb2.NETWORK_MAINNET])
     subclouds: list[str] = field(default_factory=list)
     work_time: float = 0.0  # seconds each answer takes, to keep the node busy
     hold_results: bool = False  # keep outcomes in ``held`` instead of sending them
@@ -50,7 +51,7 @@ class ScriptedNode:
                     hello=nodes_pb2.Hello(
                         node_id=self.node_id,
                         public_key=public,
-                        networks=[job_pb2.NETWORK_MAINNET],
+                        networks=self.networks,
                         models=[nodes_pb2.ServedModel(name=self.model, runtime="scripted")],
                         slots=1,
                         region=self.region,

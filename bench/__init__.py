@@ -1,0 +1,1 @@
+"""Benchmarks of the mesh against raw RabbitMQ, Celery and direct vLLM (``make bench``)."""

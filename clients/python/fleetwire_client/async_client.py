@@ -1,0 +1,209 @@
+"""The asyncio client: the same surface and guarantees as ``Client`` (sync_client.py), on
+``grpc.aio``. Create it inside a running event loop; ``async with`` closes it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from fleetwire_client.errors import Unavailable, error_from_rpc
+from fleetwire_client.job_requests import (
+    CHANNEL_OPTIONS,
+    JobRequest,
+    batch_request,
+    call_metadata,
+    resolve_address,
+    spec_of,
+)
+from fleetwire_client.models import (
+    BatchEvent,
+    BatchProgress,
+    JobResult,
+    Token,
+    WatchEvent,
+    event_of,
+)
+from fleetwire_client.retry import RetryPolicy
+from fleetwire_client.sync_client import DEFAULT_TIMEOUT
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """An asyncio fleetwire client over one ``grpc.aio`` channel. Arguments as ``Client``."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.address = resolve_address(address)
+        self._metadata = call_metadata(api_key)
+        self._retry = retry or RetryPolicy()
+        self._timeout = timeout
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                self.address, credentials, options=CHANNEL_OPTIONS
+            )
+        self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the channel; idempotent. Open Watch streams end with Cancelled."""
+        await self._channel.close()
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Waits until the channel is connected; raises Unavailable after ``timeout``."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except TimeoutError as err:
+            raise Unavailable(f"{self.address} not ready after {timeout}s") from err
+
+    async def submit(
+        self, job: JobRequest | job_pb2.JobSpec | str, *, timeout: float | None = None
+    ) -> JobResult:
+        """As ``Client.submit``."""
+        request = job_service_pb2.SubmitRequest(job=spec_of(job))
+        return JobResult((await self._unary(self._stub.Submit, request, timeout)).job)
+
+    async def submit_batch(
+        self,
+        jobs: Iterable[JobRequest | job_pb2.JobSpec | str],
+        *,
+        client_request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> BatchProgress:
+        """As ``Client.submit_batch``: one SubmitBatch call, all jobs or none, idempotent."""
+        request = batch_request(jobs, client_request_id)
+        return BatchProgress((await self._unary(self._stub.SubmitBatch, request, timeout)).batch)
+
+    async def batch_status(self, batch_id: str, *, timeout: float | None = None) -> BatchProgress:
+        """As ``Client.batch_status``."""
+        request = job_service_pb2.BatchStatusRequest(batch_id=batch_id)
+        return BatchProgress((await self._unary(self._stub.BatchStatus, request, timeout)).batch)
+
+    async def watch_batch(
+        self, batch_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[BatchEvent]:
+        """As ``Client.watch_batch``."""
+        call = self._stub.WatchBatch(
+            job_service_pb2.WatchBatchRequest(batch_id=batch_id),
+            timeout=timeout,
+            metadata=self._metadata,
+        )
+        try:
+            async for response in call:
+                job = JobResult(response.job) if response.HasField("job") else None
+                yield BatchEvent(BatchProgress(response.batch), job)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+        finally:
+            call.cancel()
+
+    async def wait_batch(self, batch_id: str, *, timeout: float | None = None) -> list[JobResult]:
+        """As ``Client.wait_batch``."""
+        finished: dict[str, JobResult] = {}
+        job_ids: list[str] = []
+        async for event in self.watch_batch(batch_id, timeout=timeout):
+            job_ids = event.progress.job_ids
+            if event.job is not None:
+                finished[event.job.job_id] = event.job
+        return [finished.get(job_id) or await self.status(job_id) for job_id in job_ids]
+
+    async def status(self, job_id: str, *, timeout: float | None = None) -> JobResult:
+        """As ``Client.status``."""
+        request = job_service_pb2.StatusRequest(job_id=job_id)
+        return JobResult((await self._unary(self._stub.Status, request, timeout)).job)
+
+    async def cancel(
+        self, job_id: str, reason: str = "", *, timeout: float | None = None
+    ) -> JobResult:
+        """As ``Client.cancel``."""
+        request = job_service_pb2.CancelRequest(job_id=job_id, reason=reason)
+        return JobResult((await self._unary(self._stub.Cancel, request, timeout)).job)
+
+    async def watch(
+        self, job_id: str, *, after_sequence: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """As ``Client.watch``: the current state, then tokens and state changes, ending
+        after a terminal state; resumed after the last chunk when the stream drops."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failures = 0
+        while True:
+            call = self._stub.Watch(
+                job_service_pb2.WatchRequest(job_id=job_id, after_sequence=after_sequence),
+                timeout=_left(deadline),
+                metadata=self._metadata,
+            )
+            try:
+                async for response in call:
+                    event = event_of(response)
+                    if event is None:
+                        continue
+                    failures = 0
+                    if isinstance(event, Token):
+                        after_sequence = event.sequence
+                    yield event
+                    if isinstance(event, JobResult) and event.terminal:
+                        return
+                return
+            except grpc.RpcError as err:
+                error = error_from_rpc(err)
+            finally:
+                call.cancel()
+            failures += 1
+            delay = self._retry.delay_before_retry(failures, error, time_left=_left(deadline))
+            if delay is None:
+                raise error
+            await asyncio.sleep(delay)
+
+    async def tokens(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[str]:
+        """Only the generated text of ``watch``, chunk by chunk."""
+        async for event in self.watch(job_id, timeout=timeout):
+            if isinstance(event, Token):
+                yield event.text
+
+    async def wait(self, job_id: str, *, timeout: float | None = None) -> JobResult:
+        """As ``Client.wait``."""
+        async for event in self.watch(job_id, timeout=timeout):
+            if isinstance(event, JobResult) and event.terminal:
+                return event
+        return await self.status(job_id)
+
+    async def _unary(
+        self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None
+    ) -> T:
+        total = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + total
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await method(request, timeout=_left(deadline), metadata=self._metadata)
+            except grpc.RpcError as err:
+                error = error_from_rpc(err)
+            delay = self._retry.delay_before_retry(attempt, error, time_left=_left(deadline))
+            if delay is None:
+                raise error
+            await asyncio.sleep(delay)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)

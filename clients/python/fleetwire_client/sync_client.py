@@ -1,0 +1,221 @@
+"""The blocking client. ``AsyncClient`` (async_client.py) has the same surface for asyncio.
+
+Every call has a deadline (``timeout`` seconds, default the client's) that bounds the whole
+call including retries; UNAVAILABLE and RESOURCE_EXHAUSTED are retried per the
+``RetryPolicy`` (honouring the server's RetryInfo); every failure is raised as a typed
+``FleetwireError`` (errors.py), never as a raw ``grpc.RpcError``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from fleetwire_client.errors import Unavailable, error_from_rpc
+from fleetwire_client.job_requests import (
+    CHANNEL_OPTIONS,
+    JobRequest,
+    batch_request,
+    call_metadata,
+    resolve_address,
+    spec_of,
+)
+from fleetwire_client.models import (
+    BatchEvent,
+    BatchProgress,
+    JobResult,
+    Token,
+    WatchEvent,
+    event_of,
+)
+from fleetwire_client.retry import RetryPolicy
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 30.0
+
+
+class Client:
+    """A blocking fleetwire client over one gRPC channel; use it as a context manager.
+
+    ``address`` defaults to ``$FLEETWIRE_ADDRESS`` or ``127.0.0.1:50051``; ``api_key`` to
+    ``$FLEETWIRE_API_KEY`` (sent as ``authorization: Bearer <key>``). Pass
+    ``credentials=grpc.ssl_channel_credentials()`` for TLS. Thread-safe like the channel.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.address = resolve_address(address)
+        self._metadata = call_metadata(api_key)
+        self._retry = retry or RetryPolicy()
+        self._timeout = timeout
+        if credentials is None:
+            self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+        self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel; idempotent. Open Watch streams end with Cancelled."""
+        self._channel.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Blocks until the channel is connected; raises Unavailable after ``timeout``."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError as err:
+            raise Unavailable(f"{self.address} not ready after {timeout}s") from err
+
+    def submit(
+        self, job: JobRequest | job_pb2.JobSpec | str, *, timeout: float | None = None
+    ) -> JobResult:
+        """Submits one job and returns it as accepted (QUEUED or later; terminal for
+        ``Mode.SYNC``). An answer means the job is stored and queued; an error means it was
+        not accepted, except DeadlineExceeded, after which it may still run."""
+        request = job_service_pb2.SubmitRequest(job=spec_of(job))
+        return JobResult(self._unary(self._stub.Submit, request, timeout).job)
+
+    def submit_batch(
+        self,
+        jobs: Iterable[JobRequest | job_pb2.JobSpec | str],
+        *,
+        client_request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> BatchProgress:
+        """Submits every job in one SubmitBatch call under a new batch id: all of them are
+        accepted or none (a refusal cancels what was already published, and raises). A retry
+        is idempotent: the batch carries ``client_request_id`` (a fresh UUID unless given),
+        and the same id returns the original batch. Members must not carry their own id."""
+        request = batch_request(jobs, client_request_id)
+        return BatchProgress(self._unary(self._stub.SubmitBatch, request, timeout).batch)
+
+    def batch_status(self, batch_id: str, *, timeout: float | None = None) -> BatchProgress:
+        """The batch's aggregate progress. NotFound for an unknown (or another tenant's) id."""
+        request = job_service_pb2.BatchStatusRequest(batch_id=batch_id)
+        return BatchProgress(self._unary(self._stub.BatchStatus, request, timeout).batch)
+
+    def watch_batch(self, batch_id: str, *, timeout: float | None = None) -> Iterator[BatchEvent]:
+        """Yields the current aggregate first, then each member job when it becomes terminal
+        with the new aggregate, and ends when every job is terminal. Not resumed when the
+        stream drops: follow up with ``batch_status`` and ``status``."""
+        call = self._stub.WatchBatch(
+            job_service_pb2.WatchBatchRequest(batch_id=batch_id),
+            timeout=timeout,
+            metadata=self._metadata,
+        )
+        try:
+            for response in call:
+                job = JobResult(response.job) if response.HasField("job") else None
+                yield BatchEvent(BatchProgress(response.batch), job)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+        finally:
+            call.cancel()
+
+    def wait_batch(self, batch_id: str, *, timeout: float | None = None) -> list[JobResult]:
+        """Follows the batch until every job is terminal; returns the jobs in submission
+        order. DeadlineExceeded after ``timeout`` seconds (the jobs keep running)."""
+        finished: dict[str, JobResult] = {}
+        job_ids: list[str] = []
+        for event in self.watch_batch(batch_id, timeout=timeout):
+            job_ids = event.progress.job_ids
+            if event.job is not None:
+                finished[event.job.job_id] = event.job
+        return [finished.get(job_id) or self.status(job_id) for job_id in job_ids]
+
+    def status(self, job_id: str, *, timeout: float | None = None) -> JobResult:
+        """The job's current state (with output and signature when SUCCEEDED). NotFound for
+        an unknown id."""
+        request = job_service_pb2.StatusRequest(job_id=job_id)
+        return JobResult(self._unary(self._stub.Status, request, timeout).job)
+
+    def cancel(self, job_id: str, reason: str = "", *, timeout: float | None = None) -> JobResult:
+        """Cancels the job; a terminal job is returned unchanged. NotFound for an unknown id."""
+        request = job_service_pb2.CancelRequest(job_id=job_id, reason=reason)
+        return JobResult(self._unary(self._stub.Cancel, request, timeout).job)
+
+    def watch(
+        self, job_id: str, *, after_sequence: int = 0, timeout: float | None = None
+    ) -> Iterator[WatchEvent]:
+        """Yields the job's current state first, then ``Token`` chunks and every state
+        change, and ends after a terminal state. A dropped stream (UNAVAILABLE) is resumed
+        after the last chunk seen; the resumed stream repeats the current state first.
+        ``timeout`` (default: none) bounds the whole stream, resumptions included."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failures = 0
+        while True:
+            call = self._stub.Watch(
+                job_service_pb2.WatchRequest(job_id=job_id, after_sequence=after_sequence),
+                timeout=_left(deadline),
+                metadata=self._metadata,
+            )
+            try:
+                for response in call:
+                    event = event_of(response)
+                    if event is None:
+                        continue
+                    failures = 0
+                    if isinstance(event, Token):
+                        after_sequence = event.sequence
+                    yield event
+                    if isinstance(event, JobResult) and event.terminal:
+                        return
+                return
+            except grpc.RpcError as err:
+                error = error_from_rpc(err)
+            finally:
+                call.cancel()
+            failures += 1
+            delay = self._retry.delay_before_retry(failures, error, time_left=_left(deadline))
+            if delay is None:
+                raise error
+            time.sleep(delay)
+
+    def tokens(self, job_id: str, *, timeout: float | None = None) -> Iterator[str]:
+        """Only the generated text of ``watch``, chunk by chunk."""
+        for event in self.watch(job_id, timeout=timeout):
+            if isinstance(event, Token):
+                yield event.text
+
+    def wait(self, job_id: str, *, timeout: float | None = None) -> JobResult:
+        """Follows the job until it is terminal and returns it. DeadlineExceeded after
+        ``timeout`` seconds (the job keeps running)."""
+        for event in self.watch(job_id, timeout=timeout):
+            if isinstance(event, JobResult) and event.terminal:
+                return event
+        return self.status(job_id)
+
+    def _unary(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        total = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + total
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return method(request, timeout=_left(deadline), metadata=self._metadata)
+            except grpc.RpcError as err:
+                error = error_from_rpc(err)
+            delay = self._retry.delay_before_retry(attempt, error, time_left=_left(deadline))
+            if delay is None:
+                raise error
+            time.sleep(delay)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)

@@ -1,0 +1,158 @@
+/**
+ * A small typed wrapper over the generated JobService client, speaking real gRPC over
+ * HTTP/2 (connect-node's gRPC transport). Every call has a deadline; every failure is thrown
+ * as a FleetwireError (errors.ts) carrying the status code and the server's details.
+ */
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import {
+  JobSpecSchema,
+  JobState,
+  type Job,
+  type JobSpec,
+} from "./gen/fleetwire/v1/job_pb.ts";
+import { JobService, type TokenChunk } from "./gen/fleetwire/v1/job_service_pb.ts";
+import { Code, FleetwireError } from "./errors.ts";
+
+export const DEFAULT_ADDRESS = "127.0.0.1:50051";
+
+export interface ClientOptions {
+  /** host:port of a broker bridge; default $FLEETWIRE_ADDRESS or 127.0.0.1:50051. */
+  address?: string;
+  /** Sent as ``authorization: Bearer <key>``; default $FLEETWIRE_API_KEY. */
+  apiKey?: string;
+  /** Use TLS (https) instead of plaintext HTTP/2. */
+  tls?: boolean;
+  /** Deadline of each unary call in milliseconds (default 30 000). */
+  timeoutMs?: number;
+}
+
+/** What ``watch`` yields: token chunks, and the job whenever its state changes. */
+export type WatchEvent =
+  | { kind: "token"; chunk: TokenChunk }
+  | { kind: "state"; job: Job };
+
+/** A job spec as plain data, e.g. ``{ model: "tiny-llama", prompt: "hi", sampling: { maxTokens: 16 } }``. */
+export type JobSpecInit = MessageInitShape<typeof JobSpecSchema>;
+
+const TERMINAL = new Set<JobState>([
+  JobState.SUCCEEDED,
+  JobState.FAILED,
+  JobState.EXPIRED,
+  JobState.CANCELLED,
+  JobState.DEAD_LETTERED,
+]);
+
+/** True for the five states that never change again. */
+export function isTerminal(state: JobState): boolean {
+  return TERMINAL.has(state);
+}
+
+/**
+ * One HTTP/2 connection to a bridge (opened on first use, kept alive with PINGs every 10 s
+ * like the Python clients, closed after a minute idle). Call ``close()`` when done: an open
+ * connection keeps Node's event loop alive.
+ */
+export class FleetwireClient {
+  private readonly rpc: Client<typeof JobService>;
+  private readonly sessions: Http2SessionManager;
+  private readonly timeoutMs: number;
+
+  constructor(options: ClientOptions = {}) {
+    const address = options.address ?? process.env.FLEETWIRE_ADDRESS ?? DEFAULT_ADDRESS;
+    const apiKey = options.apiKey ?? process.env.FLEETWIRE_API_KEY;
+    const authorize: Interceptor = (next) => (req) => {
+      if (apiKey) req.header.set("authorization", `Bearer ${apiKey}`);
+      return next(req);
+    };
+    const baseUrl = `${options.tls ? "https" : "http"}://${address}`;
+    this.sessions = new Http2SessionManager(baseUrl, {
+      pingIntervalMs: 10_000,
+      pingTimeoutMs: 5_000,
+      idleConnectionTimeoutMs: 60_000,
+    });
+    const transport = createGrpcTransport({
+      baseUrl,
+      sessionManager: this.sessions,
+      interceptors: [authorize],
+    });
+    this.rpc = createClient(JobService, transport);
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+  }
+
+  /** Closes the connection; calls still running fail with Code.Canceled. Idempotent. */
+  close(): void {
+    this.sessions.abort();
+  }
+
+  /** Submits a job; returns it as accepted (QUEUED or later; terminal in SYNC mode). */
+  async submit(spec: JobSpecInit | JobSpec, opts: { timeoutMs?: number } = {}): Promise<Job> {
+    const job = create(JobSpecSchema, spec);
+    return this.unary(() =>
+      this.rpc.submit({ job }, { timeoutMs: opts.timeoutMs ?? this.timeoutMs }),
+    );
+  }
+
+  /** The job's current state, with output and signature when SUCCEEDED. */
+  async status(jobId: string): Promise<Job> {
+    return this.unary(() => this.rpc.status({ jobId }, { timeoutMs: this.timeoutMs }));
+  }
+
+  /** Cancels a job; a terminal job is returned unchanged. */
+  async cancel(jobId: string, reason = ""): Promise<Job> {
+    return this.unary(() => this.rpc.cancel({ jobId, reason }, { timeoutMs: this.timeoutMs }));
+  }
+
+  /**
+   * The job's current state first, then token chunks and every state change; ends after a
+   * terminal state. ``timeoutMs`` (default none) bounds the whole stream; ``signal`` stops it.
+   */
+  async *watch(
+    jobId: string,
+    opts: { afterSequence?: bigint; timeoutMs?: number; signal?: AbortSignal } = {},
+  ): AsyncGenerator<WatchEvent> {
+    // The deadline is an unref'd timer of our own: connect's per-call timer outlives a
+    // stream left early and would keep Node's event loop alive for the whole timeout.
+    const deadline = opts.timeoutMs === undefined ? undefined : AbortSignal.timeout(opts.timeoutMs);
+    const signals = [opts.signal, deadline].filter((s): s is AbortSignal => s !== undefined);
+    try {
+      const stream = this.rpc.watch(
+        { jobId, afterSequence: opts.afterSequence ?? 0n },
+        { signal: signals.length ? AbortSignal.any(signals) : undefined },
+      );
+      for await (const response of stream) {
+        const event = response.event;
+        if (event.case === "chunk") yield { kind: "token", chunk: event.value };
+        else if (event.case === "job") {
+          yield { kind: "state", job: event.value };
+          if (isTerminal(event.value.state)) return;
+        }
+      }
+    } catch (err) {
+      if (deadline?.aborted) {
+        throw new FleetwireError(Code.DeadlineExceeded, `watch ${jobId}: deadline exceeded`);
+      }
+      throw FleetwireError.from(err);
+    }
+  }
+
+  /** Follows the job until it is terminal and returns it. */
+  async wait(jobId: string, opts: { timeoutMs?: number } = {}): Promise<Job> {
+    for await (const event of this.watch(jobId, opts)) {
+      if (event.kind === "state" && isTerminal(event.job.state)) return event.job;
+    }
+    return this.status(jobId);
+  }
+
+  private async unary(call: () => Promise<{ job?: Job }>): Promise<Job> {
+    let response: { job?: Job };
+    try {
+      response = await call();
+    } catch (err) {
+      throw FleetwireError.from(err);
+    }
+    if (!response.job) throw new Error("the server answered without a job");
+    return response.job;
+  }
+}
