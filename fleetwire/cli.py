@@ -29,6 +29,8 @@ from fleetwire_client import (
 )
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from fleetwire.node_store import NodeStore
     from fleetwire.tenants import TenantStore
 
@@ -491,21 +493,26 @@ def keys_rotate(file: Annotated[Path, typer.Option(help="The node's key file.")]
     )
 
 
-def _run_node_store(work: Callable[[NodeStore], Awaitable[T]]) -> T:
-    """Runs ``work`` against the mesh's PostgreSQL (migrated first)."""
+def _with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Runs ``work`` against the mesh's PostgreSQL (created and migrated first)."""
     import asyncio
 
     from fleetwire.db import open_pool
-    from fleetwire.node_store import NodeStore
 
     async def run() -> T:
         pool = await open_pool(load_settings().postgres)
         try:
-            return await work(NodeStore(pool))
+            return await work(pool)
         finally:
             await pool.close()
 
     return asyncio.run(run())
+
+
+def _run_node_store(work: Callable[[NodeStore], Awaitable[T]]) -> T:
+    from fleetwire.node_store import NodeStore
+
+    return _with_pool(lambda pool: work(NodeStore(pool)))
 
 
 @nodes_app.command("register")
@@ -578,20 +585,9 @@ def nodes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
 
 
 def _run_tenant_store(work: Callable[[TenantStore], Awaitable[T]]) -> T:
-    """Runs ``work`` against the mesh's PostgreSQL (migrated first)."""
-    import asyncio
-
-    from fleetwire.db import open_pool
     from fleetwire.tenants import TenantStore
 
-    async def run() -> T:
-        pool = await open_pool(load_settings().postgres)
-        try:
-            return await work(TenantStore(pool))
-        finally:
-            await pool.close()
-
-    return asyncio.run(run())
+    return _with_pool(lambda pool: work(TenantStore(pool)))
 
 
 @api_keys_app.command("create")

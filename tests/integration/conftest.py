@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
 from fleetwire.settings import Settings
+from fleetwire.v1 import mesh_admin_service_pb2_grpc
 from scheduler.server import SchedulerServer
 
 
@@ -17,3 +19,11 @@ async def scheduler(settings: Settings) -> AsyncIterator[SchedulerServer]:
     await server.start()
     yield server
     await server.stop(grace=1)
+
+
+@pytest.fixture
+async def admin(
+    scheduler: SchedulerServer,
+) -> AsyncIterator[mesh_admin_service_pb2_grpc.MeshAdminServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.port}") as channel:
+        yield mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
-import grpc
-import pytest
 
 from fleetwire.job_store import JobStore, SignedOutcome
 from fleetwire.ledger import Prices
@@ -23,14 +20,6 @@ from fleetwire.v1 import (
 )
 from scheduler.server import SchedulerServer
 from tests.support.scripted_node import ScriptedNode, running
-
-
-@pytest.fixture
-async def admin(
-    scheduler: SchedulerServer,
-) -> AsyncIterator[mesh_admin_service_pb2_grpc.MeshAdminServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.port}") as channel:
-        yield mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
 
 
 async def run_job(

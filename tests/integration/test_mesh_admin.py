@@ -4,7 +4,6 @@ and priority, dead letters and a job's full trail."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -18,14 +17,6 @@ from fleetwire.v1 import (
 )
 from scheduler.server import SchedulerServer
 from tests.support.scripted_node import ScriptedNode, running
-
-
-@pytest.fixture
-async def admin(
-    scheduler: SchedulerServer,
-) -> AsyncIterator[mesh_admin_service_pb2_grpc.MeshAdminServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.port}") as channel:
-        yield mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
 
 
 def spec(network: int = job_pb2.NETWORK_MAINNET, priority: int = 0) -> job_pb2.JobSpec:
