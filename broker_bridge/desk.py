@@ -215,11 +215,17 @@ class JobDesk:
         lost stream degrades to polling instead of hanging."""
         job = await self.status(raw_job_id, tenant_id=tenant_id)
         yield job_service_pb2.WatchResponse(job=job)
-        if is_terminal(job):
-            return
         last_id = "0"
         last_state = job.state
         block: timedelta | None = WATCH_POLL
+        # Already final: replay the final attempt's chunks (while Redis keeps them), then
+        # the final state again, so a late Watch sees the same stream as an early one.
+        replay_attempt = 0
+        if is_terminal(job):
+            if not job.attempts:
+                return
+            replay_attempt, block = job.attempts, None
+        sent_chunks = 0
         while True:
             try:
                 events = await self._events.read(raw_job_id, last_id, block=block)
@@ -230,13 +236,17 @@ class JobDesk:
             if block is None and not events:
                 # Drained after the job became terminal: every chunk the node produced was
                 # relayed before the result, so nothing is left to send but the final state.
-                yield job_service_pb2.WatchResponse(job=job)
+                if not replay_attempt or sent_chunks:
+                    yield job_service_pb2.WatchResponse(job=job)
                 return
             state_changed = not events
             for entry_id, event in events:
                 last_id = entry_id
                 if isinstance(event, ChunkEvent):
+                    if replay_attempt and event.attempt != replay_attempt:
+                        continue
                     if tokens and event.sequence > after_sequence:
+                        sent_chunks += 1
                         yield job_service_pb2.WatchResponse(
                             chunk=job_service_pb2.TokenChunk(
                                 sequence=event.sequence,
