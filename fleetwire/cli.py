@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fleetwire.admin_cli import mesh_app
 from fleetwire.settings import load_settings
 from fleetwire_client import (
     BatchProgress,
@@ -44,6 +45,7 @@ nodes_app = typer.Typer(help="Node registration: keys the scheduler accepts.", n
 admin_app.add_typer(nodes_app, name="nodes")
 api_keys_app = typer.Typer(help="Tenants' API keys for the bridge.", no_args_is_help=True)
 admin_app.add_typer(api_keys_app, name="keys")
+admin_app.add_typer(mesh_app, name="mesh")
 app.add_typer(admin_app, name="admin")
 console = Console()
 err_console = Console(stderr=True)

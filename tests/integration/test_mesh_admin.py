@@ -103,3 +103,27 @@ async def test_dead_letters_and_job_trail(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.JobTrail(mesh_admin_service_pb2.JobTrailRequest(job_id="nope"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_admin_cli_speaks_to_the_scheduler(scheduler: SchedulerServer) -> None:
+    import json
+    import sys
+
+    node = ScriptedNode(f"127.0.0.1:{scheduler.port}", "cli-node", "scripted", lambda _n: "ok")
+    async with running(node):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "fleetwire.cli",
+            "admin",
+            "mesh",
+            "nodes",
+            "--json",
+            "--address",
+            f"127.0.0.1:{scheduler.port}",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await process.communicate()
+    assert process.returncode == 0
+    listed = json.loads(out)["nodes"]
+    assert "cli-node" in [n["node_id"] for n in listed]
