@@ -62,7 +62,8 @@ def new_job(
     """The row and the AMQP message of a validated spec."""
     job_id = uuid.uuid4()
     network = NETWORK_NAMES[spec.network]
-    route_key = topology.route_key(network, spec.model)
+    # A subcloud's jobs have a queue of their own, consumed only where its members are.
+    route_key = topology.route_key(network, spec.model, spec.constraints.subcloud)
     ttl = spec.ttl.ToTimedelta()
     expires_at = now + ttl
     row = NewJob(
