@@ -25,10 +25,6 @@ from node.vllm_runtime import (
 
 log = structlog.get_logger(__name__)
 
-# Tokens are relayed in chunks of at most this age: one Progress (and one Redis write in the
-# scheduler) per 20 ms per job instead of one per token, invisible to a human reader.
-PROGRESS_INTERVAL = 0.02
-
 Send = Callable[[nodes_pb2.NodeStreamRequest], Awaitable[None]]
 
 
@@ -88,32 +84,6 @@ class JobRunner:
         finish_reason = ""
         request = generation_request(job.request_id, dispatch.spec)
         runtime = self._runtimes[dispatch.spec.model]
-        pending: list[str] = []
-        pending_tokens = 0
-        last_sent = 0.0
-
-        async def flush() -> None:
-            """Sends what was generated since the last Progress as one chunk."""
-            nonlocal sequence, pending_tokens, last_sent
-            if not pending and not pending_tokens:
-                return
-            sequence += 1
-            text, tokens = "".join(pending), pending_tokens
-            pending.clear()
-            pending_tokens = 0
-            last_sent = time.monotonic()
-            await send(
-                nodes_pb2.NodeStreamRequest(
-                    progress=nodes_pb2.Progress(
-                        job_id=job.job_id,
-                        attempt=job.attempt,
-                        sequence=sequence,
-                        text=text,
-                        token_count=tokens,
-                    )
-                )
-            )
-
         try:
             async for chunk in runtime.generate(request):
                 now = time.monotonic()
@@ -121,16 +91,21 @@ class JobRunner:
                 prompt_tokens, completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
                 if chunk.text or chunk.token_count:
                     first_token = first_token or now
+                    sequence += 1
                     parts.append(chunk.text)
-                    pending.append(chunk.text)
-                    pending_tokens += chunk.token_count
-                    # The first tokens go at once (time to first token); later ones are
-                    # coalesced, at most one Progress per PROGRESS_INTERVAL per job.
-                    if sequence == 0 or now - last_sent >= PROGRESS_INTERVAL:
-                        await flush()
+                    await send(
+                        nodes_pb2.NodeStreamRequest(
+                            progress=nodes_pb2.Progress(
+                                job_id=job.job_id,
+                                attempt=job.attempt,
+                                sequence=sequence,
+                                text=chunk.text,
+                                token_count=chunk.token_count,
+                            )
+                        )
+                    )
                 if chunk.finished:
                     finish_reason = chunk.finish_reason or "stop"
-            await flush()
         except PromptTooLongError as err:
             await self._fail(job, send, "PROMPT_TOO_LONG", str(err), retryable=False)
             return
