@@ -215,18 +215,21 @@ class JobDesk:
         is always read from PostgreSQL; Redis only wakes the loop and carries tokens, so a
         lost stream degrades to polling instead of hanging."""
         job = await self.status(raw_job_id, tenant_id=tenant_id)
-        yield job_service_pb2.WatchResponse(job=job)
+        terminal_at_start = is_terminal(job)
+        if not terminal_at_start:
+            yield job_service_pb2.WatchResponse(job=job)
         last_id = "0"
         last_state = job.state
         block: timedelta | None = WATCH_POLL
-        # Already final: replay the final attempt's chunks (while Redis keeps them), then
-        # the final state again, so a late Watch sees the same stream as an early one.
+        # Already final: replay the final attempt's chunks (while Redis keeps them) and then
+        # the final state, so a late Watch sees the same stream as an early one (and a client
+        # that stops at the terminal state still gets the tokens).
         replay_attempt = 0
-        if is_terminal(job):
+        if terminal_at_start:
             if not job.attempts:
+                yield job_service_pb2.WatchResponse(job=job)
                 return
             replay_attempt, block = job.attempts, None
-        sent_chunks = 0
         while True:
             try:
                 events = await self._events.read(raw_job_id, last_id, block=block)
@@ -237,8 +240,7 @@ class JobDesk:
             if block is None and not events:
                 # Drained after the job became terminal: every chunk the node produced was
                 # relayed before the result, so nothing is left to send but the final state.
-                if not replay_attempt or sent_chunks:
-                    yield job_service_pb2.WatchResponse(job=job)
+                yield job_service_pb2.WatchResponse(job=job)
                 return
             state_changed = not events
             for entry_id, event in events:
@@ -247,7 +249,6 @@ class JobDesk:
                     if replay_attempt and event.attempt != replay_attempt:
                         continue
                     if tokens and event.sequence > after_sequence:
-                        sent_chunks += 1
                         yield job_service_pb2.WatchResponse(
                             chunk=job_service_pb2.TokenChunk(
                                 sequence=event.sequence,

@@ -129,11 +129,11 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Streams a job's state changes and generated token chunks until it is terminal. The
-        first message is always the current state. Resumable: pass the last seen sequence
-        number to receive only later chunks. On a job that is already terminal, the chunks of
-        its final attempt are replayed (while the mesh keeps them, see
-        FLEETWIRE_REDIS_STREAM_TTL) and then the final state again. Errors: NOT_FOUND.
+        """Streams a job's state changes and generated token chunks until it is terminal (the
+        terminal state is always the last message). The first message is the current state,
+        except for a job already terminal: then the chunks of its final attempt are replayed
+        first (while the mesh keeps them, see FLEETWIRE_REDIS_STREAM_TTL). Resumable: pass the
+        last seen sequence number to receive only later chunks. Errors: NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
