@@ -67,6 +67,9 @@ def start_scheduler(
             **mesh_env,
             "FLEETWIRE_SCHEDULER_PORT": str(port),
             "FLEETWIRE_SCHEDULER_SCHEDULER_ID": name,
+            # Fault tests restart services and kill processes; a loaded machine must not
+            # also make a scripted node miss its lease and turn the test into another one.
+            "FLEETWIRE_SCHEDULER_LEASE": "30",
         }
         process = subprocess.Popen(
             [sys.executable, "-m", "scheduler"],
