@@ -83,8 +83,10 @@ def test_grpcurl_readme_commands(example_env: dict[str, str]) -> None:
 
     watched = _grpcurl(example_env, "-d", ident, address, f"{service}/Watch")
     events = [json.loads(chunk) for chunk in re.split(r"(?<=\n})\n(?={)", watched.strip())]
-    # Watch replays the chunks of a running job; a job already terminal yields only itself.
-    assert events[0]["job"]["state"] == "JOB_STATE_SUCCEEDED" or any("chunk" in e for e in events)
+    # Watch streams the chunks (replayed when the job already finished) and ends with the
+    # terminal state.
+    assert events[-1]["job"]["state"] == "JOB_STATE_SUCCEEDED"
+    assert any("chunk" in e for e in events)
     assert events[-1]["job"]["state"] == "JOB_STATE_SUCCEEDED"
 
     status = json.loads(_grpcurl(example_env, "-d", ident, address, f"{service}/Status"))
