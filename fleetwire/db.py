@@ -26,6 +26,8 @@ BACKEND_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,  # e.g. the server is shutting down
+    asyncpg.exceptions.InternalClientError,  # a connection broken mid-operation
     TimeoutError,
 )
 

@@ -195,4 +195,9 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
                 await self._presence.heartbeat(
                     session, message.heartbeat.free_slots, message.heartbeat.running_jobs
                 )
-            await self._on_message(session, message)
+            try:
+                await self._on_message(session, message)
+            except Exception:
+                # A backing service hiccup (e.g. PostgreSQL restarting) must not cut the
+                # node off: the message's effect is retried by the job's own path.
+                log.exception("node message not handled", node_id=session.node_id)
