@@ -4,7 +4,8 @@ node's own runtime (``node.vllm_runtime.VllmRuntime``, the code path jobs take).
     .venv/bin/python bench/node_tokens.py [--model DIR] [--tokens 256] [--runs 5] [--out F]
 
 Starts one engine with the node's default settings (8 slots, 512-token context), warms it
-up, then measures (1) single streams one after another and (2) 8 streams started together.
+up, then measures (1) single streams one after another and (2) 8 streams started together
+(after one untimed run of them).
 Prints one JSON object. Greedy decoding with ``ignore_eos``, so every stream produces
 exactly ``--tokens`` tokens.
 """
@@ -51,6 +52,11 @@ async def measure(model: Path, tokens: int, runs: int, concurrency: int) -> dict
         for i in range(3):  # warm-up: the first requests after start are slower
             await one_stream(runtime, f"warm-{i}", 32)
         single = [await one_stream(runtime, f"single-{i}", tokens) for i in range(runs)]
+        # One untimed concurrent run first, as the mesh measurement does: the first batch of
+        # long sequences after start is slower (measured 20-50 % below the next ones).
+        await asyncio.gather(
+            *(one_stream(runtime, f"warm-batch-{i}", tokens) for i in range(concurrency))
+        )
         batches = []
         for run in range(runs):
             t = time.perf_counter()

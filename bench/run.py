@@ -2,7 +2,7 @@
 run on one machine. Prints a table and writes ``bench/results/latest.json``.
 
     python -m bench.run [--duration 8] [--clients 50] [--idle-nodes 1000] [--skip-tokens]
-                        [--out bench/results/latest.json]
+                        [--only PHASE ...] [--out bench/results/latest.json]
 
 Each run has its own namespace (queues, exchanges, Redis keys) and database, and removes
 them at the end; child processes are always stopped. Logs of the processes go to a
@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +47,7 @@ SLOTS_PER_NODE = 16
 LATENCY_JOBS = 300
 TOKENS = 256
 STREAMS = 8
-TOKEN_RUNS = 3
+TOKEN_RUNS = 5
 
 
 def say(text: str) -> None:
@@ -88,13 +88,18 @@ class Bench:
 
     async def run(self) -> dict[str, Any]:
         say(f"namespace {self.namespace}; process logs in {self.work}")
+        phases: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "raw_amqp": self.raw,
+            "mesh": self.mesh_phases,
+            "memory": self.memory,
+            "celery": lambda: asyncio.to_thread(self.celery),
+            "tokens": self.tokens,
+        }
+        chosen = self.args.only or [p for p in phases if p != "tokens" or not self.args.skip_tokens]
         try:
-            await self.phase("raw_amqp", self.raw())
-            await self.phase("mesh", self.mesh_phases())
-            await self.phase("memory", self.memory())
-            await self.phase("celery", asyncio.to_thread(self.celery))
-            if not self.args.skip_tokens:
-                await self.phase("tokens", self.tokens())
+            for name, work in phases.items():
+                if name in chosen:
+                    await self.phase(name, work())
         finally:
             self.mesh.stop_all()
             await cleanup_namespace(self.namespace)
@@ -119,13 +124,19 @@ class Bench:
         self.results["raw_amqp"] = {**asdict(raw), "limit_per_s": raw.limit_per_s}
         self.mark("raw_amqp")
 
+    async def ensure_mesh(self) -> None:
+        """Starts the scheduler and the bridge unless an earlier phase did."""
+        mesh = self.mesh
+        for name, module in (("scheduler", "scheduler"), ("bridge", "broker_bridge")):
+            if name not in mesh.children:
+                mesh.start_module(name, module)
+        await wait_for_port(mesh.scheduler_address)
+        await wait_for_port(mesh.bridge_address)
+
     async def mesh_phases(self) -> None:
         mesh, args = self.mesh, self.args
         say("mesh: starting scheduler, bridge and 1 bench node")
-        mesh.start_module("scheduler", "scheduler")
-        mesh.start_module("bridge", "broker_bridge")
-        await wait_for_port(mesh.scheduler_address)
-        await wait_for_port(mesh.bridge_address)
+        await self.ensure_mesh()
         mesh.start_bench_node("node-1", slots=SLOTS_PER_NODE)
         await wait_for_nodes(mesh, {"node-1"})
         bridge = mesh.bridge_address
@@ -268,6 +279,7 @@ class Bench:
             raise RuntimeError("bench/node_tokens.py failed")
         direct = json.loads(direct_out.read_text())
         say("tokens/s: the same through the mesh (one vLLM node)")
+        await self.ensure_mesh()
         self.mesh.start_module(
             "node-llm",
             "node",
@@ -405,6 +417,12 @@ def main() -> None:
     parser.add_argument("--batch-jobs", type=int, default=3000)
     parser.add_argument("--idle-nodes", type=int, default=1000)
     parser.add_argument("--skip-tokens", action="store_true", help="no vLLM phase")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["raw_amqp", "mesh", "memory", "celery", "tokens"],
+        help="run only this phase (repeatable); e.g. --only tokens for the tokens/s figure",
+    )
     parser.add_argument("--out", default="bench/results/latest.json")
     args = parser.parse_args()
     results = asyncio.run(Bench(args).run())

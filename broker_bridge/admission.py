@@ -153,12 +153,24 @@ class Admission:
         self._gauge = gauge
         self._settings = settings
         self._waiting_of = waiting_of
+        self._backlogs: dict[str, tuple[float, int]] = {}
 
     async def check_backlog(self, tenant_id: str, *, adding: int = 1) -> None:
         """Raises ResourceExhausted (reason TENANT_BACKLOG_FULL) when the tenant already has
-        ``max_waiting_per_tenant`` jobs waiting."""
+        ``max_waiting_per_tenant`` jobs waiting.
+
+        The count is a query, reused for ``queue_depth_cache`` (plus what this replica
+        admitted meanwhile) only while it is at most half the limit: far from the cap a
+        little staleness cannot matter, near it every Submit counts afresh."""
         limit = self._settings.max_waiting_per_tenant
-        waiting = await self._waiting_of(tenant_id)
+        now = time.monotonic()
+        cached = self._backlogs.get(tenant_id)
+        if cached is not None and cached[0] > now and 2 * (cached[1] + adding) <= limit:
+            waiting, expires = cached[1], cached[0]
+        else:
+            waiting = await self._waiting_of(tenant_id)
+            expires = now + self._settings.queue_depth_cache.total_seconds()
+        self._backlogs[tenant_id] = (expires, waiting + adding)
         if waiting + adding > limit:
             raise ResourceExhausted(
                 f"tenant {tenant_id} has {waiting} jobs waiting; at most {limit}",

@@ -16,7 +16,7 @@ from broker_bridge.admission import Admission
 from broker_bridge.auth import Caller
 from broker_bridge.desk import JobDesk, new_job, parse_id, submit_digest
 from broker_bridge.idempotency import RequestLocks
-from broker_bridge.publisher import JobMessage, JobPublisher
+from broker_bridge.unsettled import UnsettledRows
 from fleetwire.errors import (
     BackendUnavailable,
     FailedPrecondition,
@@ -24,6 +24,7 @@ from fleetwire.errors import (
     InvalidArgument,
     NotFound,
 )
+from fleetwire.job_publisher import JobMessage, JobPublisher
 from fleetwire.job_store import JobStore, NewBatch, NewJob
 from fleetwire.job_view import job_from_row
 from fleetwire.settings import Settings
@@ -74,8 +75,10 @@ class BatchDesk:
         admission: Admission,
         locks: RequestLocks,
         jobs: JobDesk,
+        unsettled: UnsettledRows,
     ) -> None:
         self._settings = settings
+        self._unsettled = unsettled
         self._store = store
         self._publisher = publisher
         self._admission = admission
@@ -131,6 +134,10 @@ class BatchDesk:
             return await self._accept(valid, digest, None, caller, trace_id)
         async with self._locks.held("batch", caller.tenant_id, request_id):
             existing = await self._store.batch_by_request_id(caller.tenant_id, request_id)
+            if existing is not None and self._unsettled.holds(existing["batch_id"]):
+                # Left by this request's earlier, failed attempt: withdrawn first.
+                await self._unsettled.settle(existing["batch_id"])
+                existing = None
             if existing is None:
                 accepted = await self._accept(valid, digest, request_id, caller, trace_id)
                 if accepted is not None:
@@ -186,8 +193,13 @@ class BatchDesk:
             trace_id=trace_id,
             jobs=rows,
         )
-        if not await self._store.insert_batch(batch):
-            return None
+        try:
+            if not await self._store.insert_batch(batch):
+                return None
+        except BackendUnavailable:
+            # The batch may have been committed with only the reply lost.
+            self._forget(batch_id, [message for _, message in made])
+            raise
         await self._publish_all(batch_id, [message for _, message in made])
         log.info("batch accepted", batch_id=str(batch_id), jobs=len(made))
         for row in rows:
@@ -212,8 +224,19 @@ class BatchDesk:
             await asyncio.shield(self._withdraw(batch_id, messages))
             raise failures[0]
 
+    def _forget(self, batch_id: uuid.UUID, messages: list[JobMessage]) -> None:
+        async def undo() -> None:
+            await self._withdraw(batch_id, messages)
+
+        self._unsettled.remember(batch_id, f"batch {batch_id}", undo)
+
     async def _withdraw(self, batch_id: uuid.UUID, messages: list[JobMessage]) -> None:
-        await self._store.withdraw_batch(batch_id)
+        try:
+            await self._store.withdraw_batch(batch_id)
+        except BackendUnavailable:
+            if not self._unsettled.holds(batch_id):
+                self._forget(batch_id, messages)
+            raise
         for message in messages:
             await self._jobs.relay_cancel(message.job_id)
         log.warning("batch withdrawn: publishing failed", batch_id=str(batch_id))

@@ -14,7 +14,7 @@ import structlog
 from broker_bridge.admission import Admission
 from broker_bridge.auth import Caller
 from broker_bridge.idempotency import RequestLocks
-from broker_bridge.publisher import JobMessage, JobPublisher
+from broker_bridge.unsettled import UnsettledRows
 from fleetwire.errors import (
     BackendUnavailable,
     FailedPrecondition,
@@ -23,12 +23,13 @@ from fleetwire.errors import (
     NotFound,
 )
 from fleetwire.events import ChunkEvent, JobEvents, StateEvent
+from fleetwire.job_publisher import JobMessage, JobPublisher
 from fleetwire.job_store import JobStore, NewJob
 from fleetwire.job_view import job_from_row
 from fleetwire.settings import Settings
 from fleetwire.signing import request_digest
 from fleetwire.states import JobState
-from fleetwire.topology import NETWORK_NAMES, PRIORITY_OF_CLASS, Topology
+from fleetwire.topology import NETWORK_NAMES, Topology
 from fleetwire.v1 import job_pb2, job_service_pb2
 from fleetwire.validation import request_facts, validate_spec
 
@@ -82,16 +83,8 @@ def new_job(
         batch_id=batch_id,
         batch_index=batch_index,
     )
-    envelope = job_pb2.Job(job_id=str(job_id), spec=spec)
-    envelope.expires_at.FromDatetime(expires_at)
-    message = JobMessage(
-        job_id=str(job_id),
-        route_key=route_key,
-        body=envelope.SerializeToString(),
-        priority=PRIORITY_OF_CLASS[spec.priority],
-        ttl=ttl,
-        expires_at_ms=int(expires_at.timestamp() * 1000),
-        trace_id=trace_id,
+    message = JobMessage.of(
+        str(job_id), spec, route_key=route_key, expires_at=expires_at, trace_id=trace_id
     )
     return row, message
 
@@ -117,6 +110,7 @@ class JobDesk:
         events: JobEvents,
         admission: Admission,
         locks: RequestLocks,
+        unsettled: UnsettledRows,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -124,6 +118,7 @@ class JobDesk:
         self._events = events
         self._admission = admission
         self._locks = locks
+        self._unsettled = unsettled
         self._topology = Topology(settings.mesh.namespace)
 
     def validate(self, spec: job_pb2.JobSpec) -> job_pb2.JobSpec:
@@ -143,6 +138,10 @@ class JobDesk:
             return accepted
         async with self._locks.held("job", caller.tenant_id, request_id):
             existing = await self._store.job_by_request_id(caller.tenant_id, request_id)
+            if existing is not None and self._unsettled.holds(existing["job_id"]):
+                # Left by this request's earlier, failed attempt: never published.
+                await self._unsettled.settle(existing["job_id"])
+                existing = None
             if existing is None:
                 accepted = await self._admit_and_accept(spec, caller, trace_id)
                 if accepted is not None:
@@ -176,13 +175,22 @@ class JobDesk:
         await self._admission.take(
             caller.tenant_id, rate=caller.rate_per_second, burst=caller.burst
         )
-        if not await self._store.insert_job(row):
-            return None
+        try:
+            if not await self._store.insert_job(row):
+                return None
+        except BackendUnavailable:
+            # The row may have been committed with only the reply lost.
+            self._forget_unpublished(row.job_id)
+            raise
         try:
             await self._publisher.publish(message)
         except BaseException as err:
             # Not confirmed (or the call was cancelled): leave nothing that could run later.
-            gone = await asyncio.shield(self._store.delete_unpublished(row.job_id))
+            try:
+                gone = await asyncio.shield(self._store.delete_unpublished(row.job_id))
+            except BackendUnavailable:
+                self._forget_unpublished(row.job_id)
+                raise err from None
             if gone or not isinstance(err, Exception):
                 raise
             # A scheduler already took the message (its confirm was lost): the job runs, so
@@ -192,6 +200,13 @@ class JobDesk:
         await self.publish_state(str(row.job_id), JobState.QUEUED)
         return queued_job(row, spec, now)
 
+    def _forget_unpublished(self, job_id: uuid.UUID) -> None:
+        async def undo() -> None:
+            if not await self._store.delete_unpublished(job_id):
+                log.warning("unconfirmed job was dispatched after all", job_id=str(job_id))
+
+        self._unsettled.remember(job_id, f"job {job_id}", undo)
+
     async def status(self, raw_job_id: str, *, tenant_id: str) -> job_pb2.Job:
         """The job; NOT_FOUND also when it belongs to another tenant."""
         row = await self._store.job_of_tenant(parse_id(raw_job_id), tenant_id)
@@ -200,13 +215,25 @@ class JobDesk:
         return job_from_row(row)
 
     async def wait_terminal(self, raw_job_id: str, *, tenant_id: str) -> job_pb2.Job:
-        """Follows the job until it is terminal (the caller bounds the wait)."""
-        async for event in self.watch(
-            raw_job_id, tenant_id=tenant_id, after_sequence=0, tokens=False
-        ):
-            if event.HasField("job") and is_terminal(event.job):
-                return event.job
-        return await self.status(raw_job_id, tenant_id=tenant_id)
+        """Follows the job until it is terminal (the caller bounds the wait). PostgreSQL is
+        read at the start and when a terminal state event (or a poll timeout) comes, not on
+        every event: the SYNC path's cost per job stays at two reads."""
+        job = await self.status(raw_job_id, tenant_id=tenant_id)
+        last_id = "0"
+        while not is_terminal(job):
+            try:
+                events = await self._events.read(raw_job_id, last_id, block=WATCH_POLL)
+            except BackendUnavailable:
+                log.warning("sync wait: redis unavailable, polling", job_id=raw_job_id)
+                await asyncio.sleep(WATCH_POLL.total_seconds())
+                events = []
+            if events:
+                last_id = events[-1][0]
+            if not events or any(
+                isinstance(event, StateEvent) and event.state.is_terminal for _, event in events
+            ):
+                job = await self.status(raw_job_id, tenant_id=tenant_id)
+        return job
 
     async def watch(
         self, raw_job_id: str, *, tenant_id: str, after_sequence: int, tokens: bool = True

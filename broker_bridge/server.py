@@ -16,13 +16,14 @@ from broker_bridge.auth import Authenticator
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
 from broker_bridge.idempotency import RequestLocks
-from broker_bridge.publisher import JobPublisher
 from broker_bridge.service import JobService
+from broker_bridge.unsettled import UnsettledRows
 from fleetwire.amqp import AmqpLink
 from fleetwire.db import open_pool
 from fleetwire.errors import BackendUnavailable
 from fleetwire.events import JobEvents, connect_redis
 from fleetwire.grpc_options import SERVER_OPTIONS
+from fleetwire.job_publisher import JobPublisher
 from fleetwire.job_store import JobStore
 from fleetwire.lifecycle import wait_for_stop_signal
 from fleetwire.settings import Settings
@@ -52,6 +53,7 @@ class BridgeServer:
         self._gauge = QueueDepthGauge(
             self._link, topology, max_age=settings.bridge.queue_depth_cache
         )
+        self._unsettled = UnsettledRows()
         self.port = 0
 
     async def start(self) -> None:
@@ -80,8 +82,13 @@ class BridgeServer:
         locks = RequestLocks(
             self._redis, namespace, ttl=self._settings.rabbitmq.publish_timeout * 2
         )
-        desk = JobDesk(self._settings, store, self._publisher, events, admission, locks)
-        batches = BatchDesk(self._settings, store, self._publisher, admission, locks, desk)
+        await self._unsettled.start()
+        desk = JobDesk(
+            self._settings, store, self._publisher, events, admission, locks, self._unsettled
+        )
+        batches = BatchDesk(
+            self._settings, store, self._publisher, admission, locks, desk, self._unsettled
+        )
         auth = Authenticator(TenantStore(self._pool), self._settings.bridge)
         server = grpc.aio.server(options=SERVER_OPTIONS)
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
@@ -108,6 +115,7 @@ class BridgeServer:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)
+        await self._unsettled.stop()
         await self._publisher.close()
         await self._gauge.close()
         await self._link.close()

@@ -15,7 +15,7 @@ from fleetwire.settings import load_settings
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 
 mesh_app = typer.Typer(
-    help="Operator views: nodes, queues, dead letters, job trails, balances.",
+    help="Operator views: nodes, queues, dead letters (and their replay), job trails, balances.",
     no_args_is_help=True,
 )
 console = Console()
@@ -91,6 +91,19 @@ def dead_letters(limit: int = 20, address: Address = None, as_json: Json = False
         console.print(f"    {job.error.message}", markup=False, highlight=False)
 
 
+@mesh_app.command("replay")
+def replay(job_id: str, address: Address = None, as_json: Json = False) -> None:
+    """Replay a DEAD_LETTERED job as a new job (same tenant and spec, fresh TTL); once."""
+    reply = _call(
+        address, "ReplayDeadLetter", mesh_admin_service_pb2.ReplayDeadLetterRequest(job_id=job_id)
+    )
+    if as_json:
+        _json(reply)
+        return
+    parked = "removed" if reply.parked_message_removed else "not found"
+    console.print(f"{job_id} replayed as [bold]{reply.job.job_id}[/] (parked message {parked})")
+
+
 @mesh_app.command("trail")
 def trail(job_id: str, address: Address = None, as_json: Json = False) -> None:
     """One job's attempts: node, scheduler, timings, errors."""
@@ -100,6 +113,10 @@ def trail(job_id: str, address: Address = None, as_json: Json = False) -> None:
         return
     state = job_pb2.JobState.Name(reply.job.state).removeprefix("JOB_STATE_")
     console.print(f"[bold]{reply.job.job_id}[/] {state} {reply.job.error.reason}")
+    if reply.job.replay_of:
+        console.print(f"replays {reply.job.replay_of}")
+    if reply.replayed_as:
+        console.print(f"replayed as {reply.replayed_as}")
     table = Table("attempt", "node", "scheduler", "outcome", "dispatched", "ended", "error")
     for a in reply.attempts:
         table.add_row(

@@ -78,6 +78,13 @@ async def ensure_database(dsn: str) -> None:
         await conn.close()
 
 
+async def _no_session_reset(_conn: asyncpg.Connection) -> None:
+    """Replaces asyncpg's reset on release (``RESET ALL``, ``UNLISTEN *``, unlocking
+    advisory locks: one more round trip per query). The project sets no session state,
+    listens nowhere and takes only transaction-level locks; an open transaction is still
+    rolled back by the pool before this is called."""
+
+
 async def open_pool(settings: PostgresSettings, *, migrate: bool = True) -> asyncpg.Pool:
     """A connection pool on a migrated database. Raises BackendUnavailable when PostgreSQL
     cannot be reached."""
@@ -90,6 +97,7 @@ async def open_pool(settings: PostgresSettings, *, migrate: bool = True) -> asyn
             min_size=settings.pool_min,
             max_size=settings.pool_max,
             command_timeout=settings.command_timeout.total_seconds(),
+            reset=_no_session_reset,
         )
     except BACKEND_ERRORS as err:
         raise BackendUnavailable("postgresql", str(err)) from err

@@ -8,6 +8,7 @@ costs a Watch its live tokens, never a job.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -49,6 +50,16 @@ def _decode(fields: dict[bytes, bytes]) -> Event:
     return StateEvent(JobState(fields[b"state"].decode()))
 
 
+def _chunk_fields(chunk: ChunkEvent) -> dict[str, str | int]:
+    return {
+        "kind": "chunk",
+        "attempt": chunk.attempt,
+        "seq": chunk.sequence,
+        "text": chunk.text,
+        "tokens": chunk.token_count,
+    }
+
+
 class JobEvents:
     """Writes and tails job event streams."""
 
@@ -81,16 +92,31 @@ class JobEvents:
         await self._append(job_id, {"kind": "state", "state": state.value})
 
     async def publish_chunk(self, job_id: str, chunk: ChunkEvent) -> None:
-        await self._append(
-            job_id,
-            {
-                "kind": "chunk",
-                "attempt": chunk.attempt,
-                "seq": chunk.sequence,
-                "text": chunk.text,
-                "tokens": chunk.token_count,
-            },
-        )
+        await self._append(job_id, _chunk_fields(chunk))
+
+    async def publish_chunks(self, chunks: Sequence[tuple[str, ChunkEvent]]) -> None:
+        """Appends many chunks, of any jobs, in one round trip (a pipeline, not a
+        transaction): each job's chunks in the order given. Raises BackendUnavailable when
+        Redis cannot be reached; some of the chunks may have been written then."""
+        if not chunks:
+            return
+        keys: dict[str, None] = {}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id, chunk in chunks:
+                    key = self.stream_key(job_id)
+                    keys[key] = None
+                    pipe.xadd(
+                        key,
+                        _chunk_fields(chunk),  # type: ignore[arg-type]
+                        maxlen=self._maxlen,
+                        approximate=True,
+                    )
+                for key in keys:
+                    pipe.expire(key, self._ttl)
+                await pipe.execute()
+        except REDIS_ERRORS as err:
+            raise BackendUnavailable("redis", str(err)) from err
 
     async def read(
         self, job_id: str, after_id: str, *, block: timedelta | None

@@ -59,6 +59,7 @@ class NewJob:
     submit_digest: bytes | None = None  # SHA-256 of the spec as accepted
     batch_id: uuid.UUID | None = None
     batch_index: int | None = None
+    replay_of: uuid.UUID | None = None  # the DEAD_LETTERED job this one replays
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +75,8 @@ class NewBatch:
 _INSERT_JOB = (
     "INSERT INTO jobs (job_id, state, spec, model, network, priority, route_key,"
     " request_digest, trace_id, expires_at, tenant_id, client_request_id, submit_digest,"
-    " batch_id, batch_index)"
-    " VALUES ($1, 'QUEUED', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    " batch_id, batch_index, replay_of)"
+    " VALUES ($1, 'QUEUED', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
 )
 
 
@@ -95,7 +96,13 @@ def _job_args(job: NewJob) -> tuple[Any, ...]:
         job.submit_digest,
         job.batch_id,
         job.batch_index,
+        job.replay_of,
     )
+
+
+async def insert_queued_job(conn: asyncpg.Connection, job: NewJob) -> None:
+    """Writes ``job`` as QUEUED on ``conn`` (inside the caller's transaction)."""
+    await conn.execute(_INSERT_JOB, *_job_args(job))
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,65 +264,62 @@ class JobStore:
     async def begin_attempt(self, job_id: uuid.UUID, node_id: str, scheduler_id: str) -> int | None:
         """Marks the job DISPATCHED to ``node_id`` under a new attempt number and returns it;
         None when the job is terminal (or unknown) and must not run. An attempt left open by
-        a crashed scheduler is closed as LOST."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            attempt: int | None = await conn.fetchval(
-                "UPDATE jobs SET state = 'DISPATCHED', attempts = attempts + 1, node_id = $2,"
-                " updated_at = now(), error_reason = NULL, error_message = NULL"
-                " WHERE job_id = $1 AND state = ANY($3) RETURNING attempts",
-                job_id,
-                node_id,
-                _names(predecessors(JobState.DISPATCHED)),
-            )
-            if attempt is None:
-                return None
-            await conn.execute(
-                "UPDATE attempts SET outcome = 'LOST', ended_at = now(),"
-                " error_reason = 'SUPERSEDED', error_message = 'redelivered to a new attempt'"
-                " WHERE job_id = $1 AND outcome IN ('DISPATCHED', 'RUNNING')",
-                job_id,
-            )
-            await conn.execute(
-                "INSERT INTO attempts (job_id, attempt, node_id, scheduler_id, outcome)"
-                " VALUES ($1, $2, $3, $4, 'DISPATCHED')",
-                job_id,
-                attempt,
-                node_id,
-                scheduler_id,
-            )
-            return attempt
+        a crashed scheduler is closed as LOST. One statement (data-modifying CTEs), so one
+        round trip and atomic without an explicit transaction."""
+        attempt: int | None = await self._pool.fetchval(
+            "WITH job AS ("
+            "  UPDATE jobs SET state = 'DISPATCHED', attempts = attempts + 1, node_id = $2,"
+            "  updated_at = now(), error_reason = NULL, error_message = NULL"
+            "  WHERE job_id = $1 AND state = ANY($3) RETURNING attempts"
+            "), superseded AS ("
+            "  UPDATE attempts SET outcome = 'LOST', ended_at = now(),"
+            "  error_reason = 'SUPERSEDED', error_message = 'redelivered to a new attempt'"
+            "  WHERE job_id = $1 AND outcome IN ('DISPATCHED', 'RUNNING')"
+            "  AND EXISTS (SELECT 1 FROM job)"
+            "), opened AS ("
+            "  INSERT INTO attempts (job_id, attempt, node_id, scheduler_id, outcome)"
+            "  SELECT $1, attempts, $2, $4, 'DISPATCHED' FROM job"
+            ") SELECT attempts FROM job",
+            job_id,
+            node_id,
+            _names(predecessors(JobState.DISPATCHED)),
+            scheduler_id,
+        )
+        return attempt
 
     @translating
     async def mark_running(self, job_id: uuid.UUID, attempt: int) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
-            moved = await conn.fetchval(
-                "UPDATE jobs SET state = 'RUNNING', updated_at = now()"
-                " WHERE job_id = $1 AND attempts = $2 AND state = 'DISPATCHED' RETURNING true",
-                job_id,
-                attempt,
-            )
-            await conn.execute(
-                "UPDATE attempts SET outcome = 'RUNNING', started_at = now()"
-                " WHERE job_id = $1 AND attempt = $2 AND outcome = 'DISPATCHED'",
-                job_id,
-                attempt,
-            )
-            return bool(moved)
+        moved: bool | None = await self._pool.fetchval(
+            "WITH job AS ("
+            "  UPDATE jobs SET state = 'RUNNING', updated_at = now()"
+            "  WHERE job_id = $1 AND attempts = $2 AND state = 'DISPATCHED' RETURNING true AS moved"
+            "), started AS ("
+            "  UPDATE attempts SET outcome = 'RUNNING', started_at = now()"
+            "  WHERE job_id = $1 AND attempt = $2 AND outcome = 'DISPATCHED'"
+            ") SELECT moved FROM job",
+            job_id,
+            attempt,
+        )
+        return bool(moved)
 
     @translating
     async def finalise_success(
         self, job_id: uuid.UUID, outcome: SignedOutcome, prices: Prices | None = None
     ) -> bool:
         """Stores a verified result, makes the job SUCCEEDED and (with ``prices``) bills it,
-        all in one transaction. True only for the call that finalised it; a duplicate or a
-        result of a superseded attempt returns False and bills nothing."""
+        all in one transaction. True only for the call that finalised it; a duplicate, a
+        result of a superseded attempt, or one from a node the attempt was not dispatched to
+        returns False and bills nothing."""
         async with self._pool.acquire() as conn, conn.transaction():
             done = await conn.fetchval(
                 "UPDATE jobs SET state = 'SUCCEEDED', updated_at = now(), output = $3,"
                 " finish_reason = $4, prompt_tokens = $5, completion_tokens = $6,"
                 " timings = $7::jsonb, signature = $8, public_key = $9, key_id = $10,"
                 " signed_attempt = $2, finished_at_ms = $11, node_id = $12"
-                " WHERE job_id = $1 AND attempts = $2 AND state = ANY($13) RETURNING true",
+                # node_id: the attempt's node (begin_attempt), so a node cannot finalise an
+                # attempt dispatched to another, even with a valid signature of its own.
+                " WHERE job_id = $1 AND attempts = $2 AND node_id = $12 AND state = ANY($13)"
+                " RETURNING true",
                 job_id,
                 outcome.attempt,
                 outcome.output.encode(),

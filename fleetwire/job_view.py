@@ -45,6 +45,8 @@ def job_from_row(row: Mapping[str, Any]) -> job_pb2.Job:
         sig.request_digest = bytes(row["request_digest"])
         sig.output_digest = output_digest(output)
         sig.finished_at_unix_ms = row["finished_at_ms"]
+    if row.get("replay_of") is not None:
+        job.replay_of = str(row["replay_of"])
     if row["error_reason"]:
         job.error.reason = row["error_reason"]
         job.error.message = row["error_message"] or ""

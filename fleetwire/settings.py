@@ -59,7 +59,8 @@ class RabbitMQSettings(BaseSettings):
 
     url: SecretStr = Field(SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="AMQP URL.")
     publish_timeout: Duration = Field(
-        timedelta(seconds=10), description="How long Submit waits for the publisher confirm."
+        timedelta(seconds=10),
+        description="How long Submit (and a dead-letter replay) waits for the publisher confirm.",
     )
 
 
@@ -129,7 +130,9 @@ class BridgeSettings(BaseSettings):
         "normal jobs are refused at twice and urgent jobs at four times this depth.",
     )
     queue_depth_cache: Duration = Field(
-        timedelta(seconds=1), description="How long a measured queue depth is reused."
+        timedelta(seconds=1),
+        description="How long a measured queue depth is reused (and a tenant's count of "
+        "waiting jobs, while at most half its cap).",
     )
     queue_full_retry: Duration = Field(
         timedelta(seconds=5), description="Retry delay advised when a queue is too deep."
@@ -257,6 +260,19 @@ class NodeSettings(BaseSettings):
         description="When the stream drops, keep running jobs and deliver their results on "
         "the next session (the scheduler waits FLEETWIRE_SCHEDULER_RECONNECT_GRACE for them); "
         "false: abort them at once.",
+    )
+    token_flush: Duration = Field(
+        timedelta(milliseconds=20),
+        ge=timedelta(0),
+        description="How long generated tokens may wait to be sent together in one Progress "
+        "(counted from the oldest unsent token; the first token of a job goes at once). "
+        "0: one Progress per engine step.",
+    )
+    token_flush_tokens: int = Field(
+        32,
+        ge=1,
+        description="Send the waiting tokens as soon as this many have gathered, even "
+        "within FLEETWIRE_NODE_TOKEN_FLUSH.",
     )
 
 

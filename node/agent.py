@@ -34,7 +34,8 @@ from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from node.capabilities import detect_gpus, model_version_of
 from node.config import NodeProfile
-from node.runner import JobRunner, RunningJob, Send
+from node.progress import Send
+from node.runner import JobRunner, RunningJob, TokenFlush
 from node.vllm_runtime import VllmRuntime
 
 log = structlog.get_logger(__name__)
@@ -68,7 +69,15 @@ class NodeAgent:
         self._runtimes = dict(runtimes)
         self._profile = profile
         self._gpus = gpus if gpus is not None else detect_gpus()
-        self._runner = JobRunner(settings.node_id, key, self._runtimes)
+        self._runner = JobRunner(
+            settings.node_id,
+            key,
+            self._runtimes,
+            TokenFlush(
+                window=settings.token_flush.total_seconds(),
+                max_tokens=settings.token_flush_tokens,
+            ),
+        )
         self._jobs: dict[tuple[str, int], RunningJob] = {}
         self._draining = asyncio.Event()
         # Set to end the current session gracefully (drain, Drain from the mesh, rotation).
@@ -178,8 +187,9 @@ class NodeAgent:
                 if self._next_key is not None:
                     continue  # a rotation closed the session: reconnect at once
                 sleep = min(delay, self._settings.reconnect_max_delay.total_seconds())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._draining.wait(), sleep * random.uniform(0.5, 1.0))
+                with contextlib.suppress(TimeoutError):  # not wait_for: it can swallow a cancel
+                    async with asyncio.timeout(sleep * random.uniform(0.5, 1.0)):
+                        await self._draining.wait()
                 delay *= 2
         finally:
             self._stopped.set()

@@ -1,11 +1,12 @@
-"""Runs one dispatched job on the runtime: Accept, Progress per chunk, then a signed Result
-or a Failure. No stream handling here; messages go out through ``send``."""
+"""Runs one dispatched job on the runtime: Progress as tokens come (coalesced by
+``node.progress``), then a signed Result or a Failure. No stream handling here; messages go
+out through ``send``."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -15,6 +16,7 @@ from fleetwire import signing
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.validation import request_facts
+from node.progress import ProgressBatcher, Send
 from node.vllm_runtime import (
     GenerationRequest,
     InvalidRequestError,
@@ -25,7 +27,14 @@ from node.vllm_runtime import (
 
 log = structlog.get_logger(__name__)
 
-Send = Callable[[nodes_pb2.NodeStreamRequest], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class TokenFlush:
+    """When generated tokens go out as a Progress: ``window`` seconds after the oldest
+    unsent one, or once ``max_tokens`` are waiting (window 0: every chunk at once)."""
+
+    window: float = 0.02
+    max_tokens: int = 32
 
 
 @dataclass(eq=False)
@@ -63,10 +72,17 @@ class JobRunner:
     """Turns a Dispatch into engine work and signed messages. ``key`` may be replaced
     between jobs (key rotation); a job signs with the key current when it finishes."""
 
-    def __init__(self, node_id: str, key: SigningKey, runtimes: Mapping[str, VllmRuntime]) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        key: SigningKey,
+        runtimes: Mapping[str, VllmRuntime],
+        flush: TokenFlush | None = None,
+    ) -> None:
         self._node_id = node_id
         self.key = key
         self._runtimes = runtimes
+        self._flush = flush or TokenFlush()
 
     def digest_matches(self, dispatch: nodes_pb2.Dispatch) -> bool:
         """The node signs only what it recomputed itself from the spec it received."""
@@ -74,12 +90,30 @@ class JobRunner:
         return ours == dispatch.request_digest
 
     async def run(self, job: RunningJob, dispatch: nodes_pb2.Dispatch, send: Send) -> None:
-        """Generates, streams Progress, and ends with exactly one Result or Failure."""
+        """Generates, streams Progress, and ends with exactly one Result or Failure, sent
+        after every Progress of the job."""
+        progress = ProgressBatcher(
+            job.job_id,
+            job.attempt,
+            send,
+            window=self._flush.window,
+            max_tokens=self._flush.max_tokens,
+        )
+        try:
+            final = await self._generate(job, dispatch, progress)
+            await progress.close()
+        finally:
+            await progress.stop()
+        await send(final)
+
+    async def _generate(
+        self, job: RunningJob, dispatch: nodes_pb2.Dispatch, progress: ProgressBatcher
+    ) -> nodes_pb2.NodeStreamRequest:
+        """Runs the generation, handing chunks to ``progress``; returns the final message."""
         accepted = time.monotonic()
         first_token: float | None = None
         started: float | None = None
         parts: list[str] = []
-        sequence = 0
         prompt_tokens = completion_tokens = 0
         finish_reason = ""
         request = generation_request(job.request_id, dispatch.spec)
@@ -91,53 +125,33 @@ class JobRunner:
                 prompt_tokens, completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
                 if chunk.text or chunk.token_count:
                     first_token = first_token or now
-                    sequence += 1
                     parts.append(chunk.text)
-                    await send(
-                        nodes_pb2.NodeStreamRequest(
-                            progress=nodes_pb2.Progress(
-                                job_id=job.job_id,
-                                attempt=job.attempt,
-                                sequence=sequence,
-                                text=chunk.text,
-                                token_count=chunk.token_count,
-                            )
-                        )
-                    )
+                    await progress.add(chunk.text, chunk.token_count)
                 if chunk.finished:
                     finish_reason = chunk.finish_reason or "stop"
         except PromptTooLongError as err:
-            await self._fail(job, send, "PROMPT_TOO_LONG", str(err), retryable=False)
-            return
+            return _failure(job, "PROMPT_TOO_LONG", str(err), retryable=False)
         except InvalidRequestError as err:
-            await self._fail(job, send, "INVALID_REQUEST", str(err), retryable=False)
-            return
+            return _failure(job, "INVALID_REQUEST", str(err), retryable=False)
         except Exception as err:
             log.exception("engine error", job_id=job.job_id)
-            await self._fail(
-                job, send, "ENGINE_ERROR", f"{type(err).__name__}: {err}", retryable=True
-            )
-            return
+            return _failure(job, "ENGINE_ERROR", f"{type(err).__name__}: {err}", retryable=True)
         if job.cancelled or finish_reason == "abort":
             if job.hand_back:
-                await self._fail(
+                return _failure(
                     job,
-                    send,
                     "NODE_SHUTDOWN",
                     f"the node stopped after {completion_tokens} tokens; run it elsewhere",
                     retryable=True,
                     tokens=completion_tokens,
                 )
-            else:
-                await self._fail(
-                    job,
-                    send,
-                    "CANCELLED",
-                    f"aborted on request after {completion_tokens} tokens",
-                    retryable=False,
-                    tokens=completion_tokens,
-                )
-            return
+            return _failure(
+                job,
+                "CANCELLED",
+                f"aborted on request after {completion_tokens} tokens",
+                retryable=False,
+                tokens=completion_tokens,
+            )
         finished = time.monotonic()
         output = "".join(parts)
         finished_at_ms = int(time.time() * 1000)
@@ -168,41 +182,34 @@ class JobRunner:
             finished_at_unix_ms=finished_at_ms,
             signature=signing.sign(self.key, signing.result_bytes(facts)),
         )
-        await send(nodes_pb2.NodeStreamRequest(result=result))
         log.info(
             "job done",
             job_id=job.job_id,
             attempt=job.attempt,
             tokens=completion_tokens,
+            chunks=progress.sequence,
             finish_reason=finish_reason,
         )
+        return nodes_pb2.NodeStreamRequest(result=result)
 
-    async def _fail(
-        self,
-        job: RunningJob,
-        send: Send,
-        reason: str,
-        message: str,
-        *,
-        retryable: bool,
-        tokens: int | None = None,
-    ) -> None:
-        log.info(
-            "job failed",
+
+def _failure(
+    job: RunningJob, reason: str, message: str, *, retryable: bool, tokens: int | None = None
+) -> nodes_pb2.NodeStreamRequest:
+    log.info(
+        "job failed",
+        job_id=job.job_id,
+        attempt=job.attempt,
+        reason=reason,
+        retryable=retryable,
+        tokens=tokens,
+    )
+    return nodes_pb2.NodeStreamRequest(
+        failure=nodes_pb2.Failure(
             job_id=job.job_id,
             attempt=job.attempt,
             reason=reason,
+            message=message,
             retryable=retryable,
-            tokens=tokens,
         )
-        await send(
-            nodes_pb2.NodeStreamRequest(
-                failure=nodes_pb2.Failure(
-                    job_id=job.job_id,
-                    attempt=job.attempt,
-                    reason=reason,
-                    message=message,
-                    retryable=retryable,
-                )
-            )
-        )
+    )

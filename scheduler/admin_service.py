@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
@@ -13,11 +14,12 @@ from fleetwire.amqp import AMQP_ERRORS, AmqpLink
 from fleetwire.errors import FieldViolation, InvalidArgument, NotFound
 from fleetwire.grpc_errors import translate_errors
 from fleetwire.job_view import job_from_row
-from fleetwire.topology import Topology
+from fleetwire.topology import HEADER_REQUEST_ID, Topology
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 from scheduler.admin_store import AdminStore
 from scheduler.penalties import PenaltyBox
 from scheduler.presence import NodePresence
+from scheduler.replay import DeadLetterReplay
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +29,21 @@ _QUEUE_GONE: tuple[type[BaseException], ...] = (
 )
 
 Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
+
+
+def _job_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError as err:
+        raise InvalidArgument([FieldViolation("job_id", "not a job id (UUID)")]) from err
+
+
+def _trace_id(context: Context) -> str:
+    """The caller's ``x-request-id`` metadata, or a new id."""
+    for key, value in context.invocation_metadata() or ():
+        if key == HEADER_REQUEST_ID and isinstance(value, str) and value:
+            return value[:128]
+    return uuid.uuid4().hex
 
 
 def _timestamp(epoch: str) -> Any:
@@ -44,12 +61,14 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
         penalties: PenaltyBox,
         link: AmqpLink,
         topology: Topology,
+        replay: DeadLetterReplay,
     ) -> None:
         self._presence = presence
         self._store = store
         self._penalties = penalties
         self._link = link
         self._topology = topology
+        self._replay = replay
 
     @translate_errors
     async def ListNodes(  # noqa: N802 - gRPC method name
@@ -125,6 +144,16 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
         return mesh_admin_service_pb2.ListDeadLettersResponse(jobs=[job_from_row(r) for r in rows])
 
     @translate_errors
+    async def ReplayDeadLetter(  # noqa: N802
+        self, request: mesh_admin_service_pb2.ReplayDeadLetterRequest, context: Context
+    ) -> mesh_admin_service_pb2.ReplayDeadLetterResponse:
+        replayed = await self._replay.replay(_job_id(request.job_id), trace_id=_trace_id(context))
+        return mesh_admin_service_pb2.ReplayDeadLetterResponse(
+            job=job_from_row(replayed.job),
+            parked_message_removed=replayed.parked_message_removed,
+        )
+
+    @translate_errors
     async def GetBalance(  # noqa: N802
         self, request: mesh_admin_service_pb2.GetBalanceRequest, context: Context
     ) -> mesh_admin_service_pb2.GetBalanceResponse:
@@ -141,12 +170,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def JobTrail(  # noqa: N802
         self, request: mesh_admin_service_pb2.JobTrailRequest, context: Context
     ) -> mesh_admin_service_pb2.JobTrailResponse:
-        import uuid
-
-        try:
-            job_id = uuid.UUID(request.job_id)
-        except ValueError as err:
-            raise InvalidArgument([FieldViolation("job_id", "not a job id (UUID)")]) from err
+        job_id = _job_id(request.job_id)
         job, attempts = await self._store.job_and_attempts(job_id)
         if job is None:
             raise NotFound(f"job {request.job_id} not found")
@@ -165,4 +189,9 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
                 view.error.reason = a["error_reason"]
                 view.error.message = a["error_message"] or ""
             views.append(view)
-        return mesh_admin_service_pb2.JobTrailResponse(job=job_from_row(job), attempts=views)
+        replayed_as = await self._replay.replacement_of(job_id)
+        return mesh_admin_service_pb2.JobTrailResponse(
+            job=job_from_row(job),
+            attempts=views,
+            replayed_as=str(replayed_as) if replayed_as else "",
+        )

@@ -108,8 +108,11 @@ class QueueConsumers:
                 log.warning("amqp unavailable; retrying", error=str(err) or type(err).__name__)
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that races the event, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RECONNECT_DELAY)
+                async with asyncio.timeout(RECONNECT_DELAY):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _sync(self) -> None:

@@ -30,6 +30,7 @@ from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.matching import JobNeeds
 from scheduler.penalties import POINTS, Offence, PenaltyBox
 from scheduler.penalty_store import PenaltyStore
+from scheduler.progress_relay import ProgressRelay
 from scheduler.registry import (
     DispatchTimedOut,
     JobRun,
@@ -68,6 +69,10 @@ class Reservation:
 ACK = Verdict(Action.ACK)
 REQUEUE = Verdict(Action.REQUEUE)
 
+RELAY_WAIT_S = 5.0
+"""How long settling a job waits for its token chunks to reach Redis (a round trip or two
+normally; Redis failing is the only way to reach it, and then the job settles anyway)."""
+
 
 class Dispatcher:
     """Runs each delivered job through one attempt on a connected node."""
@@ -81,6 +86,7 @@ class Dispatcher:
         registry: NodeRegistry,
         penalties: PenaltyBox,
         penalty_store: PenaltyStore,
+        relay: ProgressRelay,
     ) -> None:
         self._settings = settings
         self._scheduler_id = scheduler_id
@@ -89,6 +95,7 @@ class Dispatcher:
         self._registry = registry
         self._penalties = penalties
         self._penalty_store = penalty_store
+        self._relay = relay
         self._prices = Prices(
             per_1k_prompt_tokens=settings.price_per_1k_prompt_tokens,
             per_1k_completion_tokens=settings.price_per_1k_completion_tokens,
@@ -185,6 +192,7 @@ class Dispatcher:
             session = run.session or session
             reservation.session = session
             session.runs.pop((job_id, attempt), None)
+        await self._chunks_relayed(job_id)
         if outcome is None:
             with contextlib.suppress(Exception):  # best effort: the node may be gone
                 await session.send(
@@ -216,11 +224,26 @@ class Dispatcher:
             )
         except TimeoutError:
             return DispatchTimedOut()
+        if run.started:
+            await self._mark_running(run)
         remaining = (expires_at - datetime.now(UTC)).total_seconds()
         try:
             return await asyncio.wait_for(asyncio.shield(run.outcome), max(remaining, 0.001))
         except TimeoutError:
             return None
+
+    async def _mark_running(self, run: JobRun) -> None:
+        """Records that the node accepted the attempt. Best effort: a job may go from
+        DISPATCHED straight to its final state, so a backend hiccup here costs nothing."""
+        try:
+            await self._store.mark_running(uuid.UUID(run.job_id), run.attempt)
+        except BackendUnavailable:
+            log.warning("RUNNING not recorded", job_id=run.job_id, attempt=run.attempt)
+            return
+        except Exception:  # never mistake a running job for a lost one
+            log.exception("RUNNING not recorded", job_id=run.job_id, attempt=run.attempt)
+            return
+        await self._publish_state(run.job_id, JobState.RUNNING)
 
     async def _settle(
         self,
@@ -353,11 +376,26 @@ class Dispatcher:
     async def _finalise_announced(self, session: NodeSession, result: nodes_pb2.Result) -> None:
         """A result the node announced in Hello that no delivery of ours waits for (this
         scheduler restarted while the node ran it). Finalised directly when it is still the
-        job's current attempt; the job's redelivered message then finds it final."""
-        job_id = uuid.UUID(result.job_id)
+        job's current attempt; the job's redelivered message then finds it final.
+
+        Announcing does not make a job the node's: a result for an attempt that was never
+        dispatched to this node (an invented id, another node's job) is rejected and
+        penalised. A re-delivery of an attempt it did run changes nothing once the job has
+        moved on (an honest node may resend a result whose delivery it could not confirm)."""
+        job_id = _job_uuid(result.job_id)
+        if job_id is None or not await self._dispatched_to(job_id, result.attempt, session):
+            log.warning(
+                "announced result for an attempt never dispatched to the node",
+                node_id=session.node_id,
+                job_id=result.job_id,
+                attempt=result.attempt,
+            )
+            await self.penalise(session.node_id, Offence.UNEXPECTED_RESULT, job_id, result.attempt)
+            return
         row = await self._store.get_job(job_id)
         if row is None:
             return
+        await self._chunks_relayed(result.job_id)
         spec = job_pb2.JobSpec()
         spec.ParseFromString(bytes(row["spec"]))
         finalised = await self._finalise(
@@ -371,6 +409,13 @@ class Dispatcher:
             attempt=result.attempt,
             node_id=session.node_id,
             finalised=bool(finalised),
+        )
+
+    async def _dispatched_to(self, job_id: uuid.UUID, attempt: int, session: NodeSession) -> bool:
+        """Whether attempt ``attempt`` of the job was dispatched to the session's node."""
+        return any(
+            a["attempt"] == attempt and a["node_id"] == session.node_id
+            for a in await self._store.attempts_of(job_id)
         )
 
     async def _retry(
@@ -457,7 +502,7 @@ class Dispatcher:
             log.info("node draining", node_id=session.node_id)
             return
         if kind == "progress":
-            await self._relay_progress(session, message.progress)
+            self._relay_progress(session, message.progress)
             return
         body = getattr(message, kind) if kind else None
         if kind not in ("accept", "reject", "result", "failure") or body is None:
@@ -470,8 +515,15 @@ class Dispatcher:
         if run is None and kind == "result":
             # A result for a job/attempt this session does not run: wrong job, stale
             # attempt or a replay. It changes nothing, and it costs the node.
-            log.warning("unexpected result", node_id=session.node_id, job_id=body.job_id)
-            await self.penalise(session.node_id, Offence.UNEXPECTED_RESULT, None, body.attempt)
+            log.warning(
+                "unexpected result",
+                node_id=session.node_id,
+                job_id=body.job_id,
+                attempt=body.attempt,
+            )
+            await self.penalise(
+                session.node_id, Offence.UNEXPECTED_RESULT, _job_uuid(body.job_id), body.attempt
+            )
             return
         if run is None:
             log.warning(
@@ -483,28 +535,34 @@ class Dispatcher:
             )
             return
         if kind == "accept":
+            # RUNNING is recorded by the delivery's task (``_follow``), not here: the read
+            # loop never waits for PostgreSQL, so a slow commit cannot hold up the chunks
+            # and results of the node's other jobs.
             if not run.accepted.done():
+                run.started = True
                 run.accepted.set_result(None)
-                await self._store.mark_running(uuid.UUID(run.job_id), run.attempt)
-                await self._publish_state(run.job_id, JobState.RUNNING)
             return
         run.resolve(body)
 
-    async def _relay_progress(self, session: NodeSession, progress: nodes_pb2.Progress) -> None:
+    def _relay_progress(self, session: NodeSession, progress: nodes_pb2.Progress) -> None:
+        """Hands the chunk to the relay; the read loop does not wait for Redis."""
         if session.run_of(progress.job_id, progress.attempt) is None:
             return
-        try:
-            await self._events.publish_chunk(
-                progress.job_id,
-                ChunkEvent(
-                    attempt=progress.attempt,
-                    sequence=progress.sequence,
-                    text=progress.text,
-                    token_count=progress.token_count,
-                ),
-            )
-        except BackendUnavailable:
-            log.warning("token chunk not relayed", job_id=progress.job_id)
+        self._relay.submit(
+            progress.job_id,
+            ChunkEvent(
+                attempt=progress.attempt,
+                sequence=progress.sequence,
+                text=progress.text,
+                token_count=progress.token_count,
+            ),
+        )
+
+    async def _chunks_relayed(self, job_id: str) -> None:
+        """Waits until the chunks its node sent so far are in the job's stream, so that any
+        state published next (above all the final one) comes after them."""
+        if not await self._relay.flushed(RELAY_WAIT_S):
+            log.warning("settling a job before its token chunks reached redis", job_id=job_id)
 
     async def penalise(
         self, node_id: str, offence: Offence, job_id: uuid.UUID | None, attempt: int | None
@@ -546,3 +604,11 @@ class Dispatcher:
                 run.resolve(
                     nodes_pb2.Failure(job_id=job_id, attempt=run.attempt, reason="CANCELLED")
                 )
+
+
+def _job_uuid(raw: str) -> uuid.UUID | None:
+    """A node-supplied job id as a UUID; None when it is not one (it names no job)."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None

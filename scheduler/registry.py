@@ -43,6 +43,7 @@ class JobRun:
     attempt: int
     session: NodeSession | None = None  # the session it runs on; changes on a reconnect
     accepted: asyncio.Future[None] = field(default_factory=asyncio.Future)
+    started: bool = False  # the node sent Accept (``accepted`` also resolves on any outcome)
     outcome: asyncio.Future[Outcome] = field(default_factory=asyncio.Future)
 
     def resolve(self, outcome: Outcome) -> None:
@@ -239,8 +240,9 @@ class NodeRegistry:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or not self.eligible(route, needs):
                     return None
-                try:
-                    await asyncio.wait_for(self._capacity_changed.wait(), remaining)
+                try:  # asyncio.timeout: wait_for can swallow a racing cancel on 3.11
+                    async with asyncio.timeout(remaining):
+                        await self._capacity_changed.wait()
                 except TimeoutError:
                     return None
 

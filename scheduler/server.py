@@ -1,5 +1,6 @@
-"""The scheduler process. Start order: PostgreSQL → Redis/AMQP → gRPC server → consumers.
-Stop order: consumers (in-flight deliveries go back to the broker) → gRPC server → the rest.
+"""The scheduler process. Start order: PostgreSQL → Redis/AMQP → progress relay → gRPC
+server → consumers. Stop order: consumers (in-flight deliveries go back to the broker) → gRPC
+server → progress relay (drained: the chunks the nodes sent reach Redis) → the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fleetwire.amqp import AmqpLink
 from fleetwire.db import open_pool
 from fleetwire.events import JobEvents, connect_redis
 from fleetwire.grpc_options import SERVER_OPTIONS
+from fleetwire.job_publisher import JobPublisher
 from fleetwire.job_store import JobStore
 from fleetwire.lifecycle import wait_for_stop_signal
 from fleetwire.settings import Settings
@@ -32,12 +34,16 @@ from scheduler.admin_service import MeshAdminService
 from scheduler.admin_store import AdminStore
 from scheduler.cancel_relay import CancelRelay
 from scheduler.consumers import QueueConsumers
+from scheduler.dead_letter_shelf import DeadLetterShelf
 from scheduler.dispatcher import Dispatcher
 from scheduler.node_service import NodeService
 from scheduler.penalties import PenaltyBox
 from scheduler.penalty_store import PenaltyStore
 from scheduler.presence import NodePresence
+from scheduler.progress_relay import ProgressRelay
 from scheduler.registry import NodeRegistry
+from scheduler.replay import DeadLetterReplay
+from scheduler.replay_store import ReplayStore
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +67,8 @@ class SchedulerServer:
         self._server: grpc.aio.Server | None = None
         self._consumers: QueueConsumers | None = None
         self._cancel_relay: CancelRelay | None = None
+        self._progress_relay: ProgressRelay | None = None
+        self._publisher: JobPublisher | None = None
         self.penalties = PenaltyBox(
             threshold=settings.scheduler.penalty_threshold,
             cooldown=settings.scheduler.penalty_cooldown.total_seconds(),
@@ -83,6 +91,8 @@ class SchedulerServer:
             ttl=settings.redis.stream_ttl,
         )
         topology = Topology(settings.mesh.namespace)
+        self._progress_relay = ProgressRelay(events)
+        await self._progress_relay.start()
         dispatcher = Dispatcher(
             settings.scheduler,
             self.scheduler_id,
@@ -91,6 +101,7 @@ class SchedulerServer:
             self.registry,
             self.penalties,
             PenaltyStore(self._pool),
+            self._progress_relay,
         )
         self._consumers = QueueConsumers(
             self._link,
@@ -110,10 +121,20 @@ class SchedulerServer:
             self.scheduler_id,
             ttl_seconds=2 * settings.scheduler.lease.total_seconds(),
         )
+        self._publisher = JobPublisher(
+            self._link, topology, confirm_timeout=settings.rabbitmq.publish_timeout
+        )
+        replay = DeadLetterReplay(
+            ReplayStore(self._pool),
+            store,
+            self._publisher,
+            DeadLetterShelf(self._link, topology),
+            events,
+        )
         server = grpc.aio.server(options=SERVER_OPTIONS)
         mesh_admin_service_pb2_grpc.add_MeshAdminServiceServicer_to_server(
             MeshAdminService(
-                presence, AdminStore(self._pool), self.penalties, self._link, topology
+                presence, AdminStore(self._pool), self.penalties, self._link, topology, replay
             ),
             server,
         )
@@ -158,6 +179,12 @@ class SchedulerServer:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)
+        if self._progress_relay is not None:  # no node stream is left to feed it
+            await self._progress_relay.stop(grace)
+            self._progress_relay = None
+        if self._publisher is not None:
+            await self._publisher.close()
+            self._publisher = None
         await self._link.close()
         await self._redis.aclose()
         if self._pool is not None:

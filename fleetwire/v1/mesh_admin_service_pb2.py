@@ -26,7 +26,7 @@ from fleetwire.v1 import job_pb2 as fleetwire_dot_v1_dot_job__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%fleetwire/v1/mesh_admin_service.proto\x12\x0c\x66leetwire.v1\x1a\x16\x66leetwire/v1/job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10ListNodesRequest\"\xd1\x02\n\x08NodeView\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cscheduler_id\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x11\n\tsubclouds\x18\x05 \x03(\t\x12\r\n\x05slots\x18\x06 \x01(\r\x12\x12\n\nfree_slots\x18\x07 \x01(\r\x12\x14\n\x0crunning_jobs\x18\x08 \x01(\r\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x16\n\x0epenalty_points\x18\n \x01(\x01\x12\x10\n\x08\x65xcluded\x18\x0b \x01(\x08\x12\x15\n\rpenalties_24h\x18\x0c \x01(\r\x12\x30\n\x0c\x63onnected_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x11ListNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.fleetwire.v1.NodeView\"\x14\n\x12QueueDepthsRequest\"x\n\nRouteDepth\x12\r\n\x05route\x18\x01 \x01(\t\x12-\n\x08priority\x18\x02 \x01(\x0e\x32\x1b.fleetwire.v1.PriorityClass\x12\x14\n\x0cwaiting_jobs\x18\x03 \x01(\x04\x12\x16\n\x0equeue_messages\x18\x04 \x01(\x04\"?\n\x13QueueDepthsResponse\x12(\n\x06\x64\x65pths\x18\x01 \x03(\x0b\x32\x18.fleetwire.v1.RouteDepth\"\'\n\x16ListDeadLettersRequest\x12\r\n\x05limit\x18\x01 \x01(\r\":\n\x17ListDeadLettersResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.fleetwire.v1.Job\"!\n\x0fJobTrailRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x8e\x02\n\x0b\x41ttemptView\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0cscheduler_id\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x31\n\rdispatched_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x16.fleetwire.v1.JobError\"_\n\x10JobTrailResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.Job\x12+\n\x08\x61ttempts\x18\x02 \x03(\x0b\x32\x19.fleetwire.v1.AttemptView\"$\n\x11GetBalanceRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\"U\n\x12GetBalanceResponse\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x1d\n\x15\x62\x61lance_micro_credits\x18\x02 \x01(\x03\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x04\x32\xb0\x03\n\x10MeshAdminService\x12L\n\tListNodes\x12\x1e.fleetwire.v1.ListNodesRequest\x1a\x1f.fleetwire.v1.ListNodesResponse\x12R\n\x0bQueueDepths\x12 .fleetwire.v1.QueueDepthsRequest\x1a!.fleetwire.v1.QueueDepthsResponse\x12^\n\x0fListDeadLetters\x12$.fleetwire.v1.ListDeadLettersRequest\x1a%.fleetwire.v1.ListDeadLettersResponse\x12I\n\x08JobTrail\x12\x1d.fleetwire.v1.JobTrailRequest\x1a\x1e.fleetwire.v1.JobTrailResponse\x12O\n\nGetBalance\x12\x1f.fleetwire.v1.GetBalanceRequest\x1a .fleetwire.v1.GetBalanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%fleetwire/v1/mesh_admin_service.proto\x12\x0c\x66leetwire.v1\x1a\x16\x66leetwire/v1/job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10ListNodesRequest\"\xd1\x02\n\x08NodeView\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cscheduler_id\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x11\n\tsubclouds\x18\x05 \x03(\t\x12\r\n\x05slots\x18\x06 \x01(\r\x12\x12\n\nfree_slots\x18\x07 \x01(\r\x12\x14\n\x0crunning_jobs\x18\x08 \x01(\r\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x16\n\x0epenalty_points\x18\n \x01(\x01\x12\x10\n\x08\x65xcluded\x18\x0b \x01(\x08\x12\x15\n\rpenalties_24h\x18\x0c \x01(\r\x12\x30\n\x0c\x63onnected_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x11ListNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.fleetwire.v1.NodeView\"\x14\n\x12QueueDepthsRequest\"x\n\nRouteDepth\x12\r\n\x05route\x18\x01 \x01(\t\x12-\n\x08priority\x18\x02 \x01(\x0e\x32\x1b.fleetwire.v1.PriorityClass\x12\x14\n\x0cwaiting_jobs\x18\x03 \x01(\x04\x12\x16\n\x0equeue_messages\x18\x04 \x01(\x04\"?\n\x13QueueDepthsResponse\x12(\n\x06\x64\x65pths\x18\x01 \x03(\x0b\x32\x18.fleetwire.v1.RouteDepth\"\'\n\x16ListDeadLettersRequest\x12\r\n\x05limit\x18\x01 \x01(\r\":\n\x17ListDeadLettersResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.fleetwire.v1.Job\")\n\x17ReplayDeadLetterRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"Z\n\x18ReplayDeadLetterResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.Job\x12\x1e\n\x16parked_message_removed\x18\x02 \x01(\x08\"!\n\x0fJobTrailRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x8e\x02\n\x0b\x41ttemptView\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0cscheduler_id\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x31\n\rdispatched_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x16.fleetwire.v1.JobError\"t\n\x10JobTrailResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.Job\x12+\n\x08\x61ttempts\x18\x02 \x03(\x0b\x32\x19.fleetwire.v1.AttemptView\x12\x13\n\x0breplayed_as\x18\x03 \x01(\t\"$\n\x11GetBalanceRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\"U\n\x12GetBalanceResponse\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x1d\n\x15\x62\x61lance_micro_credits\x18\x02 \x01(\x03\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\x04\x32\x93\x04\n\x10MeshAdminService\x12L\n\tListNodes\x12\x1e.fleetwire.v1.ListNodesRequest\x1a\x1f.fleetwire.v1.ListNodesResponse\x12R\n\x0bQueueDepths\x12 .fleetwire.v1.QueueDepthsRequest\x1a!.fleetwire.v1.QueueDepthsResponse\x12^\n\x0fListDeadLetters\x12$.fleetwire.v1.ListDeadLettersRequest\x1a%.fleetwire.v1.ListDeadLettersResponse\x12\x61\n\x10ReplayDeadLetter\x12%.fleetwire.v1.ReplayDeadLetterRequest\x1a&.fleetwire.v1.ReplayDeadLetterResponse\x12I\n\x08JobTrail\x12\x1d.fleetwire.v1.JobTrailRequest\x1a\x1e.fleetwire.v1.JobTrailResponse\x12O\n\nGetBalance\x12\x1f.fleetwire.v1.GetBalanceRequest\x1a .fleetwire.v1.GetBalanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,16 +49,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDEADLETTERSREQUEST']._serialized_end=780
   _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=782
   _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=840
-  _globals['_JOBTRAILREQUEST']._serialized_start=842
-  _globals['_JOBTRAILREQUEST']._serialized_end=875
-  _globals['_ATTEMPTVIEW']._serialized_start=878
-  _globals['_ATTEMPTVIEW']._serialized_end=1148
-  _globals['_JOBTRAILRESPONSE']._serialized_start=1150
-  _globals['_JOBTRAILRESPONSE']._serialized_end=1245
-  _globals['_GETBALANCEREQUEST']._serialized_start=1247
-  _globals['_GETBALANCEREQUEST']._serialized_end=1283
-  _globals['_GETBALANCERESPONSE']._serialized_start=1285
-  _globals['_GETBALANCERESPONSE']._serialized_end=1370
-  _globals['_MESHADMINSERVICE']._serialized_start=1373
-  _globals['_MESHADMINSERVICE']._serialized_end=1805
+  _globals['_REPLAYDEADLETTERREQUEST']._serialized_start=842
+  _globals['_REPLAYDEADLETTERREQUEST']._serialized_end=883
+  _globals['_REPLAYDEADLETTERRESPONSE']._serialized_start=885
+  _globals['_REPLAYDEADLETTERRESPONSE']._serialized_end=975
+  _globals['_JOBTRAILREQUEST']._serialized_start=977
+  _globals['_JOBTRAILREQUEST']._serialized_end=1010
+  _globals['_ATTEMPTVIEW']._serialized_start=1013
+  _globals['_ATTEMPTVIEW']._serialized_end=1283
+  _globals['_JOBTRAILRESPONSE']._serialized_start=1285
+  _globals['_JOBTRAILRESPONSE']._serialized_end=1401
+  _globals['_GETBALANCEREQUEST']._serialized_start=1403
+  _globals['_GETBALANCEREQUEST']._serialized_end=1439
+  _globals['_GETBALANCERESPONSE']._serialized_start=1441
+  _globals['_GETBALANCERESPONSE']._serialized_end=1526
+  _globals['_MESHADMINSERVICE']._serialized_start=1529
+  _globals['_MESHADMINSERVICE']._serialized_end=2060
 # @@protoc_insertion_point(module_scope)

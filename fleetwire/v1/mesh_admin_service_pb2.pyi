@@ -86,6 +86,20 @@ class ListDeadLettersResponse(_message.Message):
     jobs: _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]
     def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ...) -> None: ...
 
+class ReplayDeadLetterRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ReplayDeadLetterResponse(_message.Message):
+    __slots__ = ("job", "parked_message_removed")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    PARKED_MESSAGE_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    parked_message_removed: bool
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., parked_message_removed: _Optional[bool] = ...) -> None: ...
+
 class JobTrailRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -113,12 +127,14 @@ class AttemptView(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., node_id: _Optional[str] = ..., scheduler_id: _Optional[str] = ..., outcome: _Optional[str] = ..., dispatched_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[_job_pb2.JobError, _Mapping]] = ...) -> None: ...
 
 class JobTrailResponse(_message.Message):
-    __slots__ = ("job", "attempts")
+    __slots__ = ("job", "attempts", "replayed_as")
     JOB_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_AS_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     attempts: _containers.RepeatedCompositeFieldContainer[AttemptView]
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptView, _Mapping]]] = ...) -> None: ...
+    replayed_as: str
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptView, _Mapping]]] = ..., replayed_as: _Optional[str] = ...) -> None: ...
 
 class GetBalanceRequest(_message.Message):
     __slots__ = ("account",)

@@ -29,7 +29,7 @@ class MeshAdminServiceStub:
     """Operator views of the mesh, served by every scheduler replica (default port 50052)
     alongside NodeService. Answers cover the whole mesh, not only the serving replica:
     nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
-    and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE.
+    and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE.
     """
 
     def __init__(self, channel):
@@ -53,6 +53,11 @@ class MeshAdminServiceStub:
                 request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListDeadLettersRequest.SerializeToString,
                 response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.ReplayDeadLetter = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ReplayDeadLetter',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ReplayDeadLetterRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ReplayDeadLetterResponse.FromString,
+                _registered_method=True)
         self.JobTrail = channel.unary_unary(
                 '/fleetwire.v1.MeshAdminService/JobTrail',
                 request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobTrailRequest.SerializeToString,
@@ -69,7 +74,7 @@ class MeshAdminServiceServicer:
     """Operator views of the mesh, served by every scheduler replica (default port 50052)
     alongside NodeService. Answers cover the whole mesh, not only the serving replica:
     nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
-    and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE.
+    and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE.
     """
 
     def ListNodes(self, request, context):
@@ -88,6 +93,19 @@ class MeshAdminServiceServicer:
 
     def ListDeadLetters(self, request, context):
         """Dead-lettered jobs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayDeadLetter(self, request, context):
+        """Replays a DEAD_LETTERED job as a new job: a new id, the same tenant and spec, a fresh
+        TTL, `replay_of` naming the original, published like a submitted job (persistent,
+        prioritised, expiring, mandatory, confirmed). The original stays DEAD_LETTERED; its
+        trail names the replacement, and its parked message leaves `<ns>.dead-letters`. Once per
+        dead letter. Errors: INVALID_ARGUMENT (job_id is not a UUID), NOT_FOUND (unknown job),
+        FAILED_PRECONDITION (reason JOB_NOT_DEAD_LETTERED, or ALREADY_REPLAYED naming the
+        replacement), UNAVAILABLE (RabbitMQ or PostgreSQL down: nothing was replayed, retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +143,11 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListDeadLettersRequest.FromString,
                     response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListDeadLettersResponse.SerializeToString,
             ),
+            'ReplayDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDeadLetter,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ReplayDeadLetterRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ReplayDeadLetterResponse.SerializeToString,
+            ),
             'JobTrail': grpc.unary_unary_rpc_method_handler(
                     servicer.JobTrail,
                     request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobTrailRequest.FromString,
@@ -147,7 +170,7 @@ class MeshAdminService:
     """Operator views of the mesh, served by every scheduler replica (default port 50052)
     alongside NodeService. Answers cover the whole mesh, not only the serving replica:
     nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
-    and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE.
+    and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE.
     """
 
     @staticmethod
@@ -221,6 +244,33 @@ class MeshAdminService:
             '/fleetwire.v1.MeshAdminService/ListDeadLetters',
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListDeadLettersRequest.SerializeToString,
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ReplayDeadLetter',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ReplayDeadLetterRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ReplayDeadLetterResponse.FromString,
             options,
             channel_credentials,
             insecure,

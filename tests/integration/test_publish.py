@@ -10,10 +10,10 @@ import aiormq
 import grpc
 import pytest
 
-from broker_bridge.publisher import JobMessage, JobPublisher
 from broker_bridge.server import BridgeServer
 from fleetwire.amqp import AmqpLink
 from fleetwire.errors import RouteUnavailable
+from fleetwire.job_publisher import JobMessage, JobPublisher
 from fleetwire.settings import Settings
 from fleetwire.topology import HEADER_JOB_ID, HEADER_REQUEST_ID, Topology
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc

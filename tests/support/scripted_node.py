@@ -1,8 +1,9 @@
 """A protocol-level node for fault tests: it speaks the real NodeStream protocol with a real
 key (handshake, heartbeats) and answers each Dispatch as a script says — a retryable
-failure, a forged signature, or a correctly signed result. It stands in for a misbehaving
-node, which a real vLLM node cannot be made to be; it is never used where a real node's
-behaviour is under test."""
+failure, a forged signature, or a correctly signed result — and a test can make it send
+anything else (``send``), e.g. a signed result it was never asked for. It stands in for a
+misbehaving node, which a real vLLM node cannot be made to be; it is never used where a
+real node's behaviour is under test."""
 
 from __future__ import annotations
 
@@ -40,7 +41,17 @@ class ScriptedNode:
     announce: list[tuple[str, int]] = field(default_factory=list)
     deliver_after_welcome: list[nodes_pb2.NodeStreamRequest] = field(default_factory=list)
     dispatches: list[nodes_pb2.Dispatch] = field(default_factory=list)
+    # Every Result it wrote on the stream, so a test can replay one.
+    results: list[nodes_pb2.Result] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _call: grpc.aio.StreamStreamCall | None = None  # type: ignore[type-arg]
+
+    async def send(self, message: nodes_pb2.NodeStreamRequest) -> None:
+        """Writes any message on the live stream: how a test makes the node misbehave
+        (a result it was never asked for, a replayed one)."""
+        assert self._call is not None, "not connected"
+        await self._write(self._call, message)
 
     async def _serve(self) -> None:
         async with grpc.aio.insecure_channel(self.address) as channel:
@@ -74,9 +85,10 @@ class ScriptedNode:
             )
             welcome = await call.read()
             assert welcome.WhichOneof("message") == "welcome"
+            self._call = call
             self.connected.set()
             for pending in self.deliver_after_welcome:
-                await call.write(pending)
+                await self._write(call, pending)
             heartbeat = asyncio.create_task(self._heartbeat(call))
             try:
                 while True:
@@ -88,18 +100,29 @@ class ScriptedNode:
             finally:
                 heartbeat.cancel()
 
+    async def _write(
+        self,
+        call: grpc.aio.StreamStreamCall,  # type: ignore[type-arg]
+        message: nodes_pb2.NodeStreamRequest,
+    ) -> None:
+        """One write at a time: grpc.aio does not allow concurrent writes on a stream (the
+        heartbeat task and the answers would otherwise collide and stall the node)."""
+        async with self._write_lock:
+            await call.write(message)
+
     async def _heartbeat(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
         while True:
             await asyncio.sleep(1)
-            await call.write(nodes_pb2.NodeStreamRequest(heartbeat=nodes_pb2.Heartbeat()))
+            await self._write(call, nodes_pb2.NodeStreamRequest(heartbeat=nodes_pb2.Heartbeat()))
 
     async def _answer(self, call: grpc.aio.StreamStreamCall, dispatch: nodes_pb2.Dispatch) -> None:  # type: ignore[type-arg]
         self.dispatches.append(dispatch)
         answer = self.script(len(self.dispatches))
-        await call.write(
+        await self._write(
+            call,
             nodes_pb2.NodeStreamRequest(
                 accept=nodes_pb2.Accept(job_id=dispatch.job_id, attempt=dispatch.attempt)
-            )
+            ),
         )
         await asyncio.sleep(self.work_time)
         if answer.startswith("fail"):
@@ -116,11 +139,24 @@ class ScriptedNode:
                 ),
             )
             return
-        output = f"scripted output {dispatch.attempt}"
+        result = self.signed_result(dispatch)
+        if answer == "bad-signature":
+            result.signature = bytes(64)
+        await self._send_outcome(call, nodes_pb2.NodeStreamRequest(result=result))
+
+    def signed_result(
+        self, dispatch: nodes_pb2.Dispatch, *, job_id: str = "", attempt: int = 0
+    ) -> nodes_pb2.Result:
+        """A Result for ``dispatch`` correctly signed with this node's key and id, or for
+        ``job_id``/``attempt`` instead of the dispatch's (signed for those, so only the
+        scheduler's bookkeeping can tell it was never asked for)."""
+        job_id = job_id or dispatch.job_id
+        attempt = attempt or dispatch.attempt
+        output = f"scripted output {attempt}"
         finished = int(time.time() * 1000)
         facts = signing.ResultFacts(
-            job_id=dispatch.job_id,
-            attempt=dispatch.attempt,
+            job_id=job_id,
+            attempt=attempt,
             node_id=self.node_id,
             model=dispatch.spec.model,
             request_digest=bytes(dispatch.request_digest),
@@ -129,22 +165,14 @@ class ScriptedNode:
             completion_tokens=3,
             finished_at_unix_ms=finished,
         )
-        signature = signing.sign(self.key, signing.result_bytes(facts))
-        if answer == "bad-signature":
-            signature = bytes(64)
-        await self._send_outcome(
-            call,
-            nodes_pb2.NodeStreamRequest(
-                result=nodes_pb2.Result(
-                    job_id=dispatch.job_id,
-                    attempt=dispatch.attempt,
-                    output=output,
-                    finish_reason="length",
-                    usage=job_pb2.Usage(prompt_tokens=3, completion_tokens=3),
-                    finished_at_unix_ms=finished,
-                    signature=signature,
-                )
-            ),
+        return nodes_pb2.Result(
+            job_id=job_id,
+            attempt=attempt,
+            output=output,
+            finish_reason="length",
+            usage=job_pb2.Usage(prompt_tokens=3, completion_tokens=3),
+            finished_at_unix_ms=finished,
+            signature=signing.sign(self.key, signing.result_bytes(facts)),
         )
 
     async def _send_outcome(
@@ -155,7 +183,9 @@ class ScriptedNode:
         if self.hold_results:
             self.held.append(outcome)
         else:
-            await call.write(outcome)
+            await self._write(call, outcome)
+            if outcome.WhichOneof("message") == "result":
+                self.results.append(outcome.result)
 
 
 @contextlib.asynccontextmanager

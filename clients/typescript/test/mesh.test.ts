@@ -46,24 +46,27 @@ test("submit, stream tokens, status and verify the signature", { skip }, async (
   });
   assert.equal(accepted.state, JobState.QUEUED);
 
-  let text = "";
-  let tokens = 0;
+  const chunks: { attempt: number; text: string; tokens: bigint }[] = [];
   let last: Job | undefined;
   for await (const event of client.watch(accepted.jobId, { timeoutMs: WAIT_MS })) {
     if (event.kind === "token") {
-      text += event.chunk.text;
-      tokens += event.chunk.tokenCount;
+      const { attempt, text, tokenCount } = event.chunk;
+      chunks.push({ attempt, text, tokens: BigInt(tokenCount) });
     } else last = event.job;
   }
   assert.equal(last?.state, JobState.SUCCEEDED);
-  assert.ok(tokens > 0, "no token chunks were streamed");
 
   const job = await client.status(accepted.jobId);
   assert.equal(job.state, JobState.SUCCEEDED);
-  // A prefix, not all of it: the bridge's Watch can send the terminal state before the last
-  // chunks of the Redis stream (a server-side race, reported with the clients issue).
-  assert.ok(job.output.startsWith(text), `${JSON.stringify(text)} is not a prefix of the output`);
-  assert.ok(BigInt(tokens) <= (job.usage?.completionTokens ?? 0n));
+  // The chunks of the attempt that produced the result are all of the output: the mesh
+  // writes a job's chunks before it finalises the job, and Watch sends them before the end.
+  const final = chunks.filter((c) => c.attempt === job.attempts);
+  assert.ok(final.length > 0, "no token chunks were streamed");
+  assert.equal(final.map((c) => c.text).join(""), job.output);
+  assert.equal(
+    final.reduce((sum, c) => sum + c.tokens, 0n),
+    job.usage?.completionTokens ?? 0n,
+  );
   assert.equal(await verifyJob(job, nodeKey(job)), true);
 
   const tampered = clone(JobSchema, job);
@@ -79,16 +82,23 @@ test("submit, stream tokens, status and verify the signature", { skip }, async (
 
 test("cancel a running job", { skip }, async () => {
   const client = connect();
-  const { jobId } = await client.submit({
-    model: "tiny-llama",
-    prompt: "a story that never ends",
-    sampling: { maxTokens: 480, ignoreEos: true },
-  });
   let cancelled: Job | undefined;
   let final: Job | undefined;
-  for await (const event of client.watch(jobId, { timeoutMs: WAIT_MS })) {
-    if (event.kind === "token" && !cancelled) cancelled = await client.cancel(jobId, "from ts");
-    if (event.kind === "state") final = event.job;
+  // 480 tokens take about a second on an idle node: on a loaded machine a stall of the mesh
+  // can let the job finish before the cancel lands, so try up to 3 jobs.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const { jobId } = await client.submit({
+      model: "tiny-llama",
+      prompt: "a story that never ends",
+      sampling: { maxTokens: 480, ignoreEos: true },
+    });
+    cancelled = undefined;
+    final = undefined;
+    for await (const event of client.watch(jobId, { timeoutMs: WAIT_MS })) {
+      if (event.kind === "token" && !cancelled) cancelled = await client.cancel(jobId, "from ts");
+      if (event.kind === "state") final = event.job;
+    }
+    if (cancelled?.state !== JobState.SUCCEEDED) break;
   }
   assert.equal(cancelled?.state, JobState.CANCELLED);
   assert.equal(final?.state, JobState.CANCELLED);

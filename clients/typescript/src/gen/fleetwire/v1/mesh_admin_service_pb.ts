@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwire/v1/mesh_admin_service.proto.
  */
 export const file_fleetwire_v1_mesh_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVmbGVldHdpcmUvdjEvbWVzaF9hZG1pbl9zZXJ2aWNlLnByb3RvEgxmbGVldHdpcmUudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCLRAgoITm9kZVZpZXcSDwoHbm9kZV9pZBgBIAEoCRIUCgxzY2hlZHVsZXJfaWQYAiABKAkSDgoGbW9kZWxzGAMgAygJEg4KBnJlZ2lvbhgEIAEoCRIRCglzdWJjbG91ZHMYBSADKAkSDQoFc2xvdHMYBiABKA0SEgoKZnJlZV9zbG90cxgHIAEoDRIUCgxydW5uaW5nX2pvYnMYCCABKA0SEAoIZHJhaW5pbmcYCSABKAgSFgoOcGVuYWx0eV9wb2ludHMYCiABKAESEAoIZXhjbHVkZWQYCyABKAgSFQoNcGVuYWx0aWVzXzI0aBgMIAEoDRIwCgxjb25uZWN0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoRTGlzdE5vZGVzUmVzcG9uc2USJQoFbm9kZXMYASADKAsyFi5mbGVldHdpcmUudjEuTm9kZVZpZXciFAoSUXVldWVEZXB0aHNSZXF1ZXN0IngKClJvdXRlRGVwdGgSDQoFcm91dGUYASABKAkSLQoIcHJpb3JpdHkYAiABKA4yGy5mbGVldHdpcmUudjEuUHJpb3JpdHlDbGFzcxIUCgx3YWl0aW5nX2pvYnMYAyABKAQSFgoOcXVldWVfbWVzc2FnZXMYBCABKAQiPwoTUXVldWVEZXB0aHNSZXNwb25zZRIoCgZkZXB0aHMYASADKAsyGC5mbGVldHdpcmUudjEuUm91dGVEZXB0aCInChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIjoKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEh8KBGpvYnMYASADKAsyES5mbGVldHdpcmUudjEuSm9iIiEKD0pvYlRyYWlsUmVxdWVzdBIOCgZqb2JfaWQYASABKAkijgIKC0F0dGVtcHRWaWV3Eg8KB2F0dGVtcHQYASABKA0SDwoHbm9kZV9pZBgCIAEoCRIUCgxzY2hlZHVsZXJfaWQYAyABKAkSDwoHb3V0Y29tZRgEIAEoCRIxCg1kaXNwYXRjaGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoFZXJyb3IYCCABKAsyFi5mbGVldHdpcmUudjEuSm9iRXJyb3IiXwoQSm9iVHJhaWxSZXNwb25zZRIeCgNqb2IYASABKAsyES5mbGVldHdpcmUudjEuSm9iEisKCGF0dGVtcHRzGAIgAygLMhkuZmxlZXR3aXJlLnYxLkF0dGVtcHRWaWV3IiQKEUdldEJhbGFuY2VSZXF1ZXN0Eg8KB2FjY291bnQYASABKAkiVQoSR2V0QmFsYW5jZVJlc3BvbnNlEg8KB2FjY291bnQYASABKAkSHQoVYmFsYW5jZV9taWNyb19jcmVkaXRzGAIgASgDEg8KB2VudHJpZXMYAyABKAQysAMKEE1lc2hBZG1pblNlcnZpY2USTAoJTGlzdE5vZGVzEh4uZmxlZXR3aXJlLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5mbGVldHdpcmUudjEuTGlzdE5vZGVzUmVzcG9uc2USUgoLUXVldWVEZXB0aHMSIC5mbGVldHdpcmUudjEuUXVldWVEZXB0aHNSZXF1ZXN0GiEuZmxlZXR3aXJlLnYxLlF1ZXVlRGVwdGhzUmVzcG9uc2USXgoPTGlzdERlYWRMZXR0ZXJzEiQuZmxlZXR3aXJlLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaJS5mbGVldHdpcmUudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USSQoISm9iVHJhaWwSHS5mbGVldHdpcmUudjEuSm9iVHJhaWxSZXF1ZXN0Gh4uZmxlZXR3aXJlLnYxLkpvYlRyYWlsUmVzcG9uc2USTwoKR2V0QmFsYW5jZRIfLmZsZWV0d2lyZS52MS5HZXRCYWxhbmNlUmVxdWVzdBogLmZsZWV0d2lyZS52MS5HZXRCYWxhbmNlUmVzcG9uc2ViBnByb3RvMw", [file_fleetwire_v1_job, file_google_protobuf_timestamp]);
+  fileDesc("CiVmbGVldHdpcmUvdjEvbWVzaF9hZG1pbl9zZXJ2aWNlLnByb3RvEgxmbGVldHdpcmUudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCLRAgoITm9kZVZpZXcSDwoHbm9kZV9pZBgBIAEoCRIUCgxzY2hlZHVsZXJfaWQYAiABKAkSDgoGbW9kZWxzGAMgAygJEg4KBnJlZ2lvbhgEIAEoCRIRCglzdWJjbG91ZHMYBSADKAkSDQoFc2xvdHMYBiABKA0SEgoKZnJlZV9zbG90cxgHIAEoDRIUCgxydW5uaW5nX2pvYnMYCCABKA0SEAoIZHJhaW5pbmcYCSABKAgSFgoOcGVuYWx0eV9wb2ludHMYCiABKAESEAoIZXhjbHVkZWQYCyABKAgSFQoNcGVuYWx0aWVzXzI0aBgMIAEoDRIwCgxjb25uZWN0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoRTGlzdE5vZGVzUmVzcG9uc2USJQoFbm9kZXMYASADKAsyFi5mbGVldHdpcmUudjEuTm9kZVZpZXciFAoSUXVldWVEZXB0aHNSZXF1ZXN0IngKClJvdXRlRGVwdGgSDQoFcm91dGUYASABKAkSLQoIcHJpb3JpdHkYAiABKA4yGy5mbGVldHdpcmUudjEuUHJpb3JpdHlDbGFzcxIUCgx3YWl0aW5nX2pvYnMYAyABKAQSFgoOcXVldWVfbWVzc2FnZXMYBCABKAQiPwoTUXVldWVEZXB0aHNSZXNwb25zZRIoCgZkZXB0aHMYASADKAsyGC5mbGVldHdpcmUudjEuUm91dGVEZXB0aCInChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIjoKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEh8KBGpvYnMYASADKAsyES5mbGVldHdpcmUudjEuSm9iIikKF1JlcGxheURlYWRMZXR0ZXJSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSJaChhSZXBsYXlEZWFkTGV0dGVyUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYhIeChZwYXJrZWRfbWVzc2FnZV9yZW1vdmVkGAIgASgIIiEKD0pvYlRyYWlsUmVxdWVzdBIOCgZqb2JfaWQYASABKAkijgIKC0F0dGVtcHRWaWV3Eg8KB2F0dGVtcHQYASABKA0SDwoHbm9kZV9pZBgCIAEoCRIUCgxzY2hlZHVsZXJfaWQYAyABKAkSDwoHb3V0Y29tZRgEIAEoCRIxCg1kaXNwYXRjaGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoFZXJyb3IYCCABKAsyFi5mbGVldHdpcmUudjEuSm9iRXJyb3IidAoQSm9iVHJhaWxSZXNwb25zZRIeCgNqb2IYASABKAsyES5mbGVldHdpcmUudjEuSm9iEisKCGF0dGVtcHRzGAIgAygLMhkuZmxlZXR3aXJlLnYxLkF0dGVtcHRWaWV3EhMKC3JlcGxheWVkX2FzGAMgASgJIiQKEUdldEJhbGFuY2VSZXF1ZXN0Eg8KB2FjY291bnQYASABKAkiVQoSR2V0QmFsYW5jZVJlc3BvbnNlEg8KB2FjY291bnQYASABKAkSHQoVYmFsYW5jZV9taWNyb19jcmVkaXRzGAIgASgDEg8KB2VudHJpZXMYAyABKAQykwQKEE1lc2hBZG1pblNlcnZpY2USTAoJTGlzdE5vZGVzEh4uZmxlZXR3aXJlLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5mbGVldHdpcmUudjEuTGlzdE5vZGVzUmVzcG9uc2USUgoLUXVldWVEZXB0aHMSIC5mbGVldHdpcmUudjEuUXVldWVEZXB0aHNSZXF1ZXN0GiEuZmxlZXR3aXJlLnYxLlF1ZXVlRGVwdGhzUmVzcG9uc2USXgoPTGlzdERlYWRMZXR0ZXJzEiQuZmxlZXR3aXJlLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaJS5mbGVldHdpcmUudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USYQoQUmVwbGF5RGVhZExldHRlchIlLmZsZWV0d2lyZS52MS5SZXBsYXlEZWFkTGV0dGVyUmVxdWVzdBomLmZsZWV0d2lyZS52MS5SZXBsYXlEZWFkTGV0dGVyUmVzcG9uc2USSQoISm9iVHJhaWwSHS5mbGVldHdpcmUudjEuSm9iVHJhaWxSZXF1ZXN0Gh4uZmxlZXR3aXJlLnYxLkpvYlRyYWlsUmVzcG9uc2USTwoKR2V0QmFsYW5jZRIfLmZsZWV0d2lyZS52MS5HZXRCYWxhbmNlUmVxdWVzdBogLmZsZWV0d2lyZS52MS5HZXRCYWxhbmNlUmVzcG9uc2ViBnByb3RvMw", [file_fleetwire_v1_job, file_google_protobuf_timestamp]);
 
 /**
  * ListNodes's request.
@@ -285,6 +285,56 @@ export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> 
   messageDesc(file_fleetwire_v1_mesh_admin_service, 7);
 
 /**
+ * ReplayDeadLetter's request.
+ *
+ * @generated from message fleetwire.v1.ReplayDeadLetterRequest
+ */
+export type ReplayDeadLetterRequest = Message<"fleetwire.v1.ReplayDeadLetterRequest"> & {
+  /**
+   * The DEAD_LETTERED job to replay (a UUID string).
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.ReplayDeadLetterRequest.
+ * Use `create(ReplayDeadLetterRequestSchema)` to create a new message.
+ */
+export const ReplayDeadLetterRequestSchema: GenMessage<ReplayDeadLetterRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 8);
+
+/**
+ * ReplayDeadLetter's response.
+ *
+ * @generated from message fleetwire.v1.ReplayDeadLetterResponse
+ */
+export type ReplayDeadLetterResponse = Message<"fleetwire.v1.ReplayDeadLetterResponse"> & {
+  /**
+   * The new job, QUEUED, with `replay_of` set to the original.
+   *
+   * @generated from field: fleetwire.v1.Job job = 1;
+   */
+  job?: Job | undefined;
+
+  /**
+   * Whether the original's parked message was found in `<ns>.dead-letters` and removed
+   * (false when it was already gone, e.g. purged by an operator; the replay happened anyway).
+   *
+   * @generated from field: bool parked_message_removed = 2;
+   */
+  parkedMessageRemoved: boolean;
+};
+
+/**
+ * Describes the message fleetwire.v1.ReplayDeadLetterResponse.
+ * Use `create(ReplayDeadLetterResponseSchema)` to create a new message.
+ */
+export const ReplayDeadLetterResponseSchema: GenMessage<ReplayDeadLetterResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 9);
+
+/**
  * JobTrail's request.
  *
  * @generated from message fleetwire.v1.JobTrailRequest
@@ -303,7 +353,7 @@ export type JobTrailRequest = Message<"fleetwire.v1.JobTrailRequest"> & {
  * Use `create(JobTrailRequestSchema)` to create a new message.
  */
 export const JobTrailRequestSchema: GenMessage<JobTrailRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 8);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 10);
 
 /**
  * One attempt of a job.
@@ -373,7 +423,7 @@ export type AttemptView = Message<"fleetwire.v1.AttemptView"> & {
  * Use `create(AttemptViewSchema)` to create a new message.
  */
 export const AttemptViewSchema: GenMessage<AttemptView> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 9);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 11);
 
 /**
  * JobTrail's response.
@@ -394,6 +444,13 @@ export type JobTrailResponse = Message<"fleetwire.v1.JobTrailResponse"> & {
    * @generated from field: repeated fleetwire.v1.AttemptView attempts = 2;
    */
   attempts: AttemptView[];
+
+  /**
+   * The job that replays this one (ReplayDeadLetter); empty when it was never replayed.
+   *
+   * @generated from field: string replayed_as = 3;
+   */
+  replayedAs: string;
 };
 
 /**
@@ -401,7 +458,7 @@ export type JobTrailResponse = Message<"fleetwire.v1.JobTrailResponse"> & {
  * Use `create(JobTrailResponseSchema)` to create a new message.
  */
 export const JobTrailResponseSchema: GenMessage<JobTrailResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 10);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 12);
 
 /**
  * GetBalance's request.
@@ -422,7 +479,7 @@ export type GetBalanceRequest = Message<"fleetwire.v1.GetBalanceRequest"> & {
  * Use `create(GetBalanceRequestSchema)` to create a new message.
  */
 export const GetBalanceRequestSchema: GenMessage<GetBalanceRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 11);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 13);
 
 /**
  * GetBalance's response.
@@ -457,13 +514,13 @@ export type GetBalanceResponse = Message<"fleetwire.v1.GetBalanceResponse"> & {
  * Use `create(GetBalanceResponseSchema)` to create a new message.
  */
 export const GetBalanceResponseSchema: GenMessage<GetBalanceResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 12);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 14);
 
 /**
  * Operator views of the mesh, served by every scheduler replica (default port 50052)
  * alongside NodeService. Answers cover the whole mesh, not only the serving replica:
  * nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
- * and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE.
+ * and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE.
  *
  * @generated from service fleetwire.v1.MeshAdminService
  */
@@ -497,6 +554,22 @@ export const MeshAdminService: GenService<{
     methodKind: "unary";
     input: typeof ListDeadLettersRequestSchema;
     output: typeof ListDeadLettersResponseSchema;
+  },
+  /**
+   * Replays a DEAD_LETTERED job as a new job: a new id, the same tenant and spec, a fresh
+   * TTL, `replay_of` naming the original, published like a submitted job (persistent,
+   * prioritised, expiring, mandatory, confirmed). The original stays DEAD_LETTERED; its
+   * trail names the replacement, and its parked message leaves `<ns>.dead-letters`. Once per
+   * dead letter. Errors: INVALID_ARGUMENT (job_id is not a UUID), NOT_FOUND (unknown job),
+   * FAILED_PRECONDITION (reason JOB_NOT_DEAD_LETTERED, or ALREADY_REPLAYED naming the
+   * replacement), UNAVAILABLE (RabbitMQ or PostgreSQL down: nothing was replayed, retry).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ReplayDeadLetter
+   */
+  replayDeadLetter: {
+    methodKind: "unary";
+    input: typeof ReplayDeadLetterRequestSchema;
+    output: typeof ReplayDeadLetterResponseSchema;
   },
   /**
    * One job's full trail: its state and every attempt (node, scheduler, timings, error).

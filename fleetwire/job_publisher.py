@@ -1,5 +1,6 @@
-"""Publishes accepted jobs to RabbitMQ: persistent, prioritised, expiring, mandatory,
-and confirmed before Submit answers."""
+"""Publishes jobs to RabbitMQ: persistent, prioritised, expiring, mandatory, and confirmed
+before the caller answers. Shared by the bridge (Submit) and the scheduler (dead-letter
+replay), so a job enters the mesh the same way whoever creates it."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from fleetwire.topology import (
     HEADER_EXPIRES_AT_MS,
     HEADER_JOB_ID,
     HEADER_REQUEST_ID,
+    PRIORITY_OF_CLASS,
     Topology,
 )
+from fleetwire.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -35,9 +38,34 @@ class JobMessage:
     expires_at_ms: int
     trace_id: str
 
+    @classmethod
+    def of(
+        cls,
+        job_id: str,
+        spec: job_pb2.JobSpec,
+        *,
+        route_key: str,
+        expires_at: datetime,
+        trace_id: str,
+    ) -> JobMessage:
+        """The message of a job whose TTL (``spec.ttl``) started now and ends at
+        ``expires_at``: the body carries id, spec and expiry, the TTL becomes the message
+        expiration and the priority class its AMQP priority."""
+        envelope = job_pb2.Job(job_id=job_id, spec=spec)
+        envelope.expires_at.FromDatetime(expires_at)
+        return cls(
+            job_id=job_id,
+            route_key=route_key,
+            body=envelope.SerializeToString(),
+            priority=PRIORITY_OF_CLASS[spec.priority],
+            ttl=spec.ttl.ToTimedelta(),
+            expires_at_ms=int(expires_at.timestamp() * 1000),
+            trace_id=trace_id,
+        )
+
 
 class JobPublisher:
-    """Owns the bridge's publishing channel; reconnects by itself after a broker outage."""
+    """Owns one publishing channel; reconnects by itself after a broker outage."""
 
     def __init__(self, link: AmqpLink, topology: Topology, *, confirm_timeout: timedelta) -> None:
         self._link = link
