@@ -43,6 +43,7 @@ class UnsettledRows:
         self._pending: dict[uuid.UUID, _Cleanup] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def remember(self, key: uuid.UUID, what: str, undo: Callable[[], Awaitable[object]]) -> None:
         """``undo`` must be idempotent: it runs until it once returns without raising."""
@@ -65,6 +66,7 @@ class UnsettledRows:
 
     async def stop(self) -> None:
         if self._task is not None:
+            self._stopping = True  # as well as the cancel, which a driver might swallow
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -74,7 +76,7 @@ class UnsettledRows:
             log.error("row left unsettled at shutdown", row=cleanup.what)
 
     async def _sweep_forever(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):  # not wait_for: see QueueConsumers
                 async with asyncio.timeout(RETRY_EVERY):
                     await self._wake.wait()

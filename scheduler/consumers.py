@@ -73,6 +73,7 @@ class QueueConsumers:
         self._handlers: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._generation = -1
         self._publisher: aiormq.abc.AbstractChannel | None = None
         self._declared_stages: set[str] = set()
@@ -86,6 +87,10 @@ class QueueConsumers:
 
     async def stop(self) -> None:
         if self._sync_task is not None:
+            # The flag as well as the cancel: aiormq may turn a cancel that lands inside a
+            # channel call into an error the loop retries on, and the loop must end anyway.
+            self._stopping = True
+            self._wake.set()
             self._sync_task.cancel()
             await asyncio.gather(self._sync_task, return_exceptions=True)
             self._sync_task = None
@@ -101,15 +106,17 @@ class QueueConsumers:
             await _close(self._publisher)
 
     async def _sync_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._sync()
             except _BROKER_DOWN as err:
+                if self._stopping:
+                    return
                 log.warning("amqp unavailable; retrying", error=str(err) or type(err).__name__)
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
-            # cancellation that races the event, and stop() would wait forever.
+            # cancellation that races the event.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RECONNECT_DELAY):
                     await self._wake.wait()

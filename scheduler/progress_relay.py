@@ -106,6 +106,7 @@ class ProgressRelay:
         self._stopped = True
         task, self._task = self._task, None
         if task is not None:
+            self._wake.set()
             task.cancel()
             await asyncio.wait([task])
         self._waiting.clear()
@@ -113,7 +114,7 @@ class ProgressRelay:
         self._release_flushes()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:  # as well as the cancel in stop(), should one be swallowed
             await self._wake.wait()
             if not self._hurry.is_set():
                 with contextlib.suppress(TimeoutError):
