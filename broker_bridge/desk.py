@@ -22,7 +22,7 @@ from fleetwire.errors import (
     InvalidArgument,
     NotFound,
 )
-from fleetwire.events import ChunkEvent, JobEvents, StateEvent
+from fleetwire.events import ChunkEvent, Event, JobEvents, StateEvent
 from fleetwire.job_publisher import JobMessage, JobPublisher
 from fleetwire.job_store import JobStore, NewJob
 from fleetwire.job_view import job_from_row
@@ -221,12 +221,7 @@ class JobDesk:
         job = await self.status(raw_job_id, tenant_id=tenant_id)
         last_id = "0"
         while not is_terminal(job):
-            try:
-                events = await self._events.read(raw_job_id, last_id, block=WATCH_POLL)
-            except BackendUnavailable:
-                log.warning("sync wait: redis unavailable, polling", job_id=raw_job_id)
-                await asyncio.sleep(WATCH_POLL.total_seconds())
-                events = []
+            events = await self._events_or_poll(raw_job_id, last_id, WATCH_POLL)
             if events:
                 last_id = events[-1][0]
             if not events or any(
@@ -258,12 +253,7 @@ class JobDesk:
                 return
             replay_attempt, block = job.attempts, None
         while True:
-            try:
-                events = await self._events.read(raw_job_id, last_id, block=block)
-            except BackendUnavailable:
-                log.warning("watch: redis unavailable, polling", job_id=raw_job_id)
-                await asyncio.sleep(WATCH_POLL.total_seconds())
-                events = []
+            events = await self._events_or_poll(raw_job_id, last_id, block)
             if block is None and not events:
                 # Drained after the job became terminal: every chunk the node produced was
                 # relayed before the result, so nothing is left to send but the final state.
@@ -294,6 +284,18 @@ class JobDesk:
                 if job.state != last_state:
                     last_state = job.state
                     yield job_service_pb2.WatchResponse(job=job)
+
+    async def _events_or_poll(
+        self, job_id: str, last_id: str, block: timedelta | None
+    ) -> list[tuple[str, Event]]:
+        """The job's events after ``last_id``; none after a poll interval when Redis is
+        down, so followers degrade to polling PostgreSQL instead of failing."""
+        try:
+            return await self._events.read(job_id, last_id, block=block)
+        except BackendUnavailable:
+            log.warning("job events unavailable; polling", job_id=job_id)
+            await asyncio.sleep(WATCH_POLL.total_seconds())
+            return []
 
     async def cancel(self, raw_job_id: str, reason: str, *, tenant_id: str) -> job_pb2.Job:
         """Cancels a live job; a terminal job is returned unchanged."""
