@@ -59,7 +59,9 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),
         "FLEETWIRE_SCHEDULER_PORT": str(free_port()),
-        "FLEETWIRE_SCHEDULER_LEASE": "6",
+        # Generous: two vLLM engines busy-wait on these 2 cores, and a starved node process
+        # once went 6 s without a heartbeat reaching the scheduler (a lost lease mid-drain).
+        "FLEETWIRE_SCHEDULER_LEASE": "15",
         "FLEETWIRE_SCHEDULER_HEARTBEAT_INTERVAL": "1",
         "FLEETWIRE_SCHEDULER_RETRY_DELAYS": "[0.3, 0.6, 0.9]",
         "FLEETWIRE_SCHEDULER_RECONNECT_GRACE": "3",
