@@ -159,14 +159,16 @@ def test_cancel_running_job_stops_generation(live_mesh: LiveMesh) -> None:
 
 
 async def _first_running_node(dsn: str, job_ids: list[str], within: float) -> str:
-    """The node of the first attempt PostgreSQL shows RUNNING among ``job_ids``."""
+    """The node of the first attempt PostgreSQL shows dispatched or running among
+    ``job_ids``. Dispatched counts too: RUNNING is recorded after the node's Accept, and
+    on a loaded machine a short job can finish between that and the kill."""
     conn = await asyncpg.connect(dsn)
     try:
         deadline = asyncio.get_running_loop().time() + within
         while asyncio.get_running_loop().time() < deadline:
             node = await conn.fetchval(
                 "SELECT node_id FROM attempts WHERE job_id = ANY($1::uuid[])"
-                " AND outcome = 'RUNNING' LIMIT 1",
+                " AND outcome IN ('DISPATCHED', 'RUNNING') LIMIT 1",
                 [uuid.UUID(j) for j in job_ids],
             )
             if node is not None:
