@@ -158,7 +158,7 @@ def test_cancel_running_job_stops_generation(live_mesh: LiveMesh) -> None:
     assert tokens < 480, "generation went on to the end despite the cancel"
 
 
-async def _first_running_node(dsn: str, job_ids: list[str], within: float) -> str:
+async def _first_busy_node(dsn: str, job_ids: list[str], within: float) -> str:
     """The node of the first attempt PostgreSQL shows dispatched or running among
     ``job_ids``. Dispatched counts too: RUNNING is recorded after the node's Accept, and
     on a loaded machine a short job can finish between that and the kill."""
@@ -188,7 +188,7 @@ def test_node_killed_mid_job_leaves_no_job_behind(live_mesh: LiveMesh) -> None:
         spec = make_spec("a long story", max_tokens=480)
         spec.sampling.ignore_eos = True
         job_ids = [client.submit(spec).job_id for _ in range(4)]
-        victim = asyncio.run(_first_running_node(dsn, job_ids, within=120))
+        victim = asyncio.run(_first_busy_node(dsn, job_ids, within=120))
         os.killpg(live_mesh.mesh.child(victim).process.pid, signal.SIGKILL)
         finished = [client.wait(job_id, timeout=240) for job_id in job_ids]
     finally:
