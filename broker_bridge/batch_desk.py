@@ -202,8 +202,6 @@ class BatchDesk:
             raise
         await self._publish_all(batch_id, [message for _, message in made])
         log.info("batch accepted", batch_id=str(batch_id), jobs=len(made))
-        for row in rows:
-            await self._jobs.publish_state(str(row.job_id), JobState.QUEUED)
         return batch_view(
             {"batch_id": batch_id, "created_at": now},
             [{"job_id": row.job_id, "state": "QUEUED"} for row in rows],

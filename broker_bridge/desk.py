@@ -13,6 +13,7 @@ import structlog
 
 from broker_bridge.admission import Admission
 from broker_bridge.auth import Caller
+from broker_bridge.final_notices import FinalNotices
 from broker_bridge.idempotency import RequestLocks
 from broker_bridge.unsettled import UnsettledRows
 from fleetwire.errors import (
@@ -111,8 +112,10 @@ class JobDesk:
         admission: Admission,
         locks: RequestLocks,
         unsettled: UnsettledRows,
+        finals: FinalNotices,
     ) -> None:
         self._settings = settings
+        self._finals = finals
         self._store = store
         self._publisher = publisher
         self._events = events
@@ -197,7 +200,8 @@ class JobDesk:
             # the truthful answer is the job, not an error.
             log.warning("publish unconfirmed but the job was dispatched", job_id=str(row.job_id))
         log.info("job accepted", job_id=str(row.job_id), route=row.route_key)
-        await self.publish_state(str(row.job_id), JobState.QUEUED)
+        # No QUEUED event: a follower's first read of PostgreSQL shows it, and events only
+        # wake followers for later changes (a round trip per job saved).
         return queued_job(row, spec, now)
 
     def _forget_unpublished(self, job_id: uuid.UUID) -> None:
@@ -214,20 +218,18 @@ class JobDesk:
             raise NotFound(f"job {raw_job_id} not found")
         return job_from_row(row)
 
-    async def wait_terminal(self, raw_job_id: str, *, tenant_id: str) -> job_pb2.Job:
-        """Follows the job until it is terminal (the caller bounds the wait). PostgreSQL is
-        read at the start and when a terminal state event (or a poll timeout) comes, not on
-        every event: the SYNC path's cost per job stays at two reads."""
-        job = await self.status(raw_job_id, tenant_id=tenant_id)
-        last_id = "0"
+    async def wait_terminal(
+        self, raw_job_id: str, *, tenant_id: str, job: job_pb2.Job | None = None
+    ) -> job_pb2.Job:
+        """Follows the job until it is terminal (the caller bounds the wait). ``job`` is
+        its state as the caller last saw it (read here when None). PostgreSQL is read again
+        only when a final notice comes or a poll interval passes without one: a SYNC job
+        costs one read after its accept."""
+        if job is None:
+            job = await self.status(raw_job_id, tenant_id=tenant_id)
         while not is_terminal(job):
-            events = await self._events_or_poll(raw_job_id, last_id, WATCH_POLL)
-            if events:
-                last_id = events[-1][0]
-            if not events or any(
-                isinstance(event, StateEvent) and event.state.is_terminal for _, event in events
-            ):
-                job = await self.status(raw_job_id, tenant_id=tenant_id)
+            await self._finals.wait(raw_job_id, WATCH_POLL.total_seconds())
+            job = await self.status(raw_job_id, tenant_id=tenant_id)
         return job
 
     async def watch(

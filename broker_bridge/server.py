@@ -15,6 +15,7 @@ from broker_bridge.admission import Admission, QueueDepthGauge, TenantRateLimite
 from broker_bridge.auth import Authenticator
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
+from broker_bridge.final_notices import FinalNotices
 from broker_bridge.idempotency import RequestLocks
 from broker_bridge.service import JobService
 from broker_bridge.unsettled import UnsettledRows
@@ -54,6 +55,7 @@ class BridgeServer:
             self._link, topology, max_age=settings.bridge.queue_depth_cache
         )
         self._unsettled = UnsettledRows()
+        self._finals: FinalNotices | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -83,8 +85,17 @@ class BridgeServer:
             self._redis, namespace, ttl=self._settings.rabbitmq.publish_timeout * 2
         )
         await self._unsettled.start()
+        self._finals = FinalNotices(self._redis, events.final_channel)
+        await self._finals.start()
         desk = JobDesk(
-            self._settings, store, self._publisher, events, admission, locks, self._unsettled
+            self._settings,
+            store,
+            self._publisher,
+            events,
+            admission,
+            locks,
+            self._unsettled,
+            self._finals,
         )
         batches = BatchDesk(
             self._settings, store, self._publisher, admission, locks, desk, self._unsettled
@@ -115,6 +126,9 @@ class BridgeServer:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)
+        if self._finals is not None:
+            await self._finals.stop()
+            self._finals = None
         await self._unsettled.stop()
         await self._publisher.close()
         await self._gauge.close()

@@ -63,7 +63,9 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         )
         if job.spec.mode == job_pb2.INFERENCE_MODE_SYNC:
             try:
-                job = await self._desk.wait_terminal(job.job_id, tenant_id=caller.tenant_id)
+                job = await self._desk.wait_terminal(
+                    job.job_id, tenant_id=caller.tenant_id, job=job
+                )
             except TimeoutError as err:  # pragma: no cover - grpc cancels first
                 raise DeadlineExceeded(f"job {job.job_id} still running") from err
         return job_service_pb2.SubmitResponse(job=job)

@@ -75,43 +75,59 @@ class JobEvents:
     def cancel_channel(self) -> str:
         return f"{self._namespace}:cancel"
 
+    @property
+    def final_channel(self) -> str:
+        """Where each terminal state event is also announced (the job id): one
+        subscription lets a bridge wake its SYNC waiters without a read per job."""
+        return f"{self._namespace}:final"
+
     def stream_key(self, job_id: str) -> str:
         return f"{self._namespace}:job:{job_id}:events"
 
-    async def _append(self, job_id: str, fields: dict[str, str | int]) -> None:
+    async def _append(
+        self, job_id: str, fields: dict[str, str | int], *, announce: bool = False
+    ) -> None:
         key = self.stream_key(job_id)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
                 pipe.expire(key, self._ttl)
+                if announce:
+                    pipe.publish(self.final_channel, job_id)
                 await pipe.execute()
         except REDIS_ERRORS as err:
             raise BackendUnavailable("redis", str(err)) from err
 
     async def publish_state(self, job_id: str, state: JobState) -> None:
-        await self._append(job_id, {"kind": "state", "state": state.value})
+        """Appends the state change; a terminal one is also announced on
+        ``final_channel``. Call it after the change is committed to PostgreSQL."""
+        await self._append(
+            job_id, {"kind": "state", "state": state.value}, announce=state.is_terminal
+        )
 
     async def publish_chunk(self, job_id: str, chunk: ChunkEvent) -> None:
         await self._append(job_id, _chunk_fields(chunk))
 
-    async def publish_chunks(self, chunks: Sequence[tuple[str, ChunkEvent]]) -> None:
-        """Appends many chunks, of any jobs, in one round trip (a pipeline, not a
-        transaction): each job's chunks in the order given. Raises BackendUnavailable when
-        Redis cannot be reached; some of the chunks may have been written then."""
-        if not chunks:
+    async def publish_events(self, events: Sequence[tuple[str, Event]]) -> None:
+        """Appends many events, of any jobs, in one round trip (a pipeline, not a
+        transaction): each job's events in the order given; terminal states are also
+        announced on ``final_channel``. Raises BackendUnavailable when Redis cannot be
+        reached; some of the events may have been written then."""
+        if not events:
             return
         keys: dict[str, None] = {}
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for job_id, chunk in chunks:
+                for job_id, event in events:
                     key = self.stream_key(job_id)
                     keys[key] = None
-                    pipe.xadd(
-                        key,
-                        _chunk_fields(chunk),  # type: ignore[arg-type]
-                        maxlen=self._maxlen,
-                        approximate=True,
-                    )
+                    if isinstance(event, ChunkEvent):
+                        fields = _chunk_fields(event)
+                    else:
+                        fields = {"kind": "state", "state": event.state.value}
+                    pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+                    if isinstance(event, StateEvent) and event.state.is_terminal:
+                        pipe.publish(self.final_channel, job_id)
                 for key in keys:
                     pipe.expire(key, self._ttl)
                 await pipe.execute()

@@ -18,7 +18,7 @@ import asyncpg
 
 from fleetwire.db import BACKEND_ERRORS
 from fleetwire.errors import BackendUnavailable
-from fleetwire.ledger import Prices, bill_job
+from fleetwire.ledger import Prices
 from fleetwire.states import JobState, predecessors
 
 P = ParamSpec("P")
@@ -103,6 +103,12 @@ def _job_args(job: NewJob) -> tuple[Any, ...]:
 async def insert_queued_job(conn: asyncpg.Connection, job: NewJob) -> None:
     """Writes ``job`` as QUEUED on ``conn`` (inside the caller's transaction)."""
     await conn.execute(_INSERT_JOB, *_job_args(job))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedAttempt:
+    number: int
+    request_digest: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,16 +267,19 @@ class JobStore:
         )
 
     @translating
-    async def begin_attempt(self, job_id: uuid.UUID, node_id: str, scheduler_id: str) -> int | None:
-        """Marks the job DISPATCHED to ``node_id`` under a new attempt number and returns it;
-        None when the job is terminal (or unknown) and must not run. An attempt left open by
-        a crashed scheduler is closed as LOST. One statement (data-modifying CTEs), so one
-        round trip and atomic without an explicit transaction."""
-        attempt: int | None = await self._pool.fetchval(
+    async def begin_attempt(
+        self, job_id: uuid.UUID, node_id: str, scheduler_id: str
+    ) -> OpenedAttempt | None:
+        """Marks the job DISPATCHED to ``node_id`` under a new attempt number and returns it
+        with the job's request digest (what the dispatch carries); None when the job is
+        terminal (or unknown) and must not run. An attempt left open by a crashed scheduler
+        is closed as LOST. One statement (data-modifying CTEs), so one round trip and atomic
+        without an explicit transaction."""
+        row = await self._pool.fetchrow(
             "WITH job AS ("
             "  UPDATE jobs SET state = 'DISPATCHED', attempts = attempts + 1, node_id = $2,"
             "  updated_at = now(), error_reason = NULL, error_message = NULL"
-            "  WHERE job_id = $1 AND state = ANY($3) RETURNING attempts"
+            "  WHERE job_id = $1 AND state = ANY($3) RETURNING attempts, request_digest"
             "), superseded AS ("
             "  UPDATE attempts SET outcome = 'LOST', ended_at = now(),"
             "  error_reason = 'SUPERSEDED', error_message = 'redelivered to a new attempt'"
@@ -279,13 +288,15 @@ class JobStore:
             "), opened AS ("
             "  INSERT INTO attempts (job_id, attempt, node_id, scheduler_id, outcome)"
             "  SELECT $1, attempts, $2, $4, 'DISPATCHED' FROM job"
-            ") SELECT attempts FROM job",
+            ") SELECT attempts, request_digest FROM job",
             job_id,
             node_id,
             _names(predecessors(JobState.DISPATCHED)),
             scheduler_id,
         )
-        return attempt
+        if row is None:
+            return None
+        return OpenedAttempt(row["attempts"], bytes(row["request_digest"]))
 
     @translating
     async def mark_running(self, job_id: uuid.UUID, attempt: int) -> bool:
@@ -306,44 +317,52 @@ class JobStore:
     async def finalise_success(
         self, job_id: uuid.UUID, outcome: SignedOutcome, prices: Prices | None = None
     ) -> bool:
-        """Stores a verified result, makes the job SUCCEEDED and (with ``prices``) bills it,
-        all in one transaction. True only for the call that finalised it; a duplicate, a
-        result of a superseded attempt, or one from a node the attempt was not dispatched to
-        returns False and bills nothing."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            done = await conn.fetchval(
-                "UPDATE jobs SET state = 'SUCCEEDED', updated_at = now(), output = $3,"
-                " finish_reason = $4, prompt_tokens = $5, completion_tokens = $6,"
-                " timings = $7::jsonb, signature = $8, public_key = $9, key_id = $10,"
-                " signed_attempt = $2, finished_at_ms = $11, node_id = $12"
-                # node_id: the attempt's node (begin_attempt), so a node cannot finalise an
-                # attempt dispatched to another, even with a valid signature of its own.
-                " WHERE job_id = $1 AND attempts = $2 AND node_id = $12 AND state = ANY($13)"
-                " RETURNING true",
-                job_id,
-                outcome.attempt,
-                outcome.output.encode(),
-                outcome.finish_reason,
-                outcome.prompt_tokens,
-                outcome.completion_tokens,
-                json.dumps(outcome.timings),
-                outcome.signature,
-                outcome.public_key,
-                outcome.key_id,
-                outcome.finished_at_ms,
-                outcome.node_id,
-                _names(predecessors(JobState.SUCCEEDED)),
-            )
-            if done:
-                await conn.execute(
-                    "UPDATE attempts SET outcome = 'SUCCEEDED', ended_at = now()"
-                    " WHERE job_id = $1 AND attempt = $2",
-                    job_id,
-                    outcome.attempt,
-                )
-                if prices is not None:
-                    await bill_job(conn, job_id, prices)
-            return bool(done)
+        """Stores a verified result, makes the job SUCCEEDED and (with ``prices``) bills it
+        (see ``fleetwire.ledger``), atomically. True only for the call that finalised it; a
+        duplicate, a result of a superseded attempt, or one from a node the attempt was not
+        dispatched to returns False and bills nothing. One statement (data-modifying CTEs):
+        one round trip on the scheduler's hot path instead of a six-step transaction."""
+        amount = prices.cost(outcome.prompt_tokens, outcome.completion_tokens) if prices else 0
+        done: bool | None = await self._pool.fetchval(
+            "WITH job AS ("
+            "  UPDATE jobs SET state = 'SUCCEEDED', updated_at = now(), output = $3,"
+            "  finish_reason = $4, prompt_tokens = $5, completion_tokens = $6,"
+            "  timings = $7::jsonb, signature = $8, public_key = $9, key_id = $10,"
+            "  signed_attempt = $2, finished_at_ms = $11, node_id = $12"
+            # node_id: the attempt's node (begin_attempt), so a node cannot finalise an
+            # attempt dispatched to another, even with a valid signature of its own.
+            "  WHERE job_id = $1 AND attempts = $2 AND node_id = $12 AND state = ANY($13)"
+            "  RETURNING tenant_id, network, node_id"
+            "), closed AS ("
+            "  UPDATE attempts SET outcome = 'SUCCEEDED', ended_at = now()"
+            "  WHERE job_id = $1 AND attempt = $2 AND EXISTS (SELECT 1 FROM job)"
+            "), billed AS ("
+            "  INSERT INTO ledger_entries (job_id, account, kind, amount)"
+            "  SELECT $1, e.account, e.kind, e.amount FROM job"
+            "  LEFT JOIN nodes n ON n.node_id = job.node_id"
+            "  CROSS JOIN LATERAL (VALUES"
+            "    ('tenant:' || job.tenant_id, 'JOB_CHARGE', -$14::bigint),"
+            "    ('owner:' || coalesce(n.owner, job.node_id), 'NODE_EARNING', $14::bigint)"
+            "  ) AS e(account, kind, amount)"
+            "  WHERE job.network = 'mainnet' AND $14::bigint > 0"
+            "  ON CONFLICT (job_id, kind) DO NOTHING"
+            ") SELECT true FROM job",
+            job_id,
+            outcome.attempt,
+            outcome.output.encode(),
+            outcome.finish_reason,
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            json.dumps(outcome.timings),
+            outcome.signature,
+            outcome.public_key,
+            outcome.key_id,
+            outcome.finished_at_ms,
+            outcome.node_id,
+            _names(predecessors(JobState.SUCCEEDED)),
+            amount,
+        )
+        return bool(done)
 
     @translating
     async def end_attempt(

@@ -19,7 +19,7 @@ import structlog
 
 from fleetwire import signing
 from fleetwire.errors import BackendUnavailable
-from fleetwire.events import ChunkEvent, JobEvents
+from fleetwire.events import ChunkEvent, JobEvents, StateEvent
 from fleetwire.job_store import JobStore, SignedOutcome
 from fleetwire.ledger import Prices
 from fleetwire.settings import SchedulerSettings
@@ -156,19 +156,18 @@ class Dispatcher:
     ) -> Verdict:
         job_id = envelope.job_id
         session = reservation.session
-        attempt = await self._store.begin_attempt(
+        opened = await self._store.begin_attempt(
             uuid.UUID(job_id), session.node_id, self._scheduler_id
         )
-        if attempt is None:
+        if opened is None:
             bound.info("job is final or unknown; dropping delivery")
             return ACK
+        attempt, digest = opened.number, opened.request_digest
         if attempt > self._settings.max_attempts:
             # Attempts that ended without an outcome (a crash in between) count too.
             return await self._give_up(
                 uuid.UUID(job_id), attempt, "LOST", "no attempt finished", bound
             )
-        row = await self._store.get_job(uuid.UUID(job_id))
-        assert row is not None
         await self._publish_state(job_id, JobState.DISPATCHED)
 
         run = JobRun(job_id=job_id, attempt=attempt, session=session)
@@ -178,7 +177,7 @@ class Dispatcher:
                 job_id=job_id,
                 attempt=attempt,
                 spec=envelope.spec,
-                request_digest=bytes(row["request_digest"]),
+                request_digest=digest,
                 trace_id=trace_id,
             )
             dispatch.deadline.FromDatetime(expires_at)
@@ -208,7 +207,7 @@ class Dispatcher:
             session,
             job_id,
             attempt,
-            bytes(row["request_digest"]),
+            digest,
             envelope,
             outcome,
             retries,
@@ -224,7 +223,9 @@ class Dispatcher:
             )
         except TimeoutError:
             return DispatchTimedOut()
-        if run.started:
+        if run.started and not run.outcome.done():
+            # A result already in hand makes the job final next: RUNNING would be a write
+            # nobody can observe (DISPATCHED -> SUCCEEDED is a legal move).
             await self._mark_running(run)
         remaining = (expires_at - datetime.now(UTC)).total_seconds()
         try:
@@ -484,10 +485,9 @@ class Dispatcher:
             await self._publish_state(job_id, state)
 
     async def _publish_state(self, job_id: str, state: JobState) -> None:
-        try:
-            await self._events.publish_state(job_id, state)
-        except BackendUnavailable:
-            log.warning("state event not published", job_id=job_id, state=state.value)
+        """Queues the (committed) state change for the job's event stream; the relay
+        writes it in a batch with others."""
+        self._relay.submit(job_id, StateEvent(state))
 
     # -- node messages ----------------------------------------------------------------
 

@@ -1,12 +1,16 @@
-"""Relays node Progress into the jobs' Redis event streams, off the NodeStream read loops.
+"""Relays node Progress and the jobs' state changes into their Redis event streams, off
+the NodeStream read loops and the dispatchers' paths.
 
 A read loop hands each chunk to ``submit`` (no I/O, no await) and reads the node's next
-message at once. One writer task lets chunks gather for ``LINGER_S`` and appends them in one
-pipelined round trip (an XADD per chunk, an EXPIRE per stream), so a round trip carries the
-chunks of many jobs and no node's stream waits for Redis.
+message at once; a dispatcher hands each committed state change the same way. One writer
+task lets events gather for ``LINGER_S`` and appends them in one pipelined round trip (an
+XADD per event, an EXPIRE per stream, a PUBLISH per terminal state), so a round trip
+carries the events of many jobs and nobody waits for Redis. The events only wake
+followers (Watch, SYNC waiters), who read states from PostgreSQL and poll when an event
+is late or lost.
 
-Order: chunks are written in the order they were submitted, one batch after the other, so a
-job's chunks reach its stream in the order its node sent them. ``flushed`` waits until every
+Order: events are written in the order they were submitted, one batch after the other, so
+a job's chunks reach its stream in the order its node sent them. ``flushed`` waits until every
 chunk submitted before the call is written: the dispatcher awaits it before it finalises a
 job, because Watch, once PostgreSQL says the job is terminal, drains the stream and then
 sends the final state — a chunk written after that would never reach the client.
@@ -20,7 +24,7 @@ import contextlib
 import structlog
 
 from fleetwire.errors import BackendUnavailable
-from fleetwire.events import ChunkEvent, JobEvents
+from fleetwire.events import Event, JobEvents, StateEvent
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +41,7 @@ misses tokens, never a result: the signed output is in PostgreSQL)."""
 
 
 class ProgressRelay:
-    """One scheduler's writer of token chunks.
+    """One scheduler's writer of job events (token chunks and state changes).
 
     Lifecycle: ``start`` (the writer task), ``submit`` from the read loops, ``flushed`` /
     ``drain`` to wait for what was submitted, ``stop`` (drains within a grace period, then
@@ -48,7 +52,7 @@ class ProgressRelay:
 
     def __init__(self, events: JobEvents) -> None:
         self._events = events
-        self._waiting: list[tuple[str, ChunkEvent]] = []
+        self._waiting: list[tuple[str, Event]] = []
         self._submitted = 0  # chunks accepted by ``submit`` so far
         self._done = 0  # of those, written (or given up on)
         self._flushes: list[tuple[int, asyncio.Future[None]]] = []
@@ -63,15 +67,18 @@ class ProgressRelay:
             self._task = asyncio.create_task(self._run(), name="progress-relay")
             self._task.add_done_callback(_log_crash)
 
-    def submit(self, job_id: str, chunk: ChunkEvent) -> None:
-        """Queues ``chunk`` for ``job_id``'s stream; returns at once."""
+    def submit(self, job_id: str, event: Event) -> None:
+        """Queues ``event`` for ``job_id``'s stream; returns at once. A state change is
+        written without lingering: followers wait for it."""
         if self._stopped or len(self._waiting) >= MAX_WAITING:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
-                log.warning("token chunk dropped", job_id=job_id, dropped=self._dropped)
+                log.warning("job event dropped", job_id=job_id, dropped=self._dropped)
             return
-        self._waiting.append((job_id, chunk))
+        self._waiting.append((job_id, event))
         self._submitted += 1
+        if isinstance(event, StateEvent):
+            self._hurry.set()
         self._wake.set()
 
     async def flushed(self, within: float) -> bool:
@@ -102,7 +109,7 @@ class ProgressRelay:
         if self._stopped:
             return
         if self._task is not None and not await self.drain(grace):
-            log.warning("token chunks not relayed at stop", waiting=len(self._waiting))
+            log.warning("job events not relayed at stop", waiting=len(self._waiting))
         self._stopped = True
         task, self._task = self._task, None
         if task is not None:
@@ -126,11 +133,11 @@ class ProgressRelay:
                 batch = self._waiting[:MAX_BATCH]
                 del self._waiting[:MAX_BATCH]
                 try:
-                    await self._events.publish_chunks(batch)
+                    await self._events.publish_events(batch)
                 except BackendUnavailable as err:
-                    log.warning("token chunks not relayed", chunks=len(batch), error=str(err))
+                    log.warning("job events not relayed", events=len(batch), error=str(err))
                 except Exception:
-                    log.exception("token chunks not relayed", chunks=len(batch))
+                    log.exception("job events not relayed", events=len(batch))
                 self._done += len(batch)
                 self._release_flushes()
 

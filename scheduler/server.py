@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fleetwire.amqp import AmqpLink
+from fleetwire.channels import ChannelListener
 from fleetwire.db import open_pool
 from fleetwire.events import JobEvents, connect_redis
 from fleetwire.grpc_options import SERVER_OPTIONS
@@ -32,7 +33,6 @@ from fleetwire.v1 import (
 )
 from scheduler.admin_service import MeshAdminService
 from scheduler.admin_store import AdminStore
-from scheduler.cancel_relay import CancelRelay
 from scheduler.consumers import QueueConsumers
 from scheduler.dead_letter_shelf import DeadLetterShelf
 from scheduler.dispatcher import Dispatcher
@@ -66,7 +66,7 @@ class SchedulerServer:
         self._redis = connect_redis(settings.redis.url.get_secret_value())
         self._server: grpc.aio.Server | None = None
         self._consumers: QueueConsumers | None = None
-        self._cancel_relay: CancelRelay | None = None
+        self._cancel_relay: ChannelListener | None = None
         self._progress_relay: ProgressRelay | None = None
         self._publisher: JobPublisher | None = None
         self.penalties = PenaltyBox(
@@ -113,7 +113,9 @@ class SchedulerServer:
             settings.scheduler.retry_delays,
         )
         self.registry.on_change(self._consumers.routes_changed)
-        self._cancel_relay = CancelRelay(self._redis, events.cancel_channel, dispatcher.cancel_job)
+        self._cancel_relay = ChannelListener(
+            self._redis, events.cancel_channel, dispatcher.cancel_job, name="cancel-relay"
+        )
 
         presence = NodePresence(
             self._redis,
