@@ -10,12 +10,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from asyncpg import Record
 
 from broker_bridge.admission import Admission
 from broker_bridge.auth import Caller
 from broker_bridge.final_notices import FinalNotices
 from broker_bridge.idempotency import RequestLocks
 from broker_bridge.unsettled import UnsettledRows
+from fleetwire.coalescer import Coalescer
 from fleetwire.errors import (
     BackendUnavailable,
     FailedPrecondition,
@@ -123,6 +125,11 @@ class JobDesk:
         self._locks = locks
         self._unsettled = unsettled
         self._topology = Topology(settings.mesh.namespace)
+        # Reads arriving together (SYNC waiters woken by final notices, Status calls)
+        # go as one statement.
+        self._read: Coalescer[tuple[uuid.UUID, str], Record | None] = Coalescer(
+            store.jobs_of_tenants, name="job-reads"
+        )
 
     def validate(self, spec: job_pb2.JobSpec) -> job_pb2.JobSpec:
         return validate_spec(spec, models=self._settings.mesh.models, limits=self._settings.bridge)
@@ -213,7 +220,7 @@ class JobDesk:
 
     async def status(self, raw_job_id: str, *, tenant_id: str) -> job_pb2.Job:
         """The job; NOT_FOUND also when it belongs to another tenant."""
-        row = await self._store.job_of_tenant(parse_id(raw_job_id), tenant_id)
+        row = await self._read((parse_id(raw_job_id), tenant_id))
         if row is None:
             raise NotFound(f"job {raw_job_id} not found")
         return job_from_row(row)

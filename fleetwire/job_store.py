@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
@@ -162,6 +162,22 @@ class JobStore:
         )
 
     @translating
+    async def jobs_of_tenants(
+        self, keys: Sequence[tuple[uuid.UUID, str]]
+    ) -> list[asyncpg.Record | None]:
+        """``job_of_tenant`` for many (job id, tenant id) pairs in one statement, answers
+        in the order asked (for ``fleetwire.coalescer.Coalescer``)."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM jobs WHERE job_id = ANY($1::uuid[])", [job_id for job_id, _ in keys]
+        )
+        by_id = {row["job_id"]: row for row in rows}
+        answers: list[asyncpg.Record | None] = []
+        for job_id, tenant_id in keys:
+            row = by_id.get(job_id)
+            answers.append(row if row is not None and row["tenant_id"] == tenant_id else None)
+        return answers
+
+    @translating
     async def job_by_request_id(
         self, tenant_id: str, client_request_id: str
     ) -> asyncpg.Record | None:
@@ -266,37 +282,62 @@ class JobStore:
             )
         )
 
-    @translating
     async def begin_attempt(
         self, job_id: uuid.UUID, node_id: str, scheduler_id: str
     ) -> OpenedAttempt | None:
         """Marks the job DISPATCHED to ``node_id`` under a new attempt number and returns it
         with the job's request digest (what the dispatch carries); None when the job is
         terminal (or unknown) and must not run. An attempt left open by a crashed scheduler
-        is closed as LOST. One statement (data-modifying CTEs), so one round trip and atomic
-        without an explicit transaction."""
-        row = await self._pool.fetchrow(
-            "WITH job AS ("
-            "  UPDATE jobs SET state = 'DISPATCHED', attempts = attempts + 1, node_id = $2,"
-            "  updated_at = now(), error_reason = NULL, error_message = NULL"
-            "  WHERE job_id = $1 AND state = ANY($3) RETURNING attempts, request_digest"
+        is closed as LOST."""
+        (opened,) = await self.begin_attempts([(job_id, node_id)], scheduler_id)
+        return opened
+
+    @translating
+    async def begin_attempts(
+        self, items: Sequence[tuple[uuid.UUID, str]], scheduler_id: str
+    ) -> list[OpenedAttempt | None]:
+        """``begin_attempt`` for many (job id, node id) pairs: one statement (data-modifying
+        CTEs over the unnested pairs), so one round trip and atomic without an explicit
+        transaction. A job named twice is begun once per mention, one after the other."""
+        first: dict[uuid.UUID, int] = {}
+        again: list[int] = []
+        for index, (job_id, _) in enumerate(items):
+            if job_id in first:
+                again.append(index)
+            else:
+                first[job_id] = index
+        rows = await self._pool.fetch(
+            "WITH input AS ("
+            "  SELECT * FROM unnest($1::uuid[], $2::text[]) AS i(job_id, node_id)"
+            "), job AS ("
+            "  UPDATE jobs j SET state = 'DISPATCHED', attempts = j.attempts + 1,"
+            "  node_id = i.node_id, updated_at = now(), error_reason = NULL,"
+            "  error_message = NULL"
+            "  FROM input i WHERE j.job_id = i.job_id AND j.state = ANY($3)"
+            "  RETURNING j.job_id, j.attempts, j.request_digest, j.node_id"
             "), superseded AS ("
-            "  UPDATE attempts SET outcome = 'LOST', ended_at = now(),"
+            "  UPDATE attempts a SET outcome = 'LOST', ended_at = now(),"
             "  error_reason = 'SUPERSEDED', error_message = 'redelivered to a new attempt'"
-            "  WHERE job_id = $1 AND outcome IN ('DISPATCHED', 'RUNNING')"
-            "  AND EXISTS (SELECT 1 FROM job)"
+            "  FROM job WHERE a.job_id = job.job_id AND a.outcome IN ('DISPATCHED', 'RUNNING')"
             "), opened AS ("
             "  INSERT INTO attempts (job_id, attempt, node_id, scheduler_id, outcome)"
-            "  SELECT $1, attempts, $2, $4, 'DISPATCHED' FROM job"
-            ") SELECT attempts, request_digest FROM job",
-            job_id,
-            node_id,
+            "  SELECT job_id, attempts, node_id, $4, 'DISPATCHED' FROM job"
+            ") SELECT job_id, attempts, request_digest FROM job",
+            [items[index][0] for index in first.values()],
+            [items[index][1] for index in first.values()],
             _names(predecessors(JobState.DISPATCHED)),
             scheduler_id,
         )
-        if row is None:
-            return None
-        return OpenedAttempt(row["attempts"], bytes(row["request_digest"]))
+        begun = {
+            row["job_id"]: OpenedAttempt(row["attempts"], bytes(row["request_digest"]))
+            for row in rows
+        }
+        answers = [
+            begun.get(job_id) if first[job_id] == i else None for i, (job_id, _) in enumerate(items)
+        ]
+        for index in again:
+            (answers[index],) = await self.begin_attempts([items[index]], scheduler_id)
+        return answers
 
     @translating
     async def mark_running(self, job_id: uuid.UUID, attempt: int) -> bool:

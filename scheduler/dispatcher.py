@@ -18,9 +18,10 @@ import aiormq.abc
 import structlog
 
 from fleetwire import signing
+from fleetwire.coalescer import Coalescer
 from fleetwire.errors import BackendUnavailable
 from fleetwire.events import ChunkEvent, JobEvents, StateEvent
-from fleetwire.job_store import JobStore, SignedOutcome
+from fleetwire.job_store import JobStore, OpenedAttempt, SignedOutcome
 from fleetwire.ledger import Prices
 from fleetwire.settings import SchedulerSettings
 from fleetwire.states import JobState
@@ -96,6 +97,10 @@ class Dispatcher:
         self._penalties = penalties
         self._penalty_store = penalty_store
         self._relay = relay
+        # Deliveries arriving together begin their attempts in one statement.
+        self._begin: Coalescer[tuple[uuid.UUID, str], OpenedAttempt | None] = Coalescer(
+            lambda items: store.begin_attempts(items, scheduler_id), name="begin-attempts"
+        )
         self._prices = Prices(
             per_1k_prompt_tokens=settings.price_per_1k_prompt_tokens,
             per_1k_completion_tokens=settings.price_per_1k_completion_tokens,
@@ -156,9 +161,7 @@ class Dispatcher:
     ) -> Verdict:
         job_id = envelope.job_id
         session = reservation.session
-        opened = await self._store.begin_attempt(
-            uuid.UUID(job_id), session.node_id, self._scheduler_id
-        )
+        opened = await self._begin((uuid.UUID(job_id), session.node_id))
         if opened is None:
             bound.info("job is final or unknown; dropping delivery")
             return ACK
