@@ -1,10 +1,11 @@
 """The credit ledger: double entry, once per job.
 
-When a mainnet job is finalised, the same transaction writes a charge to its tenant
-(``tenant:<id>``, negative) and an earning to the node's owner (``owner:<id>``, positive),
-priced per 1,000 prompt and completion tokens in micro-credits. A unique index on
-(job, kind) makes a second attempt to bill the same job a no-op, however often a result or
-message is redelivered. Testnet jobs are free and write nothing. Balances are sums.
+When a mainnet job is finalised, the same statement (``JobStore.finalise_success``) writes
+a charge to its tenant (``tenant:<id>``, negative) and an earning to the node's owner
+(``owner:<id>``, positive), priced per 1,000 prompt and completion tokens in micro-credits.
+A unique index on (job, kind) makes a second attempt to bill the same job a no-op, however
+often a result or message is redelivered. Testnet jobs are free and write nothing.
+Balances are sums.
 """
 
 from __future__ import annotations
