@@ -101,6 +101,10 @@ class Dispatcher:
         self._begin: Coalescer[tuple[uuid.UUID, str], OpenedAttempt | None] = Coalescer(
             lambda items: store.begin_attempts(items, scheduler_id), name="begin-attempts"
         )
+        # Results verified together are finalised (and billed) in one statement.
+        self._finalisations: Coalescer[tuple[uuid.UUID, SignedOutcome, int], bool] = Coalescer(
+            store.finalise_successes, name="finalisations"
+        )
         self._prices = Prices(
             per_1k_prompt_tokens=settings.price_per_1k_prompt_tokens,
             per_1k_completion_tokens=settings.price_per_1k_completion_tokens,
@@ -349,28 +353,27 @@ class Dispatcher:
         if not signing.verify(session.public_key, signing.result_bytes(facts), result.signature):
             return None
         timings = result.timings
-        finalised = await self._store.finalise_success(
-            job_id,
-            SignedOutcome(
-                attempt=result.attempt,
-                node_id=session.node_id,
-                output=result.output,
-                finish_reason=result.finish_reason,
-                prompt_tokens=result.usage.prompt_tokens,
-                completion_tokens=result.usage.completion_tokens,
-                timings={
-                    "queue_ms": timings.queue_ms,
-                    "time_to_first_token_ms": timings.time_to_first_token_ms,
-                    "total_ms": timings.total_ms,
-                    "tokens_per_second": timings.tokens_per_second,
-                },
-                signature=bytes(result.signature),
-                public_key=session.public_key,
-                key_id=session.key_id,
-                finished_at_ms=result.finished_at_unix_ms,
-            ),
-            self._prices,
+        usage = result.usage
+        amount = self._prices.cost(usage.prompt_tokens, usage.completion_tokens)
+        outcome = SignedOutcome(
+            attempt=result.attempt,
+            node_id=session.node_id,
+            output=result.output,
+            finish_reason=result.finish_reason,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            timings={
+                "queue_ms": timings.queue_ms,
+                "time_to_first_token_ms": timings.time_to_first_token_ms,
+                "total_ms": timings.total_ms,
+                "tokens_per_second": timings.tokens_per_second,
+            },
+            signature=bytes(result.signature),
+            public_key=session.public_key,
+            key_id=session.key_id,
+            finished_at_ms=result.finished_at_unix_ms,
         )
+        finalised = await self._finalisations((job_id, outcome, amount))
         if finalised:
             await self._publish_state(str(job_id), JobState.SUCCEEDED)
             if timings.time_to_first_token_ms:

@@ -9,11 +9,12 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from broker_bridge.desk import new_job
 from fleetwire.db import open_pool
-from fleetwire.job_store import JobStore
+from fleetwire.job_store import JobStore, SignedOutcome
 from fleetwire.settings import Settings
 from fleetwire.topology import Topology
 from fleetwire.v1 import job_pb2
@@ -26,11 +27,13 @@ async def store(settings: Settings) -> AsyncIterator[JobStore]:
     await pool.close()
 
 
-async def queued_job(store: JobStore, settings: Settings) -> uuid.UUID:
+async def queued_job(
+    store: JobStore, settings: Settings, network: int = job_pb2.NETWORK_TESTNET
+) -> uuid.UUID:
     spec = job_pb2.JobSpec(
         model="scripted",
         prompt="p",
-        network=job_pb2.NETWORK_TESTNET,
+        network=network,  # type: ignore[arg-type]
         priority=job_pb2.PRIORITY_CLASS_NORMAL,
     )
     spec.ttl.FromSeconds(600)
@@ -77,3 +80,58 @@ async def test_jobs_of_tenants_hides_foreign_and_unknown_jobs(
     assert rows[0] is not None
     assert rows[0]["job_id"] == job_id
     assert rows[1:] == [None, None]
+
+
+def outcome(node_id: str, text: str) -> SignedOutcome:
+    return SignedOutcome(
+        attempt=1,
+        node_id=node_id,
+        output=text,
+        finish_reason="length",
+        prompt_tokens=10,
+        completion_tokens=20,
+        timings={"total_ms": 1.0},
+        signature=b"s" * 64,
+        public_key=b"k" * 32,
+        key_id="key",
+        finished_at_ms=1,
+    )
+
+
+async def test_finalise_successes_finalises_and_bills_each_job_once(
+    store: JobStore, settings: Settings
+) -> None:
+    a, b, c = [await queued_job(store, settings, job_pb2.NETWORK_MAINNET) for _ in range(3)]
+    await store.begin_attempts([(a, "node-1"), (b, "node-1"), (c, "node-1")], "sched-test")
+    done = await store.finalise_successes(
+        [
+            (a, outcome("node-1", "first"), 7),
+            (b, outcome("node-1", "second"), 9),
+            (a, outcome("node-1", "again"), 7),  # a duplicate in the same batch
+            (c, outcome("node-2", "not its node"), 5),  # attempt 1 was dispatched to node-1
+        ]
+    )
+    assert done == [True, True, False, False]
+    job_a, job_c = await store.get_job(a), await store.get_job(c)
+    assert job_a is not None
+    assert (job_a["state"], bytes(job_a["output"])) == ("SUCCEEDED", b"first")
+    assert job_c is not None
+    assert job_c["state"] == "DISPATCHED"
+    assert [x["outcome"] for x in await store.attempts_of(b)] == ["SUCCEEDED"]
+    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
+    try:
+        ledger = await conn.fetch(
+            "SELECT job_id, kind, amount FROM ledger_entries WHERE job_id = ANY($1::uuid[])"
+            " ORDER BY amount",
+            [a, b, c],
+        )
+    finally:
+        await conn.close()
+    assert sorted((r["job_id"], r["kind"], r["amount"]) for r in ledger) == sorted(
+        [
+            (a, "JOB_CHARGE", -7),
+            (a, "NODE_EARNING", 7),
+            (b, "JOB_CHARGE", -9),
+            (b, "NODE_EARNING", 9),
+        ]
+    )
