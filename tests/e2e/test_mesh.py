@@ -187,7 +187,10 @@ def test_node_killed_mid_job_leaves_no_job_behind(live_mesh: LiveMesh) -> None:
     try:
         spec = make_spec("a long story", max_tokens=480)
         spec.sampling.ignore_eos = True
-        job_ids = [client.submit(spec).job_id for _ in range(4)]
+        # Eight long jobs, four or so per node: the victim is still busy when the kill lands
+        # even when the machine is so loaded that finding it takes a second or two (with
+        # four, a victim once finished its two jobs between being found and being killed).
+        job_ids = [client.submit(spec).job_id for _ in range(8)]
         victim = asyncio.run(_first_busy_node(dsn, job_ids, within=120))
         os.killpg(live_mesh.mesh.child(victim).process.pid, signal.SIGKILL)
         finished = [client.wait(job_id, timeout=240) for job_id in job_ids]

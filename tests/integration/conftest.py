@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from fleetwire.events import JobEvents, connect_redis
 from fleetwire.settings import Settings
 from fleetwire.v1 import mesh_admin_service_pb2_grpc
 from scheduler.server import SchedulerServer
@@ -27,3 +28,16 @@ async def admin(
 ) -> AsyncIterator[mesh_admin_service_pb2_grpc.MeshAdminServiceStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.port}") as channel:
         yield mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
+
+
+@pytest.fixture
+async def events(settings: Settings) -> AsyncIterator[JobEvents]:
+    """The run's job event streams, as the bridge and the schedulers write them."""
+    redis = connect_redis(settings.redis.url.get_secret_value())
+    yield JobEvents(
+        redis,
+        settings.mesh.namespace,
+        maxlen=settings.redis.stream_maxlen,
+        ttl=settings.redis.stream_ttl,
+    )
+    await redis.aclose()

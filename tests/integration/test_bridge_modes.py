@@ -11,8 +11,7 @@ import pytest
 
 from broker_bridge.server import BridgeServer
 from broker_bridge.service import JOB_ID_METADATA
-from fleetwire.events import ChunkEvent, JobEvents, connect_redis
-from fleetwire.settings import Settings
+from fleetwire.events import ChunkEvent, JobEvents
 from fleetwire.states import JobState
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.integration.bridge_kit import details, reason_of, spec
@@ -44,20 +43,13 @@ async def test_sync_deadline_leaves_a_job_that_can_be_followed(
 
 
 async def test_watch_resumes_after_a_sequence_number(
-    jobs: job_service_pb2_grpc.JobServiceStub, settings: Settings
+    jobs: job_service_pb2_grpc.JobServiceStub, events: JobEvents
 ) -> None:
     job = (
         await jobs.Submit(
             job_service_pb2.SubmitRequest(job=spec(mode=job_pb2.INFERENCE_MODE_STREAM))
         )
     ).job
-    redis = connect_redis(settings.redis.url.get_secret_value())
-    events = JobEvents(
-        redis,
-        settings.mesh.namespace,
-        maxlen=settings.redis.stream_maxlen,
-        ttl=settings.redis.stream_ttl,
-    )
     try:
         for seq, text in enumerate(["a", "b", "c", "d"], start=1):  # as a scheduler would
             await events.publish_chunk(job.job_id, ChunkEvent(1, seq, text, 1))
@@ -80,7 +72,6 @@ async def test_watch_resumes_after_a_sequence_number(
     finally:
         await jobs.Cancel(job_service_pb2.CancelRequest(job_id=job.job_id))
         await events.publish_state(job.job_id, JobState.CANCELLED)
-        await redis.aclose()
 
 
 async def test_batch_submit_status_and_watch(jobs: job_service_pb2_grpc.JobServiceStub) -> None:

@@ -19,14 +19,10 @@ WAIT_S = 30.0  # generous: a notice normally arrives within milliseconds
 
 
 @pytest.fixture
-async def events_and_notices(settings: Settings) -> AsyncIterator[tuple[JobEvents, FinalNotices]]:
+async def events_and_notices(
+    events: JobEvents, settings: Settings
+) -> AsyncIterator[tuple[JobEvents, FinalNotices]]:
     redis = connect_redis(settings.redis.url.get_secret_value())
-    events = JobEvents(
-        redis,
-        settings.mesh.namespace,
-        maxlen=settings.redis.stream_maxlen,
-        ttl=settings.redis.stream_ttl,
-    )
     notices = FinalNotices(redis, events.final_channel)
     await notices.start()
     yield events, notices

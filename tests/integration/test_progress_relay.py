@@ -6,26 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
-
-import pytest
 
 from fleetwire.events import ChunkEvent, JobEvents, connect_redis
 from fleetwire.settings import Settings
 from scheduler.progress_relay import ProgressRelay
-
-
-@pytest.fixture
-async def events(settings: Settings) -> AsyncIterator[JobEvents]:
-    redis = connect_redis(settings.redis.url.get_secret_value())
-    yield JobEvents(
-        redis,
-        settings.mesh.namespace,
-        maxlen=settings.redis.stream_maxlen,
-        ttl=settings.redis.stream_ttl,
-    )
-    await redis.aclose()
 
 
 async def chunks_of(events: JobEvents, job_id: str) -> list[ChunkEvent]:
