@@ -1,6 +1,6 @@
 """The credit ledger: double entry, once per job.
 
-When a mainnet job is finalised, the same statement (``JobStore.finalise_success``) writes
+When a mainnet job is finalised, the same statement (``JobStore.finalise_successes``) writes
 a charge to its tenant (``tenant:<id>``, negative) and an earning to the node's owner
 (``owner:<id>``, positive), priced per 1,000 prompt and completion tokens in micro-credits.
 A unique index on (job, kind) makes a second attempt to bill the same job a no-op, however
