@@ -262,7 +262,7 @@ class NodeSettings(BaseSettings):
         "false: abort them at once.",
     )
     token_flush: Duration = Field(
-        timedelta(milliseconds=20),
+        timedelta(milliseconds=50),
         ge=timedelta(0),
         description="How long generated tokens may wait to be sent together in one Progress "
         "(counted from the oldest unsent token; the first token of a job goes at once). "

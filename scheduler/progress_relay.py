@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 
 LINGER_S = 0.01
 """How long the first chunk of a batch waits for others. Nodes already coalesce each job's
-tokens (FLEETWIRE_NODE_TOKEN_FLUSH, 20 ms), so chunks of 8 streams arrive every 2-3 ms;
+tokens (FLEETWIRE_NODE_TOKEN_FLUSH, 50 ms), so chunks of 8 streams arrive every 6 ms or so;
 lingering puts several in one round trip instead of paying one per chunk. ``flushed`` cuts
 it short."""
 MAX_BATCH = 1024
