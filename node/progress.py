@@ -3,8 +3,8 @@
 The engine yields a chunk per decoding step (one token per stream, several hundred a second
 on a fast engine). Sending each as its own Progress costs a gRPC message on the node, and a
 message plus a Redis write in the scheduler, per token; a reader cannot tell 50 ms apart
-(20 updates a second). So chunks wait here until ``window`` has passed since the oldest unsent one, or until
-``max_tokens`` tokens are waiting, and then go out as one Progress.
+(20 updates a second). So chunks wait here until ``window`` has passed since the oldest
+unsent one, or until ``max_tokens`` tokens are waiting, and then go out as one Progress.
 """
 
 from __future__ import annotations
