@@ -6,6 +6,7 @@ function (cumulative) and the top libraries by own time.
 
     python -m bench.profile_mesh [--clients 50] [--duration 10] [--out-dir bench/results]
     python -m bench.profile_mesh --tokens     # 8 streams x 256 tokens on a real vLLM node
+    python -m bench.profile_mesh --cpu        # CPU time by library (yappi), not wall samples
 
 pyinstrument is used because py-spy cannot attach to the processes on the build machines
 (it fails with "Failed to find python version from target process").
@@ -40,7 +41,9 @@ INTERESTING = (
 )
 
 
-def _wrapped(module: str, out: Path) -> list[str]:
+def _wrapped(module: str, out: Path, *, cpu: bool = False) -> list[str]:
+    if cpu:
+        return [sys.executable, "-m", "bench.cpu_profile", module, str(out)]
     return [
         sys.executable,
         "-m",
@@ -71,15 +74,18 @@ def summary(path: Path, top: int = 30) -> list[tuple[float, float, str]]:
     return rows[:top]
 
 
-async def profile(clients: int, duration: float, out_dir: Path, *, tokens: bool) -> None:
+async def profile(
+    clients: int, duration: float, out_dir: Path, *, tokens: bool, cpu: bool = False
+) -> None:
     namespace = "p" + secrets.token_hex(4)
     work = Path(tempfile.mkdtemp(prefix=f"fleetwire-profile-{namespace}-"))
     mesh = Mesh(namespace, work)
     kind = "tokens" if tokens else "throughput"
-    outputs = {name: out_dir / f"profile-{kind}-{name}.pstats" for name in ("scheduler", "bridge")}
+    suffix = "-cpu.txt" if cpu else ".pstats"
+    outputs = {name: out_dir / f"profile-{kind}-{name}{suffix}" for name in ("scheduler", "bridge")}
     try:
-        mesh.spawn("scheduler", _wrapped("scheduler", outputs["scheduler"]))
-        mesh.spawn("bridge", _wrapped("broker_bridge", outputs["bridge"]))
+        mesh.spawn("scheduler", _wrapped("scheduler", outputs["scheduler"], cpu=cpu))
+        mesh.spawn("bridge", _wrapped("broker_bridge", outputs["bridge"], cpu=cpu))
         await wait_for_port(mesh.scheduler_address)
         await wait_for_port(mesh.bridge_address)
         if tokens:
@@ -111,6 +117,9 @@ async def profile(clients: int, duration: float, out_dir: Path, *, tokens: bool)
         if not path.exists():
             print(f"{name}: no profile written")
             continue
+        if cpu:
+            print(f"\n== {name} (yappi, CPU clock)\n{path.read_text()}")
+            continue
         print(f"\n== {name} (share of the process's sampled wall time)")
         print("   cumul    own  function")
         for cumulative, own, func in summary(path):
@@ -125,9 +134,14 @@ def main() -> None:
     parser.add_argument(
         "--tokens", action="store_true", help="profile 8 real-model streams instead (vLLM node)"
     )
+    parser.add_argument(
+        "--cpu", action="store_true", help="yappi's CPU clock instead of pyinstrument's samples"
+    )
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(profile(args.clients, args.duration, args.out_dir, tokens=args.tokens))
+    asyncio.run(
+        profile(args.clients, args.duration, args.out_dir, tokens=args.tokens, cpu=args.cpu)
+    )
 
 
 if __name__ == "__main__":
