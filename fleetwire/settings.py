@@ -261,6 +261,14 @@ class NodeSettings(BaseSettings):
         "the next session (the scheduler waits FLEETWIRE_SCHEDULER_RECONNECT_GRACE for them); "
         "false: abort them at once.",
     )
+    engine_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Nice value given to the inference engine's processes once started, so "
+        "that the agent (and a scheduler or database on the same machine) runs before the "
+        "engine's busy-waiting threads. 0: leave them as they are.",
+    )
     token_flush: Duration = Field(
         timedelta(milliseconds=50),
         ge=timedelta(0),

@@ -38,7 +38,7 @@ EXIT_REFUSED = 78
 EXIT_CONFIG = 78
 
 
-def build_runtimes(profile: NodeProfile) -> dict[str, VllmRuntime]:
+def build_runtimes(profile: NodeProfile, *, engine_nice: int) -> dict[str, VllmRuntime]:
     """One engine per served model (not started)."""
     return {
         model.name: VllmRuntime(
@@ -47,6 +47,7 @@ def build_runtimes(profile: NodeProfile) -> dict[str, VllmRuntime]:
             max_num_seqs=model.max_num_seqs,
             max_model_len=model.max_model_len,
             kv_cache_bytes=model.kv_cache_mib * 1024 * 1024 if model.kv_cache_mib else None,
+            engine_nice=engine_nice,
         )
         for model in profile.models
     }
@@ -58,7 +59,11 @@ async def run_node(settings: Settings) -> int:
     key = load_or_create_key(s.key_file)
     profile = load_profile(s)
     # The bench runtime is a measurement instrument (docs/benchmarks.md), never production.
-    runtimes = build_runtimes(profile) if s.runtime == "vllm" else bench_runtimes(profile)
+    runtimes = (
+        build_runtimes(profile, engine_nice=s.engine_nice)
+        if s.runtime == "vllm"
+        else bench_runtimes(profile)
+    )
     log.info(
         "starting engines",
         node_id=s.node_id,

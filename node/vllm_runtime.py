@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from node.engine_priority import lower_engine_priority
+
 if TYPE_CHECKING:
     from vllm import SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -196,6 +198,7 @@ class VllmRuntime:
         max_num_seqs: int = 8,
         max_model_len: int = 512,
         kv_cache_bytes: int | None = 256 * 1024 * 1024,
+        engine_nice: int = 10,
     ) -> None:
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
@@ -206,6 +209,7 @@ class VllmRuntime:
         self._max_num_seqs = max_num_seqs
         self._max_model_len = max_model_len
         self._kv_cache_bytes = kv_cache_bytes
+        self._engine_nice = engine_nice
         self._engine: AsyncLLM | None = None
         self._lifecycle = asyncio.Lock()
         self._build: asyncio.Future[None] | None = None
@@ -276,6 +280,7 @@ class VllmRuntime:
             engine = self._built.pop()
             _start_output_handler(engine)
             self._engine = engine
+            lower_engine_priority(self._engine_nice)
             log.info(
                 "vllm engine started",
                 model=self._model_path,
