@@ -17,10 +17,19 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-PROJECT = ("broker_bridge", "scheduler", "node", "fleetwire", "bench")
+
+def short_path(module_path: str) -> str:
+    """A module's path without this machine's prefixes: the part after ``site-packages/``,
+    the project-relative path, or the standard library's path below ``lib/python3.x/``."""
+    for marker in ("site-packages/", f"{Path.cwd().as_posix()}/"):
+        if marker in module_path:
+            return module_path.split(marker, 1)[1]
+    if match := re.search(r"lib/python3\.\d+/(.+)$", module_path):
+        return match.group(1)
+    return module_path
 
 
-def library_of(module_path: str, name: str) -> str:
+def library_of(module_path: str) -> str:
     if match := re.search(r"site-packages/([^/]+)", module_path):
         return match.group(1)
     if "/asyncio/" in module_path:
@@ -42,8 +51,8 @@ def report(out: Path) -> None:
     by_library: Counter[str] = Counter()
     functions: list[tuple[float, str]] = []
     for entry in stats:
-        by_library[library_of(entry.module, entry.name)] += entry.tsub
-        functions.append((entry.tsub, f"{entry.name} ({entry.module}:{entry.lineno})"))
+        by_library[library_of(entry.module)] += entry.tsub
+        functions.append((entry.tsub, f"{entry.name} ({short_path(entry.module)}:{entry.lineno})"))
     total = sum(by_library.values()) or 1.0
     lines = [f"own CPU time by library (total {total:.2f} s, imports included)"]
     lines += [f"  {share / total:6.1%}  {name}" for name, share in by_library.most_common(20)]

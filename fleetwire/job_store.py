@@ -282,22 +282,15 @@ class JobStore:
             )
         )
 
-    async def begin_attempt(
-        self, job_id: uuid.UUID, node_id: str, scheduler_id: str
-    ) -> OpenedAttempt | None:
-        """Marks the job DISPATCHED to ``node_id`` under a new attempt number and returns it
-        with the job's request digest (what the dispatch carries); None when the job is
-        terminal (or unknown) and must not run. An attempt left open by a crashed scheduler
-        is closed as LOST."""
-        (opened,) = await self.begin_attempts([(job_id, node_id)], scheduler_id)
-        return opened
-
     @translating
     async def begin_attempts(
         self, items: Sequence[tuple[uuid.UUID, str]], scheduler_id: str
     ) -> list[OpenedAttempt | None]:
-        """``begin_attempt`` for many (job id, node id) pairs: one statement (data-modifying
-        CTEs over the unnested pairs), so one round trip and atomic without an explicit
+        """Marks each job DISPATCHED to its node under a new attempt number and returns the
+        attempt with the job's request digest (what the dispatch carries), in the order
+        asked; None for a job that is terminal (or unknown) and must not run. An attempt left
+        open by a crashed scheduler is closed as LOST. One statement (data-modifying CTEs
+        over the unnested pairs), so one round trip and atomic without an explicit
         transaction. A job named twice is begun once per mention, one after the other."""
         first: dict[uuid.UUID, int] = {}
         again: list[int] = []
@@ -395,7 +388,7 @@ class JobStore:
             "  signature = i.signature, public_key = i.public_key, key_id = i.key_id,"
             "  signed_attempt = i.attempt, finished_at_ms = i.finished_at_ms"
             "  FROM input i"
-            # node_id: the attempt's node (begin_attempt), so a node cannot finalise an
+            # node_id: the attempt's node (begin_attempts), so a node cannot finalise an
             # attempt dispatched to another, even with a valid signature of its own.
             "  WHERE j.job_id = i.job_id AND j.attempts = i.attempt AND j.node_id = i.node_id"
             "  AND j.state = ANY($14)"
