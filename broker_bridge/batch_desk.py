@@ -16,6 +16,7 @@ from broker_bridge.admission import Admission
 from broker_bridge.auth import Caller
 from broker_bridge.desk import JobDesk, new_job, parse_id, submit_digest
 from broker_bridge.idempotency import RequestLocks
+from broker_bridge.outbox import Outbox
 from broker_bridge.unsettled import UnsettledRows
 from fleetwire.errors import (
     BackendUnavailable,
@@ -76,8 +77,10 @@ class BatchDesk:
         locks: RequestLocks,
         jobs: JobDesk,
         unsettled: UnsettledRows,
+        outbox: Outbox,
     ) -> None:
         self._settings = settings
+        self._outbox = outbox
         self._unsettled = unsettled
         self._store = store
         self._publisher = publisher
@@ -118,7 +121,8 @@ class BatchDesk:
         self, specs: list[job_pb2.JobSpec], request_id: str, *, caller: Caller, trace_id: str
     ) -> Any:
         """Accepts every job or none. With a request id, the tenant's earlier batch with
-        that id is returned (FAILED_PRECONDITION when its jobs differ)."""
+        that id is returned (FAILED_PRECONDITION when its jobs differ), its jobs that are
+        not yet published (their writer died) published first."""
         if len(request_id.encode()) > MAX_REQUEST_ID_BYTES or not request_id.isprintable():
             raise InvalidArgument(
                 [
@@ -145,13 +149,15 @@ class BatchDesk:
                 existing = await self._store.batch_by_request_id(caller.tenant_id, request_id)
                 if existing is None:  # pragma: no cover
                     raise BackendUnavailable("postgresql", "concurrent submit; retry")
-        if bytes(existing["request_digest"]) != digest:
-            raise FailedPrecondition(
-                f"client_request_id {request_id!r} was used for a different batch "
-                f"({existing['batch_id']}); use a new id for a new batch",
-                reason="IDEMPOTENCY_KEY_REUSED",
-            )
-        return batch_view(existing, await self._store.batch_jobs(existing["batch_id"]))
+            if bytes(existing["request_digest"]) != digest:
+                raise FailedPrecondition(
+                    f"client_request_id {request_id!r} was used for a different batch "
+                    f"({existing['batch_id']}); use a new id for a new batch",
+                    reason="IDEMPOTENCY_KEY_REUSED",
+                )
+            jobs = await self._store.batch_jobs(existing["batch_id"])
+            await self._outbox.take_over([row["job_id"] for row in jobs])
+        return batch_view(existing, jobs)
 
     async def _accept(
         self,
@@ -170,6 +176,7 @@ class BatchDesk:
                 tenant_id=caller.tenant_id,
                 trace_id=trace_id,
                 now=now,
+                publish_lease=self._outbox.lease,
                 batch_id=batch_id,
                 batch_index=index,
             )
@@ -201,6 +208,7 @@ class BatchDesk:
             self._forget(batch_id, [message for _, message in made])
             raise
         await self._publish_all(batch_id, [message for _, message in made])
+        self._outbox.published([row.job_id for row in rows])
         log.info("batch accepted", batch_id=str(batch_id), jobs=len(made))
         return batch_view(
             {"batch_id": batch_id, "created_at": now},
@@ -226,7 +234,12 @@ class BatchDesk:
         async def undo() -> None:
             await self._withdraw(batch_id, messages)
 
-        self._unsettled.remember(batch_id, f"batch {batch_id}", undo)
+        self._unsettled.remember(
+            batch_id,
+            f"batch {batch_id}",
+            undo,
+            covers=[uuid.UUID(message.job_id) for message in messages],
+        )
 
     async def _withdraw(self, batch_id: uuid.UUID, messages: list[JobMessage]) -> None:
         try:

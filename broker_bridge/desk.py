@@ -16,7 +16,9 @@ from broker_bridge.admission import Admission
 from broker_bridge.auth import Caller
 from broker_bridge.final_notices import FinalNotices
 from broker_bridge.idempotency import RequestLocks
+from broker_bridge.outbox import Outbox
 from broker_bridge.unsettled import UnsettledRows
+from broker_bridge.watch_output import final_attempt, output_chunk
 from fleetwire.coalescer import Coalescer
 from fleetwire.errors import (
     BackendUnavailable,
@@ -29,6 +31,7 @@ from fleetwire.events import ChunkEvent, Event, JobEvents, StateEvent
 from fleetwire.job_publisher import JobMessage, JobPublisher
 from fleetwire.job_store import JobStore, NewJob
 from fleetwire.job_view import job_from_row
+from fleetwire.outbox_store import OutboxStore
 from fleetwire.settings import Settings
 from fleetwire.signing import request_digest
 from fleetwire.states import JobState
@@ -60,10 +63,12 @@ def new_job(
     tenant_id: str,
     trace_id: str,
     now: datetime,
+    publish_lease: timedelta,
     batch_id: uuid.UUID | None = None,
     batch_index: int | None = None,
 ) -> tuple[NewJob, JobMessage]:
-    """The row and the AMQP message of a validated spec."""
+    """The row and the AMQP message of a validated spec; the row is written with a publish
+    claim of its own (the outbox), held for ``publish_lease``."""
     job_id = uuid.uuid4()
     network = NETWORK_NAMES[spec.network]
     # A subcloud's jobs have a queue of their own, consumed only where its members are.
@@ -85,6 +90,8 @@ def new_job(
         submit_digest=submit_digest(spec),
         batch_id=batch_id,
         batch_index=batch_index,
+        publish_claim=uuid.uuid4(),
+        publish_lease=publish_lease,
     )
     message = JobMessage.of(
         str(job_id), spec, route_key=route_key, expires_at=expires_at, trace_id=trace_id
@@ -115,8 +122,12 @@ class JobDesk:
         locks: RequestLocks,
         unsettled: UnsettledRows,
         finals: FinalNotices,
+        outbox: Outbox,
+        outbox_store: OutboxStore,
     ) -> None:
         self._settings = settings
+        self._outbox = outbox
+        self._outbox_store = outbox_store
         self._finals = finals
         self._store = store
         self._publisher = publisher
@@ -137,9 +148,10 @@ class JobDesk:
     async def submit(self, spec: job_pb2.JobSpec, *, caller: Caller, trace_id: str) -> job_pb2.Job:
         """Accepts a job: admitted, row written, message confirmed, then the job is
         returned. If the publish fails the row is removed again, so an error to the client
-        means no job. With a client request id, returns the existing job when the tenant
-        used the id before (same spec; FAILED_PRECONDITION otherwise), also when another
-        replica is accepting it at this moment."""
+        means no job (but see ``UnsettledRows`` for a bridge that dies first). With a
+        client request id, returns the existing job when the tenant used the id before
+        (same spec; FAILED_PRECONDITION otherwise), also when another replica is accepting
+        it at this moment; a job found unpublished (its writer died) is published first."""
         spec = self.validate(spec)
         request_id = spec.client_request_id
         if not request_id:
@@ -159,7 +171,12 @@ class JobDesk:
                 existing = await self._store.job_by_request_id(caller.tenant_id, request_id)
                 if existing is None:  # pragma: no cover - inserted and deleted meanwhile
                     raise BackendUnavailable("postgresql", "concurrent submit; retry")
-        return self._replayed(existing, spec, request_id)
+            answer = self._replayed(existing, spec, request_id)
+            if existing["publish_due_at"] is not None:
+                # Written by a call that may have died before publishing: never answer
+                # "accepted" for a job that is not on its way.
+                await self._outbox.take_over([existing["job_id"]])
+        return answer
 
     def _replayed(
         self, row: Mapping[str, Any], spec: job_pb2.JobSpec, request_id: str
@@ -178,7 +195,12 @@ class JobDesk:
     ) -> job_pb2.Job | None:
         now = datetime.now(UTC)
         row, message = new_job(
-            spec, topology=self._topology, tenant_id=caller.tenant_id, trace_id=trace_id, now=now
+            spec,
+            topology=self._topology,
+            tenant_id=caller.tenant_id,
+            trace_id=trace_id,
+            now=now,
+            publish_lease=self._outbox.lease,
         )
         await self._admission.check_queue(row.route_key, spec.priority)
         await self._admission.check_backlog(caller.tenant_id)
@@ -190,33 +212,39 @@ class JobDesk:
                 return None
         except BackendUnavailable:
             # The row may have been committed with only the reply lost.
-            self._forget_unpublished(row.job_id)
+            self._forget_unpublished(row)
             raise
         try:
             await self._publisher.publish(message)
         except BaseException as err:
             # Not confirmed (or the call was cancelled): leave nothing that could run later.
             try:
-                gone = await asyncio.shield(self._store.delete_unpublished(row.job_id))
+                gone = await asyncio.shield(self._withdraw(row))
             except BackendUnavailable:
-                self._forget_unpublished(row.job_id)
+                self._forget_unpublished(row)
                 raise err from None
             if gone or not isinstance(err, Exception):
                 raise
             # A scheduler already took the message (its confirm was lost): the job runs, so
             # the truthful answer is the job, not an error.
             log.warning("publish unconfirmed but the job was dispatched", job_id=str(row.job_id))
+        self._outbox.published([row.job_id])
         log.info("job accepted", job_id=str(row.job_id), route=row.route_key)
         # No QUEUED event: a follower's first read of PostgreSQL shows it, and events only
         # wake followers for later changes (a round trip per job saved).
         return queued_job(row, spec, now)
 
-    def _forget_unpublished(self, job_id: uuid.UUID) -> None:
-        async def undo() -> None:
-            if not await self._store.delete_unpublished(job_id):
-                log.warning("unconfirmed job was dispatched after all", job_id=str(job_id))
+    async def _withdraw(self, row: NewJob) -> bool:
+        if row.publish_claim is None:  # pragma: no cover - new_job always claims
+            return False
+        return await self._outbox_store.withdraw(row.job_id, row.publish_claim)
 
-        self._unsettled.remember(job_id, f"job {job_id}", undo)
+    def _forget_unpublished(self, row: NewJob) -> None:
+        async def undo() -> None:
+            if not await self._withdraw(row):
+                log.warning("unconfirmed job goes on after all", job_id=str(row.job_id))
+
+        self._unsettled.remember(row.job_id, f"job {row.job_id}", undo)
 
     async def status(self, raw_job_id: str, *, tenant_id: str) -> job_pb2.Job:
         """The job; NOT_FOUND also when it belongs to another tenant."""
@@ -244,7 +272,10 @@ class JobDesk:
     ) -> AsyncIterator[job_service_pb2.WatchResponse]:
         """The current state first, then chunks and state changes until terminal. The state
         is always read from PostgreSQL; Redis only wakes the loop and carries tokens, so a
-        lost stream degrades to polling instead of hanging."""
+        lost stream degrades to polling instead of hanging. A SUCCEEDED job whose final
+        attempt's chunks the stream did not hold (expired after the finished-stream
+        retention, or lost) gets its output from PostgreSQL as one chunk before the final
+        state (``watch_output.output_chunk``)."""
         job = await self.status(raw_job_id, tenant_id=tenant_id)
         terminal_at_start = is_terminal(job)
         if not terminal_at_start:
@@ -252,26 +283,33 @@ class JobDesk:
         last_id = "0"
         last_state = job.state
         block: timedelta | None = WATCH_POLL
-        # Already final: replay the final attempt's chunks (while Redis keeps them) and then
-        # the final state, so a late Watch sees the same stream as an early one (and a client
-        # that stops at the terminal state still gets the tokens).
+        # Already final: replay the final attempt's chunks (while Redis keeps them, else its
+        # output from PostgreSQL) and then the final state, so a late Watch sees the same
+        # stream as an early one (and a client that stops at the terminal state still gets
+        # the tokens).
         replay_attempt = 0
+        streamed: set[int] = set()  # attempts whose chunks the stream held
         if terminal_at_start:
             if not job.attempts:
                 yield job_service_pb2.WatchResponse(job=job)
                 return
-            replay_attempt, block = job.attempts, None
+            replay_attempt, block = final_attempt(job), None
         while True:
             events = await self._events_or_poll(raw_job_id, last_id, block)
             if block is None and not events:
                 # Drained after the job became terminal: every chunk the node produced was
-                # relayed before the result, so nothing is left to send but the final state.
+                # relayed before the result, so nothing is left to send but the final state
+                # (and the output, when the stream no longer had it).
+                chunk = output_chunk(job, streamed_attempts=streamed, after_sequence=after_sequence)
+                if tokens and chunk is not None:
+                    yield job_service_pb2.WatchResponse(chunk=chunk)
                 yield job_service_pb2.WatchResponse(job=job)
                 return
             state_changed = not events
             for entry_id, event in events:
                 last_id = entry_id
                 if isinstance(event, ChunkEvent):
+                    streamed.add(event.attempt)
                     if replay_attempt and event.attempt != replay_attempt:
                         continue
                     if tokens and event.sequence > after_sequence:

@@ -17,16 +17,18 @@ from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
 from broker_bridge.final_notices import FinalNotices
 from broker_bridge.idempotency import RequestLocks
+from broker_bridge.outbox import Outbox
 from broker_bridge.service import JobService
 from broker_bridge.unsettled import UnsettledRows
 from fleetwire.amqp import AmqpLink
 from fleetwire.db import open_pool
 from fleetwire.errors import BackendUnavailable
 from fleetwire.events import JobEvents, connect_redis
-from fleetwire.grpc_options import SERVER_OPTIONS
+from fleetwire.grpc_edge import edge_server
 from fleetwire.job_publisher import JobPublisher
 from fleetwire.job_store import JobStore
 from fleetwire.lifecycle import wait_for_stop_signal
+from fleetwire.outbox_store import OutboxStore
 from fleetwire.settings import Settings
 from fleetwire.tenants import TenantStore
 from fleetwire.topology import Topology
@@ -56,6 +58,7 @@ class BridgeServer:
         )
         self._unsettled = UnsettledRows()
         self._finals: FinalNotices | None = None
+        self._outbox: Outbox | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -71,6 +74,7 @@ class BridgeServer:
             self._settings.mesh.namespace,
             maxlen=self._settings.redis.stream_maxlen,
             ttl=self._settings.redis.stream_ttl,
+            finished_retention=self._settings.redis.finished_stream_retention,
         )
         namespace = self._settings.mesh.namespace
         store = JobStore(self._pool)
@@ -80,11 +84,17 @@ class BridgeServer:
             self._settings.bridge,
             waiting_of=store.waiting_jobs_of_tenant,
         )
-        # A request id stays locked at most as long as one accept can take.
-        locks = RequestLocks(
-            self._redis, namespace, ttl=self._settings.rabbitmq.publish_timeout * 2
-        )
+        locks = RequestLocks(self._redis, namespace, lease=self._settings.bridge.request_lock_lease)
         await self._unsettled.start()
+        outbox_store = OutboxStore(self._pool)
+        self._outbox = Outbox(
+            outbox_store,
+            self._publisher,
+            lease=self._settings.bridge.outbox_lease,
+            sweep=self._settings.bridge.outbox_sweep,
+            withdrawing=self._unsettled.covered_jobs,
+        )
+        await self._outbox.start()
         self._finals = FinalNotices(self._redis, events.final_channel)
         await self._finals.start()
         desk = JobDesk(
@@ -96,12 +106,21 @@ class BridgeServer:
             locks,
             self._unsettled,
             self._finals,
+            self._outbox,
+            outbox_store,
         )
         batches = BatchDesk(
-            self._settings, store, self._publisher, admission, locks, desk, self._unsettled
+            self._settings,
+            store,
+            self._publisher,
+            admission,
+            locks,
+            desk,
+            self._unsettled,
+            self._outbox,
         )
         auth = Authenticator(TenantStore(self._pool), self._settings.bridge)
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = edge_server()
         job_service_pb2_grpc.add_JobServiceServicer_to_server(
             JobService(desk, batches, auth), server
         )
@@ -130,6 +149,9 @@ class BridgeServer:
             await self._finals.stop()
             self._finals = None
         await self._unsettled.stop()
+        if self._outbox is not None:  # after the server: every confirmed job is marked
+            await self._outbox.stop()
+            self._outbox = None
         await self._publisher.close()
         await self._gauge.close()
         await self._link.close()

@@ -7,6 +7,9 @@ published, so it would sit QUEUED forever, or worse, be returned to an idempoten
 if it had been accepted. The same holds for a withdrawal that PostgreSQL could not take
 after a failed publish. These rows are remembered here and removed in the background as
 soon as the database is reachable; a retry with the same request id settles them first.
+The withdrawal is the claimant's (see ``fleetwire.outbox_store``): should this bridge die
+first, the row's publish claim lapses and an outbox relay publishes it — a job that an
+UNAVAILABLE answer did not create after all, found again by a retry with the same request id.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -33,6 +36,7 @@ class _Cleanup:
     what: str
     undo: Callable[[], Awaitable[object]]
     since: float
+    covers: frozenset[uuid.UUID]
 
 
 class UnsettledRows:
@@ -45,14 +49,26 @@ class UnsettledRows:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    def remember(self, key: uuid.UUID, what: str, undo: Callable[[], Awaitable[object]]) -> None:
-        """``undo`` must be idempotent: it runs until it once returns without raising."""
-        self._pending[key] = _Cleanup(what, undo, time.monotonic())
+    def remember(
+        self,
+        key: uuid.UUID,
+        what: str,
+        undo: Callable[[], Awaitable[object]],
+        *,
+        covers: Iterable[uuid.UUID] = (),
+    ) -> None:
+        """``undo`` must be idempotent: it runs until it once returns without raising.
+        ``covers`` are the job rows ``undo`` removes (``key`` itself for a single job)."""
+        self._pending[key] = _Cleanup(what, undo, time.monotonic(), frozenset([key, *covers]))
         log.warning("row may be half-written; removing it when the database is back", row=what)
         self._wake.set()
 
     def holds(self, key: uuid.UUID) -> bool:
         return key in self._pending
+
+    def covered_jobs(self) -> set[uuid.UUID]:
+        """Every job row this process means to withdraw: the outbox relay leaves them."""
+        return {job_id for cleanup in self._pending.values() for job_id in cleanup.covers}
 
     async def settle(self, key: uuid.UUID) -> None:
         """Removes the row for ``key`` now (raises BackendUnavailable if it cannot)."""

@@ -47,10 +47,11 @@ class JobMessage:
         route_key: str,
         expires_at: datetime,
         trace_id: str,
+        ttl: timedelta | None = None,
     ) -> JobMessage:
-        """The message of a job whose TTL (``spec.ttl``) started now and ends at
-        ``expires_at``: the body carries id, spec and expiry, the TTL becomes the message
-        expiration and the priority class its AMQP priority."""
+        """The message of a job whose TTL (``spec.ttl``, or ``ttl`` when what is left of
+        it is less) ends at ``expires_at``: the body carries id, spec and expiry, the TTL
+        becomes the message expiration and the priority class its AMQP priority."""
         envelope = job_pb2.Job(job_id=job_id, spec=spec)
         envelope.expires_at.FromDatetime(expires_at)
         return cls(
@@ -58,7 +59,7 @@ class JobMessage:
             route_key=route_key,
             body=envelope.SerializeToString(),
             priority=PRIORITY_OF_CLASS[spec.priority],
-            ttl=spec.ttl.ToTimedelta(),
+            ttl=spec.ttl.ToTimedelta() if ttl is None else ttl,
             expires_at_ms=int(expires_at.timestamp() * 1000),
             trace_id=trace_id,
         )

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
@@ -60,6 +60,10 @@ class NewJob:
     batch_id: uuid.UUID | None = None
     batch_index: int | None = None
     replay_of: uuid.UUID | None = None  # the DEAD_LETTERED job this one replays
+    # The outbox (``fleetwire.outbox_store``): who publishes the job's message, and for how
+    # long before any outbox relay may. None: written as already published.
+    publish_claim: uuid.UUID | None = None
+    publish_lease: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +79,9 @@ class NewBatch:
 _INSERT_JOB = (
     "INSERT INTO jobs (job_id, state, spec, model, network, priority, route_key,"
     " request_digest, trace_id, expires_at, tenant_id, client_request_id, submit_digest,"
-    " batch_id, batch_index, replay_of)"
-    " VALUES ($1, 'QUEUED', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    " batch_id, batch_index, replay_of, publish_claim, publish_due_at)"
+    " VALUES ($1, 'QUEUED', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
+    " $16::uuid, CASE WHEN $16::uuid IS NULL THEN NULL ELSE now() + $17::interval END)"
 )
 
 
@@ -97,6 +102,8 @@ def _job_args(job: NewJob) -> tuple[Any, ...]:
         job.batch_id,
         job.batch_index,
         job.replay_of,
+        job.publish_claim,
+        job.publish_lease,
     )
 
 
@@ -256,21 +263,6 @@ class JobStore:
             )
 
     @translating
-    async def delete_unpublished(self, job_id: uuid.UUID) -> bool:
-        """Removes a job whose publish failed, so nothing half-written can run later. False
-        when the row had already moved on (a scheduler got the message although its confirm
-        was lost): the job exists and runs."""
-        deleted = await self._pool.fetchval(
-            "DELETE FROM jobs WHERE job_id = $1 AND state = 'QUEUED' AND attempts = 0"
-            " RETURNING true",
-            job_id,
-        )
-        return (
-            bool(deleted)
-            or await self._pool.fetchval("SELECT true FROM jobs WHERE job_id = $1", job_id) is None
-        )
-
-    @translating
     async def get_job(self, job_id: uuid.UUID) -> asyncpg.Record | None:
         return await self._pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
 
@@ -305,7 +297,7 @@ class JobStore:
             "), job AS ("
             "  UPDATE jobs j SET state = 'DISPATCHED', attempts = j.attempts + 1,"
             "  node_id = i.node_id, updated_at = now(), error_reason = NULL,"
-            "  error_message = NULL"
+            "  error_message = NULL, publish_claim = NULL, publish_due_at = NULL"
             "  FROM input i WHERE j.job_id = i.job_id AND j.state = ANY($3)"
             "  RETURNING j.job_id, j.attempts, j.request_digest, j.node_id"
             "), superseded AS ("

@@ -90,7 +90,15 @@ class RedisSettings(BaseSettings):
         10_000, ge=100, description="Cap on events kept per job's event stream."
     )
     stream_ttl: Duration = Field(
-        timedelta(hours=1), description="Expiry of a job's event stream after its last event."
+        timedelta(hours=1),
+        description="Expiry of a live job's event stream after its last event.",
+    )
+    finished_stream_retention: Duration = Field(
+        timedelta(minutes=1),
+        gt=timedelta(0),
+        description="How long a job's event stream is kept once the job is terminal (for "
+        "followers still reading it); nothing written later extends it. Watch then sends "
+        "the output from PostgreSQL.",
     )
 
 
@@ -143,6 +151,22 @@ class BridgeSettings(BaseSettings):
         ge=1,
         description="Jobs one tenant may have waiting (QUEUED or RETRYING) at once; more "
         "are refused, so no tenant fills a queue for the others.",
+    )
+    request_lock_lease: Duration = Field(
+        timedelta(seconds=1.5),
+        description="Lease of the Redis lock that serialises submits with one client request "
+        "id; its holder renews it while working, so a dead bridge blocks retries at most this "
+        "long.",
+    )
+    outbox_lease: Duration = Field(
+        timedelta(seconds=5),
+        description="How long a written job stays with the bridge publishing it; a job "
+        "still unpublished after this (its bridge died) is published by any bridge's outbox "
+        "relay.",
+    )
+    outbox_sweep: Duration = Field(
+        timedelta(seconds=1),
+        description="How often each bridge's outbox relay looks for lapsed unpublished jobs.",
     )
 
 
@@ -208,6 +232,18 @@ class SchedulerSettings(BaseSettings):
         timedelta(seconds=10),
         description="How long the jobs of a node whose stream broke wait for it to reconnect "
         "with them before they go back to the queue (0: at once).",
+    )
+    reap_interval: Duration = Field(
+        timedelta(seconds=5),
+        description="How often the deadline reaper closes live jobs past their deadline.",
+    )
+    reap_grace: Duration = Field(
+        timedelta(seconds=30),
+        description="How long past its expires_at a job may stay live (a result in flight "
+        "still lands) before the deadline reaper makes it EXPIRED.",
+    )
+    reap_batch: int = Field(
+        500, ge=1, description="Most jobs the deadline reaper closes in one statement."
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
@@ -22,6 +22,7 @@ from fleetwire.errors import BackendUnavailable, FailedPrecondition, NotFound
 from fleetwire.events import JobEvents
 from fleetwire.job_publisher import JobMessage, JobPublisher
 from fleetwire.job_store import JobStore, NewJob
+from fleetwire.outbox_store import OutboxStore
 from fleetwire.signing import request_digest
 from fleetwire.states import JobState
 from fleetwire.v1 import job_pb2
@@ -31,6 +32,8 @@ from scheduler.replay_store import ReplayStore
 
 log = structlog.get_logger(__name__)
 
+PUBLISH_LEASE = timedelta(seconds=10)
+
 
 @dataclass(frozen=True, slots=True)
 class Replayed:
@@ -38,10 +41,17 @@ class Replayed:
     parked_message_removed: bool
 
 
-def replacement_row(original: asyncpg.Record, *, trace_id: str, now: datetime) -> NewJob:
+def replacement_row(
+    original: asyncpg.Record,
+    *,
+    trace_id: str,
+    now: datetime,
+    publish_lease: timedelta = PUBLISH_LEASE,
+) -> NewJob:
     """The row of a job replaying ``original``: new id (and so a new request digest, which
     covers the id), same tenant, spec and route, TTL counted from ``now``. No client request
-    id: that names the original for the tenant's idempotency."""
+    id: that names the original for the tenant's idempotency. Written with a publish claim
+    (the outbox): should this scheduler die before publishing, a bridge's relay does."""
     spec = job_pb2.JobSpec()
     spec.ParseFromString(bytes(original["spec"]))
     job_id = uuid.uuid4()
@@ -58,6 +68,8 @@ def replacement_row(original: asyncpg.Record, *, trace_id: str, now: datetime) -
         tenant_id=original["tenant_id"],
         submit_digest=original["submit_digest"],
         replay_of=original["job_id"],
+        publish_claim=uuid.uuid4(),
+        publish_lease=publish_lease,
     )
 
 
@@ -71,7 +83,9 @@ class DeadLetterReplay:
         publisher: JobPublisher,
         shelf: DeadLetterShelf,
         events: JobEvents,
+        outbox: OutboxStore,
     ) -> None:
+        self._outbox = outbox
         self._replays = replays
         self._jobs = jobs
         self._publisher = publisher
@@ -115,10 +129,17 @@ class DeadLetterReplay:
         except BaseException as err:
             # As Submit does: leave nothing that could run later, unless a scheduler already
             # took the message (its confirm was lost), in which case the replay is real.
-            gone = await asyncio.shield(self._jobs.delete_unpublished(replacement["job_id"]))
+            gone = await asyncio.shield(
+                self._outbox.withdraw(replacement["job_id"], replacement["publish_claim"])
+            )
             if gone or not isinstance(err, Exception):
                 raise
             log.warning("replay publish unconfirmed but the job was dispatched", job_id=new_id)
+        else:
+            try:
+                await self._outbox.mark_published([replacement["job_id"]])
+            except BackendUnavailable:
+                log.warning("replay publication not recorded; a relay publishes it again")
         log.info("dead letter replayed", job_id=str(job_id), replayed_as=new_id)
         await self._publish_state(new_id)
         try:

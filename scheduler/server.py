@@ -1,6 +1,7 @@
 """The scheduler process. Start order: PostgreSQL → Redis/AMQP → progress relay → gRPC
-server → consumers. Stop order: consumers (in-flight deliveries go back to the broker) → gRPC
-server → progress relay (drained: the chunks the nodes sent reach Redis) → the rest.
+server → consumers → deadline reaper. Stop order: deadline reaper → consumers (in-flight
+deliveries go back to the broker) → gRPC server → progress relay (drained: the chunks the
+nodes sent reach Redis) → the rest.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from fleetwire.amqp import AmqpLink
 from fleetwire.channels import ChannelListener
 from fleetwire.db import open_pool
 from fleetwire.events import JobEvents, connect_redis
-from fleetwire.grpc_options import SERVER_OPTIONS
+from fleetwire.grpc_edge import edge_server
 from fleetwire.job_publisher import JobPublisher
 from fleetwire.job_store import JobStore
 from fleetwire.lifecycle import wait_for_stop_signal
+from fleetwire.outbox_store import OutboxStore
 from fleetwire.settings import Settings
 from fleetwire.topology import Topology
 from fleetwire.v1 import (
@@ -35,6 +37,8 @@ from scheduler.admin_service import MeshAdminService
 from scheduler.admin_store import AdminStore
 from scheduler.consumers import QueueConsumers
 from scheduler.dead_letter_shelf import DeadLetterShelf
+from scheduler.deadline_reaper import DeadlineReaper
+from scheduler.deadline_store import DeadlineStore
 from scheduler.dispatcher import Dispatcher
 from scheduler.node_service import NodeService
 from scheduler.penalties import PenaltyBox
@@ -69,6 +73,7 @@ class SchedulerServer:
         self._cancel_relay: ChannelListener | None = None
         self._progress_relay: ProgressRelay | None = None
         self._publisher: JobPublisher | None = None
+        self._reaper: DeadlineReaper | None = None
         self.penalties = PenaltyBox(
             threshold=settings.scheduler.penalty_threshold,
             cooldown=settings.scheduler.penalty_cooldown.total_seconds(),
@@ -89,6 +94,7 @@ class SchedulerServer:
             settings.mesh.namespace,
             maxlen=settings.redis.stream_maxlen,
             ttl=settings.redis.stream_ttl,
+            finished_retention=settings.redis.finished_stream_retention,
         )
         topology = Topology(settings.mesh.namespace)
         self._progress_relay = ProgressRelay(events)
@@ -132,8 +138,9 @@ class SchedulerServer:
             self._publisher,
             DeadLetterShelf(self._link, topology),
             events,
+            OutboxStore(self._pool),
         )
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = edge_server()
         mesh_admin_service_pb2_grpc.add_MeshAdminServiceServicer_to_server(
             MeshAdminService(
                 presence, AdminStore(self._pool), self.penalties, self._link, topology, replay
@@ -165,6 +172,14 @@ class SchedulerServer:
         self._server = server
         await self._consumers.start()
         await self._cancel_relay.start()
+        self._reaper = DeadlineReaper(
+            DeadlineStore(self._pool),
+            events,
+            interval=settings.scheduler.reap_interval,
+            grace=settings.scheduler.reap_grace,
+            batch=settings.scheduler.reap_batch,
+        )
+        await self._reaper.start()
         log.info("scheduler serving", address=address, scheduler_id=self.scheduler_id)
 
     async def wait(self) -> None:
@@ -172,6 +187,9 @@ class SchedulerServer:
             await self._server.wait_for_termination()
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self._reaper is not None:
+            await self._reaper.stop()
+            self._reaper = None
         if self._cancel_relay is not None:
             await self._cancel_relay.stop()
             self._cancel_relay = None

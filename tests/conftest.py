@@ -65,6 +65,8 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
         "FLEETWIRE_SCHEDULER_HEARTBEAT_INTERVAL": "1",
         "FLEETWIRE_SCHEDULER_RETRY_DELAYS": "[0.3, 0.6, 0.9]",
         "FLEETWIRE_SCHEDULER_RECONNECT_GRACE": "3",
+        "FLEETWIRE_SCHEDULER_REAP_INTERVAL": "0.5",
+        "FLEETWIRE_SCHEDULER_REAP_GRACE": "2",
         "FLEETWIRE_MODELS": '["tiny-llama", "scripted"]',
         "FLEETWIRE_NODE_MODEL_PATH": str(MODEL_DIR),
         "FLEETWIRE_NODE_KEY_FILE": str(key_file),

@@ -136,6 +136,6 @@ async def test_postgresql_constraint_is_the_last_word(settings: Settings) -> Non
         assert await store.insert_job(first) is True
         assert await store.insert_job(second) is False
         assert await store.get_job(second.job_id) is None
-        await store.delete_unpublished(first.job_id)
+        await pool.execute("DELETE FROM jobs WHERE job_id = $1", first.job_id)
     finally:
         await pool.close()

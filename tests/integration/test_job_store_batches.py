@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -43,6 +43,7 @@ async def queued_job(
         tenant_id="anonymous",
         trace_id="t",
         now=datetime.now(UTC),
+        publish_lease=timedelta(seconds=5),
     )
     assert await store.insert_job(row)
     return row.job_id
