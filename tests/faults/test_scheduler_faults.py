@@ -15,6 +15,7 @@ from fleetwire.topology import Topology
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.faults.conftest import SchedulerProcess
 from tests.support.scripted_node import ScriptedNode, running
+from tests.support.waiting import eventually
 
 
 def spec() -> job_pb2.JobSpec:
@@ -60,6 +61,26 @@ async def ledger_kinds(settings: Settings, job_id: str) -> list[str]:
     finally:
         await conn.close()
     return [r["kind"] for r in rows]
+
+
+async def messages_on(queue: str) -> int | None:
+    """Ready plus unacknowledged messages of ``queue``, as RabbitMQ counts them."""
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl",
+        "list_queues",
+        "name",
+        "messages",
+        "-q",
+        "--no-table-headers",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await process.communicate()
+    for line in out.decode().splitlines():
+        name, _, count = line.partition("\t")
+        if name.strip() == queue:
+            return int(count)
+    return None
 
 
 async def wait_for(predicate: Callable[[], bool], what: str) -> None:
@@ -123,7 +144,13 @@ async def test_duplicate_delivery_is_finalised_once(
                 properties=aiormq.spec.Basic.Properties(delivery_mode=2, priority=5),
             )
         job = await wait_terminal(jobs, job_id)
-        await asyncio.sleep(1.5)  # let the duplicates arrive after the job is final too
+        queue = topology.route_queue(topology.route_key("mainnet", "scripted"))
+
+        async def duplicates_settled() -> bool:
+            """Both duplicates delivered and acked: nothing ready, nothing unacked."""
+            return await messages_on(queue) == 0
+
+        await eventually(duplicates_settled, within=30, what="the duplicates were handled")
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert [d.attempt for d in node.dispatches if d.job_id == job_id] == [1]
     history = await attempts_of(settings, job_id)

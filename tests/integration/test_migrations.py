@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -31,11 +33,22 @@ async def test_migrations_apply_twice_without_harm(settings: Settings) -> None:
 
 
 async def test_concurrent_migrations_serialise(settings: Settings) -> None:
-    dsn = settings.postgres.dsn.get_secret_value()
-    conns = [await asyncpg.connect(dsn) for _ in range(3)]
+    """Three processes starting at once on an empty database: one applies every migration,
+    the others wait for its lock and find nothing left to do."""
+    parts = urlsplit(settings.postgres.dsn.get_secret_value())
+    name = f"{parts.path.lstrip('/')}_migrate_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        results = await asyncio.gather(*(apply_migrations(c) for c in conns))
-        assert all(applied == [] for applied in results)
+        dsn = urlunsplit(parts._replace(path=f"/{name}"))
+        conns = [await asyncpg.connect(dsn) for _ in range(3)]
+        try:
+            results = await asyncio.gather(*(apply_migrations(c) for c in conns))
+        finally:
+            for conn in conns:
+                await conn.close()
     finally:
-        for conn in conns:
-            await conn.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    every = [version for version, _ in migrations()]
+    assert sorted(results, key=len) == [[], [], every]
