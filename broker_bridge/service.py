@@ -16,7 +16,6 @@ from broker_bridge.auth import Authenticator, Caller
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
 from fleetwire.errors import DeadlineExceeded
-from fleetwire.grpc_errors import translate_errors
 from fleetwire.topology import HEADER_REQUEST_ID
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
@@ -51,7 +50,6 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         structlog.contextvars.bind_contextvars(tenant=caller.tenant_id)
         return caller, trace_id
 
-    @translate_errors
     async def Submit(  # noqa: N802 - gRPC method name
         self, request: job_service_pb2.SubmitRequest, context: Context
     ) -> job_service_pb2.SubmitResponse:
@@ -70,7 +68,6 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
                 raise DeadlineExceeded(f"job {job.job_id} still running") from err
         return job_service_pb2.SubmitResponse(job=job)
 
-    @translate_errors
     async def Status(  # noqa: N802
         self, request: job_service_pb2.StatusRequest, context: Context
     ) -> job_service_pb2.StatusResponse:
@@ -78,7 +75,6 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         job = await self._desk.status(request.job_id, tenant_id=caller.tenant_id)
         return job_service_pb2.StatusResponse(job=job)
 
-    @translate_errors
     async def Watch(  # noqa: N802
         self, request: job_service_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchResponse]:
@@ -88,7 +84,6 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         ):
             yield event
 
-    @translate_errors
     async def Cancel(  # noqa: N802
         self, request: job_service_pb2.CancelRequest, context: Context
     ) -> job_service_pb2.CancelResponse:
@@ -96,7 +91,6 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         job = await self._desk.cancel(request.job_id, request.reason, tenant_id=caller.tenant_id)
         return job_service_pb2.CancelResponse(job=job)
 
-    @translate_errors
     async def SubmitBatch(  # noqa: N802
         self, request: job_service_pb2.SubmitBatchRequest, context: Context
     ) -> job_service_pb2.SubmitBatchResponse:
@@ -106,7 +100,6 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         )
         return job_service_pb2.SubmitBatchResponse(batch=batch)
 
-    @translate_errors
     async def BatchStatus(  # noqa: N802
         self, request: job_service_pb2.BatchStatusRequest, context: Context
     ) -> job_service_pb2.BatchStatusResponse:
@@ -114,7 +107,6 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         batch = await self._batches.status(request.batch_id, tenant_id=caller.tenant_id)
         return job_service_pb2.BatchStatusResponse(batch=batch)
 
-    @translate_errors
     async def WatchBatch(  # noqa: N802
         self, request: job_service_pb2.WatchBatchRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchBatchResponse]:

@@ -1,9 +1,10 @@
 """The project's error hierarchy and its one mapping to gRPC status.
 
-Handlers raise these; ``grpc_errors.translate_errors`` turns them into a canonical status code
-with google.rpc details (ErrorInfo always; BadRequest, RetryInfo where they apply). Lower
-layers (aiormq, asyncpg, redis) are translated into ``BackendUnavailable`` at the store
-boundary, so UNAVAILABLE always means "a backing service is down".
+Handlers raise these; the edge of every gRPC server (``grpc_edge.ErrorEdge``) turns them into
+a canonical status code with google.rpc details (ErrorInfo always; BadRequest, RetryInfo
+where they apply), and any other exception into ``Internal``. Lower layers (aiormq, asyncpg,
+redis) are translated into ``BackendUnavailable`` at the store boundary, so UNAVAILABLE
+always means "a backing service is down".
 """
 
 from __future__ import annotations
@@ -122,3 +123,16 @@ class RouteUnavailable(FleetwireError):
 class DeadlineExceeded(FleetwireError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
+
+
+class Internal(FleetwireError):
+    """An unexpected fault of the server (a bug, not the caller's doing). The client learns
+    only this and the trace id under which the server logged the exception; its text stays
+    in the log."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+
+    def __init__(self, trace_id: str) -> None:
+        super().__init__(f"internal error; the server logged it under trace id {trace_id}")
+        self.trace_id = trace_id

@@ -1,14 +1,11 @@
-"""The edge: FleetwireError → grpc status with google.rpc details, in one place."""
+"""FleetwireError → grpc status with google.rpc details, in one place (used by the edge of
+every server, ``fleetwire.grpc_edge``, and by handlers that end a stream themselves)."""
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import grpc
-import structlog
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -20,10 +17,6 @@ from fleetwire.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
-
-log = structlog.get_logger(__name__)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _packed(message: Any) -> any_pb2.Any:
@@ -78,30 +71,3 @@ def status_for(error: FleetwireError) -> status_pb2.Status:
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: FleetwireError) -> None:
     """Ends the call with ``error``'s status and details."""
     await context.abort_with_status(rpc_status.to_status(status_for(error)))
-
-
-def translate_errors(handler: F) -> F:
-    """Wraps a grpc.aio servicer method (unary or server-streaming) so a FleetwireError
-    becomes its canonical status; anything else is logged and becomes INTERNAL."""
-
-    if inspect.isasyncgenfunction(handler):
-
-        @functools.wraps(handler)
-        async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-            try:
-                async for item in handler(self, request, context):
-                    yield item
-            except FleetwireError as err:
-                await abort_with(context, err)
-
-        return cast(F, stream_wrapper)
-
-    @functools.wraps(handler)
-    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
-        try:
-            return await handler(self, request, context)
-        except FleetwireError as err:
-            await abort_with(context, err)
-            return None
-
-    return cast(F, unary_wrapper)

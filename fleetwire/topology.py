@@ -2,9 +2,13 @@
 
 ``<ns>.jobs`` (topic) routes ``<network>.<model>`` to the durable classic queue
 ``<ns>.jobs.<network>.<model>`` (``x-max-priority``; classic because quorum queues carry no
-priorities on RabbitMQ 3.10). Messages that expire or are rejected there dead-letter through
-``<ns>.dlx`` (fanout) into ``<ns>.dead``, where the scheduler records them as EXPIRED or
-FAILED — the broker does the expiring, no poller.
+priorities on RabbitMQ 3.10), and a subcloud's jobs ``<network>.<model>.<subcloud>`` to a
+queue of their own. A subcloud name (``SUBCLOUD_NAME``: 1 to 64 of ``[a-z0-9-]``, starting
+with a letter or digit) is its own routing-key word, unchanged, so two subclouds never
+share a queue; jobs and nodes with any other name are refused before they get here.
+Messages that expire or are rejected there dead-letter through ``<ns>.dlx`` (fanout) into
+``<ns>.dead``, where the scheduler records them as EXPIRED or FAILED — the broker does the
+expiring, no poller.
 
 Staged retries: stage *n* is a fanout exchange and a queue of the same name,
 ``<ns>.retry.<n>-<delay>ms``, whose queue TTL is the stage's delay and whose dead-letter
@@ -45,6 +49,10 @@ HEADER_RETRIES = "x-fleetwire-retries"
 HEADER_LAST_ERROR = "x-fleetwire-last-error"
 
 _ROUTE_WORD = re.compile(r"[^a-z0-9_-]")
+SUBCLOUD_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+"""What a subcloud may be called, for jobs (``JobSpec.constraints.subcloud``) and nodes
+(``Hello.subclouds``, the node's config) alike: exactly the names ``route_key`` uses as they
+are, so distinct subclouds have distinct queues ("a.b" and "a_b" would not)."""
 
 
 def route_word(name: str) -> str:
@@ -99,9 +107,16 @@ class Topology:
 
     def route_key(self, network: str, model: str, subcloud: str = "") -> str:
         """``<network>.<model>``, or ``<network>.<model>.<subcloud>`` for a private pool's
-        jobs (their own queue, consumed only where member nodes are connected)."""
+        jobs (their own queue, consumed only where member nodes are connected).
+
+        Raises ValueError for a subcloud that is not a ``SUBCLOUD_NAME``: callers validate
+        names first (INVALID_ARGUMENT), so reaching this is a bug, never a shared queue."""
         key = f"{network}.{route_word(model)}"
-        return f"{key}.{route_word(subcloud)}" if subcloud else key
+        if not subcloud:
+            return key
+        if not SUBCLOUD_NAME.fullmatch(subcloud):
+            raise ValueError(f"not a subcloud name: {subcloud!r}")
+        return f"{key}.{subcloud}"
 
     def route_queue(self, route_key: str) -> str:
         return f"{self.namespace}.jobs.{route_key}"

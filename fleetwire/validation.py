@@ -1,13 +1,26 @@
-"""Submit's validation: every field checked, defaults applied, all violations reported."""
+"""Submit's validation: every field checked, defaults applied, all violations reported.
+
+Also the well-formedness of every ``google.protobuf.Duration`` and ``Timestamp`` in any
+request (``time_field_violations``), which the gRPC edge checks before a handler runs: the
+protobuf runtime decodes a Duration of 2**62 s or one with nanos of the wrong sign without
+complaint, and converting it later fails or silently means something else.
+"""
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterator
 from datetime import timedelta
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 
 from fleetwire.errors import FieldViolation, InvalidArgument
 from fleetwire.settings import BridgeSettings
 from fleetwire.signing import RequestFacts
+from fleetwire.topology import SUBCLOUD_NAME
 from fleetwire.v1 import job_pb2
 
 MAX_STOP_STRINGS = 8
@@ -18,9 +31,18 @@ MAX_REQUEST_ID_BYTES = 128
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
 MAX_MESSAGES = 256
 MAX_GPU_MEMORY_MIB = 1 << 22  # 4 TiB: anything larger is a unit mistake
-# model versions, GPU classes, regions and subclouds: short plain names
+# GPU classes and regions: short plain names. Subclouds are stricter (SUBCLOUD_NAME): a
+# subcloud is a routing-key word, and two names must never share a queue.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")  # "v1", "sha256:ab12..."
+
+# The ranges google/protobuf/duration.proto and timestamp.proto define.
+MAX_DURATION_SECONDS = 315_576_000_000  # about 10,000 years
+MIN_TIMESTAMP_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+MAX_NANOS = 999_999_999
+_DURATION = duration_pb2.Duration.DESCRIPTOR.full_name
+_TIMESTAMP = timestamp_pb2.Timestamp.DESCRIPTOR.full_name
 
 
 def validate_spec(
@@ -55,10 +77,12 @@ def validate_spec(
     constraints = spec.constraints
     if constraints.min_gpu_memory_mib > MAX_GPU_MEMORY_MIB:
         violation("constraints.min_gpu_memory_mib", f"at most {MAX_GPU_MEMORY_MIB} (MiB)")
-    for name in ("gpu_class", "region", "subcloud"):
+    for name in ("gpu_class", "region"):
         value = getattr(constraints, name)
         if value and not NAME.match(value):
             violation(f"constraints.{name}", f"must match {NAME.pattern}")
+    if constraints.subcloud and not SUBCLOUD_NAME.fullmatch(constraints.subcloud):
+        violation("constraints.subcloud", f"must match {SUBCLOUD_NAME.pattern}")
 
     sampling = spec.sampling
     if not spec.HasField("sampling") or sampling.max_tokens == 0:
@@ -83,9 +107,15 @@ def validate_spec(
         if value not in enum.values():
             violation(field, f"unknown value {value}")
 
-    ttl = spec.ttl.ToTimedelta() if spec.HasField("ttl") else limits.default_ttl
-    if not timedelta(seconds=1) <= ttl <= limits.max_ttl:
-        violation("ttl", f"must be within 1s and {limits.max_ttl}")
+    ttl = limits.default_ttl
+    malformed = duration_problem(spec.ttl) if spec.HasField("ttl") else None
+    if malformed is not None:
+        violation("ttl", malformed)
+    else:
+        if spec.HasField("ttl"):
+            ttl = spec.ttl.ToTimedelta()
+        if not timedelta(seconds=1) <= ttl <= limits.max_ttl:
+            violation("ttl", f"must be within 1s and {limits.max_ttl}")
 
     if len(spec.client_request_id.encode()) > MAX_REQUEST_ID_BYTES:
         violation("client_request_id", f"at most {MAX_REQUEST_ID_BYTES} bytes")
@@ -131,4 +161,87 @@ def request_facts(job_id: str, spec: job_pb2.JobSpec) -> RequestFacts:
         seed=s.seed if s.HasField("seed") else None,
         stop=list(s.stop),
         ignore_eos=s.ignore_eos,
+    )
+
+
+def duration_problem(duration: duration_pb2.Duration) -> str | None:
+    """Why ``duration`` is not a google.protobuf.Duration as its definition allows (seconds
+    within ±315,576,000,000; nanos within ±999,999,999 and of the sign of seconds), or None.
+    """
+    if not -MAX_DURATION_SECONDS <= duration.seconds <= MAX_DURATION_SECONDS:
+        return f"malformed Duration: seconds must be within ±{MAX_DURATION_SECONDS:,}"
+    if not -MAX_NANOS <= duration.nanos <= MAX_NANOS:
+        return f"malformed Duration: nanos must be within ±{MAX_NANOS:,}"
+    if (duration.seconds > 0 > duration.nanos) or (duration.seconds < 0 < duration.nanos):
+        return "malformed Duration: nanos must have the sign of seconds"
+    return None
+
+
+def timestamp_problem(timestamp: timestamp_pb2.Timestamp) -> str | None:
+    """Why ``timestamp`` is not a google.protobuf.Timestamp as its definition allows (0001-01-01
+    to 9999-12-31 UTC; nanos within 0..999,999,999), or None."""
+    if not MIN_TIMESTAMP_SECONDS <= timestamp.seconds <= MAX_TIMESTAMP_SECONDS:
+        return "malformed Timestamp: must be within 0001-01-01 and 9999-12-31 UTC"
+    if not 0 <= timestamp.nanos <= MAX_NANOS:
+        return f"malformed Timestamp: nanos must be within 0 and {MAX_NANOS:,}"
+    return None
+
+
+def time_field_violations(message: Message, prefix: str = "") -> list[FieldViolation]:
+    """Every malformed Duration or Timestamp anywhere in ``message``, named by its field path
+    as the request spells it (``job.ttl``, ``jobs[3].ttl``). Message types that cannot hold
+    one cost a cached lookup and nothing more."""
+    found: list[FieldViolation] = []
+    for path, value in _time_values(message, prefix):
+        kind = value.DESCRIPTOR.full_name
+        problem = (
+            duration_problem(value)  # type: ignore[arg-type]
+            if kind == _DURATION
+            else timestamp_problem(value)  # type: ignore[arg-type]
+        )
+        if problem is not None:
+            found.append(FieldViolation(path, problem))
+    return found
+
+
+def _time_values(message: Message, prefix: str) -> Iterator[tuple[str, Message]]:
+    """(path, value) of every Duration and Timestamp set in ``message``, depth first."""
+    for field in _time_bearing_fields(message.DESCRIPTOR):
+        path = f"{prefix}.{field.name}" if prefix else field.name
+        value = getattr(message, field.name)
+        items: list[tuple[str, Message]]
+        if field.message_type.GetOptions().map_entry:
+            items = [(f"{path}[{key}]", item) for key, item in value.items()]
+        elif field.is_repeated:
+            items = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+        elif message.HasField(field.name):
+            items = [(path, value)]
+        else:
+            continue
+        for item_path, item in items:
+            if item.DESCRIPTOR.full_name in (_DURATION, _TIMESTAMP):
+                yield item_path, item
+            else:
+                yield from _time_values(item, item_path)
+
+
+@functools.cache
+def _time_bearing_fields(descriptor: Descriptor) -> tuple[FieldDescriptor, ...]:
+    """The message-typed fields of ``descriptor`` through which a Duration or Timestamp can
+    be reached (a map counts through its values)."""
+    return tuple(
+        f
+        for f in descriptor.fields
+        if f.message_type is not None and _holds_time(f.message_type, frozenset())
+    )
+
+
+def _holds_time(descriptor: Descriptor, visiting: frozenset[str]) -> bool:
+    if descriptor.full_name in (_DURATION, _TIMESTAMP):
+        return True
+    if descriptor.full_name in visiting:  # a recursive type: its other fields decide
+        return False
+    inner = visiting | {descriptor.full_name}
+    return any(
+        f.message_type is not None and _holds_time(f.message_type, inner) for f in descriptor.fields
     )

@@ -32,10 +32,9 @@ from typing import Any
 
 from fleetwire.errors import ConfigurationError
 from fleetwire.settings import NodeSettings
-from fleetwire.topology import NETWORK_NAMES
+from fleetwire.topology import NETWORK_NAMES, SUBCLOUD_NAME
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SUBCLOUD = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 KNOWN_NETWORKS = frozenset(NETWORK_NAMES.values())
 TOP_LEVEL_KEYS = frozenset({"region", "subclouds", "networks", "models"})
 MODEL_KEYS = frozenset(
@@ -163,9 +162,11 @@ def _checked(profile: NodeProfile, source: str) -> NodeProfile:
         if not MODEL_NAME.match(name):
             raise ConfigurationError(f"{source}: bad model name {name!r}")
     for subcloud in profile.subclouds:
-        if not SUBCLOUD.match(subcloud):
+        # The mesh's rule (a subcloud is a routing-key word); the scheduler refuses others.
+        if not SUBCLOUD_NAME.fullmatch(subcloud):
             raise ConfigurationError(
-                f"{source}: subcloud {subcloud!r} must be 1-64 characters of [a-z0-9-]"
+                f"{source}: subcloud {subcloud!r} must be 1-64 characters of [a-z0-9-], "
+                "starting with a letter or digit"
             )
     bad = [n for n in profile.networks if n not in KNOWN_NETWORKS]
     if bad or not profile.networks:

@@ -5,6 +5,7 @@ out through ``send``."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,32 @@ class RunningJob:
     cancelled: bool = False
     hand_back: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class ContextOverrun(enum.Enum):
+    """Which limit a request that does not fit the model's context overran (the Failure
+    reason)."""
+
+    PROMPT_TOO_LONG = "PROMPT_TOO_LONG"  # the prompt alone leaves no room for output
+    CONTEXT_LENGTH_EXCEEDED = "CONTEXT_LENGTH_EXCEEDED"  # prompt + max_tokens is too much
+
+
+def context_overrun(
+    *, prompt_tokens: int, max_tokens: int, max_model_len: int
+) -> tuple[ContextOverrun, str]:
+    """The reason and message for a request whose prompt plus ``max_tokens`` exceeds the
+    context: PROMPT_TOO_LONG only when the prompt alone fills it (no max_tokens could
+    help); otherwise CONTEXT_LENGTH_EXCEEDED, saying how many output tokens would fit."""
+    if prompt_tokens >= max_model_len:
+        return ContextOverrun.PROMPT_TOO_LONG, (
+            f"prompt of {prompt_tokens} tokens leaves no room for output in the model's "
+            f"context of {max_model_len} tokens (max_tokens {max_tokens})"
+        )
+    return ContextOverrun.CONTEXT_LENGTH_EXCEEDED, (
+        f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} is "
+        f"{prompt_tokens + max_tokens} tokens, more than the model's context of "
+        f"{max_model_len} tokens; at most {max_model_len - prompt_tokens} output tokens fit"
+    )
 
 
 def generation_request(request_id: str, spec: job_pb2.JobSpec) -> GenerationRequest:
@@ -130,7 +157,12 @@ class JobRunner:
                 if chunk.finished:
                     finish_reason = chunk.finish_reason or "stop"
         except PromptTooLongError as err:
-            return _failure(job, "PROMPT_TOO_LONG", str(err), retryable=False)
+            overrun, message = context_overrun(
+                prompt_tokens=err.prompt_tokens,
+                max_tokens=err.max_tokens,
+                max_model_len=err.max_model_len,
+            )
+            return _failure(job, overrun.value, message, retryable=False)
         except InvalidRequestError as err:
             return _failure(job, "INVALID_REQUEST", str(err), retryable=False)
         except Exception as err:

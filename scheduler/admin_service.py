@@ -12,7 +12,6 @@ import structlog
 
 from fleetwire.amqp import AMQP_ERRORS, AmqpLink
 from fleetwire.errors import FieldViolation, InvalidArgument, NotFound
-from fleetwire.grpc_errors import translate_errors
 from fleetwire.job_view import job_from_row
 from fleetwire.topology import HEADER_REQUEST_ID, Topology
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
@@ -70,7 +69,6 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
         self._topology = topology
         self._replay = replay
 
-    @translate_errors
     async def ListNodes(  # noqa: N802 - gRPC method name
         self, request: mesh_admin_service_pb2.ListNodesRequest, context: Context
     ) -> mesh_admin_service_pb2.ListNodesResponse:
@@ -98,7 +96,6 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
             views.append(view)
         return mesh_admin_service_pb2.ListNodesResponse(nodes=views)
 
-    @translate_errors
     async def QueueDepths(  # noqa: N802
         self, request: mesh_admin_service_pb2.QueueDepthsRequest, context: Context
     ) -> mesh_admin_service_pb2.QueueDepthsResponse:
@@ -134,7 +131,6 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
                 with contextlib.suppress(*AMQP_ERRORS):
                     await channel.close()
 
-    @translate_errors
     async def ListDeadLetters(  # noqa: N802
         self, request: mesh_admin_service_pb2.ListDeadLettersRequest, context: Context
     ) -> mesh_admin_service_pb2.ListDeadLettersResponse:
@@ -143,7 +139,6 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
         rows = await self._store.dead_letters(request.limit or 100)
         return mesh_admin_service_pb2.ListDeadLettersResponse(jobs=[job_from_row(r) for r in rows])
 
-    @translate_errors
     async def ReplayDeadLetter(  # noqa: N802
         self, request: mesh_admin_service_pb2.ReplayDeadLetterRequest, context: Context
     ) -> mesh_admin_service_pb2.ReplayDeadLetterResponse:
@@ -153,7 +148,6 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
             parked_message_removed=replayed.parked_message_removed,
         )
 
-    @translate_errors
     async def GetBalance(  # noqa: N802
         self, request: mesh_admin_service_pb2.GetBalanceRequest, context: Context
     ) -> mesh_admin_service_pb2.GetBalanceResponse:
@@ -166,7 +160,6 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
             account=request.account, balance_micro_credits=balance, entries=entries
         )
 
-    @translate_errors
     async def JobTrail(  # noqa: N802
         self, request: mesh_admin_service_pb2.JobTrailRequest, context: Context
     ) -> mesh_admin_service_pb2.JobTrailResponse:

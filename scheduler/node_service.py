@@ -20,11 +20,17 @@ import grpc
 import structlog
 
 from fleetwire import signing
-from fleetwire.errors import FleetwireError, PermissionDenied, Unauthenticated
+from fleetwire.errors import (
+    FieldViolation,
+    FleetwireError,
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+)
 from fleetwire.grpc_errors import abort_with
 from fleetwire.job_store import JobStore
 from fleetwire.settings import SchedulerSettings
-from fleetwire.topology import Topology
+from fleetwire.topology import SUBCLOUD_NAME, Topology
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from scheduler.matching import NodeProfile
@@ -85,6 +91,9 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         reason, lease_expired = "stream ended", False
         try:
             reason, lease_expired = await self._read_loop(session, context)
+        except FleetwireError as err:  # e.g. an undecodable message; the edge ends the call
+            reason = f"refused: {err.message}"
+            raise
         finally:
             await self._registry.remove(session, reason, lease_expired=lease_expired)
             await self._presence.forget(session)
@@ -107,6 +116,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             raise Unauthenticated("node_id must be 1-64 characters of [a-z0-9-]")
         if len(hello.public_key) != 32:
             raise Unauthenticated("public_key must be a raw 32-byte ed25519 key")
+        _check_subclouds(hello)
         public_key = bytes(hello.public_key)
         await self._check_registration(hello.node_id, public_key)
 
@@ -201,3 +211,15 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
                 # A backing service hiccup (e.g. PostgreSQL restarting) must not cut the
                 # node off: the message's effect is retried by the job's own path.
                 log.exception("node message not handled", node_id=session.node_id)
+
+
+def _check_subclouds(hello: nodes_pb2.Hello) -> None:
+    """Subclouds are routing-key words (``SUBCLOUD_NAME``); a name the mesh cannot keep apart
+    from another ("a.b" and "a_b") is refused, never merged into someone else's queue."""
+    bad = [
+        FieldViolation(f"hello.subclouds[{i}]", f"must match {SUBCLOUD_NAME.pattern}")
+        for i, name in enumerate(hello.subclouds)
+        if not SUBCLOUD_NAME.fullmatch(name)
+    ]
+    if bad:
+        raise InvalidArgument(bad)

@@ -29,7 +29,10 @@ class MeshAdminServiceStub:
     """Operator views of the mesh, served by every scheduler replica (default port 50052)
     alongside NodeService. Answers cover the whole mesh, not only the serving replica:
     nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
-    and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE.
+    and RabbitMQ. Errors: INVALID_ARGUMENT (also for a request that does not decode, with
+    google.rpc.BadRequest naming the field where it can be known), NOT_FOUND,
+    FAILED_PRECONDITION, UNAVAILABLE, INTERNAL (an unexpected fault; the message carries
+    only the trace id under which the scheduler logged it).
     """
 
     def __init__(self, channel):
@@ -74,7 +77,10 @@ class MeshAdminServiceServicer:
     """Operator views of the mesh, served by every scheduler replica (default port 50052)
     alongside NodeService. Answers cover the whole mesh, not only the serving replica:
     nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
-    and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE.
+    and RabbitMQ. Errors: INVALID_ARGUMENT (also for a request that does not decode, with
+    google.rpc.BadRequest naming the field where it can be known), NOT_FOUND,
+    FAILED_PRECONDITION, UNAVAILABLE, INTERNAL (an unexpected fault; the message carries
+    only the trace id under which the scheduler logged it).
     """
 
     def ListNodes(self, request, context):
@@ -170,7 +176,10 @@ class MeshAdminService:
     """Operator views of the mesh, served by every scheduler replica (default port 50052)
     alongside NodeService. Answers cover the whole mesh, not only the serving replica:
     nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
-    and RabbitMQ. Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE.
+    and RabbitMQ. Errors: INVALID_ARGUMENT (also for a request that does not decode, with
+    google.rpc.BadRequest naming the field where it can be known), NOT_FOUND,
+    FAILED_PRECONDITION, UNAVAILABLE, INTERNAL (an unexpected fault; the message carries
+    only the trace id under which the scheduler logged it).
     """
 
     @staticmethod

@@ -59,6 +59,10 @@ class NodeServiceServicer:
         Welcome.heartbeat_interval; a node silent for Welcome.lease is offline and its jobs go
         back to the queue. Jobs flow as Dispatch → Accept|Reject → Progress* → Result|Failure;
         the mesh may send Cancel for a running job and Drain to ask the node to finish up.
+        A message that does not decode (e.g. a string that is not UTF-8) ends the stream with
+        INVALID_ARGUMENT (google.rpc.BadRequest naming the field, e.g. hello.node_id), as does
+        a Hello naming a subcloud outside the rule of Hello.subclouds; an unexpected fault of
+        the mesh ends it with INTERNAL carrying only a trace id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -288,13 +288,32 @@ def test_chat_messages_use_the_models_chat_template(worker_mesh: WorkerMesh) -> 
 def test_prompt_longer_than_the_context_fails_without_retry(worker_mesh: WorkerMesh) -> None:
     client = _client(worker_mesh)
     try:
-        job_id = client.submit(make_spec("hello world " * 400, max_tokens=8)).job_id
+        job_id = client.submit(make_spec("hello world " * 1200, max_tokens=8)).job_id
         job = client.wait(job_id, timeout=120)
     finally:
         client.close()
     assert job.state == job_pb2.JOB_STATE_FAILED
-    assert job.error.reason == "PROMPT_TOO_LONG"
-    assert f"exceeds the model's context of {CONTEXT} tokens" in job.error.message
+    assert job.error.reason == "PROMPT_TOO_LONG"  # the prompt alone fills the context
+    assert f"in the model's context of {CONTEXT} tokens" in job.error.message
+    assert job.attempts == 1
+
+
+def test_max_tokens_beyond_the_context_is_context_length_exceeded(
+    worker_mesh: WorkerMesh,
+) -> None:
+    """A short prompt whose max_tokens overruns the context: the reason says so (it once
+    said PROMPT_TOO_LONG), and the message has the prompt tokens, max_tokens and context."""
+    client = _client(worker_mesh)
+    try:
+        job_id = client.submit(make_spec("hi", max_tokens=CONTEXT)).job_id
+        job = client.wait(job_id, timeout=120)
+    finally:
+        client.close()
+    assert job.state == job_pb2.JOB_STATE_FAILED
+    assert job.error.reason == "CONTEXT_LENGTH_EXCEEDED"
+    assert f"plus max_tokens {CONTEXT} is" in job.error.message
+    assert f"the model's context of {CONTEXT} tokens" in job.error.message
+    assert "prompt of " in job.error.message
     assert job.attempts == 1
 
 

@@ -114,8 +114,8 @@ export type Constraints = Message<"fleetwire.v1.Constraints"> & {
   minGpuMemoryMib: bigint;
 
   /**
-   * Required GPU class (e.g. "a100", "l4", "cpu"). Names here and in region and subcloud
-   * match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ (INVALID_ARGUMENT otherwise).
+   * Required GPU class (e.g. "a100", "l4", "cpu"). Names here and in region match
+   * ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ (INVALID_ARGUMENT otherwise).
    *
    * @generated from field: string gpu_class = 2;
    */
@@ -129,7 +129,12 @@ export type Constraints = Message<"fleetwire.v1.Constraints"> & {
   region: string;
 
   /**
-   * Private pool; a subcloud's jobs run only on its member nodes.
+   * Private pool; a subcloud's jobs run only on its member nodes. 1 to 64 characters of
+   * lower-case letters, digits and "-", starting with a letter or digit
+   * (^[a-z0-9][a-z0-9-]{0,63}$), the same rule as Hello.subclouds: the name is used as it
+   * is as the last word of the job's routing key `<network>.<model>.<subcloud>`, so two
+   * subclouds never share a queue. Any other name ("a.b", "a_b", "Acme") is
+   * INVALID_ARGUMENT naming job.constraints.subcloud.
    *
    * @generated from field: string subcloud = 4;
    */
@@ -203,7 +208,9 @@ export type JobSpec = Message<"fleetwire.v1.JobSpec"> & {
 
   /**
    * Time to live from acceptance, 1 s to 24 h; unset means the server default (10 min).
-   * A job not finished in time becomes EXPIRED.
+   * A job not finished in time becomes EXPIRED. A Duration outside its own definition
+   * (seconds beyond ±315,576,000,000, nanos beyond ±999,999,999 or of the other sign
+   * than seconds) is INVALID_ARGUMENT naming job.ttl, like one outside these limits.
    *
    * @generated from field: google.protobuf.Duration ttl = 8;
    */
@@ -396,8 +403,10 @@ export const ResultSignatureSchema: GenMessage<ResultSignature> = /*@__PURE__*/
  */
 export type JobError = Message<"fleetwire.v1.JobError"> & {
   /**
-   * A stable, machine-readable reason in UPPER_SNAKE_CASE (e.g. "PROMPT_TOO_LONG",
-   * "TTL_EXPIRED", "NO_ELIGIBLE_NODE", "CANCELLED_BY_CLIENT").
+   * A stable, machine-readable reason in UPPER_SNAKE_CASE (e.g.
+   * "CONTEXT_LENGTH_EXCEEDED": prompt tokens plus max_tokens exceed the model's context;
+   * "PROMPT_TOO_LONG": the prompt alone fills it; "TTL_EXPIRED", "NO_ELIGIBLE_NODE",
+   * "CANCELLED_BY_CLIENT").
    *
    * @generated from field: string reason = 1;
    */

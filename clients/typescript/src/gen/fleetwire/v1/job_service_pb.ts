@@ -499,8 +499,12 @@ export const WatchBatchResponseSchema: GenMessage<WatchBatchResponse> = /*@__PUR
  * `grpc-status-details-bin` trailer:
  * INVALID_ARGUMENT (google.rpc.BadRequest with the field), NOT_FOUND, FAILED_PRECONDITION,
  * RESOURCE_EXHAUSTED (google.rpc.RetryInfo), UNAVAILABLE (a backing service is down; the
- * job was not accepted), DEADLINE_EXCEEDED. Every error carries google.rpc.ErrorInfo with a
- * stable reason and the domain "fleetwire.dev".
+ * job was not accepted), DEADLINE_EXCEEDED, INTERNAL (an unexpected fault of the bridge:
+ * the message carries only the trace id under which the bridge logged it). Every error
+ * carries google.rpc.ErrorInfo with a stable reason and the domain "fleetwire.dev". A
+ * request that does not decode (e.g. a string that is not UTF-8) or carries a malformed
+ * google.protobuf.Duration is INVALID_ARGUMENT too, naming the field where it can be known
+ * (`job.prompt`, `jobs[1].ttl`); no call ends UNKNOWN.
  *
  * Authentication: send `authorization: Bearer <api key>` metadata (keys are created with
  * `fleetwire admin keys create`). A missing, malformed, unknown or revoked key is

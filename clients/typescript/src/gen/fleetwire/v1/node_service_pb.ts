@@ -181,7 +181,11 @@ export type Hello = Message<"fleetwire.v1.Hello"> & {
   region: string;
 
   /**
-   * Private pools the node belongs to.
+   * Private pools the node belongs to. Each 1 to 64 characters of lower-case letters,
+   * digits and "-", starting with a letter or digit (^[a-z0-9][a-z0-9-]{0,63}$), the rule
+   * of JobSpec.constraints.subcloud: a subcloud is the last word of its jobs' routing key,
+   * used as it is, so distinct subclouds have distinct queues. Any other name ends the
+   * handshake with INVALID_ARGUMENT naming hello.subclouds[i].
    *
    * @generated from field: repeated string subclouds = 8;
    */
@@ -500,7 +504,9 @@ export type Failure = Message<"fleetwire.v1.Failure"> & {
   attempt: number;
 
   /**
-   * Stable reason in UPPER_SNAKE_CASE (e.g. "PROMPT_TOO_LONG", "ENGINE_ERROR", "CANCELLED").
+   * Stable reason in UPPER_SNAKE_CASE (e.g. "CONTEXT_LENGTH_EXCEEDED" when prompt tokens
+   * plus max_tokens exceed the model's context, "PROMPT_TOO_LONG" when the prompt alone
+   * fills it, "ENGINE_ERROR", "CANCELLED").
    *
    * @generated from field: string reason = 3;
    */
@@ -895,6 +901,10 @@ export const NodeService: GenService<{
    * Welcome.heartbeat_interval; a node silent for Welcome.lease is offline and its jobs go
    * back to the queue. Jobs flow as Dispatch → Accept|Reject → Progress* → Result|Failure;
    * the mesh may send Cancel for a running job and Drain to ask the node to finish up.
+   * A message that does not decode (e.g. a string that is not UTF-8) ends the stream with
+   * INVALID_ARGUMENT (google.rpc.BadRequest naming the field, e.g. hello.node_id), as does
+   * a Hello naming a subcloud outside the rule of Hello.subclouds; an unexpected fault of
+   * the mesh ends it with INTERNAL carrying only a trace id.
    *
    * @generated from rpc fleetwire.v1.NodeService.NodeStream
    */
