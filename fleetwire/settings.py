@@ -13,8 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleetwire.topology import route_word
 
 
 def _seconds(value: Any) -> Any:
@@ -50,6 +52,19 @@ class MeshSettings(BaseSettings):
         default_factory=lambda: ["tiny-llama"],
         description="Model names the mesh accepts (JSON list). Submit rejects others.",
     )
+
+    @field_validator("models")
+    @classmethod
+    def _models_keep_their_queues_apart(cls, models: list[str]) -> list[str]:
+        """Two models whose routing-key words coincide (``a.b`` and ``a_b``) would share
+        one queue: refused at start rather than mixed at run time."""
+        seen: dict[str, str] = {}
+        for model in models:
+            word = route_word(model)
+            if word in seen and seen[word] != model:
+                raise ValueError(f"models {seen[word]!r} and {model!r} share the route {word!r}")
+            seen[word] = model
+        return models
 
 
 class RabbitMQSettings(BaseSettings):

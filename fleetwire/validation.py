@@ -71,7 +71,7 @@ def validate_spec(
     for i, message in enumerate(spec.messages):
         if message.role not in CHAT_ROLES:
             violation(f"messages[{i}].role", f"must be one of {sorted(CHAT_ROLES)}")
-    if spec.model_version and not VERSION.match(spec.model_version):
+    if spec.model_version and not VERSION.fullmatch(spec.model_version):
         violation("model_version", f"must match {VERSION.pattern}")
 
     constraints = spec.constraints
@@ -79,7 +79,7 @@ def validate_spec(
         violation("constraints.min_gpu_memory_mib", f"at most {MAX_GPU_MEMORY_MIB} (MiB)")
     for name in ("gpu_class", "region"):
         value = getattr(constraints, name)
-        if value and not NAME.match(value):
+        if value and not NAME.fullmatch(value):
             violation(f"constraints.{name}", f"must match {NAME.pattern}")
     if constraints.subcloud and not SUBCLOUD_NAME.fullmatch(constraints.subcloud):
         violation("constraints.subcloud", f"must match {SUBCLOUD_NAME.pattern}")

@@ -159,3 +159,9 @@ def test_dotenv_is_read_and_environment_wins(clean_env: pytest.MonkeyPatch, tmp_
     settings = Settings()
     assert settings.mesh.models == ["from-dotenv"]
     assert settings.scheduler.lease == timedelta(seconds=7)
+
+
+def test_models_that_would_share_a_queue_are_refused() -> None:
+    with pytest.raises(ValueError, match="share the route"):
+        MeshSettings(models=["eu.small", "eu_small"])
+    assert MeshSettings(models=["tiny-llama", "scripted"]).models == ["tiny-llama", "scripted"]

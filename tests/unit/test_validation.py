@@ -191,6 +191,38 @@ def _enum(name: str, value: int) -> Edit:
     return edit
 
 
+def _constraint(**values: str) -> Edit:
+    def edit(spec: job_pb2.JobSpec) -> None:
+        for name, value in values.items():
+            setattr(spec.constraints, name, value)
+
+    return edit
+
+
+def _model_version(version: str) -> Edit:
+    def edit(spec: job_pb2.JobSpec) -> None:
+        spec.model_version = version
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        pytest.param(_constraint(region="eu\n"), "job.constraints.region", id="region-newline"),
+        pytest.param(
+            _constraint(gpu_class="a100\n"), "job.constraints.gpu_class", id="gpu-newline"
+        ),
+        pytest.param(_model_version("v1\n"), "job.model_version", id="version-newline"),
+    ],
+)
+def test_a_trailing_newline_is_no_plain_name(edit: Edit, field: str) -> None:
+    """``$`` matches before a final newline; the names are matched whole."""
+    spec = valid_spec()
+    edit(spec)
+    assert violated_fields(spec) == {field}
+
+
 @pytest.mark.parametrize(
     ("edit", "field"),
     [
