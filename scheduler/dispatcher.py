@@ -40,6 +40,15 @@ from scheduler.registry import (
     NodeSession,
     Outcome,
 )
+from scheduler.settlement import (
+    AttemptOutcome,
+    Ending,
+    RetryPolicy,
+    Settlement,
+    Step,
+    give_up,
+    settle,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +79,13 @@ class Reservation:
 ACK = Verdict(Action.ACK)
 REQUEUE = Verdict(Action.REQUEUE)
 
+_NEXT_STATE = {
+    Step.FAIL: JobState.FAILED,
+    Step.RETRY_STAGED: JobState.RETRYING,
+    Step.REQUEUE: JobState.RETRYING,
+    Step.DEAD_LETTER: JobState.DEAD_LETTERED,
+}
+
 RELAY_WAIT_S = 5.0
 """How long settling a job waits for its token chunks to reach Redis (a round trip or two
 normally; Redis failing is the only way to reach it, and then the job settles anyway)."""
@@ -90,6 +106,9 @@ class Dispatcher:
         relay: ProgressRelay,
     ) -> None:
         self._settings = settings
+        self._retry_policy = RetryPolicy(
+            max_attempts=settings.max_attempts, stages=len(settings.retry_delays)
+        )
         self._scheduler_id = scheduler_id
         self._store = store
         self._events = events
@@ -172,9 +191,8 @@ class Dispatcher:
         attempt, digest = opened.number, opened.request_digest
         if attempt > self._settings.max_attempts:
             # Attempts that ended without an outcome (a crash in between) count too.
-            return await self._give_up(
-                uuid.UUID(job_id), attempt, "LOST", "no attempt finished", bound
-            )
+            decision = give_up(attempt, AttemptOutcome.LOST, "no attempt finished")
+            return await self._execute(decision, session.node_id, uuid.UUID(job_id), attempt, bound)
         await self._publish_state(job_id, JobState.DISPATCHED)
 
         run = JobRun(job_id=job_id, attempt=attempt, session=session)
@@ -208,8 +226,13 @@ class Dispatcher:
                         )
                     )
                 )
-            await self._end(job_id, JobState.EXPIRED, "TTL_EXPIRED", "TTL ran out while running")
-            return ACK
+            decision = settle(
+                Ending.DEADLINE_PASSED,
+                attempt=attempt,
+                stages_passed=retries,
+                policy=self._retry_policy,
+            )
+            return await self._execute(decision, session.node_id, uuid.UUID(job_id), attempt, bound)
         return await self._settle(
             session,
             job_id,
@@ -264,69 +287,82 @@ class Dispatcher:
         retries: int,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> Verdict:
+        """Classifies how the attempt ended (verifying and finalising a result on the
+        way), lets ``settlement.settle`` decide, and executes the decision."""
         jid = uuid.UUID(job_id)
+        reason = message = ""
         if isinstance(outcome, nodes_pb2.Result):
             finalised = await self._finalise(session, jid, digest, envelope.spec.model, outcome)
-            if finalised is not None:
-                if finalised:
-                    bound.info("job succeeded", node_id=session.node_id, attempt=attempt)
-                return ACK
-            bound.warning("bad result signature; penalising node", node_id=session.node_id)
-            await self.penalise(session.node_id, Offence.BAD_SIGNATURE, jid, attempt)
-            return await self._retry(
-                jid,
-                attempt,
-                "FAILED",
-                "BAD_SIGNATURE",
-                "result signature did not verify",
-                staged_from=retries,
-                bound=bound,
-            )
-        if isinstance(outcome, nodes_pb2.Failure):
+            if finalised:
+                bound.info("job succeeded", node_id=session.node_id, attempt=attempt)
+            ending = Ending.BAD_SIGNATURE if finalised is None else Ending.SUCCEEDED
+        elif isinstance(outcome, nodes_pb2.Failure):
+            reason, message = outcome.reason, outcome.message
             if outcome.reason == "CANCELLED":
-                return ACK  # the job was already made CANCELLED by the bridge
-            if not outcome.retryable:
-                moved = await self._store.end_attempt(
-                    jid,
-                    attempt,
-                    attempt_outcome="FAILED",
-                    job_state=JobState.FAILED,
-                    reason=outcome.reason,
-                    message=outcome.message,
-                )
-                if moved:
-                    bound.info("job failed", reason=outcome.reason)
-                    await self._publish_state(job_id, JobState.FAILED)
-                return ACK
-            await self.penalise(session.node_id, Offence.FAILURE, jid, attempt)
-            return await self._retry(
-                jid,
-                attempt,
-                "FAILED",
-                outcome.reason,
-                outcome.message,
-                staged_from=retries,
-                bound=bound,
-            )
-        if isinstance(outcome, nodes_pb2.Reject):
-            return await self._retry(
-                jid, attempt, "REJECTED", "REJECTED", outcome.reason, bound=bound
-            )
-        if isinstance(outcome, DispatchTimedOut):
-            await self.penalise(session.node_id, Offence.DISPATCH_TIMEOUT, jid, attempt)
-            return await self._retry(
-                jid,
-                attempt,
-                "LOST",
-                "DISPATCH_TIMEOUT",
-                "node did not accept in time",
-                bound=bound,
-            )
-        assert isinstance(outcome, Lost)
-        if outcome.lease_expired:
-            await self.penalise(session.node_id, Offence.LEASE_EXPIRED, jid, attempt)
-        bound.warning("node lost mid-job; requeueing", node_id=session.node_id, why=outcome.reason)
-        return await self._retry(jid, attempt, "LOST", "NODE_LOST", outcome.reason, bound=bound)
+                ending = Ending.CANCELLED  # the job was already made CANCELLED by the bridge
+            else:
+                ending = Ending.FAILED_RETRYABLE if outcome.retryable else Ending.FAILED
+        elif isinstance(outcome, nodes_pb2.Reject):
+            ending, reason = Ending.REJECTED, outcome.reason
+        elif isinstance(outcome, DispatchTimedOut):
+            ending = Ending.DISPATCH_TIMEOUT
+        else:
+            ending = Ending.LEASE_EXPIRED if outcome.lease_expired else Ending.LOST
+            reason = outcome.reason
+        decision = settle(
+            ending,
+            attempt=attempt,
+            stages_passed=retries,
+            policy=self._retry_policy,
+            reason=reason,
+            message=message,
+        )
+        if ending is Ending.BAD_SIGNATURE:
+            bound.warning("bad result signature; penalising node", node_id=session.node_id)
+        elif ending in (Ending.LOST, Ending.LEASE_EXPIRED):
+            bound.warning("node lost mid-job; requeueing", node_id=session.node_id, why=reason)
+        return await self._execute(decision, session.node_id, jid, attempt, bound)
+
+    async def _execute(
+        self,
+        decision: Settlement,
+        node_id: str,
+        job_id: uuid.UUID,
+        attempt: int,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> Verdict:
+        """Carries out a settlement: charges the offence, ends the attempt with the job's
+        next state, announces it, and tells the consumer what to do with the delivery. A
+        job that moved on meanwhile (cancelled, expired) is only acked."""
+        if decision.offence is not None:
+            await self.penalise(node_id, decision.offence, job_id, attempt)
+        if decision.step is Step.ACK:
+            return ACK
+        if decision.step is Step.EXPIRE:
+            await self._end(str(job_id), JobState.EXPIRED, decision.reason, decision.message)
+            return ACK
+        state = _NEXT_STATE[decision.step]
+        moved = await self._store.end_attempt(
+            job_id,
+            attempt,
+            attempt_outcome=str(decision.attempt_outcome),
+            job_state=state,
+            reason=decision.reason,
+            message=decision.message,
+        )
+        if not moved:
+            return ACK  # the job moved on meanwhile: nothing to retry or record
+        await self._publish_state(str(job_id), state)
+        if decision.step is Step.FAIL:
+            bound.info("job failed", reason=decision.reason)
+            return ACK
+        if decision.step is Step.DEAD_LETTER:
+            bound.warning("job dead-lettered", attempts=attempt, last_error=decision.last_error)
+            return Verdict(Action.DEAD_LETTER, reason=decision.last_error)
+        if decision.step is Step.REQUEUE:
+            return REQUEUE
+        bound.info("retrying after a delay", stage=decision.stage + 1, reason=decision.reason)
+        return Verdict(Action.RETRY_STAGE, stage=decision.stage, reason=decision.reason)
 
     async def _finalise(
         self,
@@ -424,66 +460,6 @@ class Dispatcher:
             a["attempt"] == attempt and a["node_id"] == session.node_id
             for a in await self._store.attempts_of(job_id)
         )
-
-    async def _retry(
-        self,
-        job_id: uuid.UUID,
-        attempt: int,
-        attempt_outcome: str,
-        reason: str,
-        message: str,
-        *,
-        staged_from: int | None = None,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> Verdict:
-        """Ends the attempt and sends the job round again: through retry stage
-        ``staged_from`` for failures (a delay that grows per stage), straight back to its
-        queue when the node was lost or refused. Past the last stage or the attempt limit
-        the job is dead-lettered."""
-        delays = self._settings.retry_delays
-        if attempt >= self._settings.max_attempts or (
-            staged_from is not None and staged_from >= len(delays)
-        ):
-            return await self._give_up(
-                job_id, attempt, attempt_outcome, f"{reason}: {message}", bound
-            )
-        moved = await self._store.end_attempt(
-            job_id,
-            attempt,
-            attempt_outcome=attempt_outcome,
-            job_state=JobState.RETRYING,
-            reason=reason,
-            message=message,
-        )
-        if not moved:
-            return ACK  # the job moved on meanwhile (cancelled, expired): nothing to retry
-        await self._publish_state(str(job_id), JobState.RETRYING)
-        if staged_from is None:
-            return REQUEUE
-        bound.info("retrying after a delay", stage=staged_from + 1, reason=reason)
-        return Verdict(Action.RETRY_STAGE, stage=staged_from, reason=reason)
-
-    async def _give_up(
-        self,
-        job_id: uuid.UUID,
-        attempt: int,
-        attempt_outcome: str,
-        last_error: str,
-        bound: structlog.typing.FilteringBoundLogger,
-    ) -> Verdict:
-        moved = await self._store.end_attempt(
-            job_id,
-            attempt,
-            attempt_outcome=attempt_outcome,
-            job_state=JobState.DEAD_LETTERED,
-            reason="ATTEMPTS_EXHAUSTED",
-            message=f"gave up after {attempt} attempt(s); last error: {last_error}",
-        )
-        if not moved:
-            return ACK
-        bound.warning("job dead-lettered", attempts=attempt, last_error=last_error)
-        await self._publish_state(str(job_id), JobState.DEAD_LETTERED)
-        return Verdict(Action.DEAD_LETTER, reason=last_error)
 
     async def _end(self, job_id: str, state: JobState, reason: str, message: str) -> None:
         row = await self._store.end_job(uuid.UUID(job_id), state, reason=reason, message=message)
