@@ -39,5 +39,6 @@ async def events(settings: Settings) -> AsyncIterator[JobEvents]:
         settings.mesh.namespace,
         maxlen=settings.redis.stream_maxlen,
         ttl=settings.redis.stream_ttl,
+        finished_retention=settings.redis.finished_stream_retention,
     )
     await redis.aclose()

@@ -115,7 +115,8 @@ export type WatchRequest = Message<"fleetwire.v1.WatchRequest"> & {
   jobId: string;
 
   /**
-   * Only token chunks with a sequence number greater than this are sent (0: all).
+   * Only token chunks with a sequence number greater than this are sent (0: all). The
+   * output of a finished job whose chunks have expired is chunk 1 (see Watch).
    *
    * @generated from field: uint64 after_sequence = 2;
    */
@@ -550,8 +551,14 @@ export const JobService: GenService<{
    * Streams a job's state changes and generated token chunks until it is terminal (the
    * terminal state is always the last message). The first message is the current state,
    * except for a job already terminal: then the chunks of its final attempt are replayed
-   * first (while the mesh keeps them, see FLEETWIRE_REDIS_STREAM_TTL). Resumable: pass the
-   * last seen sequence number to receive only later chunks. Errors: NOT_FOUND.
+   * first. The mesh keeps a finished job's chunks only briefly
+   * (FLEETWIRE_REDIS_FINISHED_STREAM_RETENTION, default 60 s); after that, or when they
+   * were lost, a SUCCEEDED job's output comes from the job record as one chunk: sequence 1,
+   * the whole Job.output as text, token_count = usage.completion_tokens, attempt = the
+   * signed attempt. Either way the chunks a client receives add up to Job.output.
+   * Resumable: pass the last seen sequence number to receive only later chunks; a client
+   * that resumes (after_sequence >= 1) once the chunks are gone receives no chunk, only
+   * the final state, whose output holds the whole text. Errors: NOT_FOUND.
    *
    * @generated from rpc fleetwire.v1.JobService.Watch
    */
