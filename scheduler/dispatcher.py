@@ -1,4 +1,8 @@
-"""From an AMQP delivery to a final job: reserve, dispatch, follow, verify, finalise, ack.
+"""From an AMQP delivery to a final job: reserve, dispatch, follow, settle, ack.
+
+What the node sends arrives through ``scheduler.node_messages``; results are verified and
+finalised by ``scheduler.finalisation``; what becomes of a job after an attempt is decided
+by ``scheduler.settlement`` and only executed here.
 
 The delivery stays unacked until the job is final in PostgreSQL (or handed back), so a
 scheduler that dies at any point leaves the message to be redelivered; the guarded updates
@@ -17,20 +21,18 @@ from enum import Enum
 import aiormq.abc
 import structlog
 
-from fleetwire import signing
 from fleetwire.coalescer import Coalescer
 from fleetwire.errors import BackendUnavailable
-from fleetwire.events import ChunkEvent, JobEvents, StateEvent
-from fleetwire.job_store import JobStore, OpenedAttempt, SignedOutcome
-from fleetwire.ledger import Prices
+from fleetwire.events import JobEvents, StateEvent
+from fleetwire.job_store import JobStore, OpenedAttempt
 from fleetwire.settings import SchedulerSettings
 from fleetwire.states import JobState
 from fleetwire.topology import HEADER_REQUEST_ID, HEADER_RETRIES
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from scheduler.finalisation import Finaliser
 from scheduler.matching import JobNeeds
-from scheduler.penalties import POINTS, Offence, PenaltyBox
-from scheduler.penalty_store import PenaltyStore
+from scheduler.offences import Offences
 from scheduler.progress_relay import ProgressRelay
 from scheduler.registry import (
     DispatchTimedOut,
@@ -86,10 +88,6 @@ _NEXT_STATE = {
     Step.DEAD_LETTER: JobState.DEAD_LETTERED,
 }
 
-RELAY_WAIT_S = 5.0
-"""How long settling a job waits for its token chunks to reach Redis (a round trip or two
-normally; Redis failing is the only way to reach it, and then the job settles anyway)."""
-
 
 class Dispatcher:
     """Runs each delivered job through one attempt on a connected node."""
@@ -101,9 +99,9 @@ class Dispatcher:
         store: JobStore,
         events: JobEvents,
         registry: NodeRegistry,
-        penalties: PenaltyBox,
-        penalty_store: PenaltyStore,
         relay: ProgressRelay,
+        finaliser: Finaliser,
+        offences: Offences,
     ) -> None:
         self._settings = settings
         self._retry_policy = RetryPolicy(
@@ -113,20 +111,12 @@ class Dispatcher:
         self._store = store
         self._events = events
         self._registry = registry
-        self._penalties = penalties
-        self._penalty_store = penalty_store
         self._relay = relay
+        self._finaliser = finaliser
+        self._offences = offences
         # Deliveries arriving together begin their attempts in one statement.
         self._begin: Coalescer[tuple[uuid.UUID, str], OpenedAttempt | None] = Coalescer(
             lambda items: store.begin_attempts(items, scheduler_id), name="begin-attempts"
-        )
-        # Results verified together are finalised (and billed) in one statement.
-        self._finalisations: Coalescer[tuple[uuid.UUID, SignedOutcome, int], bool] = Coalescer(
-            store.finalise_successes, name="finalisations"
-        )
-        self._prices = Prices(
-            per_1k_prompt_tokens=settings.price_per_1k_prompt_tokens,
-            per_1k_completion_tokens=settings.price_per_1k_completion_tokens,
         )
 
     # -- deliveries -------------------------------------------------------------------
@@ -216,7 +206,7 @@ class Dispatcher:
             session = run.session or session
             reservation.session = session
             session.runs.pop((job_id, attempt), None)
-        await self._chunks_relayed(job_id)
+        await self._relay.caught_up(job_id)
         if outcome is None:
             with contextlib.suppress(Exception):  # best effort: the node may be gone
                 await session.send(
@@ -292,7 +282,9 @@ class Dispatcher:
         jid = uuid.UUID(job_id)
         reason = message = ""
         if isinstance(outcome, nodes_pb2.Result):
-            finalised = await self._finalise(session, jid, digest, envelope.spec.model, outcome)
+            finalised = await self._finaliser.finalise(
+                session, jid, digest, envelope.spec.model, outcome
+            )
             if finalised:
                 bound.info("job succeeded", node_id=session.node_id, attempt=attempt)
             ending = Ending.BAD_SIGNATURE if finalised is None else Ending.SUCCEEDED
@@ -335,7 +327,7 @@ class Dispatcher:
         next state, announces it, and tells the consumer what to do with the delivery. A
         job that moved on meanwhile (cancelled, expired) is only acked."""
         if decision.offence is not None:
-            await self.penalise(node_id, decision.offence, job_id, attempt)
+            await self._offences.charge(node_id, decision.offence, job_id, attempt)
         if decision.step is Step.ACK:
             return ACK
         if decision.step is Step.EXPIRE:
@@ -364,103 +356,6 @@ class Dispatcher:
         bound.info("retrying after a delay", stage=decision.stage + 1, reason=decision.reason)
         return Verdict(Action.RETRY_STAGE, stage=decision.stage, reason=decision.reason)
 
-    async def _finalise(
-        self,
-        session: NodeSession,
-        job_id: uuid.UUID,
-        digest: bytes,
-        model: str,
-        result: nodes_pb2.Result,
-    ) -> bool | None:
-        """Verifies ``result`` against the node's key and the job's request digest and, if
-        it holds, makes the job SUCCEEDED. None: the signature does not verify; False: it
-        does, but the job had moved on (a duplicate or a superseded attempt)."""
-        facts = signing.ResultFacts(
-            job_id=str(job_id),
-            attempt=result.attempt,
-            node_id=session.node_id,
-            model=model,
-            request_digest=digest,
-            output_digest=signing.output_digest(result.output),
-            prompt_tokens=result.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens,
-            finished_at_unix_ms=result.finished_at_unix_ms,
-        )
-        if not signing.verify(session.public_key, signing.result_bytes(facts), result.signature):
-            return None
-        timings = result.timings
-        usage = result.usage
-        amount = self._prices.cost(usage.prompt_tokens, usage.completion_tokens)
-        outcome = SignedOutcome(
-            attempt=result.attempt,
-            node_id=session.node_id,
-            output=result.output,
-            finish_reason=result.finish_reason,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            timings={
-                "queue_ms": timings.queue_ms,
-                "time_to_first_token_ms": timings.time_to_first_token_ms,
-                "total_ms": timings.total_ms,
-                "tokens_per_second": timings.tokens_per_second,
-            },
-            signature=bytes(result.signature),
-            public_key=session.public_key,
-            key_id=session.key_id,
-            finished_at_ms=result.finished_at_unix_ms,
-        )
-        finalised = await self._finalisations((job_id, outcome, amount))
-        if finalised:
-            await self._publish_state(str(job_id), JobState.SUCCEEDED)
-            if timings.time_to_first_token_ms:
-                session.recent_ttft_ms.append(timings.time_to_first_token_ms)
-        return finalised
-
-    async def _finalise_announced(self, session: NodeSession, result: nodes_pb2.Result) -> None:
-        """A result the node announced in Hello that no delivery of ours waits for (this
-        scheduler restarted while the node ran it). Finalised directly when it is still the
-        job's current attempt; the job's redelivered message then finds it final.
-
-        Announcing does not make a job the node's: a result for an attempt that was never
-        dispatched to this node (an invented id, another node's job) is rejected and
-        penalised. A re-delivery of an attempt it did run changes nothing once the job has
-        moved on (an honest node may resend a result whose delivery it could not confirm)."""
-        job_id = _job_uuid(result.job_id)
-        if job_id is None or not await self._dispatched_to(job_id, result.attempt, session):
-            log.warning(
-                "announced result for an attempt never dispatched to the node",
-                node_id=session.node_id,
-                job_id=result.job_id,
-                attempt=result.attempt,
-            )
-            await self.penalise(session.node_id, Offence.UNEXPECTED_RESULT, job_id, result.attempt)
-            return
-        row = await self._store.get_job(job_id)
-        if row is None:
-            return
-        await self._chunks_relayed(result.job_id)
-        spec = job_pb2.JobSpec()
-        spec.ParseFromString(bytes(row["spec"]))
-        finalised = await self._finalise(
-            session, job_id, bytes(row["request_digest"]), spec.model, result
-        )
-        if finalised is None:
-            await self.penalise(session.node_id, Offence.BAD_SIGNATURE, job_id, result.attempt)
-        log.info(
-            "announced result",
-            job_id=result.job_id,
-            attempt=result.attempt,
-            node_id=session.node_id,
-            finalised=bool(finalised),
-        )
-
-    async def _dispatched_to(self, job_id: uuid.UUID, attempt: int, session: NodeSession) -> bool:
-        """Whether attempt ``attempt`` of the job was dispatched to the session's node."""
-        return any(
-            a["attempt"] == attempt and a["node_id"] == session.node_id
-            for a in await self._store.attempts_of(job_id)
-        )
-
     async def _end(self, job_id: str, state: JobState, reason: str, message: str) -> None:
         row = await self._store.end_job(uuid.UUID(job_id), state, reason=reason, message=message)
         if row is not None and row["state"] == state:
@@ -470,127 +365,3 @@ class Dispatcher:
         """Queues the (committed) state change for the job's event stream; the relay
         writes it in a batch with others."""
         self._relay.submit(job_id, StateEvent(state))
-
-    # -- node messages ----------------------------------------------------------------
-
-    async def on_node_message(
-        self, session: NodeSession, message: nodes_pb2.NodeStreamRequest
-    ) -> None:
-        kind = message.WhichOneof("message")
-        if kind == "heartbeat":
-            return
-        if kind == "draining":
-            session.draining = True
-            log.info("node draining", node_id=session.node_id)
-            return
-        if kind == "progress":
-            self._relay_progress(session, message.progress)
-            return
-        body = getattr(message, kind) if kind else None
-        if kind not in ("accept", "reject", "result", "failure") or body is None:
-            log.warning("unexpected node message", node_id=session.node_id, kind=kind)
-            return
-        run = session.run_of(body.job_id, body.attempt)
-        if run is None and kind == "result" and (body.job_id, body.attempt) in session.announced:
-            await self._finalise_announced(session, message.result)
-            return
-        if run is None and kind == "result":
-            # A result for a job/attempt this session does not run: wrong job, stale
-            # attempt or a replay. It changes nothing, and it costs the node.
-            log.warning(
-                "unexpected result",
-                node_id=session.node_id,
-                job_id=body.job_id,
-                attempt=body.attempt,
-            )
-            await self.penalise(
-                session.node_id, Offence.UNEXPECTED_RESULT, _job_uuid(body.job_id), body.attempt
-            )
-            return
-        if run is None:
-            log.warning(
-                "message for a job this session does not run",
-                node_id=session.node_id,
-                kind=kind,
-                job_id=body.job_id,
-                attempt=body.attempt,
-            )
-            return
-        if kind == "accept":
-            # RUNNING is recorded by the delivery's task (``_follow``), not here: the read
-            # loop never waits for PostgreSQL, so a slow commit cannot hold up the chunks
-            # and results of the node's other jobs.
-            if not run.accepted.done():
-                run.started = True
-                run.accepted.set_result(None)
-            return
-        run.resolve(body)
-
-    def _relay_progress(self, session: NodeSession, progress: nodes_pb2.Progress) -> None:
-        """Hands the chunk to the relay; the read loop does not wait for Redis."""
-        if session.run_of(progress.job_id, progress.attempt) is None:
-            return
-        self._relay.submit(
-            progress.job_id,
-            ChunkEvent(
-                attempt=progress.attempt,
-                sequence=progress.sequence,
-                text=progress.text,
-                token_count=progress.token_count,
-            ),
-        )
-
-    async def _chunks_relayed(self, job_id: str) -> None:
-        """Waits until the chunks its node sent so far are in the job's stream, so that any
-        state published next (above all the final one) comes after them."""
-        if not await self._relay.flushed(RELAY_WAIT_S):
-            log.warning("settling a job before its token chunks reached redis", job_id=job_id)
-
-    async def penalise(
-        self, node_id: str, offence: Offence, job_id: uuid.UUID | None, attempt: int | None
-    ) -> None:
-        """Adds the offence to the node's standing and records it; past the threshold the
-        node gets no work for the cooldown."""
-        excluded = self._penalties.penalise(node_id, offence)
-        until = datetime.now(UTC) + self._settings.penalty_cooldown if excluded else None
-        if excluded:
-            log.warning("node excluded", node_id=node_id, offence=offence.value, until=until)
-        try:
-            await self._penalty_store.record(
-                node_id=node_id,
-                offence=offence.value,
-                points=POINTS[offence],
-                job_id=job_id,
-                attempt=attempt,
-                excluded_until=until,
-                scheduler_id=self._scheduler_id,
-            )
-        except BackendUnavailable:
-            log.warning("penalty not recorded", node_id=node_id, offence=offence.value)
-
-    async def cancel_job(self, job_id: str) -> None:
-        """Asks the node running ``job_id`` (if it is ours) to abort it."""
-        for session in self._registry.sessions:
-            for run in session.runs_of_job(job_id):
-                log.info("cancelling on node", job_id=job_id, node_id=session.node_id)
-                try:
-                    await session.send(
-                        nodes_pb2.NodeStreamResponse(
-                            cancel=nodes_pb2.Cancel(
-                                job_id=job_id, attempt=run.attempt, reason="cancelled by client"
-                            )
-                        )
-                    )
-                except Exception as err:
-                    log.warning("cancel not sent", job_id=job_id, error=str(err))
-                run.resolve(
-                    nodes_pb2.Failure(job_id=job_id, attempt=run.attempt, reason="CANCELLED")
-                )
-
-
-def _job_uuid(raw: str) -> uuid.UUID | None:
-    """A node-supplied job id as a UUID; None when it is not one (it names no job)."""
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        return None

@@ -28,6 +28,10 @@ from fleetwire.events import Event, JobEvents, StateEvent
 
 log = structlog.get_logger(__name__)
 
+CATCH_UP_WAIT_S = 5.0
+"""How long settling a job waits for its token chunks to reach Redis (a round trip or two
+normally; Redis failing is the only way to reach it, and then the job settles anyway)."""
+
 LINGER_S = 0.01
 """How long the first chunk of a batch waits for others. Nodes already coalesce each job's
 tokens (FLEETWIRE_NODE_TOKEN_FLUSH, 50 ms), so chunks of 8 streams arrive every 6 ms or so;
@@ -80,6 +84,13 @@ class ProgressRelay:
         if isinstance(event, StateEvent):
             self._hurry.set()
         self._wake.set()
+
+    async def caught_up(self, job_id: str, within: float = CATCH_UP_WAIT_S) -> None:
+        """Waits until the chunks its node sent so far are in the job's stream, so that any
+        state published next (above all the final one) comes after them; gives up with a
+        warning after ``within`` seconds (only Redis failing takes that long)."""
+        if not await self.flushed(within):
+            log.warning("settling a job before its token chunks reached redis", job_id=job_id)
 
     async def flushed(self, within: float) -> bool:
         """Waits until every chunk submitted before this call is written (or was given up

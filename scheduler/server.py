@@ -40,7 +40,10 @@ from scheduler.dead_letter_shelf import DeadLetterShelf
 from scheduler.deadline_reaper import DeadlineReaper
 from scheduler.deadline_store import DeadlineStore
 from scheduler.dispatcher import Dispatcher
+from scheduler.finalisation import Finaliser
+from scheduler.node_messages import NodeMessages
 from scheduler.node_service import NodeService
+from scheduler.offences import Offences
 from scheduler.penalties import PenaltyBox
 from scheduler.penalty_store import PenaltyStore
 from scheduler.presence import NodePresence
@@ -99,15 +102,22 @@ class SchedulerServer:
         topology = Topology(settings.mesh.namespace)
         self._progress_relay = ProgressRelay(events)
         await self._progress_relay.start()
+        finaliser = Finaliser(settings.scheduler, store, self._progress_relay)
+        offences = Offences(
+            settings.scheduler, self.scheduler_id, self.penalties, PenaltyStore(self._pool)
+        )
         dispatcher = Dispatcher(
             settings.scheduler,
             self.scheduler_id,
             store,
             events,
             self.registry,
-            self.penalties,
-            PenaltyStore(self._pool),
             self._progress_relay,
+            finaliser,
+            offences,
+        )
+        node_messages = NodeMessages(
+            store, self.registry, self._progress_relay, finaliser, offences
         )
         self._consumers = QueueConsumers(
             self._link,
@@ -120,7 +130,7 @@ class SchedulerServer:
         )
         self.registry.on_change(self._consumers.routes_changed)
         self._cancel_relay = ChannelListener(
-            self._redis, events.cancel_channel, dispatcher.cancel_job, name="cancel-relay"
+            self._redis, events.cancel_channel, node_messages.cancel_job, name="cancel-relay"
         )
 
         presence = NodePresence(
@@ -154,7 +164,7 @@ class SchedulerServer:
                 store,
                 self.registry,
                 topology,
-                dispatcher.on_node_message,
+                node_messages.on_node_message,
                 presence,
             ),
             server,
