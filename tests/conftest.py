@@ -41,13 +41,22 @@ def _suite_of(item: pytest.Item) -> int:
     return len(SUITES)
 
 
+# Per-suite timeouts (seconds, fixtures included), unless a test sets its own: pure logic
+# is quick (the TypeScript checks run tsc), integration tests talk to local services,
+# fault and end-to-end tests start processes and vLLM engines on 2 shared cores.
+SUITE_TIMEOUTS = {"unit": 30, "integration": 90, "faults": 300, "e2e": 300}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks each test by its folder and runs the suites in order: unit, integration,
-    faults, e2e (fast feedback first; real processes last)."""
+    """Marks each test by its folder, gives it its suite's timeout, and runs the suites in
+    order: unit, integration, faults, e2e (fast feedback first; real processes last)."""
     for item in items:
         rank = _suite_of(item)
         if rank < len(SUITES):
-            item.add_marker(getattr(pytest.mark, SUITES[rank]))
+            suite = SUITES[rank]
+            item.add_marker(getattr(pytest.mark, suite))
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(SUITE_TIMEOUTS[suite]))
     items.sort(key=_suite_of)  # stable: keeps file order within a suite
 
 
