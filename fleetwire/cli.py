@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -79,15 +80,26 @@ def node() -> None:
     _exec_module("node")
 
 
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
 @app.command()
 def up(nodes: Annotated[int, typer.Option(help="Number of node agents.")] = 2) -> None:
-    """Run a whole local mesh (scheduler, bridge, nodes) until Ctrl-C."""
+    """Run a whole local mesh (scheduler, bridge, nodes) until Ctrl-C or SIGTERM; the
+    children die with this process even when it is killed."""
     from fleetwire.supervisor import LocalMesh
 
     mesh = LocalMesh(nodes=nodes)
-    mesh.start()
-    console.print(f"[bold]fleetwire up[/]: scheduler, bridge and {nodes} node(s). Ctrl-C stops.")
+    # SIGTERM and SIGHUP (a closed terminal) stop the mesh in order, like Ctrl-C. If this
+    # process dies without stopping it (SIGKILL), the children die with it (lifeline).
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
+        mesh.start()
+        console.print(
+            f"[bold]fleetwire up[/]: scheduler, bridge and {nodes} node(s). Ctrl-C stops."
+        )
         while not mesh.failed():
             time.sleep(0.5)
         for child in mesh.failed():

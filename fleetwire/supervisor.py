@@ -3,6 +3,13 @@
 Children are ordinary processes (vLLM cannot start inside a daemonic one). Stop order:
 nodes first (they drain), then the scheduler, then the bridge; each gets SIGTERM and, after
 its grace period, SIGKILL. Ctrl-C stops everything the same way.
+
+Each child runs in a session of its own (a Ctrl-C in the terminal reaches the supervisor
+only, which stops the children in that order) and is bound to the supervisor by
+``fleetwire.lifeline``: if the supervisor dies without stopping them (SIGKILL, a crash), the
+kernel sends each child SIGKILL, and a node's engine processes die with their node. The
+binding follows the thread that starts a child, so start and stop a mesh from one
+long-lived thread (the main thread).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fleetwire.lifeline import bound_command
 
 
 @dataclass
@@ -41,7 +50,7 @@ class LocalMesh:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", module],
+            bound_command([sys.executable, "-m", module]),
             env=env,
             stdout=out,  # type: ignore[arg-type]
             stderr=subprocess.STDOUT if out is not None else None,

@@ -9,6 +9,9 @@ Signals:
 - SIGHUP: key rotation — if ``<key file>.next`` exists (``fleetwire keys rotate``), drain
   this session, promote the new key and reconnect with it; the engines stay up.
 
+However the process ends (SIGKILL included), the engine's processes end with it: see
+``fleetwire.lifeline``.
+
 Exit codes: 0 after a drain; ``EXIT_REFUSED`` (78, EX_CONFIG) when the mesh refuses the
 node's key (not registered, revoked, or another key is registered): restarting will not
 help until an operator registers the key, so a systemd unit should not restart on it
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import structlog
 
+from fleetwire import lifeline
 from fleetwire.errors import ConfigurationError
 from fleetwire.keys import load_or_create_key, next_key_path, promote_next_key
 from fleetwire.settings import Settings
@@ -58,6 +62,23 @@ async def run_node(settings: Settings) -> int:
     s = settings.node
     key = load_or_create_key(s.key_file)
     profile = load_profile(s)
+    # Before any engine starts: its processes die with this one, however it dies.
+    lifeline.engines_die_with_this_process()
+    if s.runtime == "vllm" and lifeline.supported():
+        missing = [
+            what
+            for what, installed in (
+                (lifeline.LAUNCHER, lifeline.launcher_path() is not None),
+                ("the vLLM plugin fleetwire_lifeline", lifeline.vllm_plugin_installed()),
+            )
+            if not installed
+        ]
+        if missing:
+            log.warning(
+                "not installed (pip install this project): the engine's processes may "
+                "outlive a killed agent",
+                missing=missing,
+            )
     # The bench runtime is a measurement instrument (docs/benchmarks.md), never production.
     runtimes = (
         build_runtimes(profile, engine_nice=s.engine_nice)
