@@ -4,7 +4,6 @@ vLLM on the tiny model, as child processes (``fleetwire.supervisor.LocalMesh``).
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from fleetwire.client_calls import JobClient
 from fleetwire.keys import load_key
 from fleetwire.supervisor import LocalMesh
 from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
+from tests.support.mesh_admin import listed_nodes
 
 NODE_START_TIMEOUT = 300.0
 
@@ -32,13 +32,13 @@ class LiveMesh:
     def public_key(self, node_id: str) -> bytes:
         return bytes(load_key(self.mesh.key_dir / f"{node_id}.key").verify_key)
 
+    @property
+    def scheduler_address(self) -> str:
+        return self.env["FLEETWIRE_NODE_SCHEDULER_ADDRESS"]
+
     def connected_nodes(self) -> set[str]:
-        """Node ids whose latest scheduler log event is a connect."""
-        state: dict[str, bool] = {}
-        log = (self.log_dir / "scheduler.log").read_text(errors="replace")
-        for match in re.finditer(r"node (connected|disconnected)\s.*?node_id=([a-z0-9-]+)", log):
-            state[match.group(2)] = match.group(1) == "connected"
-        return {node for node, up in state.items() if up}
+        """Node ids the scheduler's MeshAdminService lists as connected."""
+        return set(listed_nodes(self.scheduler_address))
 
     def wait_for_nodes(self, nodes: set[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -37,6 +37,7 @@ from node.config import ModelConfig, NodeProfile
 from node.vllm_runtime import VllmRuntime
 from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
 from tests.e2e.conftest import NODE_START_TIMEOUT, LiveMesh
+from tests.support.mesh_admin import connected_since, listed_nodes
 
 CONTEXT = 2048
 SLOTS = 4
@@ -50,7 +51,6 @@ class WorkerMesh(LiveMesh):
     def __init__(self, mesh: LocalMesh, env: dict[str, str], log_dir: Path) -> None:
         super().__init__(mesh, env, log_dir)
         self.dsn = env["FLEETWIRE_POSTGRES_DSN"]
-        self.scheduler_address = env["FLEETWIRE_NODE_SCHEDULER_ADDRESS"]
         self.node_env: dict[str, dict[str, str]] = {}
         self._loop = asyncio.new_event_loop()
         self._conn: asyncpg.Connection | None = None
@@ -95,9 +95,9 @@ class WorkerMesh(LiveMesh):
             },
         )
 
-    def connects(self, node_id: str) -> int:
-        log = (self.log_dir / "scheduler.log").read_text(errors="replace")
-        return len(re.findall(rf"node connected\s.*?node_id={node_id}\b", log))
+    def connected_since(self, node_id: str) -> float:
+        """When the node's current stream was welcomed; larger after a reconnect."""
+        return connected_since(self.scheduler_address, node_id)
 
     def node_log(self, node_id: str) -> str:
         return (self.log_dir / f"{node_id}.log").read_text(errors="replace")
@@ -217,11 +217,8 @@ def _running_on(mesh: WorkerMesh, job_id: str) -> str:
 
 
 def test_slots_follow_the_engines_concurrency(worker_mesh: WorkerMesh) -> None:
-    log = (worker_mesh.log_dir / "scheduler.log").read_text(errors="replace")
-    for node_id in NODES:
-        match = re.search(rf"node connected\s.*?node_id={node_id}\b.*", log)
-        assert match is not None
-        assert f"slots={SLOTS}" in match.group(0), match.group(0)
+    listed = listed_nodes(worker_mesh.scheduler_address)
+    assert {node_id: listed[node_id].slots for node_id in NODES} == dict.fromkeys(NODES, SLOTS)
 
 
 def test_greedy_output_is_identical_alone_and_among_eight_jobs(worker_mesh: WorkerMesh) -> None:
@@ -455,14 +452,14 @@ def test_key_rotation_keeps_the_job_in_flight(worker_mesh: WorkerMesh) -> None:
     try:
         job_id = client.submit(_long_spec("Rotate under me", 1500)).job_id
         node = _running_on(worker_mesh, job_id)
-        connects = {n: worker_mesh.connects(n) for n in NODES}
+        since = {n: worker_mesh.connected_since(n) for n in NODES}
         worker_mesh.mesh.child(node).process.send_signal(signal.SIGHUP)
         job = client.wait(job_id, timeout=180)
         other = next(n for n in NODES if n != node)
         worker_mesh.mesh.child(other).process.send_signal(signal.SIGHUP)
         for n in NODES:
             worker_mesh.wait_until(
-                f"{n} to reconnect", lambda n=n: worker_mesh.connects(n) > connects[n], 60
+                f"{n} to reconnect", lambda n=n: worker_mesh.connected_since(n) > since[n], 60
             )
         ids = [
             client.submit(make_spec(f"after rotation {i}", max_tokens=8)).job_id
@@ -533,7 +530,7 @@ def test_scheduler_restart_mid_job_nodes_reconnect_and_the_job_succeeds_once(
     try:
         job_id = client.submit(_long_spec("survive the scheduler", 1500)).job_id
         node = _running_on(worker_mesh, job_id)
-        before = {n: worker_mesh.connects(n) for n in NODES}
+        before = {n: worker_mesh.connected_since(n) for n in NODES}
         old = worker_mesh.mesh.child("scheduler")
         os.killpg(old.process.pid, signal.SIGKILL)
         old.process.wait()
@@ -541,7 +538,9 @@ def test_scheduler_restart_mid_job_nodes_reconnect_and_the_job_succeeds_once(
         worker_mesh.mesh._spawn("scheduler", "scheduler", {})
         for n in NODES:
             worker_mesh.wait_until(
-                f"{n} to reconnect", lambda n=n: worker_mesh.connects(n) > before[n], 120
+                f"{n} to reconnect",
+                lambda n=n: worker_mesh.connected_since(n) > before[n],
+                120,
             )
         job = client.wait(job_id, timeout=240)
     finally:
@@ -583,10 +582,12 @@ def test_sigterm_mid_job_finishes_it_and_exits_zero(worker_mesh: WorkerMesh) -> 
     assert "session drained; closing the stream" in log
     worker_mesh.mesh.children.remove(worker_mesh.mesh.child(node))
     # Bring it back for the next test.
+    since = worker_mesh.connected_since(node)
     worker_mesh.start_node(node)
-    connects = worker_mesh.connects(node)
     worker_mesh.wait_until(
-        f"{node} to come back", lambda: worker_mesh.connects(node) > connects, NODE_START_TIMEOUT
+        f"{node} to come back",
+        lambda: worker_mesh.connected_since(node) > since,
+        NODE_START_TIMEOUT,
     )
 
 
