@@ -80,6 +80,13 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         if previous is not None:
             await self._registry.remove(previous, "replaced by a new session")
         self._registry.add(session)
+        stream_task = asyncio.current_task()
+        if stream_task is not None:
+            # grpc may end the call's task without running the ``finally`` below (a call
+            # cancelled by the client while a write raced it): the session goes anyway.
+            stream_task.add_done_callback(
+                lambda _task: self._registry.discard(session, "the stream's call ended")
+            )
         await self._presence.announce(session)
         log.info(
             "node connected",
@@ -137,9 +144,24 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         profile = NodeProfile.from_hello(hello)
         write_lock = asyncio.Lock()
 
+        stream_task = asyncio.current_task()
+
         async def send(message: nodes_pb2.NodeStreamResponse) -> None:
             async with write_lock:
-                await context.write(message)
+                try:
+                    await context.write(message)
+                except Exception as err:
+                    # A stream that cannot take a write is over, whatever its reads say (a
+                    # finished call can leave a read pending): end the session at once, so
+                    # no further dispatch goes to it, rather than after its lease.
+                    log.warning(
+                        "write to node stream failed; ending its session",
+                        node_id=hello.node_id,
+                        error=str(err) or type(err).__name__,
+                    )
+                    if stream_task is not None and stream_task is not asyncio.current_task():
+                        stream_task.cancel()
+                    raise
 
         welcome = nodes_pb2.Welcome(session_id=session_id)
         welcome.heartbeat_interval.FromTimedelta(self._settings.heartbeat_interval)

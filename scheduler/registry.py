@@ -71,6 +71,7 @@ class NodeSession:
     announced: frozenset[tuple[str, int]] = frozenset()  # Hello.running_jobs
     profile: NodeProfile = field(default_factory=lambda: NodeProfile(frozenset(), {}))
     recent_ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20))
+    ended: bool = False  # forgotten by the registry: its stream is over
 
     @property
     def free_slots(self) -> int:
@@ -143,6 +144,15 @@ class NodeRegistry:
         """Forgets ``session`` (if still current). Its runs wait ``reconnect_grace`` for the
         node to come back with them (a broken stream), or are Lost at once (lease ran out,
         or no grace)."""
+        self.discard(session, reason, lease_expired=lease_expired)
+        await self._notify()
+
+    def discard(self, session: NodeSession, reason: str, *, lease_expired: bool = False) -> None:
+        """``remove`` without waking the reservers: callable where nothing can be awaited
+        (a done-callback of the stream's task). Once per session; later calls do nothing."""
+        if session.ended:
+            return
+        session.ended = True
         if self._sessions.get(session.node_id) is session:
             del self._sessions[session.node_id]
             self._changed()
@@ -157,7 +167,6 @@ class NodeRegistry:
         else:
             for run in runs:
                 run.resolve(Lost(reason, lease_expired=lease_expired))
-        await self._notify()
 
     def _expire_orphans(self, node_id: str, runs: list[JobRun], reason: str) -> None:
         parked = self._orphans.get(node_id, {})

@@ -31,8 +31,8 @@ from fleetwire.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.conftest import free_port
 from tests.faults.conftest import SchedulerProcess, _wait_for_port
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
-from tests.support.waiting import eventually
 
 SINGLE_SUBMITS = 300
 BATCHES = 3

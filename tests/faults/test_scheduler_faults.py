@@ -14,8 +14,8 @@ from fleetwire.settings import Settings
 from fleetwire.topology import Topology
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.faults.conftest import SchedulerProcess
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
-from tests.support.waiting import eventually
 
 
 def spec() -> job_pb2.JobSpec:

@@ -19,7 +19,7 @@ from fleetwire.topology import Topology
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from scheduler.deadline_store import DeadlineStore
 from scheduler.server import SchedulerServer
-from tests.support.waiting import eventually
+from tests.support.eventually import eventually
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Waiting for conditions, not for time."""
+"""Waiting for conditions, not for time: the one helper every suite uses."""
 
 from __future__ import annotations
 
@@ -6,25 +6,30 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
+
+T = TypeVar("T")
 
 
 async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]],
+    probe: Callable[[], T | Awaitable[T]],
     within: float,
     what: str,
     *,
     interval: float = 0.05,
-) -> None:
-    """Returns as soon as ``predicate`` (plain or async) is true; raises AssertionError
-    naming ``what`` when ``within`` seconds pass first. Checked once more at the end, so a
-    slow machine costs time, not a false failure."""
+) -> T:
+    """Calls ``probe`` (plain or async) until it returns something truthy, and returns
+    that; raises AssertionError naming ``what`` (and the last value seen) when ``within``
+    seconds pass first. Checked once more at the end, so a slow machine costs time, not a
+    false failure."""
     deadline = time.monotonic() + within
     while True:
-        outcome = predicate()
+        outcome = probe()
         if inspect.isawaitable(outcome):
             outcome = await outcome
-        if outcome:
-            return
+        value = cast(T, outcome)
+        if value:
+            return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
+            raise AssertionError(f"timed out after {within} s waiting for {what} (last: {value!r})")
         await asyncio.sleep(interval)
