@@ -262,32 +262,28 @@ class BatchDesk:
     async def watch(
         self, raw_batch_id: str, *, tenant_id: str
     ) -> AsyncIterator[job_service_pb2.WatchBatchResponse]:
-        """The aggregate first, then each job turning terminal with the new aggregate,
-        polling PostgreSQL every second, until the batch is done."""
-        view = await self.status(raw_batch_id, tenant_id=tenant_id)
-        yield job_service_pb2.WatchBatchResponse(batch=view)
+        """The aggregate first, then each job that is terminal with the aggregate of that
+        moment — those already terminal at once, the others as they become so, polling
+        PostgreSQL every second — until the batch is done. Every job is sent once."""
         batch_id = parse_id(raw_batch_id, "batch_id")
         batch = await self._store.batch_of_tenant(batch_id, tenant_id)
-        assert batch is not None
-        seen_terminal = {
-            job_id
-            for job_id, done in zip(
-                view.job_ids, await self._terminal_flags(batch_id), strict=False
-            )
-            if done
-        }
-        while not view.done:
-            await asyncio.sleep(BATCH_POLL.total_seconds())
-            jobs = await self._store.batch_jobs(batch_id)
-            view = batch_view(batch, jobs)
+        if batch is None:
+            raise NotFound(f"batch {raw_batch_id} not found")
+        jobs = await self._store.batch_jobs(batch_id)
+        view = batch_view(batch, jobs)
+        yield job_service_pb2.WatchBatchResponse(batch=view)
+        sent: set[str] = set()
+        while True:
             for row in jobs:
                 job_id = str(row["job_id"])
-                if job_id in seen_terminal or not JobState(row["state"]).is_terminal:
+                if job_id in sent or not JobState(row["state"]).is_terminal:
                     continue
-                seen_terminal.add(job_id)
+                sent.add(job_id)
                 full = await self._store.job_of_tenant(row["job_id"], tenant_id)
                 if full is not None:
                     yield job_service_pb2.WatchBatchResponse(batch=view, job=job_from_row(full))
-
-    async def _terminal_flags(self, batch_id: uuid.UUID) -> list[bool]:
-        return [JobState(r["state"]).is_terminal for r in await self._store.batch_jobs(batch_id)]
+            if view.done:
+                return
+            await asyncio.sleep(BATCH_POLL.total_seconds())
+            jobs = await self._store.batch_jobs(batch_id)
+            view = batch_view(batch, jobs)

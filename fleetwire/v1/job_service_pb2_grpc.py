@@ -180,8 +180,9 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchBatch(self, request, context):
-        """Streams a batch's progress: the current aggregate first, then each member job when it
-        becomes terminal together with the new aggregate, until every job is terminal.
+        """Streams a batch's progress: the current aggregate first, then each member job once,
+        with the aggregate of that moment, as soon as it is terminal (those already terminal
+        right after the first aggregate), until every job is terminal.
         Errors: INVALID_ARGUMENT, NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
