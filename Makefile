@@ -55,9 +55,10 @@ test-ts: tools  ## TypeScript client: offline tests; against a mesh too when FLE
 proto: venv tools  ## regenerate the Python stubs and the TypeScript client code from protos/
 	@scripts/gen-proto.sh
 
-lint: venv tools  ## ruff, ruff format, buf lint, buf breaking
+lint: venv tools  ## ruff, ruff format, import contracts (layers), buf lint, buf breaking
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/lint-imports
 	@$(BUF) lint
 	@scripts/buf-breaking.sh
 
