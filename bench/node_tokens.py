@@ -20,7 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
-from node.vllm_runtime import GenerationRequest, SamplingSpec, VllmRuntime
+from node.runtime import GenerationRequest, SamplingSpec
+from node.vllm_runtime import VllmRuntime
 
 
 async def one_stream(runtime: VllmRuntime, request_id: str, tokens: int) -> tuple[float, float]:

@@ -85,12 +85,22 @@ def _interrupt(signum: int, frame: object) -> NoReturn:
 
 
 @app.command()
-def up(nodes: Annotated[int, typer.Option(help="Number of node agents.")] = 2) -> None:
+def up(
+    nodes: Annotated[int, typer.Option(help="Number of node agents.")] = 2,
+    node_module: Annotated[
+        str,
+        typer.Option(
+            help="Module the node agents run: node (vLLM), or bench.bench_node (a benchmark's "
+            "instant runtime, never for production).",
+            hidden=True,
+        ),
+    ] = "node",
+) -> None:
     """Run a whole local mesh (scheduler, bridge, nodes) until Ctrl-C or SIGTERM; the
     children die with this process even when it is killed."""
     from fleetwire.supervisor import LocalMesh
 
-    mesh = LocalMesh(nodes=nodes)
+    mesh = LocalMesh(nodes=nodes, node_module=node_module)
     # SIGTERM and SIGHUP (a closed terminal) stop the mesh in order, like Ctrl-C. If this
     # process dies without stopping it (SIGKILL), the children die with it (lifeline).
     for signum in (signal.SIGTERM, signal.SIGHUP):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -271,11 +271,6 @@ class NodeSettings(BaseSettings):
     node_id: str = Field("node-1", pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="Node id.")
     key_file: Path = Field(
         Path("node.key"), description="Private key file (created with mode 0600 if missing)."
-    )
-    runtime: Literal["vllm", "bench"] = Field(
-        "vllm",
-        description="Inference runtime: vllm, or bench (a measurement instrument that answers "
-        "every job at once with a fixed text; benchmarks only, never in production).",
     )
     model_path: Path = Field(
         Path(".cache/models/tiny-llama"), description="Model directory served by vLLM."

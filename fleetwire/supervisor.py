@@ -41,6 +41,8 @@ class LocalMesh:
     env: Mapping[str, str] = field(default_factory=dict)
     key_dir: Path = Path(".cache/keys")
     log_dir: Path | None = None
+    # The node agents' module: ``node`` (vLLM), or a benchmark's (``bench.bench_node``).
+    node_module: str = "node"
     children: list[Child] = field(default_factory=list)
 
     def _spawn(self, name: str, module: str, extra_env: Mapping[str, str]) -> Child:
@@ -69,7 +71,7 @@ class LocalMesh:
     def start_node(self, node_id: str) -> Child:
         return self._spawn(
             node_id,
-            "node",
+            self.node_module,
             {
                 "FLEETWIRE_NODE_NODE_ID": node_id,
                 "FLEETWIRE_NODE_KEY_FILE": str(self.key_dir / f"{node_id}.key"),

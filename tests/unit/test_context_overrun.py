@@ -13,7 +13,7 @@ from nacl.signing import SigningKey
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from node.runner import ContextOverrun, JobRunner, RunningJob, context_overrun
-from node.vllm_runtime import GenerationChunk, GenerationRequest, PromptTooLongError
+from node.runtime import GenerationChunk, GenerationRequest, PromptTooLongError
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.validation import request_facts
 from node.agent import NodeAgent
 from node.config import ModelConfig, NodeProfile
-from node.vllm_runtime import GenerationChunk, GenerationRequest
+from node.runtime import GenerationChunk, GenerationRequest
 
 TIMEOUT = 10.0
 

@@ -1,28 +1,29 @@
-"""A measurement instrument, not an inference engine: a runtime with ``VllmRuntime``'s
-interface that answers every request at once with a fixed short output.
+"""A measurement instrument, not an inference engine: a ``node.runtime.Runtime`` that
+answers every request at once with a fixed short output.
 
 It exists so the benchmarks (``bench/``, ``docs/benchmarks.md``) can measure what the mesh
 itself costs per job — Submit, queue, dispatch, Accept, Progress, signed Result, verify,
-finalise — with the model's cost taken out. A node runs it only when configured to
-(``FLEETWIRE_NODE_RUNTIME=bench``, or ``python -m bench.bench_node``); it never loads a model
-and its output means nothing. Results it produces are signed like any other, so the mesh
-treats them exactly as real ones: never point a node running it at a production mesh.
+finalise — with the model's cost taken out. Only a benchmark injects it (``python -m
+bench.bench_node``, ``node.main.run_node(..., make_runtimes=bench_runtimes)``): no product
+setting selects it. It never loads a model and its output means nothing. Results it
+produces are signed like any other, so the mesh treats them exactly as real ones: never
+point a node running it at a production mesh.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Final, cast
+from typing import Final
 
 from node.config import NodeProfile
-from node.vllm_runtime import (
+from node.runtime import (
     DuplicateRequestError,
     EngineNotRunningError,
     GenerationChunk,
     GenerationRequest,
     PromptTooLongError,
-    VllmRuntime,
+    Runtime,
 )
 
 __all__ = ["BENCH_OUTPUT", "BenchRuntime", "bench_runtimes"]
@@ -118,21 +119,13 @@ class BenchRuntime:
             self._aborted.add(request_id)
 
 
-def bench_runtimes(profile: NodeProfile) -> dict[str, VllmRuntime]:
-    """One ``BenchRuntime`` per served model, with the model's ``max_num_seqs`` as slots.
-
-    Typed as ``VllmRuntime`` because the node annotates its runtimes with that class; the
-    two have the same interface (the node uses ``start``, ``stop``, ``generate``, ``abort``,
-    ``max_concurrency`` and ``max_model_len``).
-    """
+def bench_runtimes(profile: NodeProfile) -> dict[str, Runtime]:
+    """One ``BenchRuntime`` per served model, with the model's ``max_num_seqs`` as slots."""
     return {
-        model.name: cast(
-            "VllmRuntime",
-            BenchRuntime(
-                served_name=model.name,
-                slots=model.max_num_seqs,
-                max_model_len=model.max_model_len,
-            ),
+        model.name: BenchRuntime(
+            served_name=model.name,
+            slots=model.max_num_seqs,
+            max_model_len=model.max_model_len,
         )
         for model in profile.models
     }
