@@ -85,8 +85,9 @@ test("cancel a running job", { skip }, async () => {
   let cancelled: Job | undefined;
   let final: Job | undefined;
   // 480 tokens take about a second on an idle node: on a loaded machine a stall of the mesh
-  // can let the job finish before the cancel lands, so try up to 3 jobs.
-  for (let attempt = 0; attempt < 3; attempt++) {
+  // can let the job finish before the cancel lands, so cancel as soon as the job is on a
+  // node (DISPATCHED or RUNNING, or its first token), and try up to 5 jobs.
+  for (let attempt = 0; attempt < 5; attempt++) {
     const { jobId } = await client.submit({
       model: "tiny-llama",
       prompt: "a story that never ends",
@@ -95,7 +96,11 @@ test("cancel a running job", { skip }, async () => {
     cancelled = undefined;
     final = undefined;
     for await (const event of client.watch(jobId, { timeoutMs: WAIT_MS })) {
-      if (event.kind === "token" && !cancelled) cancelled = await client.cancel(jobId, "from ts");
+      const onNode =
+        event.kind === "token" ||
+        event.job.state === JobState.DISPATCHED ||
+        event.job.state === JobState.RUNNING;
+      if (onNode && !cancelled) cancelled = await client.cancel(jobId, "from ts");
       if (event.kind === "state") final = event.job;
     }
     if (cancelled?.state !== JobState.SUCCEEDED) break;
