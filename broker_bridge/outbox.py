@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from fleetwire.background import BackgroundTask
 from fleetwire.errors import BackendUnavailable, FleetwireError
 from fleetwire.job_publisher import JobMessage, JobPublisher
 from fleetwire.outbox_store import OutboxStore, UnpublishedJob
@@ -66,8 +67,7 @@ class Outbox:
         self._withdrawing = withdrawing
         self._marks: set[uuid.UUID] = set()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._loop = BackgroundTask("outbox", self._run)
 
     def published(self, job_ids: Collection[uuid.UUID]) -> None:
         """Notes jobs whose messages RabbitMQ confirmed; recorded in the background."""
@@ -117,14 +117,10 @@ class Outbox:
         return len(done)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._stopping = True  # as well as the cancel, which a driver might swallow
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
         with contextlib.suppress(BackendUnavailable):
             await self._flush_marks()
         if self._marks:
@@ -135,7 +131,7 @@ class Outbox:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_sweep = loop.time()
-        while not self._stopping:
+        while not self._loop.stopping:
             with contextlib.suppress(TimeoutError):  # not wait_for: see QueueConsumers
                 async with asyncio.timeout(max(0.0, next_sweep - loop.time())):
                     await self._wake.wait()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from fleetwire.background import BackgroundTask
 from fleetwire.errors import BackendUnavailable
 
 log = structlog.get_logger(__name__)
@@ -46,8 +47,7 @@ class UnsettledRows:
     def __init__(self) -> None:
         self._pending: dict[uuid.UUID, _Cleanup] = {}
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._loop = BackgroundTask("unsettled-rows", self._sweep_forever)
 
     def remember(
         self,
@@ -78,21 +78,17 @@ class UnsettledRows:
             self._pending.pop(key, None)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._sweep_forever(), name="unsettled-rows")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._stopping = True  # as well as the cancel, which a driver might swallow
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
         with contextlib.suppress(BackendUnavailable):
             await self._sweep()
         for cleanup in self._pending.values():
             log.error("row left unsettled at shutdown", row=cleanup.what)
 
     async def _sweep_forever(self) -> None:
-        while not self._stopping:
+        while not self._loop.stopping:
             with contextlib.suppress(TimeoutError):  # not wait_for: see QueueConsumers
                 async with asyncio.timeout(RETRY_EVERY):
                     await self._wake.wait()

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import structlog
 
+from fleetwire.background import BackgroundTask
 from fleetwire.errors import BackendUnavailable
 from fleetwire.events import JobEvents, StateEvent
 from fleetwire.states import JobState
@@ -42,18 +43,13 @@ class DeadlineReaper:
         self._interval = interval.total_seconds()
         self._grace = grace
         self._batch = batch
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._loop = BackgroundTask("deadline-reaper", self._run)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="deadline-reaper")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._stopping = True  # as well as the cancel, which a driver might swallow
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
 
     async def sweep(self) -> int:
         """Closes overdue jobs batch by batch until none is left (or another replica holds
@@ -87,7 +83,7 @@ class DeadlineReaper:
             log.warning("reaped jobs not announced", error=err.message, jobs=len(reaped))
 
     async def _run(self) -> None:
-        while not self._stopping:
+        while not self._loop.stopping:
             try:
                 await self.sweep()
             except BackendUnavailable as err:
