@@ -18,6 +18,7 @@ from broker_bridge.desk import JobDesk, new_job, parse_id, submit_digest
 from broker_bridge.idempotency import RequestLocks
 from broker_bridge.outbox import Outbox
 from broker_bridge.unsettled import UnsettledRows
+from fleetwire.batch_store import BatchStore, NewBatch
 from fleetwire.errors import (
     BackendUnavailable,
     FailedPrecondition,
@@ -26,7 +27,7 @@ from fleetwire.errors import (
     NotFound,
 )
 from fleetwire.job_publisher import JobMessage, JobPublisher
-from fleetwire.job_store import JobStore, NewBatch, NewJob
+from fleetwire.job_store import JobStore, NewJob
 from fleetwire.job_view import job_from_row
 from fleetwire.settings import Settings
 from fleetwire.states import JobState
@@ -72,6 +73,7 @@ class BatchDesk:
         self,
         settings: Settings,
         store: JobStore,
+        batches: BatchStore,
         publisher: JobPublisher,
         admission: Admission,
         locks: RequestLocks,
@@ -83,6 +85,7 @@ class BatchDesk:
         self._outbox = outbox
         self._unsettled = unsettled
         self._store = store
+        self._batches = batches
         self._publisher = publisher
         self._admission = admission
         self._locks = locks
@@ -137,7 +140,7 @@ class BatchDesk:
         if not request_id:
             return await self._accept(valid, digest, None, caller, trace_id)
         async with self._locks.held("batch", caller.tenant_id, request_id):
-            existing = await self._store.batch_by_request_id(caller.tenant_id, request_id)
+            existing = await self._batches.batch_by_request_id(caller.tenant_id, request_id)
             if existing is not None and self._unsettled.holds(existing["batch_id"]):
                 # Left by this request's earlier, failed attempt: withdrawn first.
                 await self._unsettled.settle(existing["batch_id"])
@@ -146,7 +149,7 @@ class BatchDesk:
                 accepted = await self._accept(valid, digest, request_id, caller, trace_id)
                 if accepted is not None:
                     return accepted
-                existing = await self._store.batch_by_request_id(caller.tenant_id, request_id)
+                existing = await self._batches.batch_by_request_id(caller.tenant_id, request_id)
                 if existing is None:  # pragma: no cover
                     raise BackendUnavailable("postgresql", "concurrent submit; retry")
             if bytes(existing["request_digest"]) != digest:
@@ -155,7 +158,7 @@ class BatchDesk:
                     f"({existing['batch_id']}); use a new id for a new batch",
                     reason="IDEMPOTENCY_KEY_REUSED",
                 )
-            jobs = await self._store.batch_jobs(existing["batch_id"])
+            jobs = await self._batches.batch_jobs(existing["batch_id"])
             await self._outbox.take_over([row["job_id"] for row in jobs])
         return batch_view(existing, jobs)
 
@@ -201,7 +204,7 @@ class BatchDesk:
             jobs=rows,
         )
         try:
-            if not await self._store.insert_batch(batch):
+            if not await self._batches.insert_batch(batch):
                 return None
         except BackendUnavailable:
             # The batch may have been committed with only the reply lost.
@@ -243,7 +246,7 @@ class BatchDesk:
 
     async def _withdraw(self, batch_id: uuid.UUID, messages: list[JobMessage]) -> None:
         try:
-            await self._store.withdraw_batch(batch_id)
+            await self._batches.withdraw_batch(batch_id)
         except BackendUnavailable:
             if not self._unsettled.holds(batch_id):
                 self._forget(batch_id, messages)
@@ -254,10 +257,10 @@ class BatchDesk:
 
     async def status(self, raw_batch_id: str, *, tenant_id: str) -> Any:
         batch_id = parse_id(raw_batch_id, "batch_id")
-        batch = await self._store.batch_of_tenant(batch_id, tenant_id)
+        batch = await self._batches.batch_of_tenant(batch_id, tenant_id)
         if batch is None:
             raise NotFound(f"batch {raw_batch_id} not found")
-        return batch_view(batch, await self._store.batch_jobs(batch_id))
+        return batch_view(batch, await self._batches.batch_jobs(batch_id))
 
     async def watch(
         self, raw_batch_id: str, *, tenant_id: str
@@ -266,10 +269,10 @@ class BatchDesk:
         moment — those already terminal at once, the others as they become so, polling
         PostgreSQL every second — until the batch is done. Every job is sent once."""
         batch_id = parse_id(raw_batch_id, "batch_id")
-        batch = await self._store.batch_of_tenant(batch_id, tenant_id)
+        batch = await self._batches.batch_of_tenant(batch_id, tenant_id)
         if batch is None:
             raise NotFound(f"batch {raw_batch_id} not found")
-        jobs = await self._store.batch_jobs(batch_id)
+        jobs = await self._batches.batch_jobs(batch_id)
         view = batch_view(batch, jobs)
         yield job_service_pb2.WatchBatchResponse(batch=view)
         sent: set[str] = set()
@@ -285,5 +288,5 @@ class BatchDesk:
             if view.done:
                 return
             await asyncio.sleep(BATCH_POLL.total_seconds())
-            jobs = await self._store.batch_jobs(batch_id)
+            jobs = await self._batches.batch_jobs(batch_id)
             view = batch_view(batch, jobs)

@@ -21,6 +21,7 @@ from broker_bridge.outbox import Outbox
 from broker_bridge.service import JobService
 from broker_bridge.unsettled import UnsettledRows
 from fleetwire.amqp import AmqpLink
+from fleetwire.batch_store import BatchStore
 from fleetwire.db import open_pool
 from fleetwire.errors import BackendUnavailable
 from fleetwire.events import JobEvents, connect_redis
@@ -112,6 +113,7 @@ class BridgeServer:
         batches = BatchDesk(
             self._settings,
             store,
+            BatchStore(self._pool),
             self._publisher,
             admission,
             locks,

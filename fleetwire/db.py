@@ -8,7 +8,9 @@ is harmless.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
+from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -18,6 +20,9 @@ from fleetwire.errors import BackendUnavailable
 from fleetwire.settings import PostgresSettings
 
 log = structlog.get_logger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _MIGRATION_LOCK = 0x0F1EE7  # advisory lock key for migrations
 
@@ -105,3 +110,17 @@ async def open_pool(settings: PostgresSettings, *, migrate: bool = True) -> asyn
         async with pool.acquire() as conn:
             await apply_migrations(conn)
     return pool
+
+
+def translating(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turns connection-level asyncpg errors into BackendUnavailable."""
+
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except BACKEND_ERRORS as err:
+            raise BackendUnavailable("postgresql", str(err) or type(err).__name__) from err
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper

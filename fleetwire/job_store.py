@@ -1,4 +1,4 @@
-"""All SQL on jobs, attempts and nodes. PostgreSQL is the source of truth.
+"""All SQL on jobs and their attempts. PostgreSQL is the source of truth.
 
 Every state change is a guarded UPDATE (see ``fleetwire.states``): a duplicated, late or
 replayed event finds the guard false and changes nothing, which is what makes finalisation
@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from fleetwire.db import BACKEND_ERRORS
-from fleetwire.errors import BackendUnavailable
+from fleetwire.db import translating
 from fleetwire.ledger import Prices
 from fleetwire.states import JobState, predecessors
 
@@ -27,20 +26,6 @@ T = TypeVar("T")
 
 def _names(states: frozenset[JobState]) -> list[str]:
     return [s.value for s in states]
-
-
-def translating(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Turns connection-level asyncpg errors into BackendUnavailable."""
-
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await fn(*args, **kwargs)
-        except BACKEND_ERRORS as err:
-            raise BackendUnavailable("postgresql", str(err) or type(err).__name__) from err
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +49,6 @@ class NewJob:
     # long before any outbox relay may. None: written as already published.
     publish_claim: uuid.UUID | None = None
     publish_lease: timedelta = timedelta(0)
-
-
-@dataclass(frozen=True, slots=True)
-class NewBatch:
-    batch_id: uuid.UUID
-    tenant_id: str
-    client_request_id: str | None
-    request_digest: bytes
-    trace_id: str
-    jobs: list[NewJob]
 
 
 _INSERT_JOB = (
@@ -110,6 +85,11 @@ def _job_args(job: NewJob) -> tuple[Any, ...]:
 async def insert_queued_job(conn: asyncpg.Connection, job: NewJob) -> None:
     """Writes ``job`` as QUEUED on ``conn`` (inside the caller's transaction)."""
     await conn.execute(_INSERT_JOB, *_job_args(job))
+
+
+async def insert_queued_jobs(conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> None:
+    """Writes every one of ``jobs`` as QUEUED on ``conn`` (inside the caller's transaction)."""
+    await conn.executemany(_INSERT_JOB, [_job_args(job) for job in jobs])
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,74 +173,6 @@ class JobStore:
             tenant_id,
             client_request_id,
         )
-
-    @translating
-    async def insert_batch(self, batch: NewBatch) -> bool:
-        """Writes the batch and all its jobs in one transaction. False (nothing written)
-        when the tenant already has a batch with the same client request id."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                "INSERT INTO batches (batch_id, tenant_id, client_request_id, request_digest,"
-                " job_count, trace_id) VALUES ($1, $2, $3, $4, $5, $6)"
-                " ON CONFLICT ON CONSTRAINT batches_tenant_request_key DO NOTHING"
-                " RETURNING true",
-                batch.batch_id,
-                batch.tenant_id,
-                batch.client_request_id,
-                batch.request_digest,
-                len(batch.jobs),
-                batch.trace_id,
-            )
-            if not inserted:
-                return False
-            await conn.executemany(_INSERT_JOB, [_job_args(job) for job in batch.jobs])
-            return True
-
-    @translating
-    async def batch_of_tenant(self, batch_id: uuid.UUID, tenant_id: str) -> asyncpg.Record | None:
-        return await self._pool.fetchrow(
-            "SELECT * FROM batches WHERE batch_id = $1 AND tenant_id = $2", batch_id, tenant_id
-        )
-
-    @translating
-    async def batch_by_request_id(
-        self, tenant_id: str, client_request_id: str
-    ) -> asyncpg.Record | None:
-        return await self._pool.fetchrow(
-            "SELECT * FROM batches WHERE tenant_id = $1 AND client_request_id = $2",
-            tenant_id,
-            client_request_id,
-        )
-
-    @translating
-    async def batch_jobs(self, batch_id: uuid.UUID) -> list[asyncpg.Record]:
-        """The batch's jobs (id, state), in submission order."""
-        return list(
-            await self._pool.fetch(
-                "SELECT job_id, state FROM jobs WHERE batch_id = $1 ORDER BY batch_index, job_id",
-                batch_id,
-            )
-        )
-
-    @translating
-    async def withdraw_batch(self, batch_id: uuid.UUID) -> None:
-        """Undoes a batch whose publishing failed: every live job is cancelled (so no
-        message that did reach the broker can run), never-dispatched jobs are deleted, and
-        the batch row too when no job is left."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE jobs SET state = 'CANCELLED', updated_at = now(),"
-                " error_reason = 'BATCH_ABORTED', error_message = 'the batch was not accepted'"
-                " WHERE batch_id = $1 AND state = ANY($2)",
-                batch_id,
-                _names(predecessors(JobState.CANCELLED)),
-            )
-            await conn.execute("DELETE FROM jobs WHERE batch_id = $1 AND attempts = 0", batch_id)
-            await conn.execute(
-                "DELETE FROM batches b WHERE batch_id = $1"
-                " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.batch_id)",
-                batch_id,
-            )
 
     @translating
     async def get_job(self, job_id: uuid.UUID) -> asyncpg.Record | None:
@@ -510,34 +422,6 @@ class JobStore:
             " WHERE job_id = $1 AND state IN ('QUEUED', 'RETRYING')",
             job_id,
             _clean(message[:1000]),
-        )
-
-    @translating
-    async def node_key(self, node_id: str) -> tuple[bytes, bool] | None:
-        """(public key, revoked) registered for ``node_id``, or None."""
-        row = await self._pool.fetchrow(
-            "SELECT public_key, revoked FROM nodes WHERE node_id = $1", node_id
-        )
-        return None if row is None else (bytes(row["public_key"]), bool(row["revoked"]))
-
-    @translating
-    async def register_node(self, node_id: str, public_key: bytes, key_id: str) -> bool:
-        """Binds ``node_id`` to ``public_key`` if the id is new. True when the stored key is
-        ``public_key`` afterwards."""
-        stored = await self._pool.fetchval(
-            "INSERT INTO nodes (node_id, public_key, key_id) VALUES ($1, $2, $3)"
-            " ON CONFLICT (node_id) DO UPDATE SET last_seen_at = now()"
-            " RETURNING public_key",
-            node_id,
-            public_key,
-            key_id,
-        )
-        return bytes(stored) == public_key
-
-    @translating
-    async def touch_node(self, node_id: str) -> None:
-        await self._pool.execute(
-            "UPDATE nodes SET last_seen_at = now() WHERE node_id = $1", node_id
         )
 
 

@@ -2,7 +2,7 @@
 
 One row per node id in ``nodes`` (migration 0001): the public key the scheduler accepts for
 that id at the handshake, and whether it is revoked. The scheduler reads the same row on
-every handshake (``JobStore.node_key``), so a change here applies to the node's next
+every handshake (``NodeStore.node_key``), so a change here applies to the node's next
 connection; a session already authenticated keeps its key until it ends.
 """
 
@@ -14,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from fleetwire.job_store import translating
+from fleetwire.db import translating
 from fleetwire.signing import key_id
 
 
@@ -104,3 +104,31 @@ class NodeStore:
             )
             for r in rows
         ]
+
+    @translating
+    async def node_key(self, node_id: str) -> tuple[bytes, bool] | None:
+        """(public key, revoked) registered for ``node_id``, or None."""
+        row = await self._pool.fetchrow(
+            "SELECT public_key, revoked FROM nodes WHERE node_id = $1", node_id
+        )
+        return None if row is None else (bytes(row["public_key"]), bool(row["revoked"]))
+
+    @translating
+    async def register_node(self, node_id: str, public_key: bytes, key_id: str) -> bool:
+        """Binds ``node_id`` to ``public_key`` if the id is new. True when the stored key is
+        ``public_key`` afterwards."""
+        stored = await self._pool.fetchval(
+            "INSERT INTO nodes (node_id, public_key, key_id) VALUES ($1, $2, $3)"
+            " ON CONFLICT (node_id) DO UPDATE SET last_seen_at = now()"
+            " RETURNING public_key",
+            node_id,
+            public_key,
+            key_id,
+        )
+        return bytes(stored) == public_key
+
+    @translating
+    async def touch_node(self, node_id: str) -> None:
+        await self._pool.execute(
+            "UPDATE nodes SET last_seen_at = now() WHERE node_id = $1", node_id
+        )

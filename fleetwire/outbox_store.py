@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from fleetwire.job_store import translating
+from fleetwire.db import translating
 
 
 @dataclass(frozen=True, slots=True)

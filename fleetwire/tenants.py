@@ -17,7 +17,7 @@ from datetime import datetime
 
 import asyncpg
 
-from fleetwire.job_store import translating
+from fleetwire.db import translating
 
 KEY_PREFIX = "fwk"
 ANONYMOUS_TENANT = "anonymous"

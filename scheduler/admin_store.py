@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from fleetwire.job_store import translating
+from fleetwire.db import translating
 
 
 class AdminStore:

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from fleetwire.job_store import translating
+from fleetwire.db import translating
 from fleetwire.states import JobState
 
 _REAPER_LOCK = 0x0F1EE8  # advisory lock key: one reaper at a time across replicas

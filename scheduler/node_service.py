@@ -28,7 +28,7 @@ from fleetwire.errors import (
     Unauthenticated,
 )
 from fleetwire.grpc_errors import abort_with
-from fleetwire.job_store import JobStore
+from fleetwire.node_store import NodeStore
 from fleetwire.settings import SchedulerSettings
 from fleetwire.topology import SUBCLOUD_NAME, Topology
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
@@ -53,7 +53,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         self,
         settings: SchedulerSettings,
         scheduler_id: str,
-        store: JobStore,
+        store: NodeStore,
         registry: NodeRegistry,
         topology: Topology,
         on_message: MessageHandler,

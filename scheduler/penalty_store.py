@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from fleetwire.job_store import translating
+from fleetwire.db import translating
 
 
 class PenaltyStore:

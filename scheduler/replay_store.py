@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fleetwire.job_store import NewJob, insert_queued_job, translating
+from fleetwire.db import translating
+from fleetwire.job_store import NewJob, insert_queued_job
 from fleetwire.states import JobState
 
 

@@ -24,6 +24,7 @@ from fleetwire.grpc_edge import edge_server
 from fleetwire.job_publisher import JobPublisher
 from fleetwire.job_store import JobStore
 from fleetwire.lifecycle import wait_for_stop_signal
+from fleetwire.node_store import NodeStore
 from fleetwire.outbox_store import OutboxStore
 from fleetwire.settings import Settings
 from fleetwire.topology import Topology
@@ -161,7 +162,7 @@ class SchedulerServer:
             NodeService(
                 settings.scheduler,
                 self.scheduler_id,
-                store,
+                NodeStore(self._pool),
                 self.registry,
                 topology,
                 node_messages.on_node_message,
