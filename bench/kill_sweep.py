@@ -1,0 +1,571 @@
+"""Kill sweep (issue 13): one mesh component SIGKILLed in the middle of 600 submits and
+restarted 3 s later; what PostgreSQL says afterwards. Prints a table; asserts nothing
+(docs/benchmarks.md, "Kill sweep (issue 13)", has the results).
+
+    python -m bench.kill_sweep [--runs N] [--only bridge|scheduler|node|none] [--settle 180]
+                               [--keep-logs] [--out FILE.json]
+
+Each run is a mesh of its own (namespace, database, queues, Redis keys, free ports; all
+removed at the end, as ``bench/run.py`` does): a bridge, a scheduler and one bench node
+(``bench.bench_node``, 16 slots) as real processes (``bench/processes.py``), default
+settings otherwise. Clients submit 600 jobs: 300 single ``Submit`` (mode POLLING: the
+answer is the acceptance) and 3 ``SubmitBatch`` of 100 among them, 20 calls in flight,
+every call with a ``client_request_id`` and retried with the same id on UNAVAILABLE,
+DEADLINE_EXCEEDED or CANCELLED (a connection that died under the call) after 50 ms, on
+channels whose reconnect backoff is 50-200 ms (grpc's default, 1 s doubling to 120 s,
+would measure the client's patience). Once 320 distinct jobs were told to clients, the
+component's process is SIGKILLed; it is started again (same ports, node id and key) 3 s
+later. Then the run waits until every job row of the run is terminal (``--settle`` s at
+most) and reads the row of the table from PostgreSQL:
+
+- accepted: distinct job ids the clients were told;
+- SUCCEEDED: of those, how many are SUCCEEDED (other states are listed);
+- stuck: rows of the run (told or not) still live after the wait, with their ids, rows,
+  attempts and the log lines that name them;
+- doubled: jobs with more than one SUCCEEDED attempt; double-billed: jobs with more than
+  one JOB_CHARGE ledger entry; ledger sum: the sum of all ledger amounts (double entry: 0);
+- untold rows: job rows no client was told about (a retry that made a second job);
+- submit wall time (first call to last answer) and the longest a request took (first try
+  to answer, retries included).
+
+The process logs are kept (and their folder printed) when a run finds a stuck, doubled or
+untold job, a told job not SUCCEEDED, a request that failed or a try that ran into its
+deadline (or with ``--keep-logs``); otherwise they are removed with the rest. Each try
+carries ``x-request-id: <client_request_id>.<try>``, the ``trace_id`` of the bridge's log
+lines about it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+
+from bench.mesh_load import bench_spec
+from bench.processes import Mesh, cleanup_namespace, wait_for_nodes, wait_for_port
+from broker_bridge.service import JOB_ID_METADATA
+from fleetwire.grpc_options import CLIENT_OPTIONS
+from fleetwire.topology import HEADER_REQUEST_ID
+from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+
+COMPONENTS = ("scheduler", "node", "bridge")
+DEFAULT_RUNS = {"scheduler": 3, "node": 1, "bridge": 2}
+SINGLE_SUBMITS = 300
+BATCHES = 3
+BATCH_SIZE = 100
+CONCURRENCY = 20
+KILL_AT = 320  # distinct jobs told to clients
+RESTART_AFTER_S = 3.0
+SLOTS = 16
+NODE_ID = "node-1"
+SUBMIT_TIMEOUT_S = 5.0
+BATCH_TIMEOUT_S = 10.0
+RETRY_PAUSE_S = 0.05
+
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,  # the connection died under the call
+)
+TERMINAL = ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED", "DEAD_LETTERED")
+
+# The client reconnects within 50-200 ms of the server being back.
+SWEEP_CLIENT_OPTIONS = [
+    *CLIENT_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 200),
+]
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+@dataclass
+class Told:
+    """What the clients were told, and how long it took."""
+
+    jobs: dict[str, list[str]] = field(default_factory=dict)  # request id -> job ids
+    seconds: dict[str, float] = field(default_factory=dict)  # request id -> first try to answer
+    refused: dict[str, int] = field(default_factory=dict)  # retried calls by code
+    failed: dict[str, str] = field(default_factory=dict)  # request id -> non-retryable error
+    distinct: set[str] = field(default_factory=set)
+    retried: set[str] = field(default_factory=set)  # request ids that needed more than one try
+    tries: dict[str, list[str]] = field(default_factory=dict)  # request id -> each try, UTC
+    answers: int = 0  # calls answered so far
+    timed_out: set[str] = field(default_factory=set)  # requests with a try past its deadline
+
+
+@dataclass
+class Row:
+    component: str
+    run: int
+    namespace: str
+    accepted: int = 0
+    succeeded: int = 0
+    stuck: int = 0
+    doubled: int = 0
+    double_billed: int = 0
+    ledger_sum: int = 0
+    billed: int = 0
+    other_states: dict[str, int] = field(default_factory=dict)
+    untold_rows: int = 0
+    untold_states: dict[str, int] = field(default_factory=dict)
+    submit_wall_s: float = 0.0
+    max_request_s: float = 0.0
+    max_request_id: str = ""
+    max_request_tries: list[str] = field(default_factory=list)
+    timed_out_tries: dict[str, list[str]] = field(default_factory=dict)
+    median_request_s: float = 0.0
+    retried_requests: int = 0
+    refused_calls: dict[str, int] = field(default_factory=dict)
+    failed_requests: dict[str, str] = field(default_factory=dict)
+    accepted_at_kill: int = 0
+    killed_at_s: float = 0.0
+    back_at_s: float = 0.0
+    all_terminal_s: float | None = None
+    stuck_jobs: list[dict[str, Any]] = field(default_factory=list)
+    doubled_jobs: list[dict[str, Any]] = field(default_factory=list)
+    logs_kept_in: str | None = None
+
+
+def spec(request_id: str = "", *, mode: int = job_pb2.INFERENCE_MODE_POLLING) -> job_pb2.JobSpec:
+    job = bench_spec(mode=mode)
+    job.client_request_id = request_id
+    return job
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+async def until_answered(
+    call: Callable[[tuple[tuple[str, str], ...]], Awaitable[Any]], told: Told, request_id: str
+) -> Any | None:
+    """Calls ``call`` until it answers, as a retrying client does (same request id);
+    None after a non-retryable error (recorded). Each try carries ``x-request-id``
+    ``<request id>.<try>``, so the bridge's log lines of a try can be found (its
+    ``trace_id``)."""
+    started = time.monotonic()
+    tries = told.tries.setdefault(request_id, [])
+    while True:
+        began, answers_before = utc_now(), told.answers
+        try:
+            reply = await call(((HEADER_REQUEST_ID, f"{request_id}.{len(tries) + 1}"),))
+        except grpc.aio.AioRpcError as err:
+            headers = dict(err.initial_metadata() or ())
+            tries.append(
+                f"{began} -> {utc_now()} {err.code().name} (job id header "
+                f"{'received' if JOB_ID_METADATA in headers else 'not received'}; "
+                f"{told.answers - answers_before} other answers meanwhile)"
+            )
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                told.timed_out.add(request_id)
+            if err.code() not in RETRYABLE:
+                told.failed[request_id] = f"{err.code().name}: {err.details()}"
+                return None
+            told.refused[err.code().name] = told.refused.get(err.code().name, 0) + 1
+            told.retried.add(request_id)
+            await asyncio.sleep(RETRY_PAUSE_S)
+            continue
+        told.answers += 1
+        tries.append(f"{began} -> {utc_now()} OK")
+        told.seconds[request_id] = time.monotonic() - started
+        return reply
+
+
+async def submit_all(address: str, told: Told, run_tag: str) -> None:
+    """300 single submits and 3 batches of 100 among them, 20 in flight."""
+    async with grpc.aio.insecure_channel(address, options=SWEEP_CLIENT_OPTIONS) as channel:
+        stub = job_service_pb2_grpc.JobServiceStub(channel)
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def single(n: int) -> None:
+            request_id = f"sweep-{run_tag}-{n}"
+            request = job_service_pb2.SubmitRequest(job=spec(request_id))
+            async with gate:
+                reply = await until_answered(
+                    lambda md: stub.Submit(request, timeout=SUBMIT_TIMEOUT_S, metadata=md),
+                    told,
+                    request_id,
+                )
+            if reply is not None:
+                told.jobs[request_id] = [reply.job.job_id]
+                told.distinct.add(reply.job.job_id)
+
+        async def batch(n: int) -> None:
+            request_id = f"sweep-{run_tag}-batch-{n}"
+            request = job_service_pb2.SubmitBatchRequest(
+                jobs=[spec(mode=job_pb2.INFERENCE_MODE_BATCH) for _ in range(BATCH_SIZE)],
+                client_request_id=request_id,
+            )
+            async with gate:
+                reply = await until_answered(
+                    lambda md: stub.SubmitBatch(request, timeout=BATCH_TIMEOUT_S, metadata=md),
+                    told,
+                    request_id,
+                )
+            if reply is not None:
+                told.jobs[request_id] = list(reply.batch.job_ids)
+                told.distinct.update(reply.batch.job_ids)
+
+        calls: list[Awaitable[None]] = [single(n) for n in range(SINGLE_SUBMITS)]
+        for n in range(BATCHES):  # batches among the singles, not all at the start
+            calls.insert((n + 1) * SINGLE_SUBMITS // (BATCHES + 1) + n, batch(n))
+        await asyncio.gather(*calls)
+
+
+class SweepRun:
+    def __init__(self, component: str, run: int, settle_s: float, keep_logs: bool) -> None:
+        self.component = component
+        self.settle_s = settle_s
+        self.keep_logs = keep_logs
+        self.namespace = "k" + secrets.token_hex(4)
+        self.work = Path(tempfile.mkdtemp(prefix=f"fleetwire-killsweep-{self.namespace}-"))
+        self.mesh = Mesh(self.namespace, self.work)
+        self.row = Row(component, run, self.namespace)
+
+    @property
+    def dsn(self) -> str:
+        return self.mesh.env["FLEETWIRE_POSTGRES_DSN"]
+
+    def start(self, name: str) -> None:
+        if name == "scheduler":
+            self.mesh.start_module("scheduler", "scheduler")
+        elif name == "bridge":
+            self.mesh.start_module("bridge", "broker_bridge")
+        else:
+            self.mesh.start_bench_node(NODE_ID, slots=SLOTS)
+
+    def kill(self, name: str) -> None:
+        process = self.mesh.children.pop(NODE_ID if name == "node" else name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    async def run(self) -> Row:
+        say(f"{self.component} run {self.row.run}: namespace {self.namespace}, logs in {self.work}")
+        keep = self.keep_logs
+        try:
+            self.start("scheduler")
+            self.start("bridge")
+            await wait_for_port(self.mesh.scheduler_address)
+            await wait_for_port(self.mesh.bridge_address)
+            self.start("node")
+            await wait_for_nodes(self.mesh, {NODE_ID})
+            await self.load()
+            await self.settle()
+            await self.read_back()
+            keep = keep or bool(self.row.stuck or self.row.doubled or self.row.untold_rows)
+            keep = keep or self.row.succeeded != self.row.accepted or bool(self.row.failed_requests)
+            keep = keep or bool(self.row.timed_out_tries)
+            if keep:
+                await asyncio.to_thread(self.log_lines_of_bad_jobs)
+        finally:
+            self.mesh.stop_all()
+            await cleanup_namespace(self.namespace)
+            if keep:
+                self.row.logs_kept_in = str(self.work)
+                say(f"logs kept in {self.work}")
+            else:
+                shutil.rmtree(self.work, ignore_errors=True)
+        return self.row
+
+    async def load(self) -> None:
+        told = Told()
+        started = time.monotonic()
+        submitting = asyncio.create_task(submit_all(self.mesh.bridge_address, told, self.namespace))
+        while self.component != "none" and not submitting.done() and len(told.distinct) < KILL_AT:
+            await asyncio.wait([submitting], timeout=0.005)
+        row = self.row
+        if self.component == "none":
+            pass  # the control: nothing is killed
+        elif submitting.done():
+            say(f"all answered before {KILL_AT} were told ({len(told.distinct)}); no kill")
+        else:
+            row.accepted_at_kill = len(told.distinct)
+            await asyncio.to_thread(self.kill, self.component)
+            row.killed_at_s = time.monotonic() - started
+            say(
+                f"SIGKILLed {self.component} at {row.accepted_at_kill} accepted "
+                f"({utc_now()}, {row.killed_at_s:.2f} s into the submits)"
+            )
+            await asyncio.sleep(RESTART_AFTER_S)
+            self.start(self.component)
+            if self.component == "bridge":
+                await wait_for_port(self.mesh.bridge_address)
+            elif self.component == "scheduler":
+                await wait_for_port(self.mesh.scheduler_address)
+            row.back_at_s = time.monotonic() - started
+            say(f"{self.component} restarted ({utc_now()})")
+        await submitting
+        row.submit_wall_s = time.monotonic() - started
+        self.started = started
+        self.told = told
+        row.accepted = len(told.distinct)
+        seconds = list(told.seconds.values())
+        row.max_request_s = max(seconds, default=0.0)
+        row.max_request_id = max(told.seconds, key=told.seconds.__getitem__, default="")
+        row.max_request_tries = told.tries.get(row.max_request_id, [])
+        row.timed_out_tries = {rid: told.tries[rid] for rid in sorted(told.timed_out)}
+        row.median_request_s = statistics.median(seconds) if seconds else 0.0
+        row.refused_calls = dict(told.refused)
+        row.failed_requests = dict(told.failed)
+        say(
+            f"submitted: {row.accepted} accepted in {row.submit_wall_s:.1f} s, "
+            f"refused calls {told.refused}, failed requests {len(told.failed)}"
+        )
+
+    async def settle(self) -> None:
+        """Waits until every job row of the run is terminal, ``settle_s`` at most (the
+        killed component's own restart and the mesh's recovery included)."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            deadline = time.monotonic() + self.settle_s
+            while True:
+                live = await conn.fetchval(
+                    "SELECT count(*) FROM jobs WHERE NOT (state = ANY($1::text[]))", list(TERMINAL)
+                )
+                if live == 0:
+                    self.row.all_terminal_s = round(time.monotonic() - self.started, 1)
+                    return
+                if time.monotonic() >= deadline:
+                    say(f"{live} jobs still live after {self.settle_s:.0f} s")
+                    return
+                await asyncio.sleep(0.5)
+        finally:
+            await conn.close()
+
+    async def read_back(self) -> None:
+        row, told = self.row, self.told
+        ids = [uuid.UUID(j) for j in told.distinct]
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            states = {
+                r["state"]: r["n"]
+                for r in await conn.fetch(
+                    "SELECT state, count(*) AS n FROM jobs WHERE job_id = ANY($1::uuid[])"
+                    " GROUP BY state",
+                    ids,
+                )
+            }
+            missing = len(ids) - sum(states.values())
+            row.succeeded = states.pop("SUCCEEDED", 0)
+            row.other_states = {**states, **({"no row": missing} if missing else {})}
+            untold = await conn.fetch(
+                "SELECT state, count(*) AS n FROM jobs WHERE NOT (job_id = ANY($1::uuid[]))"
+                " GROUP BY state",
+                ids,
+            )
+            row.untold_states = {r["state"]: r["n"] for r in untold}
+            row.untold_rows = sum(row.untold_states.values())
+            # The whole row but its payloads, so the query fits every schema version (the
+            # publish_claim / publish_due_at columns came with migration 0007).
+            stuck = await conn.fetch(
+                "SELECT job_id, to_jsonb(j) - 'spec' - 'output' - 'signature' - 'public_key'"
+                " - 'request_digest' - 'submit_digest' AS row FROM jobs j"
+                " WHERE NOT (state = ANY($1::text[])) ORDER BY created_at",
+                list(TERMINAL),
+            )
+            row.stuck = len(stuck)
+            for r in stuck:
+                attempts = await conn.fetch(
+                    "SELECT attempt, node_id, scheduler_id, outcome, dispatched_at, started_at,"
+                    " ended_at, error_reason FROM attempts WHERE job_id = $1 ORDER BY attempt",
+                    r["job_id"],
+                )
+                row.stuck_jobs.append(
+                    {
+                        **json.loads(r["row"]),
+                        "told": str(r["job_id"]) in told.distinct,
+                        "attempts": [_plain(a) for a in attempts],
+                    }
+                )
+            doubled = await conn.fetch(
+                "SELECT job_id, count(*) AS n FROM attempts WHERE outcome = 'SUCCEEDED'"
+                " GROUP BY job_id HAVING count(*) > 1"
+            )
+            row.doubled = len(doubled)
+            for r in doubled:
+                attempts = await conn.fetch(
+                    "SELECT attempt, node_id, scheduler_id, outcome, dispatched_at, ended_at"
+                    " FROM attempts WHERE job_id = $1 ORDER BY attempt",
+                    r["job_id"],
+                )
+                row.doubled_jobs.append(
+                    {"job_id": str(r["job_id"]), "attempts": [_plain(a) for a in attempts]}
+                )
+            row.double_billed = await conn.fetchval(
+                "SELECT count(*) FROM (SELECT job_id FROM ledger_entries WHERE kind = 'JOB_CHARGE'"
+                " GROUP BY job_id HAVING count(*) > 1) t"
+            )
+            row.billed = await conn.fetchval(
+                "SELECT count(DISTINCT job_id) FROM ledger_entries WHERE kind = 'JOB_CHARGE'"
+            )
+            row.ledger_sum = int(
+                await conn.fetchval("SELECT coalesce(sum(amount), 0) FROM ledger_entries")
+            )
+        finally:
+            await conn.close()
+        row.retried_requests = len(told.retried)
+
+    def log_lines_of_bad_jobs(self) -> None:
+        """Prints the log lines naming each stuck or doubled job."""
+        bad = [j["job_id"] for j in self.row.stuck_jobs] + [
+            j["job_id"] for j in self.row.doubled_jobs
+        ]
+        logs = sorted(self.work.glob("*.log"))
+        for job_id in bad[:10]:
+            print(f"--- log lines naming {job_id}")
+            for path in logs:
+                for line in path.read_text(errors="replace").splitlines():
+                    if job_id in line:
+                        print(f"{path.name}: {line[:400]}")
+
+
+def _plain(record: asyncpg.Record) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, datetime):
+            out[key] = value.astimezone(UTC).isoformat(timespec="milliseconds")
+        elif isinstance(value, uuid.UUID):
+            out[key] = str(value)
+        else:
+            out[key] = value
+    return out
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "| killed | run | accepted | SUCCEEDED | stuck | doubled / double-billed | ledger sum "
+        "| submit wall | max request | all terminal after |\n"
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        terminal = "not within the wait" if r.all_terminal_s is None else f"{r.all_terminal_s} s"
+        lines.append(
+            f"| {r.component} | {r.run} | {r.accepted} | {r.succeeded} | {r.stuck} "
+            f"| {r.doubled} / {r.double_billed} | {r.ledger_sum} | {r.submit_wall_s:.1f} s "
+            f"| {r.max_request_s:.2f} s | {terminal} |"
+        )
+    return "\n".join(lines)
+
+
+STUCK_FIELDS = (
+    "job_id",
+    "state",
+    "told",
+    "client_request_id",
+    "batch_id",
+    "trace_id",
+    "created_at",
+    "attempts",
+    "publish_claim",
+    "publish_due_at",
+)
+
+
+def tries_text(tries: list[str]) -> str:
+    """A request's tries: all of them when few, else the first two and the last."""
+    if len(tries) <= 4:
+        return "; ".join(tries)
+    return "; ".join([*tries[:2], f"... {len(tries) - 3} more tries ...", tries[-1]])
+
+
+def details(r: Row) -> str:
+    parts = [
+        f"{r.component} run {r.run} ({r.namespace}): killed at {r.accepted_at_kill} accepted "
+        f"({r.killed_at_s:.1f} s), back at {r.back_at_s:.1f} s; billed {r.billed}; "
+        f"{r.retried_requests} requests retried, refused calls {r.refused_calls}; "
+        f"median request {r.median_request_s:.3f} s, "
+        f"longest {r.max_request_id}: {tries_text(r.max_request_tries)}"
+    ]
+    timed_out = list(r.timed_out_tries.items())
+    if timed_out:
+        parts.append(f"  {len(timed_out)} requests had a try run past its deadline; the first:")
+    for rid, tries in timed_out[:3]:
+        parts.append(f"    {rid}: {tries_text(tries)}")
+    if r.other_states:
+        parts.append(f"  told jobs not SUCCEEDED: {r.other_states}")
+    if r.untold_rows:
+        parts.append(f"  rows no client was told about: {r.untold_states}")
+    if r.failed_requests:
+        parts.append(f"  requests failed (not retryable): {r.failed_requests}")
+    for job in r.stuck_jobs[:5]:
+        brief = {k: job.get(k) for k in STUCK_FIELDS if k in job}
+        parts.append(f"  STUCK {json.dumps(brief, default=str)}")
+    if len(r.stuck_jobs) > 5:
+        parts.append(f"  ... {len(r.stuck_jobs) - 5} more stuck (all of them in --out)")
+    for job in r.doubled_jobs:
+        parts.append(f"  DOUBLED {json.dumps(job, default=str)}")
+    if r.logs_kept_in:
+        parts.append(f"  logs kept in {r.logs_kept_in}")
+    return "\n".join(parts)
+
+
+async def sweep(plan: list[tuple[str, int]], settle_s: float, keep_logs: bool) -> list[Row]:
+    rows = []
+    for component, run in plan:
+        rows.append(await SweepRun(component, run, settle_s, keep_logs).run())
+        print(table(rows[-1:]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, help="runs per component (default 3/1/2)")
+    parser.add_argument(
+        "--only",
+        choices=[*COMPONENTS, "none"],
+        action="append",
+        help="repeatable; none: a control run that kills nothing",
+    )
+    parser.add_argument("--settle", type=float, default=180.0, help="most seconds to wait")
+    parser.add_argument("--keep-logs", action="store_true", help="keep every run's logs")
+    parser.add_argument("--out", help="also write the rows as JSON here")
+    args = parser.parse_args()
+    plan = [
+        (component, n)
+        for component in (args.only or COMPONENTS)
+        for n in range(1, (args.runs or DEFAULT_RUNS.get(component, 1)) + 1)
+    ]
+    began = datetime.now(UTC)
+    rows = asyncio.run(sweep(plan, args.settle, args.keep_logs))
+    print(
+        f"\nkill sweep, {began.isoformat(timespec='seconds')}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}\n"
+    )
+    print(table(rows))
+    print()
+    for r in rows:
+        print(details(r))
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps(
+                {"started_at": began.isoformat(), "rows": [asdict(r) for r in rows]},
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
