@@ -156,7 +156,8 @@ class JobDesk:
         request_id = spec.client_request_id
         if not request_id:
             accepted = await self._admit_and_accept(spec, caller, trace_id)
-            assert accepted is not None  # only a request id can conflict
+            if accepted is None:  # only a request id can conflict
+                raise RuntimeError("a submit without a request id wrote no job")
             return accepted
         async with self._locks.held("job", caller.tenant_id, request_id):
             existing = await self._store.job_by_request_id(caller.tenant_id, request_id)

@@ -64,7 +64,7 @@ def status_for(error: FleetwireError) -> status_pb2.Status:
         delay.FromTimedelta(error.retry_delay)
         details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     code = cast(int, error.code.value[0])
-    assert code_pb2.Code.Name(code)  # every grpc.StatusCode is a google.rpc.Code
+    code_pb2.Code.Name(code)  # every grpc.StatusCode is a google.rpc.Code (else ValueError)
     return status_pb2.Status(code=code, message=error.message, details=details)
 
 

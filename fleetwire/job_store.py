@@ -382,7 +382,8 @@ class JobStore:
         """Moves a live job to terminal ``state`` (CANCELLED, EXPIRED, FAILED) whatever its
         attempt, closing an open attempt. Returns the job row afterwards (None if unknown);
         a job that was already terminal keeps its state."""
-        assert state.is_terminal
+        if not state.is_terminal:
+            raise ValueError(f"end_job needs a terminal state, not {state}")
         async with self._pool.acquire() as conn, conn.transaction():
             # A job that expires after being deferred for want of an eligible node says so.
             moved = await conn.fetchval(

@@ -271,7 +271,8 @@ class QueueConsumers:
 
 
 def _tag(message: aiormq.abc.DeliveredMessage) -> int:
-    assert message.delivery_tag is not None  # always set on a consumed delivery
+    if message.delivery_tag is None:  # set on every consumed delivery
+        raise RuntimeError("a consumed delivery without a delivery tag")
     return message.delivery_tag
 
 

@@ -111,7 +111,8 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             message = await context.read()
         if message is grpc.aio.EOF:
             return None
-        assert isinstance(message, nodes_pb2.NodeStreamRequest)
+        if not isinstance(message, nodes_pb2.NodeStreamRequest):  # the deserializer's type
+            raise TypeError(f"unexpected message on the node stream: {type(message).__name__}")
         return message
 
     async def _handshake(self, context: Context) -> NodeSession:
