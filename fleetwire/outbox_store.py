@@ -71,7 +71,10 @@ class OutboxStore:
         return _unpublished(
             await self._pool.fetch(
                 "UPDATE jobs j SET publish_claim = $1, publish_due_at = now() + $2::interval"
-                " FROM (SELECT job_id FROM jobs WHERE publish_due_at < now()"
+                # The IS NOT NULL repeats the partial index's predicate, so that a generic
+                # plan scans jobs_unpublished_idx rather than every live job.
+                " FROM (SELECT job_id FROM jobs WHERE publish_due_at IS NOT NULL"
+                "  AND publish_due_at < now()"
                 "  AND state = 'QUEUED' AND expires_at > now()"
                 "  AND NOT (job_id = ANY($4::uuid[]))"
                 "  ORDER BY publish_due_at LIMIT $3 FOR UPDATE SKIP LOCKED) due"

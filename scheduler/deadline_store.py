@@ -12,7 +12,10 @@ from fleetwire.db import translating
 from fleetwire.states import JobState
 
 _REAPER_LOCK = 0x0F1EE8  # advisory lock key: one reaper at a time across replicas
+# Written into the statement, not passed as a parameter: only a literal list lets a generic
+# plan match the partial index ``jobs_live_deadline_idx`` (a parameter makes it a full scan).
 LIVE_STATES = [s.value for s in JobState if not s.is_terminal]
+LIVE_STATES_SQL = ", ".join(f"'{state}'" for state in LIVE_STATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +43,15 @@ class DeadlineStore:
             rows = await conn.fetch(
                 "WITH due AS ("
                 "  SELECT job_id, state, node_id FROM jobs"
-                "  WHERE state = ANY($1::text[]) AND expires_at < now() - $2::interval"
-                "  ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED"
+                f"  WHERE state IN ({LIVE_STATES_SQL}) AND expires_at < now() - $1::interval"
+                "  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED"
                 "), ended AS ("
                 "  UPDATE jobs j SET state = 'EXPIRED', updated_at = now(),"
                 "  error_reason = 'DEADLINE_PASSED',"
                 "  error_message = format('deadline passed while %s%s; nothing finished it"
                 " by expires_at plus %s', due.state,"
                 "   CASE WHEN due.state IN ('DISPATCHED', 'RUNNING')"
-                "    THEN ' on node ' || due.node_id ELSE '' END, $2::interval),"
+                "    THEN ' on node ' || due.node_id ELSE '' END, $1::interval),"
                 "  publish_claim = NULL, publish_due_at = NULL"
                 "  FROM due WHERE j.job_id = due.job_id"
                 "  RETURNING j.job_id, due.state AS was, due.node_id"
@@ -58,7 +61,6 @@ class DeadlineStore:
                 "  FROM ended WHERE a.job_id = ended.job_id"
                 "  AND a.outcome IN ('DISPATCHED', 'RUNNING')"
                 ") SELECT job_id, was, node_id FROM ended",
-                LIVE_STATES,
                 grace,
                 limit,
             )
