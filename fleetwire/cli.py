@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
@@ -18,6 +16,7 @@ from rich.table import Table
 
 from fleetwire.admin_cli import mesh_app
 from fleetwire.key_cli import keys_app
+from fleetwire.mesh_cli import up
 from fleetwire.registry_cli import api_keys_app, nodes_app
 from fleetwire.settings import load_settings
 from fleetwire_client import (
@@ -42,6 +41,7 @@ admin_app.add_typer(nodes_app, name="nodes")
 admin_app.add_typer(api_keys_app, name="keys")
 admin_app.add_typer(mesh_app, name="mesh")
 app.add_typer(admin_app, name="admin")
+app.command()(up)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -72,47 +72,6 @@ def scheduler() -> None:
 def node() -> None:
     """Run one node agent (vLLM); configure with FLEETWIRE_NODE_* settings."""
     _exec_module("node")
-
-
-def _interrupt(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
-
-
-@app.command()
-def up(
-    nodes: Annotated[int, typer.Option(help="Number of node agents.")] = 2,
-    node_module: Annotated[
-        str,
-        typer.Option(
-            help="Module the node agents run: node (vLLM), or bench.bench_node (a benchmark's "
-            "instant runtime, never for production).",
-            hidden=True,
-        ),
-    ] = "node",
-) -> None:
-    """Run a whole local mesh (scheduler, bridge, nodes) until Ctrl-C or SIGTERM; the
-    children die with this process even when it is killed."""
-    from fleetwire.supervisor import LocalMesh
-
-    mesh = LocalMesh(nodes=nodes, node_module=node_module)
-    # SIGTERM and SIGHUP (a closed terminal) stop the mesh in order, like Ctrl-C. If this
-    # process dies without stopping it (SIGKILL), the children die with it (lifeline).
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
-    try:
-        mesh.start()
-        console.print(
-            f"[bold]fleetwire up[/]: scheduler, bridge and {nodes} node(s). Ctrl-C stops."
-        )
-        while not mesh.failed():
-            time.sleep(0.5)
-        for child in mesh.failed():
-            err_console.print(f"{child.name} exited with {child.process.returncode}")
-    except KeyboardInterrupt:
-        console.print("stopping…")
-    finally:
-        mesh.stop()
-    console.print("stopped")
 
 
 @app.command("make-model")
