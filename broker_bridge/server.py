@@ -8,8 +8,6 @@ import asyncio
 import asyncpg
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from broker_bridge.admission import Admission, QueueDepthGauge, TenantRateLimiter
 from broker_bridge.auth import Authenticator
@@ -25,7 +23,7 @@ from fleetwire.batch_store import BatchStore
 from fleetwire.db import open_pool
 from fleetwire.errors import BackendUnavailable
 from fleetwire.events import JobEvents, connect_redis
-from fleetwire.grpc_edge import edge_server
+from fleetwire.grpc_server import start_server
 from fleetwire.job_publisher import JobPublisher
 from fleetwire.job_store import JobStore
 from fleetwire.lifecycle import wait_for_stop_signal
@@ -122,28 +120,24 @@ class BridgeServer:
             self._outbox,
         )
         auth = Authenticator(TenantStore(self._pool), self._settings.bridge)
-        server = edge_server()
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(
-            JobService(desk, batches, auth), server
-        )
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        servicer = JobService(desk, batches, auth)
         address = f"{self._settings.bridge.host}:{self._settings.bridge.port}"
-        self.port = server.add_insecure_port(address)
-        await server.start()
-        await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._server = server
+        serving = await start_server(
+            address,
+            [SERVICE_NAME],
+            lambda server: job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server),
+        )
+        self._server, self.port = serving.server, serving.port
         log.info("bridge serving", address=address, port=self.port)
 
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """In-flight calls get ``grace`` seconds (``FLEETWIRE_BRIDGE_STOP_GRACE``)."""
+        if grace is None:
+            grace = self._settings.bridge.stop_grace.total_seconds()
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)

@@ -183,6 +183,10 @@ class BridgeSettings(BaseSettings):
         timedelta(seconds=1),
         description="How often each bridge's outbox relay looks for lapsed unpublished jobs.",
     )
+    stop_grace: Duration = Field(
+        timedelta(seconds=5),
+        description="How long a stopping bridge lets in-flight calls finish.",
+    )
 
 
 class SchedulerSettings(BaseSettings):
@@ -259,6 +263,11 @@ class SchedulerSettings(BaseSettings):
     )
     reap_batch: int = Field(
         500, ge=1, description="Most jobs the deadline reaper closes in one statement."
+    )
+    stop_grace: Duration = Field(
+        timedelta(seconds=5),
+        description="How long a stopping scheduler lets in-flight calls finish and relayed "
+        "token chunks reach Redis.",
     )
 
 

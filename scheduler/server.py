@@ -13,14 +13,12 @@ import socket
 import asyncpg
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from fleetwire.amqp import AmqpLink
 from fleetwire.channels import ChannelListener
 from fleetwire.db import open_pool
 from fleetwire.events import JobEvents, connect_redis
-from fleetwire.grpc_edge import edge_server
+from fleetwire.grpc_server import start_server
 from fleetwire.job_publisher import JobPublisher
 from fleetwire.job_store import JobStore
 from fleetwire.lifecycle import wait_for_stop_signal
@@ -151,36 +149,26 @@ class SchedulerServer:
             events,
             OutboxStore(self._pool),
         )
-        server = edge_server()
-        mesh_admin_service_pb2_grpc.add_MeshAdminServiceServicer_to_server(
-            MeshAdminService(
-                presence, AdminStore(self._pool), self.penalties, self._link, topology, replay
-            ),
-            server,
+        admin = MeshAdminService(
+            presence, AdminStore(self._pool), self.penalties, self._link, topology, replay
         )
-        node_service_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeService(
-                settings.scheduler,
-                self.scheduler_id,
-                NodeStore(self._pool),
-                self.registry,
-                topology,
-                node_messages.on_node_message,
-                presence,
-            ),
-            server,
+        nodes = NodeService(
+            settings.scheduler,
+            self.scheduler_id,
+            NodeStore(self._pool),
+            self.registry,
+            topology,
+            node_messages.on_node_message,
+            presence,
         )
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            server,
-        )
+
+        def add_services(server: grpc.aio.Server) -> None:
+            mesh_admin_service_pb2_grpc.add_MeshAdminServiceServicer_to_server(admin, server)
+            node_service_pb2_grpc.add_NodeServiceServicer_to_server(nodes, server)
+
         address = f"{settings.scheduler.host}:{settings.scheduler.port}"
-        self.port = server.add_insecure_port(address)
-        await server.start()
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._server = server
+        serving = await start_server(address, [SERVICE_NAME, ADMIN_SERVICE_NAME], add_services)
+        self._server, self.port = serving.server, serving.port
         await self._consumers.start()
         await self._cancel_relay.start()
         self._reaper = DeadlineReaper(
@@ -197,7 +185,11 @@ class SchedulerServer:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """In-flight calls and relayed chunks get ``grace`` seconds
+        (``FLEETWIRE_SCHEDULER_STOP_GRACE``)."""
+        if grace is None:
+            grace = self._settings.scheduler.stop_grace.total_seconds()
         if self._reaper is not None:
             await self._reaper.stop()
             self._reaper = None
