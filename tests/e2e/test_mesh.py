@@ -166,9 +166,10 @@ async def _first_busy_node(dsn: str, job_ids: list[str], within: float) -> str:
     try:
         deadline = asyncio.get_running_loop().time() + within
         while asyncio.get_running_loop().time() < deadline:
-            node = await conn.fetchval(
+            node = await conn.fetchval(  # the busiest: the likeliest to be busy still
                 "SELECT node_id FROM attempts WHERE job_id = ANY($1::uuid[])"
-                " AND outcome IN ('DISPATCHED', 'RUNNING') LIMIT 1",
+                " AND outcome IN ('DISPATCHED', 'RUNNING')"
+                " GROUP BY node_id ORDER BY count(*) DESC LIMIT 1",
                 [uuid.UUID(j) for j in job_ids],
             )
             if node is not None:
@@ -187,10 +188,10 @@ def test_node_killed_mid_job_leaves_no_job_behind(live_mesh: LiveMesh) -> None:
     try:
         spec = make_spec("a long story", max_tokens=480)
         spec.sampling.ignore_eos = True
-        # Eight long jobs, four or so per node: the victim is still busy when the kill lands
-        # even when the machine is so loaded that finding it takes a second or two (with
-        # four, a victim once finished its two jobs between being found and being killed).
-        job_ids = [client.submit(spec).job_id for _ in range(8)]
+        # More long jobs than both nodes' slots (8 each), so the queue keeps feeding the
+        # victim until the kill lands: with eight, an idle machine ran a node's share in
+        # 1.7 s and the victim had finished it 29 ms before the kill.
+        job_ids = [client.submit(spec).job_id for _ in range(24)]
         victim = asyncio.run(_first_busy_node(dsn, job_ids, within=120))
         os.killpg(live_mesh.mesh.child(victim).process.pid, signal.SIGKILL)
         finished = [client.wait(job_id, timeout=240) for job_id in job_ids]
