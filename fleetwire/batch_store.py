@@ -9,11 +9,7 @@ import asyncpg
 
 from fleetwire.db import translating
 from fleetwire.job_store import NewJob, insert_queued_jobs
-from fleetwire.states import JobState, predecessors
-
-
-def _names(states: frozenset[JobState]) -> list[str]:
-    return [s.value for s in states]
+from fleetwire.states import JobState, predecessor_names
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +87,7 @@ class BatchStore:
                 " error_reason = 'BATCH_ABORTED', error_message = 'the batch was not accepted'"
                 " WHERE batch_id = $1 AND state = ANY($2)",
                 batch_id,
-                _names(predecessors(JobState.CANCELLED)),
+                predecessor_names(JobState.CANCELLED),
             )
             await conn.execute("DELETE FROM jobs WHERE batch_id = $1 AND attempts = 0", batch_id)
             await conn.execute(

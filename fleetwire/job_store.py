@@ -18,14 +18,10 @@ import asyncpg
 
 from fleetwire.db import translating
 from fleetwire.ledger import Prices
-from fleetwire.states import JobState, predecessors
+from fleetwire.states import JobState, predecessor_names
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _names(states: frozenset[JobState]) -> list[str]:
-    return [s.value for s in states]
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +218,7 @@ class JobStore:
             ") SELECT job_id, attempts, request_digest FROM job",
             [items[index][0] for index in first.values()],
             [items[index][1] for index in first.values()],
-            _names(predecessors(JobState.DISPATCHED)),
+            predecessor_names(JobState.DISPATCHED),
             scheduler_id,
         )
         begun = {
@@ -324,7 +320,7 @@ class JobStore:
             [o.finished_at_ms for _, o, _ in chosen],
             [o.node_id for _, o, _ in chosen],
             [amount for _, _, amount in chosen],
-            _names(predecessors(JobState.SUCCEEDED)),
+            predecessor_names(JobState.SUCCEEDED),
         )
         finalised = {row["job_id"] for row in rows}
         answers = [
@@ -371,7 +367,7 @@ class JobStore:
                 job_state.value,
                 reason,
                 _clean(message),
-                _names(predecessors(job_state)),
+                predecessor_names(job_state),
             )
             return bool(moved)
 
@@ -397,7 +393,7 @@ class JobStore:
                 state.value,
                 reason,
                 message,
-                _names(predecessors(state)),
+                predecessor_names(state),
             )
             if moved:
                 await conn.execute(

@@ -69,6 +69,11 @@ def predecessors(target: JobState) -> frozenset[JobState]:
     return _PREDECESSORS[target]
 
 
+def predecessor_names(target: JobState) -> list[str]:
+    """``predecessors(target)`` as the column values a guarded UPDATE compares with."""
+    return [state.value for state in _PREDECESSORS[target]]
+
+
 def can_transition(current: JobState, target: JobState) -> bool:
     """True when ``current → target`` is allowed. Terminal states allow nothing."""
     return current in _PREDECESSORS[target]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.engine_priority import descendants as process_descendants
+
 
 @dataclass(frozen=True)
 class ProcessRecord:
@@ -49,23 +51,10 @@ def process_record(pid: int) -> ProcessRecord | None:
 
 
 def descendants(pid: int) -> list[ProcessRecord]:
-    """Every live process below ``pid`` (children of all its threads, their children...)."""
-    found: list[ProcessRecord] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            record = process_record(child)
-            if record is not None:
-                found.append(record)
-            found.extend(descendants(child))
-    return found
+    """Every live process below ``pid`` (children of all its threads, their children...),
+    found as the node finds its engine's (``node.engine_priority.descendants``)."""
+    records = (process_record(child) for child in process_descendants(pid))
+    return [record for record in records if record is not None]
 
 
 def still_running(records: list[ProcessRecord]) -> list[ProcessRecord]:
