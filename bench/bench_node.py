@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from bench.bench_runtime import bench_runtimes
-from fleetwire.settings import NodeSettings
+from fleetwire.process.settings import NodeSettings
 from node.config import NodeProfile
 from node.main import main as node_main
 from node.runtime import Runtime

@@ -12,8 +12,8 @@ import grpc
 from nacl.signing import SigningKey
 
 from bench.processes import IDLE_MODEL
-from fleetwire import signing
-from fleetwire.grpc_options import CLIENT_OPTIONS
+from fleetwire.protocol import signing
+from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import job_pb2, node_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 

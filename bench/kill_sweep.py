@@ -1,6 +1,6 @@
 """Kill sweep (issue 13): one mesh component SIGKILLed in the middle of 600 submits and
 restarted 3 s later; what PostgreSQL says afterwards. Prints a table; asserts nothing
-(docs/benchmarks.md, "Kill sweep (issue 13)", has the results).
+(docs/benchmarks.md, "Kill sweep", has the results).
 
     python -m bench.kill_sweep [--runs N] [--only bridge|scheduler|node|none] [--settle 180]
                                [--keep-logs] [--out FILE.json]
@@ -60,8 +60,8 @@ import grpc
 from bench.mesh_load import bench_spec
 from bench.processes import Mesh, cleanup_namespace, wait_for_nodes, wait_for_port
 from broker_bridge.service import JOB_ID_METADATA
-from fleetwire.grpc_options import CLIENT_OPTIONS
-from fleetwire.topology import HEADER_REQUEST_ID
+from fleetwire.messaging.topology import HEADER_REQUEST_ID
+from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 COMPONENTS = ("scheduler", "node", "bridge")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from bench.processes import BENCH_MODEL
-from fleetwire.grpc_options import CLIENT_OPTIONS
+from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 SUBMIT_TIMEOUT_S = 60.0

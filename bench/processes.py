@@ -20,7 +20,7 @@ import asyncpg
 import grpc
 import redis.asyncio as aioredis
 
-from fleetwire.grpc_options import CLIENT_OPTIONS
+from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"

@@ -1,12 +1,13 @@
 """The deadline reaper and the outbox relay on a jobs table of a million rows: what one sweep
 and one claim cost, and which plan PostgreSQL uses. Prints figures; asserts nothing
-(docs/benchmarks.md, "Kill sweep (issue 13)", has the results).
+(docs/benchmarks.md, "The deadline reaper and the outbox relay at a million rows", has the
+results).
 
     python -m bench.reaper_scale [--rows 1000000] [--live 50000] [--overdue 2000]
                                  [--lapsed 500] [--out FILE.json]
 
 A scratch database of its own (``fw_reaper_<hex>``, created and migrated through
-``fleetwire.db.open_pool``, dropped at the end) is filled with ``INSERT ... SELECT
+``fleetwire.store.db.open_pool``, dropped at the end) is filled with ``INSERT ... SELECT
 generate_series``: ``--live`` QUEUED jobs whose deadlines are 1-600 s ahead (``--lapsed`` of
 them unpublished with a lapsed publish claim, 2,000 more with a claim still running),
 ``--overdue`` live jobs (QUEUED, DISPATCHED, RUNNING with an open attempt) whose deadlines
@@ -49,9 +50,9 @@ from pydantic import SecretStr
 
 from bench.mesh_load import bench_spec
 from bench.processes import POSTGRES_ADMIN_DSN
-from fleetwire.db import open_pool
-from fleetwire.outbox_store import OutboxStore
-from fleetwire.settings import PostgresSettings
+from fleetwire.process.settings import PostgresSettings
+from fleetwire.store.db import open_pool
+from fleetwire.store.outbox import OutboxStore
 from scheduler.deadline_store import LIVE_STATES, DeadlineStore
 
 GRACE = timedelta(seconds=30)  # FLEETWIRE_SCHEDULER_REAP_GRACE's default
@@ -62,7 +63,7 @@ IDLE_CALLS = 20
 INFLIGHT_CLAIMS = 2_000
 
 # The reaper's SELECT (scheduler/deadline_store.py, the ``due`` CTE) and the relay's
-# (fleetwire/outbox_store.py, claim_lapsed's sub-select), values inlined.
+# (fleetwire/store/outbox.py, claim_lapsed's sub-select), values inlined.
 _LIVE = "ARRAY[" + ", ".join(f"'{s}'" for s in LIVE_STATES) + "]::text[]"
 REAPER_SELECT = (
     "SELECT job_id, state, node_id FROM jobs"

@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 
 from bench.mesh_load import bench_spec
 from bench.processes import REDIS_URL, Mesh, cleanup_namespace, wait_for_nodes, wait_for_port
-from fleetwire.grpc_options import CLIENT_OPTIONS
+from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 OLD_TTL_S = 3600

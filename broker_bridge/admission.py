@@ -23,11 +23,16 @@ import aiormq.abc
 import redis.asyncio as aioredis
 import structlog
 
-from fleetwire.amqp import AMQP_ERRORS, AmqpLink
-from fleetwire.errors import BackendUnavailable, FieldViolation, InvalidArgument, ResourceExhausted
-from fleetwire.events import REDIS_ERRORS
-from fleetwire.settings import BridgeSettings
-from fleetwire.topology import Topology
+from fleetwire.domain.errors import (
+    BackendUnavailable,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+)
+from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
+from fleetwire.messaging.events import REDIS_ERRORS
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.settings import BridgeSettings
 from fleetwire.v1 import job_pb2
 
 log = structlog.get_logger(__name__)

@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fleetwire.errors import Unauthenticated
-from fleetwire.settings import BridgeSettings
-from fleetwire.tenants import ANONYMOUS_TENANT, TenantLimits, TenantStore, hash_key
+from fleetwire.domain.errors import Unauthenticated
+from fleetwire.process.settings import BridgeSettings
+from fleetwire.store.tenants import ANONYMOUS_TENANT, TenantLimits, TenantStore, hash_key
 
 AUTHORIZATION = "authorization"
 _MAX_CACHED = 10_000

@@ -18,22 +18,22 @@ from broker_bridge.desk import JobDesk, new_job, parse_id, submit_digest
 from broker_bridge.idempotency import RequestLocks
 from broker_bridge.outbox import Outbox
 from broker_bridge.unsettled import UnsettledRows
-from fleetwire.batch_store import BatchStore, NewBatch
-from fleetwire.errors import (
+from fleetwire.domain.errors import (
     BackendUnavailable,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
 )
-from fleetwire.job_publisher import JobMessage, JobPublisher
-from fleetwire.job_store import JobStore, NewJob
-from fleetwire.job_view import job_from_row
-from fleetwire.settings import Settings
-from fleetwire.states import JobState
-from fleetwire.topology import Topology
+from fleetwire.domain.job_view import job_from_row
+from fleetwire.domain.states import JobState
+from fleetwire.domain.validation import MAX_REQUEST_ID_BYTES
+from fleetwire.messaging.publisher import JobMessage, JobPublisher
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.settings import Settings
+from fleetwire.store.batches import BatchStore, NewBatch
+from fleetwire.store.jobs import JobStore, NewJob
 from fleetwire.v1 import job_pb2, job_service_pb2
-from fleetwire.validation import MAX_REQUEST_ID_BYTES
 
 log = structlog.get_logger(__name__)
 

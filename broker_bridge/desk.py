@@ -19,25 +19,26 @@ from broker_bridge.idempotency import RequestLocks
 from broker_bridge.outbox import Outbox
 from broker_bridge.unsettled import UnsettledRows
 from broker_bridge.watch_output import final_attempt, output_chunk
-from fleetwire.coalescer import Coalescer
-from fleetwire.errors import (
+from fleetwire.domain.errors import (
     BackendUnavailable,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
 )
-from fleetwire.events import ChunkEvent, Event, JobEvents, StateEvent
-from fleetwire.job_publisher import JobMessage, JobPublisher
-from fleetwire.job_store import JobStore, NewJob
-from fleetwire.job_view import job_from_row
-from fleetwire.outbox_store import OutboxStore
-from fleetwire.settings import Settings
-from fleetwire.signing import request_digest
-from fleetwire.states import JobState
-from fleetwire.topology import NETWORK_NAMES, Topology
+from fleetwire.domain.job_view import job_from_row
+from fleetwire.domain.states import JobState
+from fleetwire.domain.validation import validate_spec
+from fleetwire.messaging.events import ChunkEvent, Event, JobEvents, StateEvent
+from fleetwire.messaging.publisher import JobMessage, JobPublisher
+from fleetwire.messaging.topology import NETWORK_NAMES, Topology
+from fleetwire.process.coalescer import Coalescer
+from fleetwire.process.settings import Settings
+from fleetwire.protocol.facts import request_facts
+from fleetwire.protocol.signing import request_digest
+from fleetwire.store.jobs import JobStore, NewJob
+from fleetwire.store.outbox import OutboxStore
 from fleetwire.v1 import job_pb2, job_service_pb2
-from fleetwire.validation import request_facts, validate_spec
 
 log = structlog.get_logger(__name__)
 

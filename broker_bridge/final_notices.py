@@ -16,7 +16,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from fleetwire.channels import ChannelListener
+from fleetwire.messaging.channels import ChannelListener
 
 REMEMBER_S = 10.0
 """How long a notice nobody waited for is kept: a SYNC Submit subscribes only after its

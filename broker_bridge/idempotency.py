@@ -24,8 +24,8 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 
-from fleetwire.errors import BackendUnavailable
-from fleetwire.events import REDIS_ERRORS
+from fleetwire.domain.errors import BackendUnavailable
+from fleetwire.messaging.events import REDIS_ERRORS
 
 log = structlog.get_logger(__name__)
 

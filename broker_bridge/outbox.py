@@ -1,6 +1,6 @@
 """Every written job reaches RabbitMQ, whichever bridge wrote it and whenever it died.
 
-The bridge writes a job with a publish claim (``fleetwire.outbox_store``), publishes it,
+The bridge writes a job with a publish claim (``fleetwire.store.outbox``), publishes it,
 answers the client once RabbitMQ confirmed, and records the publication in the background
 (one statement for all the jobs confirmed meanwhile). Should the bridge die anywhere in
 between, the row is the record: its claim lapses after ``FLEETWIRE_BRIDGE_OUTBOX_LEASE`` and
@@ -21,10 +21,10 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from fleetwire.background import BackgroundTask
-from fleetwire.errors import BackendUnavailable, FleetwireError
-from fleetwire.job_publisher import JobMessage, JobPublisher
-from fleetwire.outbox_store import OutboxStore, UnpublishedJob
+from fleetwire.domain.errors import BackendUnavailable, FleetwireError
+from fleetwire.messaging.publisher import JobMessage, JobPublisher
+from fleetwire.process.background import BackgroundTask
+from fleetwire.store.outbox import OutboxStore, UnpublishedJob
 from fleetwire.v1 import job_pb2
 
 log = structlog.get_logger(__name__)

@@ -18,19 +18,19 @@ from broker_bridge.idempotency import RequestLocks
 from broker_bridge.outbox import Outbox
 from broker_bridge.service import JobService
 from broker_bridge.unsettled import UnsettledRows
-from fleetwire.amqp import AmqpLink
-from fleetwire.batch_store import BatchStore
-from fleetwire.db import open_pool
-from fleetwire.errors import BackendUnavailable
-from fleetwire.events import JobEvents, connect_redis
-from fleetwire.grpc_server import start_server
-from fleetwire.job_publisher import JobPublisher
-from fleetwire.job_store import JobStore
-from fleetwire.lifecycle import wait_for_stop_signal
-from fleetwire.outbox_store import OutboxStore
-from fleetwire.settings import Settings
-from fleetwire.tenants import TenantStore
-from fleetwire.topology import Topology
+from fleetwire.domain.errors import BackendUnavailable
+from fleetwire.messaging.amqp import AmqpLink
+from fleetwire.messaging.events import JobEvents, connect_redis
+from fleetwire.messaging.publisher import JobPublisher
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.lifecycle import wait_for_stop_signal
+from fleetwire.process.settings import Settings
+from fleetwire.rpc.server import start_server
+from fleetwire.store.batches import BatchStore
+from fleetwire.store.db import open_pool
+from fleetwire.store.jobs import JobStore
+from fleetwire.store.outbox import OutboxStore
+from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import job_service_pb2, job_service_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -170,8 +170,8 @@ async def run_bridge(settings: Settings) -> None:
 
 
 def main() -> None:
-    from fleetwire.logs import configure_logging
-    from fleetwire.settings import load_settings
+    from fleetwire.process.logs import configure_logging
+    from fleetwire.process.settings import load_settings
 
     settings = load_settings()
     configure_logging(level=settings.mesh.log_level, json=settings.mesh.log_json, process="bridge")

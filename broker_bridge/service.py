@@ -15,8 +15,8 @@ import structlog
 from broker_bridge.auth import Authenticator, Caller
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
-from fleetwire.errors import DeadlineExceeded
-from fleetwire.topology import HEADER_REQUEST_ID
+from fleetwire.domain.errors import DeadlineExceeded
+from fleetwire.messaging.topology import HEADER_REQUEST_ID
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 JOB_ID_METADATA = "x-fleetwire-job-id"

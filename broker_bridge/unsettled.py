@@ -7,7 +7,7 @@ published, so it would sit QUEUED forever, or worse, be returned to an idempoten
 if it had been accepted. The same holds for a withdrawal that PostgreSQL could not take
 after a failed publish. These rows are remembered here and removed in the background as
 soon as the database is reachable; a retry with the same request id settles them first.
-The withdrawal is the claimant's (see ``fleetwire.outbox_store``): should this bridge die
+The withdrawal is the claimant's (see ``fleetwire.store.outbox``): should this bridge die
 first, the row's publish claim lapses and an outbox relay publishes it — a job that an
 UNAVAILABLE answer did not create after all, found again by a retry with the same request id.
 """
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from fleetwire.background import BackgroundTask
-from fleetwire.errors import BackendUnavailable
+from fleetwire.domain.errors import BackendUnavailable
+from fleetwire.process.background import BackgroundTask
 
 log = structlog.get_logger(__name__)
 

@@ -20,16 +20,17 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Coroutine, Mapping
+from importlib import metadata
 from typing import Any
 
 import grpc
 import structlog
 from nacl.signing import SigningKey
 
-from fleetwire import __version__, signing
-from fleetwire.grpc_options import CLIENT_OPTIONS
-from fleetwire.settings import NodeSettings
-from fleetwire.topology import NETWORK_NAMES
+from fleetwire.messaging.topology import NETWORK_NAMES
+from fleetwire.process.settings import NodeSettings
+from fleetwire.protocol import signing
+from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from node.capabilities import detect_gpus, model_version_of
@@ -43,6 +44,7 @@ log = structlog.get_logger(__name__)
 NETWORK_VALUES: dict[str, Any] = {name: value for value, name in NETWORK_NAMES.items()}
 
 
+AGENT_VERSION = metadata.version("fleetwire")  # sent in Hello, shown by ListNodes
 HAND_BACK_TIMEOUT_S = 5.0
 """How long aborted jobs get to send their hand-back Failure before their tasks are cancelled."""
 
@@ -132,7 +134,7 @@ class NodeAgent:
         return nodes_pb2.Hello(
             node_id=self._settings.node_id,
             public_key=self.public_key,
-            agent_version=__version__,
+            agent_version=AGENT_VERSION,
             networks=[NETWORK_VALUES[n] for n in p.networks if n in NETWORK_VALUES],
             models=models,
             gpus=self._gpus,

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetwire.errors import ConfigurationError
-from fleetwire.settings import NodeSettings
-from fleetwire.topology import NETWORK_NAMES, SUBCLOUD_NAME
+from fleetwire.domain.errors import ConfigurationError
+from fleetwire.messaging.topology import NETWORK_NAMES, SUBCLOUD_NAME
+from fleetwire.process.settings import NodeSettings
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 KNOWN_NETWORKS = frozenset(NETWORK_NAMES.values())

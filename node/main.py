@@ -10,7 +10,7 @@ Signals:
   this session, promote the new key and reconnect with it; the engines stay up.
 
 However the process ends (SIGKILL included), the engine's processes end with it: see
-``fleetwire.lifeline``.
+``fleetwire.process.lifeline``.
 
 Exit codes: 0 after a drain; ``EXIT_REFUSED`` (78, EX_CONFIG) when the mesh refuses the
 node's key (not registered, revoked, or another key is registered): restarting will not
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import structlog
 
-from fleetwire import lifeline
-from fleetwire.errors import ConfigurationError
-from fleetwire.keys import load_or_create_key, next_key_path, promote_next_key
-from fleetwire.settings import NodeSettings, Settings
+from fleetwire.domain.errors import ConfigurationError
+from fleetwire.domain.keys import load_or_create_key, next_key_path, promote_next_key
+from fleetwire.process import lifeline
+from fleetwire.process.settings import NodeSettings, Settings
 from node.agent import HandshakeRefused, NodeAgent
 from node.config import NodeProfile, load_profile
 from node.runtime import Runtime
@@ -175,8 +175,8 @@ async def _serve(agent: NodeAgent, key_file: Path, grace: float) -> int:
 
 def main(make_runtimes: MakeRuntimes = vllm_runtimes) -> None:
     """``python -m node``: the agent on vLLM engines (``make_runtimes`` for a benchmark's)."""
-    from fleetwire.logs import configure_logging
-    from fleetwire.settings import load_settings
+    from fleetwire.process.logs import configure_logging
+    from fleetwire.process.settings import load_settings
 
     settings = load_settings()
     configure_logging(

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import structlog
 from nacl.signing import SigningKey
 
-from fleetwire import signing
+from fleetwire.protocol import signing
+from fleetwire.protocol.facts import request_facts
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
-from fleetwire.validation import request_facts
 from node.progress import ProgressBatcher, Send
 from node.runtime import (
     GenerationRequest,

@@ -10,10 +10,10 @@ from typing import Any, TypeAlias
 import aiormq
 import structlog
 
-from fleetwire.amqp import AMQP_ERRORS, AmqpLink
-from fleetwire.errors import FieldViolation, InvalidArgument, NotFound
-from fleetwire.job_view import job_from_row
-from fleetwire.topology import HEADER_REQUEST_ID, Topology
+from fleetwire.domain.errors import FieldViolation, InvalidArgument, NotFound
+from fleetwire.domain.job_view import job_from_row
+from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
+from fleetwire.messaging.topology import HEADER_REQUEST_ID, Topology
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 from scheduler.admin_store import AdminStore
 from scheduler.penalties import PenaltyBox

@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from fleetwire.db import translating
+from fleetwire.store.db import translating
 
 
 class AdminStore:

@@ -20,17 +20,17 @@ from typing import Any
 import aiormq.abc
 import structlog
 
-from fleetwire.amqp import AMQP_ERRORS, AmqpLink
-from fleetwire.errors import BackendUnavailable
-from fleetwire.events import JobEvents
-from fleetwire.job_store import JobStore
-from fleetwire.states import JobState
-from fleetwire.topology import (
+from fleetwire.domain.errors import BackendUnavailable
+from fleetwire.domain.states import JobState
+from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
+from fleetwire.messaging.events import JobEvents
+from fleetwire.messaging.topology import (
     HEADER_EXPIRES_AT_MS,
     HEADER_LAST_ERROR,
     HEADER_RETRIES,
     Topology,
 )
+from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
 from scheduler.dispatcher import REQUEUE, Action, Dispatcher, Verdict
 

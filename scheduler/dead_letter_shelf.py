@@ -16,9 +16,9 @@ import contextlib
 import aiormq
 import structlog
 
-from fleetwire.amqp import AMQP_ERRORS, AmqpLink
-from fleetwire.errors import BackendUnavailable
-from fleetwire.topology import HEADER_JOB_ID, Topology
+from fleetwire.domain.errors import BackendUnavailable
+from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
+from fleetwire.messaging.topology import HEADER_JOB_ID, Topology
 
 log = structlog.get_logger(__name__)
 

@@ -17,10 +17,10 @@ from datetime import timedelta
 
 import structlog
 
-from fleetwire.background import BackgroundTask
-from fleetwire.errors import BackendUnavailable
-from fleetwire.events import JobEvents, StateEvent
-from fleetwire.states import JobState
+from fleetwire.domain.errors import BackendUnavailable
+from fleetwire.domain.states import JobState
+from fleetwire.messaging.events import JobEvents, StateEvent
+from fleetwire.process.background import BackgroundTask
 from scheduler.deadline_store import DeadlineStore, ReapedJob
 
 log = structlog.get_logger(__name__)

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import asyncpg
 
-from fleetwire.db import translating
-from fleetwire.states import JobState
+from fleetwire.domain.states import JobState
+from fleetwire.store.db import translating
 
 _REAPER_LOCK = 0x0F1EE8  # advisory lock key: one reaper at a time across replicas
 # Written into the statement, not passed as a parameter: only a literal list lets a generic

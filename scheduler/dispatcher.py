@@ -21,13 +21,14 @@ from enum import Enum
 import aiormq.abc
 import structlog
 
-from fleetwire.coalescer import Coalescer
-from fleetwire.errors import BackendUnavailable
-from fleetwire.events import JobEvents, StateEvent
-from fleetwire.job_store import JobStore, OpenedAttempt
-from fleetwire.settings import SchedulerSettings
-from fleetwire.states import JobState
-from fleetwire.topology import HEADER_REQUEST_ID, HEADER_RETRIES
+from fleetwire.domain.errors import BackendUnavailable
+from fleetwire.domain.states import JobState
+from fleetwire.messaging.events import JobEvents, StateEvent
+from fleetwire.messaging.topology import HEADER_REQUEST_ID, HEADER_RETRIES
+from fleetwire.process.coalescer import Coalescer
+from fleetwire.process.settings import SchedulerSettings
+from fleetwire.store.attempts import AttemptStore, OpenedAttempt
+from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.finalisation import Finaliser
@@ -97,6 +98,7 @@ class Dispatcher:
         settings: SchedulerSettings,
         scheduler_id: str,
         store: JobStore,
+        attempts: AttemptStore,
         events: JobEvents,
         registry: NodeRegistry,
         relay: ProgressRelay,
@@ -109,6 +111,7 @@ class Dispatcher:
         )
         self._scheduler_id = scheduler_id
         self._store = store
+        self._attempts = attempts
         self._events = events
         self._registry = registry
         self._relay = relay
@@ -116,7 +119,7 @@ class Dispatcher:
         self._offences = offences
         # Deliveries arriving together begin their attempts in one statement.
         self._begin: Coalescer[tuple[uuid.UUID, str], OpenedAttempt | None] = Coalescer(
-            lambda items: store.begin_attempts(items, scheduler_id), name="begin-attempts"
+            lambda items: attempts.begin_attempts(items, scheduler_id), name="begin-attempts"
         )
 
     # -- deliveries -------------------------------------------------------------------
@@ -257,7 +260,7 @@ class Dispatcher:
         """Records that the node accepted the attempt. Best effort: a job may go from
         DISPATCHED straight to its final state, so a backend hiccup here costs nothing."""
         try:
-            await self._store.mark_running(uuid.UUID(run.job_id), run.attempt)
+            await self._attempts.mark_running(uuid.UUID(run.job_id), run.attempt)
         except BackendUnavailable:
             log.warning("RUNNING not recorded", job_id=run.job_id, attempt=run.attempt)
             return
@@ -334,7 +337,7 @@ class Dispatcher:
             await self._end(str(job_id), JobState.EXPIRED, decision.reason, decision.message)
             return ACK
         state = _NEXT_STATE[decision.step]
-        moved = await self._store.end_attempt(
+        moved = await self._attempts.end_attempt(
             job_id,
             attempt,
             attempt_outcome=str(decision.attempt_outcome),

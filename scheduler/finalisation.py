@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-from fleetwire import signing
-from fleetwire.coalescer import Coalescer
-from fleetwire.events import StateEvent
-from fleetwire.job_store import JobStore, SignedOutcome
-from fleetwire.ledger import Prices
-from fleetwire.settings import SchedulerSettings
-from fleetwire.states import JobState
+from fleetwire.domain.states import JobState
+from fleetwire.messaging.events import StateEvent
+from fleetwire.process.coalescer import Coalescer
+from fleetwire.process.settings import SchedulerSettings
+from fleetwire.protocol import signing
+from fleetwire.store.attempts import AttemptStore, SignedOutcome
+from fleetwire.store.ledger import Prices
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.progress_relay import ProgressRelay
 from scheduler.registry import NodeSession
@@ -20,10 +20,12 @@ class Finaliser:
     """Verifies results and finalises the jobs they answer; results verified together are
     finalised (and billed) in one statement."""
 
-    def __init__(self, settings: SchedulerSettings, store: JobStore, relay: ProgressRelay) -> None:
+    def __init__(
+        self, settings: SchedulerSettings, attempts: AttemptStore, relay: ProgressRelay
+    ) -> None:
         self._relay = relay
         self._finalisations: Coalescer[tuple[uuid.UUID, SignedOutcome, int], bool] = Coalescer(
-            store.finalise_successes, name="finalisations"
+            attempts.finalise_successes, name="finalisations"
         )
         self._prices = Prices(
             per_1k_prompt_tokens=settings.price_per_1k_prompt_tokens,

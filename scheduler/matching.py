@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fleetwire.topology import NETWORK_NAMES
+from fleetwire.messaging.topology import NETWORK_NAMES
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 

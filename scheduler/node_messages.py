@@ -12,8 +12,9 @@ import uuid
 
 import structlog
 
-from fleetwire.events import ChunkEvent
-from fleetwire.job_store import JobStore
+from fleetwire.messaging.events import ChunkEvent
+from fleetwire.store.attempts import AttemptStore
+from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.finalisation import Finaliser
@@ -31,12 +32,14 @@ class NodeMessages:
     def __init__(
         self,
         store: JobStore,
+        attempts: AttemptStore,
         registry: NodeRegistry,
         relay: ProgressRelay,
         finaliser: Finaliser,
         offences: Offences,
     ) -> None:
         self._store = store
+        self._attempts = attempts
         self._registry = registry
         self._relay = relay
         self._finaliser = finaliser
@@ -155,7 +158,7 @@ class NodeMessages:
         """Whether attempt ``attempt`` of the job was dispatched to the session's node."""
         return any(
             a["attempt"] == attempt and a["node_id"] == session.node_id
-            for a in await self._store.attempts_of(job_id)
+            for a in await self._attempts.attempts_of(job_id)
         )
 
     async def cancel_job(self, job_id: str) -> None:

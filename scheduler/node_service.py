@@ -19,18 +19,18 @@ from typing import Any, TypeAlias
 import grpc
 import structlog
 
-from fleetwire import signing
-from fleetwire.errors import (
+from fleetwire.domain.errors import (
     FieldViolation,
     FleetwireError,
     InvalidArgument,
     PermissionDenied,
     Unauthenticated,
 )
-from fleetwire.grpc_errors import abort_with
-from fleetwire.node_store import NodeStore
-from fleetwire.settings import SchedulerSettings
-from fleetwire.topology import SUBCLOUD_NAME, Topology
+from fleetwire.messaging.topology import SUBCLOUD_NAME, Topology
+from fleetwire.process.settings import SchedulerSettings
+from fleetwire.protocol import signing
+from fleetwire.rpc.status import abort_with
+from fleetwire.store.nodes import NodeStore
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from scheduler.matching import NodeProfile

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from fleetwire.errors import BackendUnavailable
-from fleetwire.settings import SchedulerSettings
+from fleetwire.domain.errors import BackendUnavailable
+from fleetwire.process.settings import SchedulerSettings
 from scheduler.penalties import POINTS, Offence, PenaltyBox
 from scheduler.penalty_store import PenaltyStore
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from fleetwire.db import translating
+from fleetwire.store.db import translating
 
 
 class PenaltyStore:

@@ -14,7 +14,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 import structlog
 
-from fleetwire.events import REDIS_ERRORS
+from fleetwire.messaging.events import REDIS_ERRORS
 from scheduler.registry import NodeSession
 
 log = structlog.get_logger(__name__)

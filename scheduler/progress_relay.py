@@ -23,8 +23,8 @@ import contextlib
 
 import structlog
 
-from fleetwire.errors import BackendUnavailable
-from fleetwire.events import Event, JobEvents, StateEvent
+from fleetwire.domain.errors import BackendUnavailable
+from fleetwire.messaging.events import Event, JobEvents, StateEvent
 
 log = structlog.get_logger(__name__)
 

@@ -18,15 +18,15 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 
-from fleetwire.errors import BackendUnavailable, FailedPrecondition, NotFound
-from fleetwire.events import JobEvents
-from fleetwire.job_publisher import JobMessage, JobPublisher
-from fleetwire.job_store import JobStore, NewJob
-from fleetwire.outbox_store import OutboxStore
-from fleetwire.signing import request_digest
-from fleetwire.states import JobState
+from fleetwire.domain.errors import BackendUnavailable, FailedPrecondition, NotFound
+from fleetwire.domain.states import JobState
+from fleetwire.messaging.events import JobEvents
+from fleetwire.messaging.publisher import JobMessage, JobPublisher
+from fleetwire.protocol.facts import request_facts
+from fleetwire.protocol.signing import request_digest
+from fleetwire.store.jobs import JobStore, NewJob
+from fleetwire.store.outbox import OutboxStore
 from fleetwire.v1 import job_pb2
-from fleetwire.validation import request_facts
 from scheduler.dead_letter_shelf import DeadLetterShelf
 from scheduler.replay_store import ReplayStore
 

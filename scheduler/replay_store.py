@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from fleetwire.db import translating
-from fleetwire.job_store import NewJob, insert_queued_job
-from fleetwire.states import JobState
+from fleetwire.domain.states import JobState
+from fleetwire.store.db import translating
+from fleetwire.store.jobs import NewJob, insert_queued_job
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,18 +14,19 @@ import asyncpg
 import grpc
 import structlog
 
-from fleetwire.amqp import AmqpLink
-from fleetwire.channels import ChannelListener
-from fleetwire.db import open_pool
-from fleetwire.events import JobEvents, connect_redis
-from fleetwire.grpc_server import start_server
-from fleetwire.job_publisher import JobPublisher
-from fleetwire.job_store import JobStore
-from fleetwire.lifecycle import wait_for_stop_signal
-from fleetwire.node_store import NodeStore
-from fleetwire.outbox_store import OutboxStore
-from fleetwire.settings import Settings
-from fleetwire.topology import Topology
+from fleetwire.messaging.amqp import AmqpLink
+from fleetwire.messaging.channels import ChannelListener
+from fleetwire.messaging.events import JobEvents, connect_redis
+from fleetwire.messaging.publisher import JobPublisher
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.lifecycle import wait_for_stop_signal
+from fleetwire.process.settings import Settings
+from fleetwire.rpc.server import start_server
+from fleetwire.store.attempts import AttemptStore
+from fleetwire.store.db import open_pool
+from fleetwire.store.jobs import JobStore
+from fleetwire.store.nodes import NodeStore
+from fleetwire.store.outbox import OutboxStore
 from fleetwire.v1 import (
     mesh_admin_service_pb2,
     mesh_admin_service_pb2_grpc,
@@ -91,6 +92,7 @@ class SchedulerServer:
         settings = self._settings
         self._pool = await open_pool(settings.postgres)
         store = JobStore(self._pool)
+        attempts = AttemptStore(self._pool)
         events = JobEvents(
             self._redis,
             settings.mesh.namespace,
@@ -101,7 +103,7 @@ class SchedulerServer:
         topology = Topology(settings.mesh.namespace)
         self._progress_relay = ProgressRelay(events)
         await self._progress_relay.start()
-        finaliser = Finaliser(settings.scheduler, store, self._progress_relay)
+        finaliser = Finaliser(settings.scheduler, attempts, self._progress_relay)
         offences = Offences(
             settings.scheduler, self.scheduler_id, self.penalties, PenaltyStore(self._pool)
         )
@@ -109,6 +111,7 @@ class SchedulerServer:
             settings.scheduler,
             self.scheduler_id,
             store,
+            attempts,
             events,
             self.registry,
             self._progress_relay,
@@ -116,7 +119,7 @@ class SchedulerServer:
             offences,
         )
         node_messages = NodeMessages(
-            store, self.registry, self._progress_relay, finaliser, offences
+            store, attempts, self.registry, self._progress_relay, finaliser, offences
         )
         self._consumers = QueueConsumers(
             self._link,
@@ -227,8 +230,8 @@ async def run_scheduler(settings: Settings) -> None:
 
 
 def main() -> None:
-    from fleetwire.logs import configure_logging
-    from fleetwire.settings import load_settings
+    from fleetwire.process.logs import configure_logging
+    from fleetwire.process.settings import load_settings
 
     settings = load_settings()
     configure_logging(

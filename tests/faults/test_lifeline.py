@@ -1,4 +1,4 @@
-"""Children die with their parent (``fleetwire.lifeline``), SIGKILL included.
+"""Children die with their parent (``fleetwire.process.lifeline``), SIGKILL included.
 
 Each test starts a real parent, records the processes below it from /proc, kills the
 parent with SIGKILL and waits until none of them is left: small parents first (spawned,
@@ -143,7 +143,7 @@ def listening(port: int) -> bool:
 MULTIPROCESSING_PARENT = textwrap.dedent(
     """
     import multiprocessing, sys, time
-    from fleetwire import lifeline
+    from fleetwire.process import lifeline
     lifeline.engines_die_with_this_process()
     child = multiprocessing.get_context(sys.argv[1]).Process(target=time.sleep, args=(300,))
     child.start()
@@ -169,7 +169,7 @@ async def test_multiprocessing_children_die_with_a_killed_parent(
 LAUNCHING_PARENT = textwrap.dedent(
     """
     import subprocess, time
-    from fleetwire.lifeline import bound_command
+    from fleetwire.process.lifeline import bound_command
     child = subprocess.Popen(bound_command(["sleep", "300"]), start_new_session=True)
     print(child.pid, flush=True)
     time.sleep(300)
@@ -195,7 +195,7 @@ def test_launcher_ends_a_child_whose_parent_is_already_gone() -> None:
     parent is then another process) still takes the child with it."""
     not_my_parent = str(os.getppid())
     result = subprocess.run(
-        [sys.executable, "-m", "fleetwire.lifeline", not_my_parent, "--", "sleep", "30"],
+        [sys.executable, "-m", "fleetwire.process.lifeline", not_my_parent, "--", "sleep", "30"],
         timeout=20,
         check=False,
     )
@@ -275,7 +275,7 @@ async def test_fleetwire_up_killed_leaves_none_of_its_processes(
         up = parents.start(
             sys.executable,
             "-m",
-            "fleetwire.cli",
+            "fleetwire_tools.cli",
             "up",
             "--nodes",
             "1",

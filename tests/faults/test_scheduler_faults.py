@@ -10,8 +10,8 @@ from collections.abc import Callable
 import aiormq
 import asyncpg
 
-from fleetwire.settings import Settings
-from fleetwire.topology import Topology
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.faults.conftest import SchedulerProcess
 from tests.support.eventually import eventually

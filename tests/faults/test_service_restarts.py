@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 
-from fleetwire.settings import Settings
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.faults.conftest import SchedulerProcess
 from tests.support.scripted_node import ScriptedNode, running

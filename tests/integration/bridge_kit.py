@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from broker_bridge.server import BridgeServer
-from fleetwire.settings import Settings
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2_grpc
 
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from fleetwire.events import JobEvents, connect_redis
-from fleetwire.settings import Settings
+from fleetwire.messaging.events import JobEvents, connect_redis
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import mesh_admin_service_pb2_grpc
 from scheduler.server import SchedulerServer
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import asyncpg
 
-from fleetwire.settings import Settings
+from fleetwire.process.settings import Settings
+from fleetwire.protocol.facts import verify_job
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
-from fleetwire.verify import verify_job
 from scheduler.server import SchedulerServer
 from tests.support.scripted_node import ScriptedNode, running
 

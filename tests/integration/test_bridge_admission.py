@@ -13,10 +13,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from fleetwire.db import open_pool
-from fleetwire.settings import Settings
-from fleetwire.tenants import TenantStore
-from fleetwire.topology import Topology
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.settings import Settings
+from fleetwire.store.db import open_pool
+from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import job_pb2, job_service_pb2
 from tests.integration.bridge_kit import (
     bearer,

@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from broker_bridge.server import BridgeServer
-from fleetwire.db import open_pool
-from fleetwire.settings import Settings
-from fleetwire.tenants import TenantStore, hash_key, key_id_of
+from fleetwire.process.settings import Settings
+from fleetwire.store.db import open_pool
+from fleetwire.store.tenants import TenantStore, hash_key, key_id_of
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.integration.bridge_kit import (
     bearer,
@@ -185,7 +185,7 @@ async def test_cli_creates_lists_and_revokes_keys(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "fleetwire.cli",
+            "fleetwire_tools.cli",
             "admin",
             "keys",
             *args,

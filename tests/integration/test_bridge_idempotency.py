@@ -10,7 +10,7 @@ import asyncpg
 import grpc
 import pytest
 
-from fleetwire.settings import Settings
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.integration.bridge_kit import reason_of, running_bridge, spec, stub_of, with_bridge
 
@@ -81,8 +81,8 @@ async def test_concurrent_duplicates_on_two_replicas_make_exactly_one_job(
 
 async def test_request_ids_are_per_tenant(settings: Settings) -> None:
     """The same request id from two tenants is two jobs (the constraint is per tenant)."""
-    from fleetwire.db import open_pool
-    from fleetwire.tenants import TenantStore
+    from fleetwire.store.db import open_pool
+    from fleetwire.store.tenants import TenantStore
     from tests.integration.bridge_kit import bearer
 
     pool = await open_pool(settings.postgres)
@@ -110,8 +110,8 @@ async def test_postgresql_constraint_is_the_last_word(settings: Settings) -> Non
     """Even without the Redis lock, a second row with the tenant's request id is refused."""
     from datetime import UTC, datetime, timedelta
 
-    from fleetwire.db import open_pool
-    from fleetwire.job_store import JobStore, NewJob
+    from fleetwire.store.db import open_pool
+    from fleetwire.store.jobs import JobStore, NewJob
 
     request_id = f"pg-{uuid.uuid4()}"
     pool = await open_pool(settings.postgres)

@@ -11,8 +11,8 @@ import pytest
 
 from broker_bridge.server import BridgeServer
 from broker_bridge.service import JOB_ID_METADATA
-from fleetwire.events import ChunkEvent, JobEvents
-from fleetwire.states import JobState
+from fleetwire.domain.states import JobState
+from fleetwire.messaging.events import ChunkEvent, JobEvents
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.integration.bridge_kit import details, reason_of, spec
 

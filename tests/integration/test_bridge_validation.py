@@ -102,7 +102,7 @@ async def test_malformed_ids_are_invalid_argument(
 async def test_oversized_message_is_refused_by_the_server(
     jobs: job_service_pb2_grpc.JobServiceStub,
 ) -> None:
-    huge = spec("x" * (9 * 1024 * 1024))  # above the 8 MiB cap of fleetwire.grpc_options
+    huge = spec("x" * (9 * 1024 * 1024))  # above the 8 MiB cap of fleetwire.rpc.options
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await jobs.Submit(job_service_pb2.SubmitRequest(job=huge))
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

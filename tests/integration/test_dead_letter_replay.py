@@ -15,10 +15,11 @@ import asyncpg
 import grpc
 import pytest
 
-from fleetwire.db import open_pool
-from fleetwire.settings import Settings
-from fleetwire.tenants import TenantStore
-from fleetwire.topology import Topology
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.settings import Settings
+from fleetwire.protocol.facts import verify_job
+from fleetwire.store.db import open_pool
+from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import (
     job_pb2,
     job_service_pb2,
@@ -26,7 +27,6 @@ from fleetwire.v1 import (
     mesh_admin_service_pb2,
     mesh_admin_service_pb2_grpc,
 )
-from fleetwire.verify import verify_job
 from scheduler.server import SchedulerServer
 from tests.integration.bridge_kit import bearer, reason_of
 from tests.support.scripted_node import ScriptedNode, running
@@ -237,7 +237,7 @@ async def fleetwire_cli(*args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "fleetwire.cli",
+        "fleetwire_tools.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -14,8 +14,8 @@ import aiormq
 import asyncpg
 import pytest
 
-from fleetwire.settings import Settings
-from fleetwire.topology import Topology
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from scheduler.deadline_store import DeadlineStore
 from scheduler.server import SchedulerServer

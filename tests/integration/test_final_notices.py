@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from broker_bridge.final_notices import FinalNotices
-from fleetwire.events import JobEvents, connect_redis
-from fleetwire.settings import Settings
-from fleetwire.states import JobState
+from fleetwire.domain.states import JobState
+from fleetwire.messaging.events import JobEvents, connect_redis
+from fleetwire.process.settings import Settings
 
 WAIT_S = 30.0  # generous: a notice normally arrives within milliseconds
 

@@ -8,9 +8,9 @@ import uuid
 
 import asyncpg
 
-from fleetwire.job_store import JobStore, SignedOutcome
-from fleetwire.ledger import Prices
-from fleetwire.settings import Settings
+from fleetwire.process.settings import Settings
+from fleetwire.store.attempts import AttemptStore, SignedOutcome
+from fleetwire.store.ledger import Prices
 from fleetwire.v1 import (
     job_pb2,
     job_service_pb2,
@@ -77,7 +77,7 @@ async def test_mainnet_job_is_billed_once_in_double_entry(
         settings.postgres.dsn.get_secret_value(), min_size=1, max_size=2
     )
     try:
-        again = await JobStore(pool).finalise_success(
+        again = await AttemptStore(pool).finalise_success(
             uuid.UUID(job.job_id),
             SignedOutcome(
                 attempt=job.signature.attempt,

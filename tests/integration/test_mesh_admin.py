@@ -114,7 +114,7 @@ async def test_admin_cli_speaks_to_the_scheduler(scheduler: SchedulerServer) -> 
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "fleetwire.cli",
+            "fleetwire_tools.cli",
             "admin",
             "mesh",
             "nodes",

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from fleetwire.db import apply_migrations, migrations, open_pool
-from fleetwire.settings import Settings
+from fleetwire.process.settings import Settings
+from fleetwire.store.db import apply_migrations, migrations, open_pool
 
 
 async def test_migrations_apply_twice_without_harm(settings: Settings) -> None:

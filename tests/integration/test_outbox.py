@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 
 from broker_bridge.server import BridgeServer
-from fleetwire.job_store import JobStore
-from fleetwire.outbox_store import OutboxStore
-from fleetwire.settings import Settings
-from fleetwire.topology import Topology
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.settings import Settings
+from fleetwire.store.jobs import JobStore
+from fleetwire.store.outbox import OutboxStore
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.support.eventually import eventually
 

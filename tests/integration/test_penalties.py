@@ -8,7 +8,7 @@ import uuid
 
 import asyncpg
 
-from fleetwire.settings import Settings
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from scheduler.server import SchedulerServer
 from tests.support.scripted_node import ScriptedNode, running

@@ -8,8 +8,8 @@ import asyncio
 import uuid
 from datetime import timedelta
 
-from fleetwire.events import ChunkEvent, JobEvents, connect_redis
-from fleetwire.settings import Settings
+from fleetwire.messaging.events import ChunkEvent, JobEvents, connect_redis
+from fleetwire.process.settings import Settings
 from scheduler.progress_relay import ProgressRelay
 
 

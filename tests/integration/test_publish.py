@@ -11,11 +11,11 @@ import grpc
 import pytest
 
 from broker_bridge.server import BridgeServer
-from fleetwire.amqp import AmqpLink
-from fleetwire.errors import RouteUnavailable
-from fleetwire.job_publisher import JobMessage, JobPublisher
-from fleetwire.settings import Settings
-from fleetwire.topology import HEADER_JOB_ID, HEADER_REQUEST_ID, Topology
+from fleetwire.domain.errors import RouteUnavailable
+from fleetwire.messaging.amqp import AmqpLink
+from fleetwire.messaging.publisher import JobMessage, JobPublisher
+from fleetwire.messaging.topology import HEADER_JOB_ID, HEADER_REQUEST_ID, Topology
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 

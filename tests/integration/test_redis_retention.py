@@ -24,9 +24,9 @@ from pydantic import SecretStr
 
 from bench.bench_runtime import BENCH_OUTPUT, bench_runtimes
 from broker_bridge.server import BridgeServer
-from fleetwire.events import ChunkEvent, JobEvents, StateEvent, connect_redis
-from fleetwire.settings import NodeSettings, Settings
-from fleetwire.states import JobState
+from fleetwire.domain.states import JobState
+from fleetwire.messaging.events import ChunkEvent, JobEvents, StateEvent, connect_redis
+from fleetwire.process.settings import NodeSettings, Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from node.agent import NodeAgent
 from node.config import load_profile

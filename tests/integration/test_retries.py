@@ -9,8 +9,8 @@ import uuid
 import aiormq
 import asyncpg
 
-from fleetwire.settings import Settings
-from fleetwire.topology import HEADER_LAST_ERROR, HEADER_RETRIES, Topology
+from fleetwire.messaging.topology import HEADER_LAST_ERROR, HEADER_RETRIES, Topology
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from scheduler.server import SchedulerServer
 from tests.support.scripted_node import ScriptedNode, running

@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2
 from nacl.signing import SigningKey
 from structlog.testing import capture_logs
 
-from fleetwire import signing
+from fleetwire.protocol import signing
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.admin_store import AdminStore

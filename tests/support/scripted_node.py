@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 from nacl.signing import SigningKey
 
-from fleetwire import signing
+from fleetwire.protocol import signing
 from fleetwire.v1 import job_pb2, node_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 

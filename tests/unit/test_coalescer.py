@@ -1,4 +1,4 @@
-"""fleetwire.coalescer.Coalescer: an idle call runs alone and at once, calls made while a
+"""fleetwire.process.coalescer.Coalescer: an idle call runs alone and at once, calls made while a
 batch is in flight go together in the next one, answers reach their own callers, an error
 reaches every caller of its batch (and only those), and a cancelled caller does not break
 the others."""
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from fleetwire.coalescer import Coalescer
+from fleetwire.process.coalescer import Coalescer
 
 
 class Recorder:

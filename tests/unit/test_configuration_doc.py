@@ -1,4 +1,4 @@
-"""docs/configuration.md against fleetwire/settings.py, and how values are parsed."""
+"""docs/configuration.md against fleetwire/process/settings.py, and how values are parsed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from fleetwire.settings import MeshSettings, SchedulerSettings, Settings
+from fleetwire.process.settings import MeshSettings, SchedulerSettings, Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = Path("fleetwire") / "v1"
+GENERATED = Path("protocol") / "fleetwire" / "v1"
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 
 

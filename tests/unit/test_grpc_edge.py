@@ -11,9 +11,9 @@ import pytest
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2
 
-from fleetwire.errors import Internal, InvalidArgument
-from fleetwire.grpc_edge import checked_decoder, guard_handler
-from fleetwire.grpc_errors import status_for
+from fleetwire.domain.errors import Internal, InvalidArgument
+from fleetwire.rpc.edge import checked_decoder, guard_handler
+from fleetwire.rpc.status import status_for
 from fleetwire.v1 import job_pb2, job_service_pb2
 
 

@@ -20,11 +20,11 @@ import grpc
 import pytest
 from nacl.signing import SigningKey
 
-from fleetwire import signing
-from fleetwire.settings import NodeSettings
+from fleetwire.process.settings import NodeSettings
+from fleetwire.protocol import signing
+from fleetwire.protocol.facts import request_facts
 from fleetwire.v1 import job_pb2, node_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
-from fleetwire.validation import request_facts
 from node.agent import NodeAgent
 from node.config import ModelConfig, NodeProfile
 from node.runtime import GenerationChunk, GenerationRequest

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetwire.errors import ConfigurationError
-from fleetwire.settings import NodeSettings
+from fleetwire.domain.errors import ConfigurationError
+from fleetwire.process.settings import NodeSettings
 from node.capabilities import gpu_class_of, parse_nvidia_smi
 from node.config import ModelConfig, load_profile
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetwire.errors import ConfigurationError
-from fleetwire.keys import (
+from fleetwire.domain.errors import ConfigurationError
+from fleetwire.domain.keys import (
     create_key,
     create_next_key,
     load_key,

@@ -9,9 +9,9 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from fleetwire.signing import request_digest
+from fleetwire.protocol.facts import request_facts
+from fleetwire.protocol.signing import request_digest
 from fleetwire.v1 import job_pb2
-from fleetwire.validation import request_facts
 from scheduler.replay import replacement_row
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from fleetwire import signing
-from fleetwire.signing import RequestFacts, ResultFacts
+from fleetwire.protocol import signing
+from fleetwire.protocol.facts import result_facts_of, verify_job
+from fleetwire.protocol.signing import RequestFacts, ResultFacts
 from fleetwire.v1 import job_pb2
-from fleetwire.verify import result_facts_of, verify_job
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "signing.md"
 
@@ -351,7 +351,7 @@ def test_node_auth_bytes_differ_when_any_input_differs(name: str, value: Any) ->
     assert not signing.verify(PUBLIC_KEY, changed, signature)
 
 
-# --- Offline verification of a Job (fleetwire.verify). ------------------------------------
+# --- Offline verification of a Job (fleetwire.protocol.facts). ------------------------------------
 
 
 def vector_job() -> job_pb2.Job:

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from fleetwire.states import TERMINAL, JobState, can_transition, predecessors
+from fleetwire.domain.states import TERMINAL, JobState, can_transition, predecessors
 from fleetwire.v1 import job_pb2
 
 S = JobState

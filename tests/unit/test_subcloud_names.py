@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fleetwire.errors import ConfigurationError, InvalidArgument
-from fleetwire.settings import BridgeSettings, NodeSettings
-from fleetwire.topology import SUBCLOUD_NAME, Topology, route_word
+from fleetwire.domain.errors import ConfigurationError, InvalidArgument
+from fleetwire.domain.validation import validate_spec
+from fleetwire.messaging.topology import SUBCLOUD_NAME, Topology, route_word
+from fleetwire.process.settings import BridgeSettings, NodeSettings
 from fleetwire.v1 import job_pb2
-from fleetwire.validation import validate_spec
 from node.config import load_profile
 
 GOOD = ["acme", "acme-lab", "a", "0", "eu-west-1", "a" * 64]

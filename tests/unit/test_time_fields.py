@@ -8,11 +8,8 @@ from datetime import timedelta
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from fleetwire.errors import FieldViolation, InvalidArgument
-from fleetwire.settings import BridgeSettings
-from fleetwire.v1 import job_pb2, job_service_pb2, mesh_admin_service_pb2
-from fleetwire.v1 import node_service_pb2 as nodes_pb2
-from fleetwire.validation import (
+from fleetwire.domain.errors import FieldViolation, InvalidArgument
+from fleetwire.domain.validation import (
     MAX_DURATION_SECONDS,
     MAX_TIMESTAMP_SECONDS,
     MIN_TIMESTAMP_SECONDS,
@@ -21,6 +18,9 @@ from fleetwire.validation import (
     timestamp_problem,
     validate_spec,
 )
+from fleetwire.process.settings import BridgeSettings
+from fleetwire.v1 import job_pb2, job_service_pb2, mesh_admin_service_pb2
+from fleetwire.v1 import node_service_pb2 as nodes_pb2
 
 LIMITS = BridgeSettings(default_ttl=timedelta(minutes=10), max_ttl=timedelta(hours=24))
 

@@ -9,7 +9,7 @@ import pytest
 
 from broker_bridge import unsettled
 from broker_bridge.unsettled import UnsettledRows
-from fleetwire.errors import BackendUnavailable
+from fleetwire.domain.errors import BackendUnavailable
 
 
 class FlakyUndo:

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from fleetwire.errors import (
+from fleetwire.domain.errors import (
     ERROR_DOMAIN,
     BackendUnavailable,
     DeadlineExceeded,
@@ -25,15 +25,15 @@ from fleetwire.errors import (
     RouteUnavailable,
     Unauthenticated,
 )
-from fleetwire.grpc_errors import status_for
-from fleetwire.settings import BridgeSettings
-from fleetwire.v1 import job_pb2
-from fleetwire.validation import (
+from fleetwire.domain.validation import (
     MAX_LABELS,
     MAX_REQUEST_ID_BYTES,
     MAX_STOP_STRINGS,
     validate_spec,
 )
+from fleetwire.process.settings import BridgeSettings
+from fleetwire.rpc.status import status_for
+from fleetwire.v1 import job_pb2
 
 MODELS = ["tiny-llama", "other-model"]
 # Explicit values, so neither the environment nor a .env file changes what is tested.
@@ -311,7 +311,7 @@ def test_unknown_model_names_the_served_models() -> None:
     assert all(model in violation.description for model in MODELS)
 
 
-# --- Errors on the wire (fleetwire.grpc_errors.status_for). -------------------------------
+# --- Errors on the wire (fleetwire.rpc.status.status_for). -------------------------------
 
 
 Detail = TypeVar(

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 from google.protobuf.message import DecodeError, Message
 
-from fleetwire.errors import FieldViolation
+from fleetwire.domain.errors import FieldViolation
+from fleetwire.rpc.wire_faults import decode_fault
 from fleetwire.v1 import job_pb2, job_service_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
-from fleetwire.wire_faults import decode_fault
 
 MARK = "MARK"
 

@@ -6,9 +6,8 @@ batches ``submit_batch``, ``batch_status``, ``watch_batch`` and ``wait_batch``. 
 ``JobResult``; ``JobResult.verify(public_key)`` checks the node's signature offline
 (docs/signing.md). Failures are typed ``FleetwireError`` subclasses.
 
-The protobuf stubs (``fleetwire.v1``) and the canonical signing bytes (``fleetwire.signing``)
-come from the core ``fleetwire`` distribution, so the SDK and the CLI share one copy of the
-descriptors in a process (see README.md).
+The protobuf stubs (``fleetwire.v1``) and the signing scheme (``fleetwire.protocol``) come
+from the protocol distribution, ``fleetwire-protocol``: the SDK needs nothing else of ours.
 """
 
 from fleetwire_client.async_client import AsyncClient

@@ -22,7 +22,7 @@ E = TypeVar("E", Priority, Mode, Network)
 
 USER_AGENT = "fleetwire-client-python/0.1.0"
 
-# Keepalive and message limits matching the servers' (fleetwire/grpc_options.py).
+# Keepalive and message limits matching the servers' (fleetwire/rpc/options.py).
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.max_send_message_length", 8 * 1024 * 1024),

@@ -1,67 +1,11 @@
 """Offline verification of a finished job's signature (docs/signing.md), no server call.
 
-The canonical byte encoding (length-prefixed fields, u64/i64/binary32 bodies, domain tags)
-is the core's reference implementation, ``fleetwire.signing``, which needs only hashlib,
-struct and PyNaCl (libsodium's strict ed25519 checks). This module maps a ``Job`` message
-onto its facts.
+The scheme and the mapping of a ``Job`` onto its signed facts are the protocol package's
+(``fleetwire.protocol``): the SDK re-exports them so applications need one import.
 """
 
 from __future__ import annotations
 
-from fleetwire import signing
-from fleetwire.v1 import job_pb2
+from fleetwire.protocol.facts import public_key_bytes, result_facts_of, verify_job
 
-
-def request_facts(job_id: str, spec: job_pb2.JobSpec) -> signing.RequestFacts:
-    """The request facts of a stored spec (defaults already applied, as ``Job.spec``)."""
-    s = spec.sampling
-    return signing.RequestFacts(
-        job_id=job_id,
-        model=spec.model,
-        model_version=spec.model_version,
-        prompt=spec.prompt,
-        messages=[(m.role, m.content) for m in spec.messages],
-        max_tokens=s.max_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        seed=s.seed if s.HasField("seed") else None,
-        stop=list(s.stop),
-        ignore_eos=s.ignore_eos,
-    )
-
-
-def result_bytes_of(job: job_pb2.Job) -> bytes:
-    """The bytes the node signed, rebuilt from the job: both digests are recomputed from
-    ``job.spec`` and ``job.output``; the copies in ``job.signature`` are ignored."""
-    sig = job.signature
-    return signing.result_bytes(
-        signing.ResultFacts(
-            job_id=job.job_id,
-            attempt=sig.attempt,
-            node_id=sig.node_id,
-            model=job.spec.model,
-            request_digest=signing.request_digest(request_facts(job.job_id, job.spec)),
-            output_digest=signing.output_digest(job.output),
-            prompt_tokens=job.usage.prompt_tokens,
-            completion_tokens=job.usage.completion_tokens,
-            finished_at_unix_ms=sig.finished_at_unix_ms,
-        )
-    )
-
-
-def public_key_bytes(key: bytes | str) -> bytes:
-    """A raw 32-byte ed25519 public key from bytes or its hex form."""
-    raw = bytes.fromhex(key) if isinstance(key, str) else bytes(key)
-    if len(raw) != 32:
-        raise ValueError(f"an ed25519 public key has 32 bytes, got {len(raw)}")
-    return raw
-
-
-def verify_job(job: job_pb2.Job, public_key: bytes | str | None = None) -> bool:
-    """True only when the job is SUCCEEDED, signed, and the signature verifies against
-    ``public_key`` (raw or hex). Without a key, the key the job names is used: that proves
-    integrity, not who signed — pin the node's key from a source you trust."""
-    if job.state != job_pb2.JOB_STATE_SUCCEEDED or not job.signature.signature:
-        return False
-    key = public_key_bytes(public_key) if public_key is not None else job.signature.public_key
-    return signing.verify(bytes(key), result_bytes_of(job), bytes(job.signature.signature))
+__all__ = ["public_key_bytes", "result_facts_of", "verify_job"]

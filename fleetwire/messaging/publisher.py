@@ -1,0 +1,138 @@
+"""Publishes jobs to RabbitMQ: persistent, prioritised, expiring, mandatory, and confirmed
+before the caller answers. Shared by the bridge (Submit) and the scheduler (dead-letter
+replay), so a job enters the mesh the same way whoever creates it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import aiormq
+import aiormq.abc
+import structlog
+from aiormq.exceptions import PublishError
+
+from fleetwire.domain.errors import BackendUnavailable, RouteUnavailable
+from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
+from fleetwire.messaging.topology import (
+    HEADER_EXPIRES_AT_MS,
+    HEADER_JOB_ID,
+    HEADER_REQUEST_ID,
+    PRIORITY_OF_CLASS,
+    Topology,
+)
+from fleetwire.v1 import job_pb2
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobMessage:
+    job_id: str
+    route_key: str
+    body: bytes  # fleetwire.v1.Job: id, spec, expiry
+    priority: int
+    ttl: timedelta
+    expires_at_ms: int
+    trace_id: str
+
+    @classmethod
+    def of(
+        cls,
+        job_id: str,
+        spec: job_pb2.JobSpec,
+        *,
+        route_key: str,
+        expires_at: datetime,
+        trace_id: str,
+        ttl: timedelta | None = None,
+    ) -> JobMessage:
+        """The message of a job whose TTL (``spec.ttl``, or ``ttl`` when what is left of
+        it is less) ends at ``expires_at``: the body carries id, spec and expiry, the TTL
+        becomes the message expiration and the priority class its AMQP priority."""
+        envelope = job_pb2.Job(job_id=job_id, spec=spec)
+        envelope.expires_at.FromDatetime(expires_at)
+        return cls(
+            job_id=job_id,
+            route_key=route_key,
+            body=envelope.SerializeToString(),
+            priority=PRIORITY_OF_CLASS[spec.priority],
+            ttl=spec.ttl.ToTimedelta() if ttl is None else ttl,
+            expires_at_ms=int(expires_at.timestamp() * 1000),
+            trace_id=trace_id,
+        )
+
+
+class JobPublisher:
+    """Owns one publishing channel; reconnects by itself after a broker outage."""
+
+    def __init__(self, link: AmqpLink, topology: Topology, *, confirm_timeout: timedelta) -> None:
+        self._link = link
+        self._topology = topology
+        self._confirm_timeout = confirm_timeout.total_seconds()
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._declared: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    async def _ready_channel(self) -> aiormq.abc.AbstractChannel:
+        async with self._lock:
+            if self._channel is None or self._channel.is_closed:
+                self._declared.clear()
+                self._channel = await self._link.channel(publisher_confirms=True)
+                await self._topology.declare_base(self._channel)
+            return self._channel
+
+    async def ensure_route(self, route_key: str) -> None:
+        """Declares the route's queue once per channel, so a job for a known model is
+        routable even before any scheduler consumes it."""
+        channel = await self._ready_channel()
+        if route_key not in self._declared:
+            await self._topology.declare_route(channel, route_key)
+            self._declared.add(route_key)
+
+    async def publish(self, message: JobMessage) -> None:
+        """Returns once RabbitMQ confirmed the message. Raises RouteUnavailable when it was
+        returned as unroutable and BackendUnavailable when the broker did not confirm."""
+        try:
+            await self.ensure_route(message.route_key)
+            channel = await self._ready_channel()
+            ttl_ms = max(1, int(message.ttl.total_seconds() * 1000))
+            confirmation = await channel.basic_publish(
+                message.body,
+                exchange=self._topology.jobs_exchange,
+                routing_key=message.route_key,
+                mandatory=True,
+                timeout=self._confirm_timeout,
+                properties=aiormq.spec.Basic.Properties(
+                    content_type="application/x-protobuf",
+                    message_type="fleetwire.v1.Job",
+                    delivery_mode=2,
+                    priority=message.priority,
+                    expiration=str(ttl_ms),
+                    message_id=message.job_id,
+                    timestamp=datetime.now(UTC),
+                    headers={
+                        HEADER_JOB_ID: message.job_id,
+                        HEADER_REQUEST_ID: message.trace_id,
+                        HEADER_EXPIRES_AT_MS: message.expires_at_ms,
+                    },
+                ),
+            )
+        except PublishError as err:
+            raise RouteUnavailable(f"no queue serves route {message.route_key!r}") from err
+        except BackendUnavailable:
+            raise
+        except AMQP_ERRORS as err:
+            self._channel = None
+            raise BackendUnavailable("rabbitmq", str(err) or type(err).__name__) from err
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise BackendUnavailable("rabbitmq", f"publish not confirmed: {confirmation!r}")
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._channel is not None and not self._channel.is_closed:
+                with contextlib.suppress(*AMQP_ERRORS):
+                    await self._channel.close()
+            self._channel = None

@@ -1,0 +1,358 @@
+"""Typed settings for every fleetwire process.
+
+Each concern has its own group and environment prefix (``FLEETWIRE_RABBITMQ_*``,
+``FLEETWIRE_BRIDGE_*``...). Values come from the environment or a ``.env`` file; nothing
+else in the project reads ``os.environ`` for configuration. ``docs/configuration.md`` has
+the table of every setting (kept in sync by ``tests/unit/test_configuration_doc.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleetwire.messaging.topology import route_word
+
+
+def _seconds(value: Any) -> Any:
+    """Durations may be given as plain seconds ("2.5") as well as ISO 8601 ("PT2.5S")."""
+    if isinstance(value, str):
+        try:
+            return timedelta(seconds=float(value))
+        except ValueError:
+            return value
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_seconds)]
+
+
+def _group(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore")
+
+
+class MeshSettings(BaseSettings):
+    """Settings shared by every process of one mesh."""
+
+    model_config = _group("FLEETWIRE_")
+
+    namespace: str = Field(
+        "fw",
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="Prefix of every exchange, queue and Redis key, so meshes can share brokers.",
+    )
+    log_json: bool = Field(False, description="Log JSON lines instead of console text.")
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR.")
+    models: list[str] = Field(
+        default_factory=lambda: ["tiny-llama"],
+        description="Model names the mesh accepts (JSON list). Submit rejects others.",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _models_keep_their_queues_apart(cls, models: list[str]) -> list[str]:
+        """Two models whose routing-key words coincide (``a.b`` and ``a_b``) would share
+        one queue: refused at start rather than mixed at run time."""
+        seen: dict[str, str] = {}
+        for model in models:
+            word = route_word(model)
+            if word in seen and seen[word] != model:
+                raise ValueError(f"models {seen[word]!r} and {model!r} share the route {word!r}")
+            seen[word] = model
+        return models
+
+
+class RabbitMQSettings(BaseSettings):
+    """RabbitMQ connection."""
+
+    model_config = _group("FLEETWIRE_RABBITMQ_")
+
+    url: SecretStr = Field(SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="AMQP URL.")
+    publish_timeout: Duration = Field(
+        timedelta(seconds=10),
+        description="How long Submit (and a dead-letter replay) waits for the publisher confirm.",
+    )
+
+
+class PostgresSettings(BaseSettings):
+    """PostgreSQL connection (the source of truth)."""
+
+    model_config = _group("FLEETWIRE_POSTGRES_")
+
+    dsn: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/fleetwire"),
+        description="asyncpg DSN. The database is created if missing (needs CREATEDB).",
+    )
+    pool_min: int = Field(1, ge=0, description="Minimum pool size per process.")
+    pool_max: int = Field(10, ge=1, description="Maximum pool size per process.")
+    command_timeout: Duration = Field(
+        timedelta(seconds=10), description="Timeout of one SQL command."
+    )
+
+
+class RedisSettings(BaseSettings):
+    """Redis connection (presence, hot status, token streams)."""
+
+    model_config = _group("FLEETWIRE_REDIS_")
+
+    url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL.")
+    stream_maxlen: int = Field(
+        10_000, ge=100, description="Cap on events kept per job's event stream."
+    )
+    stream_ttl: Duration = Field(
+        timedelta(hours=1),
+        description="Expiry of a live job's event stream after its last event.",
+    )
+    finished_stream_retention: Duration = Field(
+        timedelta(minutes=1),
+        gt=timedelta(0),
+        description="How long a job's event stream is kept once the job is terminal (for "
+        "followers still reading it); nothing written later extends it. Watch then sends "
+        "the output from PostgreSQL.",
+    )
+
+
+class BridgeSettings(BaseSettings):
+    """The broker bridge (public gRPC front door)."""
+
+    model_config = _group("FLEETWIRE_BRIDGE_")
+
+    host: str = Field("0.0.0.0", description="Listen address.")
+    port: int = Field(50051, description="Public gRPC port.")
+    default_ttl: Duration = Field(timedelta(minutes=10), description="TTL of a job without one.")
+    max_ttl: Duration = Field(timedelta(hours=24), description="Largest TTL accepted.")
+    max_prompt_bytes: int = Field(32 * 1024, description="Largest prompt accepted, in bytes.")
+    max_output_tokens: int = Field(
+        4096, description="Largest max_tokens accepted (the model's own limit applies too)."
+    )
+    require_api_key: bool = Field(
+        False,
+        description="Refuse calls without a valid API key (UNAUTHENTICATED). When false, "
+        "calls without a key run as the tenant 'anonymous'; a key that is sent is checked.",
+    )
+    auth_cache_ttl: Duration = Field(
+        timedelta(seconds=2),
+        description="How long a replica trusts a key lookup; a revoked key stops working "
+        "within this time.",
+    )
+    tenant_rate: float = Field(
+        50.0, gt=0, description="Jobs per second a tenant may submit (token bucket refill)."
+    )
+    tenant_burst: int = Field(
+        100, ge=1, description="Token bucket size: jobs a tenant may submit at once."
+    )
+    max_queue_depth: int = Field(
+        10_000,
+        ge=1,
+        description="Depth of a route's queue above which bulk and test jobs are refused; "
+        "normal jobs are refused at twice and urgent jobs at four times this depth.",
+    )
+    queue_depth_cache: Duration = Field(
+        timedelta(seconds=1),
+        description="How long a measured queue depth is reused (and a tenant's count of "
+        "waiting jobs, while at most half its cap).",
+    )
+    queue_full_retry: Duration = Field(
+        timedelta(seconds=5), description="Retry delay advised when a queue is too deep."
+    )
+    max_batch_jobs: int = Field(256, ge=1, description="Most jobs in one SubmitBatch call.")
+    max_waiting_per_tenant: int = Field(
+        1_000,
+        ge=1,
+        description="Jobs one tenant may have waiting (QUEUED or RETRYING) at once; more "
+        "are refused, so no tenant fills a queue for the others.",
+    )
+    request_lock_lease: Duration = Field(
+        timedelta(seconds=1.5),
+        description="Lease of the Redis lock that serialises submits with one client request "
+        "id; its holder renews it while working, so a dead bridge blocks retries at most this "
+        "long.",
+    )
+    outbox_lease: Duration = Field(
+        timedelta(seconds=5),
+        description="How long a written job stays with the bridge publishing it; a job "
+        "still unpublished after this (its bridge died) is published by any bridge's outbox "
+        "relay.",
+    )
+    outbox_sweep: Duration = Field(
+        timedelta(seconds=1),
+        description="How often each bridge's outbox relay looks for lapsed unpublished jobs.",
+    )
+    stop_grace: Duration = Field(
+        timedelta(seconds=5),
+        description="How long a stopping bridge lets in-flight calls finish.",
+    )
+
+
+class SchedulerSettings(BaseSettings):
+    """The scheduler (NodeStream server and queue consumer)."""
+
+    model_config = _group("FLEETWIRE_SCHEDULER_")
+
+    host: str = Field("0.0.0.0", description="Listen address.")
+    port: int = Field(50052, description="NodeStream gRPC port.")
+    scheduler_id: str = Field("", description="Replica id; empty means hostname plus process id.")
+    heartbeat_interval: Duration = Field(
+        timedelta(seconds=2), description="How often nodes heartbeat."
+    )
+    lease: Duration = Field(
+        timedelta(seconds=10), description="Silence after which a node is offline."
+    )
+    dispatch_timeout: Duration = Field(
+        timedelta(seconds=10), description="How long a node has to Accept a dispatch."
+    )
+    auto_register_nodes: bool = Field(
+        True,
+        description="Bind an unknown node id to the key it first presents (trust on first "
+        "use). Turn off in production and register keys with the CLI.",
+    )
+    defer_delay: Duration = Field(
+        timedelta(seconds=1),
+        description="Wait before handing back a job no connected node can take right now.",
+    )
+    retry_delays: list[Duration] = Field(
+        default_factory=lambda: [
+            timedelta(minutes=1),
+            timedelta(minutes=5),
+            timedelta(minutes=30),
+        ],
+        description="Delays of the retry stages a retryably failed job waits in (JSON list of "
+        "seconds); after the last stage the job is dead-lettered.",
+    )
+    max_attempts: int = Field(
+        8,
+        ge=1,
+        description="Attempts (including ones lost with their node) after which a job is "
+        "dead-lettered.",
+    )
+    penalty_threshold: float = Field(
+        10.0,
+        gt=0,
+        description="Penalty points at which a node is excluded (bad signature 5, unexpected "
+        "result 5, dispatch timeout 2, lease expired 2, failure 1; decaying 1 point/min).",
+    )
+    penalty_cooldown: Duration = Field(
+        timedelta(minutes=1), description="How long an excluded node gets no work."
+    )
+    price_per_1k_prompt_tokens: int = Field(
+        100, ge=0, description="Micro-credits a mainnet job is charged per 1,000 prompt tokens."
+    )
+    price_per_1k_completion_tokens: int = Field(
+        200,
+        ge=0,
+        description="Micro-credits a mainnet job is charged per 1,000 completion tokens.",
+    )
+    reconnect_grace: Duration = Field(
+        timedelta(seconds=10),
+        description="How long the jobs of a node whose stream broke wait for it to reconnect "
+        "with them before they go back to the queue (0: at once).",
+    )
+    reap_interval: Duration = Field(
+        timedelta(seconds=5),
+        description="How often the deadline reaper closes live jobs past their deadline.",
+    )
+    reap_grace: Duration = Field(
+        timedelta(seconds=30),
+        description="How long past its expires_at a job may stay live (a result in flight "
+        "still lands) before the deadline reaper makes it EXPIRED.",
+    )
+    reap_batch: int = Field(
+        500, ge=1, description="Most jobs the deadline reaper closes in one statement."
+    )
+    stop_grace: Duration = Field(
+        timedelta(seconds=5),
+        description="How long a stopping scheduler lets in-flight calls finish and relayed "
+        "token chunks reach Redis.",
+    )
+
+
+class NodeSettings(BaseSettings):
+    """The node agent."""
+
+    model_config = _group("FLEETWIRE_NODE_")
+
+    scheduler_address: str = Field("127.0.0.1:50052", description="Scheduler host:port.")
+    node_id: str = Field("node-1", pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="Node id.")
+    key_file: Path = Field(
+        Path("node.key"), description="Private key file (created with mode 0600 if missing)."
+    )
+    model_path: Path = Field(
+        Path(".cache/models/tiny-llama"), description="Model directory served by vLLM."
+    )
+    model_name: str = Field("tiny-llama", description="Model name clients ask for.")
+    model_version: str = Field("", description="Model version; empty: from the directory.")
+    max_num_seqs: int = Field(8, ge=1, description="Engine concurrency (the node's slots).")
+    max_model_len: int = Field(512, ge=16, description="Context length in tokens.")
+    kv_cache_mib: int = Field(256, ge=16, description="KV cache size on CPU, MiB.")
+    region: str = Field("local", description="Region advertised to the mesh.")
+    networks: list[str] = Field(
+        default_factory=lambda: ["mainnet", "testnet"],
+        description="Networks the node opts into (JSON list).",
+    )
+    reconnect_max_delay: Duration = Field(
+        timedelta(seconds=10), description="Longest back-off between reconnects."
+    )
+    config: Path | None = Field(
+        None,
+        description="Node config file (TOML): served models, region, subclouds, networks, "
+        "prices. Its values replace the model, region and network settings above.",
+    )
+    subclouds: list[str] = Field(
+        default_factory=list, description="Private pools the node joins (JSON list)."
+    )
+    drain_grace: Duration = Field(
+        timedelta(seconds=120),
+        description="On SIGTERM, how long running jobs may take to finish before they are "
+        "aborted and handed back.",
+    )
+    keep_jobs_on_reconnect: bool = Field(
+        True,
+        description="When the stream drops, keep running jobs and deliver their results on "
+        "the next session (the scheduler waits FLEETWIRE_SCHEDULER_RECONNECT_GRACE for them); "
+        "false: abort them at once.",
+    )
+    engine_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Nice value given to the inference engine's processes once started, so "
+        "that the agent (and a scheduler or database on the same machine) runs before the "
+        "engine's busy-waiting threads. 0: leave them as they are.",
+    )
+    token_flush: Duration = Field(
+        timedelta(milliseconds=50),
+        ge=timedelta(0),
+        description="How long generated tokens may wait to be sent together in one Progress "
+        "(counted from the oldest unsent token; the first token of a job goes at once). "
+        "0: one Progress per engine step.",
+    )
+    token_flush_tokens: int = Field(
+        32,
+        ge=1,
+        description="Send the waiting tokens as soon as this many have gathered, even "
+        "within FLEETWIRE_NODE_TOKEN_FLUSH.",
+    )
+
+
+class Settings(BaseModel):
+    """All groups together; build once in ``__main__`` and pass down. A plain model: only
+    the groups read the environment, each under its own prefix."""
+
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
+    rabbitmq: RabbitMQSettings = Field(default_factory=RabbitMQSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    bridge: BridgeSettings = Field(default_factory=BridgeSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    node: NodeSettings = Field(default_factory=NodeSettings)
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    """Reads the settings from the environment (and ``.env``) once per process."""
+    return Settings()

@@ -1,0 +1,39 @@
+"""How every fleetwire gRPC server is started: the edge (``grpc_edge.edge_server``: options,
+checked decoding, mapped errors), the services, health checking (SERVING for each service
+and for the server as a whole) and reflection (for grpcurl), on one address."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fleetwire.rpc.edge import edge_server
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    server: grpc.aio.Server
+    port: int  # the bound port (the asked one, or the one picked for port 0)
+
+
+async def start_server(
+    address: str, services: Sequence[str], add_services: Callable[[grpc.aio.Server], None]
+) -> Serving:
+    """Builds the server, lets ``add_services`` register the servicers of ``services``
+    (full names), binds ``address`` and starts; health says SERVING once it serves."""
+    server = edge_server()
+    add_services(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    await server.start()
+    for name in ("", *services):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Serving(server, port)

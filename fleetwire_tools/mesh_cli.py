@@ -1,0 +1,54 @@
+"""``fleetwire up``: a whole local mesh as child processes, stopped in order on Ctrl-C,
+SIGTERM or SIGHUP, and gone with this process whatever kills it (``fleetwire.process.lifeline``)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def up(
+    nodes: Annotated[int, typer.Option(help="Number of node agents.")] = 2,
+    node_module: Annotated[
+        str,
+        typer.Option(
+            help="Module the node agents run: node (vLLM), or bench.bench_node (a benchmark's "
+            "instant runtime, never for production).",
+            hidden=True,
+        ),
+    ] = "node",
+) -> None:
+    """Run a whole local mesh (scheduler, bridge, nodes) until Ctrl-C or SIGTERM; the
+    children die with this process even when it is killed."""
+    from fleetwire_tools.supervisor import LocalMesh
+
+    mesh = LocalMesh(nodes=nodes, node_module=node_module)
+    # SIGTERM and SIGHUP (a closed terminal) stop the mesh in order, like Ctrl-C. If this
+    # process dies without stopping it (SIGKILL), the children die with it (lifeline).
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    try:
+        mesh.start()
+        console.print(
+            f"[bold]fleetwire up[/]: scheduler, bridge and {nodes} node(s). Ctrl-C stops."
+        )
+        while not mesh.failed():
+            time.sleep(0.5)
+        for child in mesh.failed():
+            err_console.print(f"{child.name} exited with {child.process.returncode}")
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        mesh.stop()
+    console.print("stopped")

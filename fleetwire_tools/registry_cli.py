@@ -1,0 +1,181 @@
+"""``fleetwire admin nodes …`` and ``fleetwire admin keys …``: the node registry and the
+tenants' API keys, straight in the mesh's PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from fleetwire.process.settings import load_settings
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from fleetwire.store.nodes import NodeStore
+    from fleetwire.store.tenants import TenantStore
+
+T = TypeVar("T")
+
+nodes_app = typer.Typer(help="Node registration: keys the scheduler accepts.", no_args_is_help=True)
+api_keys_app = typer.Typer(help="Tenants' API keys for the bridge.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Runs ``work`` against the mesh's PostgreSQL (created and migrated first)."""
+    import asyncio
+
+    from fleetwire.store.db import open_pool
+
+    async def run() -> T:
+        pool = await open_pool(load_settings().postgres)
+        try:
+            return await work(pool)
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+def _run_node_store(work: Callable[[NodeStore], Awaitable[T]]) -> T:
+    from fleetwire.store.nodes import NodeStore
+
+    return _with_pool(lambda pool: work(NodeStore(pool)))
+
+
+@nodes_app.command("register")
+def nodes_register(
+    node_id: str,
+    public_key: Annotated[str, typer.Option(help="Hex public key (`keys show`/`keys new`).")],
+    replace: Annotated[
+        bool, typer.Option(help="Replace another registered key (key rotation).")
+    ] = False,
+) -> None:
+    """Register NODE_ID's public key, so the scheduler accepts the node.
+
+    Needed when FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES=false (production). Applies to the
+    node's next handshake; a connected session keeps the key it proved.
+    """
+    from fleetwire.protocol.signing import key_id
+    from fleetwire.store.nodes import Registration
+
+    try:
+        raw = bytes.fromhex(public_key)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        err_console.print("[red]--public-key must be 64 hex digits (a raw ed25519 key)[/]")
+        raise typer.Exit(2)
+    outcome = _run_node_store(lambda store: store.register(node_id, raw, replace=replace))
+    if outcome is Registration.CONFLICT:
+        err_console.print(
+            f"[red]{node_id} is registered with another key[/]; pass --replace to rotate"
+        )
+        raise typer.Exit(1)
+    typer.echo(
+        json.dumps({"node_id": node_id, "key_id": key_id(raw), "registration": outcome.value})
+    )
+
+
+@nodes_app.command("revoke")
+def nodes_revoke(node_id: str) -> None:
+    """Revoke NODE_ID's key: its next handshake is refused (KEY_REVOKED)."""
+    if not _run_node_store(lambda store: store.revoke(node_id)):
+        err_console.print(f"[red]unknown node {node_id}[/]")
+        raise typer.Exit(1)
+    typer.echo(json.dumps({"node_id": node_id, "revoked": True}))
+
+
+@nodes_app.command("list")
+def nodes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List registered nodes and their keys."""
+    records = _run_node_store(lambda store: store.list_nodes())
+    rows = [
+        {
+            "node_id": r.node_id,
+            "key_id": r.key_id,
+            "public_key": r.public_key.hex(),
+            "revoked": r.revoked,
+            "registered_at": r.registered_at.isoformat(),
+            "last_seen_at": r.last_seen_at.isoformat() if r.last_seen_at else None,
+        }
+        for r in records
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        state = "[red]revoked[/]" if row["revoked"] else "active"
+        console.print(
+            f"{row['node_id']:24} key {row['key_id']} {state} "
+            f"last seen {row['last_seen_at'] or '-'}"
+        )
+
+
+def _run_tenant_store(work: Callable[[TenantStore], Awaitable[T]]) -> T:
+    from fleetwire.store.tenants import TenantStore
+
+    return _with_pool(lambda pool: work(TenantStore(pool)))
+
+
+@api_keys_app.command("create")
+def api_keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant id (created if new).")],
+    name: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create an API key for TENANT. The key is printed once and stored only hashed:
+    clients send it as `authorization: Bearer <key>`."""
+    try:
+        issued = _run_tenant_store(lambda store: store.create_key(tenant, name=name))
+    except ValueError as err:
+        from rich.markup import escape
+
+        err_console.print(f"[red]{escape(str(err))}[/]")
+        raise typer.Exit(2) from None
+    shown = {"tenant": issued.tenant_id, "key_id": issued.key_id, "key": issued.secret}
+    if as_json:
+        console.print(json.dumps(shown))
+        return
+    console.print(f"tenant {issued.tenant_id}, key id {issued.key_id}")
+    console.print(f"key (shown once, store it now): {issued.secret}", soft_wrap=True)
+
+
+@api_keys_app.command("list")
+def api_keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List API keys (ids, tenants, state; never the keys themselves)."""
+    records = _run_tenant_store(lambda store: store.list_keys(tenant))
+    rows = [
+        {
+            "key_id": r.key_id,
+            "tenant": r.tenant_id,
+            "name": r.name,
+            "created_at": r.created_at.isoformat(),
+            "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+        }
+        for r in records
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        state = f"[red]revoked {row['revoked_at']}[/]" if row["revoked_at"] else "active"
+        console.print(f"{row['key_id']}  {row['tenant']:24} {state}  {row['name']}", soft_wrap=True)
+
+
+@api_keys_app.command("revoke")
+def api_keys_revoke(key_id: str) -> None:
+    """Revoke the API key KEY_ID; every bridge refuses it within
+    FLEETWIRE_BRIDGE_AUTH_CACHE_TTL."""
+    if not _run_tenant_store(lambda store: store.revoke_key(key_id)):
+        err_console.print(f"[red]no live key {key_id}[/]")
+        raise typer.Exit(1)
+    console.print(json.dumps({"key_id": key_id, "revoked": True}))

@@ -1,0 +1,105 @@
+"""Runs a local mesh as child processes (``fleetwire up`` and ``fleetwire demo``).
+
+Children are ordinary processes (vLLM cannot start inside a daemonic one). Stop order:
+nodes first (they drain), then the scheduler, then the bridge; each gets SIGTERM and, after
+its grace period, SIGKILL. Ctrl-C stops everything the same way.
+
+Each child runs in a session of its own (a Ctrl-C in the terminal reaches the supervisor
+only, which stops the children in that order) and is bound to the supervisor by
+``fleetwire.process.lifeline``: if the supervisor dies without stopping them (SIGKILL, a crash), the
+kernel sends each child SIGKILL, and a node's engine processes die with their node. The
+binding follows the thread that starts a child, so start and stop a mesh from one
+long-lived thread (the main thread).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleetwire.process.lifeline import bound_command
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class LocalMesh:
+    """Bridge, scheduler and ``nodes`` node agents, started with ``start`` and stopped with
+    ``stop`` (idempotent)."""
+
+    nodes: int = 2
+    env: Mapping[str, str] = field(default_factory=dict)
+    key_dir: Path = Path(".cache/keys")
+    log_dir: Path | None = None
+    # The node agents' module: ``node`` (vLLM), or a benchmark's (``bench.bench_node``).
+    node_module: str = "node"
+    children: list[Child] = field(default_factory=list)
+
+    def _spawn(self, name: str, module: str, extra_env: Mapping[str, str]) -> Child:
+        env = {**os.environ, **self.env, **extra_env}
+        out: int | object = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = (self.log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            bound_command([sys.executable, "-m", module]),
+            env=env,
+            stdout=out,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+        )
+        child = Child(name, process)
+        self.children.append(child)
+        return child
+
+    def start(self) -> None:
+        self._spawn("scheduler", "scheduler", {})
+        self._spawn("bridge", "broker_bridge", {})
+        for i in range(1, self.nodes + 1):
+            self.start_node(f"node-{i}")
+
+    def start_node(self, node_id: str) -> Child:
+        return self._spawn(
+            node_id,
+            self.node_module,
+            {
+                "FLEETWIRE_NODE_NODE_ID": node_id,
+                "FLEETWIRE_NODE_KEY_FILE": str(self.key_dir / f"{node_id}.key"),
+            },
+        )
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def failed(self) -> list[Child]:
+        """Children that exited on their own."""
+        return [c for c in self.children if c.process.poll() is not None]
+
+    def stop(self, grace: float = 20.0) -> None:
+        order = sorted(
+            self.children,
+            key=lambda c: 0 if c.name.startswith("node") else 1 if c.name == "scheduler" else 2,
+        )
+        for group in ("node", "scheduler", "bridge"):
+            members = [c for c in order if c.name.startswith(group)]
+            for c in members:
+                if c.process.poll() is None:
+                    c.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for c in members:
+                try:
+                    c.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(c.process.pid, signal.SIGKILL)
+                    c.process.wait()
+        self.children.clear()
