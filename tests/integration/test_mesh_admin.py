@@ -16,6 +16,7 @@ from fleetwire.v1 import (
     mesh_admin_service_pb2_grpc,
 )
 from scheduler.server import SchedulerServer
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 
@@ -35,19 +36,35 @@ async def test_list_nodes_shows_connected_nodes_with_their_scheduler(
     node = ScriptedNode(
         f"127.0.0.1:{scheduler.port}", "visible-node", "scripted", lambda _n: "ok", region="eu"
     )
+
+    async def listed() -> dict[str, mesh_admin_service_pb2.NodeView]:
+        reply = await admin.ListNodes(mesh_admin_service_pb2.ListNodesRequest())
+        return {n.node_id: n for n in reply.nodes}
+
+    async def heartbeat_seen() -> mesh_admin_service_pb2.NodeView | None:
+        view = (await listed()).get("visible-node")
+        seen = (
+            view is not None
+            and view.last_seen.ToMicroseconds() > view.connected_at.ToMicroseconds()
+        )
+        return view if seen else None
+
     async with running(node):
-        await asyncio.sleep(1.2)  # one heartbeat
-        listed = (await admin.ListNodes(mesh_admin_service_pb2.ListNodesRequest())).nodes
-        view = next(n for n in listed if n.node_id == "visible-node")
+        view = await eventually(
+            heartbeat_seen, within=15, what="visible-node listed with a heartbeat after its Hello"
+        )
         assert view.scheduler_id == scheduler.scheduler_id
         assert list(view.models) == ["scripted"]
         assert view.region == "eu"
         assert view.slots == 1
         assert not view.excluded
         assert view.last_seen.seconds >= view.connected_at.seconds > 0
-    await asyncio.sleep(0.2)
-    listed = (await admin.ListNodes(mesh_admin_service_pb2.ListNodesRequest())).nodes
-    assert "visible-node" not in [n.node_id for n in listed], "gone when it disconnects"
+
+    async def gone() -> bool:
+        return "visible-node" not in await listed()
+
+    # Well inside the presence entry's TTL (twice the lease): the disconnect removes it.
+    await eventually(gone, within=5, what="visible-node gone from ListNodes once it disconnects")
 
 
 async def test_queue_depths_per_route_and_priority(
@@ -84,11 +101,12 @@ async def test_dead_letters_and_job_trail(
     )
     async with running(failing):
         job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
-        for _ in range(100):
+
+        async def dead_lettered() -> bool:
             job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
-            if job.state == job_pb2.JOB_STATE_DEAD_LETTERED:
-                break
-            await asyncio.sleep(0.1)
+            return job.state == job_pb2.JOB_STATE_DEAD_LETTERED
+
+        await eventually(dead_lettered, within=30, what=f"job {job_id} to be dead-lettered")
     dead = (await admin.ListDeadLetters(mesh_admin_service_pb2.ListDeadLettersRequest())).jobs
     assert job_id in [j.job_id for j in dead]
     trail = await admin.JobTrail(mesh_admin_service_pb2.JobTrailRequest(job_id=job_id))
