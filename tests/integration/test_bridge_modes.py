@@ -15,6 +15,7 @@ from fleetwire.domain.states import JobState
 from fleetwire.messaging.events import ChunkEvent, JobEvents
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.integration.bridge_kit import details, reason_of, spec
+from tests.support.eventually import eventually
 
 
 async def test_polling_returns_at_once(jobs: job_service_pb2_grpc.JobServiceStub) -> None:
@@ -102,7 +103,9 @@ async def test_batch_submit_status_and_watch(jobs: job_service_pb2_grpc.JobServi
             events.append(event)
 
     follower = asyncio.create_task(follow())
-    await asyncio.sleep(0.3)
+    # The watch has begun once its first aggregate arrived: the bridge read the members'
+    # states before sending it, so the cancels below come after that read.
+    await eventually(lambda: events, within=10, what="the watch's first aggregate")
     for job_id in batch.job_ids[1:]:
         await jobs.Cancel(job_service_pb2.CancelRequest(job_id=job_id))
     await asyncio.wait_for(follower, 10)
