@@ -3,10 +3,9 @@ urgent job submitted after them starts before them."""
 
 from __future__ import annotations
 
-import asyncio
-
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from scheduler.server import SchedulerServer
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 
@@ -40,18 +39,28 @@ async def test_urgent_job_overtakes_a_bulk_backlog(
             ).job.job_id
             for i in range(5)
         ]
-        await asyncio.sleep(0.1)  # the first bulk job is now running; the rest wait
+
+        async def states(ids: list[str]) -> list[int]:
+            return [
+                (await jobs.Status(job_service_pb2.StatusRequest(job_id=i))).job.state for i in ids
+            ]
+
+        async def one_bulk_running() -> bool:
+            return job_pb2.JOB_STATE_RUNNING in await states(bulk)
+
+        # The first bulk job is running (its state in PostgreSQL); the rest wait.
+        await eventually(one_bulk_running, within=20, what="a bulk job to be RUNNING")
         urgent = (
             await jobs.Submit(
                 job_service_pb2.SubmitRequest(job=spec(job_pb2.PRIORITY_CLASS_URGENT, "urgent"))
             )
         ).job.job_id
-        for job_id in [*bulk, urgent]:  # leave no job behind for the next test
-            for _ in range(100):
-                status = await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))
-                if status.job.state == job_pb2.JOB_STATE_SUCCEEDED:
-                    break
-                await asyncio.sleep(0.1)
+
+        async def all_succeeded() -> bool:
+            return set(await states([*bulk, urgent])) == {job_pb2.JOB_STATE_SUCCEEDED}
+
+        # Leave no job behind for the next test.
+        await eventually(all_succeeded, within=30, what="every job to succeed")
     order = [d.job_id for d in busy.dispatches]
     assert sorted(order) == sorted([*bulk, urgent])
     started_before_urgent = order.index(urgent)
