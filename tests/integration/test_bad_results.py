@@ -5,9 +5,7 @@ from honest ones; in-process scheduler, real RabbitMQ, Redis and PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Callable
 
 import asyncpg
 
@@ -16,6 +14,7 @@ from fleetwire.protocol.facts import verify_job
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.server import SchedulerServer
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 
@@ -25,14 +24,6 @@ def spec() -> job_pb2.JobSpec:
     )
 
 
-async def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    for _ in range(600):  # 30 s: the machine may be loaded
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def status(jobs: job_service_pb2_grpc.JobServiceStub, job_id: str) -> job_pb2.Job:
     return (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
 
@@ -40,12 +31,12 @@ async def status(jobs: job_service_pb2_grpc.JobServiceStub, job_id: str) -> job_
 async def wait_state(
     jobs: job_service_pb2_grpc.JobServiceStub, job_id: str, state: int
 ) -> job_pb2.Job:
-    for _ in range(600):  # 30 s: the machine may be loaded
+    async def reached() -> job_pb2.Job | None:
         job = await status(jobs, job_id)
-        if job.state == state:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {state}: {job}")
+        return job if job.state == state else None
+
+    # 30 s: the machine may be loaded.
+    return await eventually(reached, within=30, what=f"job {job_id} in {state}")
 
 
 class Ledger:
@@ -80,12 +71,12 @@ class Ledger:
     async def wait_penalties(
         self, node_id: str, count: int
     ) -> list[tuple[str, str | None, int | None]]:
-        for _ in range(600):  # 30 s: the machine may be loaded
+        async def enough() -> list[tuple[str, str | None, int | None]] | None:
             found = await self.penalties(node_id)
-            if len(found) >= count:
-                return found
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{node_id} has {await self.penalties(node_id)}, wanted {count}")
+            return found if len(found) >= count else None
+
+        # 30 s: the machine may be loaded.
+        return await eventually(enough, within=30, what=f"{count} penalties of {node_id}")
 
     async def outcomes(self, job_id: str) -> list[tuple[int, str, str]]:
         rows = await self._fetch(
@@ -100,7 +91,9 @@ async def start_held_job(
 ) -> tuple[str, nodes_pb2.Dispatch]:
     """Submits a job that ``honest`` (holding its results) runs and keeps RUNNING."""
     job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
-    await wait_for(lambda: bool(honest.held), "the honest node to finish (and hold) the job")
+    await eventually(
+        lambda: honest.held, within=30, what="the honest node to finish (and hold) the job"
+    )
     await wait_state(jobs, job_id, job_pb2.JOB_STATE_RUNNING)
     dispatch = next(d for d in honest.dispatches if d.job_id == job_id)
     return job_id, dispatch

@@ -29,6 +29,7 @@ from fleetwire.v1 import (
 )
 from scheduler.server import SchedulerServer
 from tests.integration.bridge_kit import bearer, reason_of
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 Admin = mesh_admin_service_pb2_grpc.MeshAdminServiceStub
@@ -58,12 +59,12 @@ async def status(jobs: Jobs, job_id: str, key: str) -> job_pb2.Job:
 
 
 async def wait_state(jobs: Jobs, job_id: str, key: str, states: set[int]) -> job_pb2.Job:
-    for _ in range(600):  # 30 s: the machine may be loaded
+    async def reached() -> job_pb2.Job | None:
         job = await status(jobs, job_id, key)
-        if job.state in states:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+        return job if job.state in states else None
+
+    # 30 s: the machine may be loaded.
+    return await eventually(reached, within=30, what=f"job {job_id} in {states}")
 
 
 async def submit_and_wait(jobs: Jobs, key: str) -> job_pb2.Job:

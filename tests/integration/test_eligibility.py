@@ -3,11 +3,11 @@ node can run is deferred (no attempt burned) and expires saying why."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from scheduler.server import SchedulerServer
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 
@@ -19,12 +19,12 @@ def spec(region: str, ttl_s: float = 60) -> job_pb2.JobSpec:
 
 
 async def wait_terminal(jobs: job_service_pb2_grpc.JobServiceStub, job_id: str) -> job_pb2.Job:
-    for _ in range(300):
+    async def finished() -> job_pb2.Job | None:
         job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
-        if job.state in (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_EXPIRED):
-            return job
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
+        done = job.state in (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_EXPIRED)
+        return job if done else None
+
+    return await eventually(finished, within=30, interval=0.1, what=f"job {job_id} to finish")
 
 
 async def test_job_runs_only_on_a_node_in_its_region(

@@ -3,7 +3,6 @@ EXPIRED by the scheduler; it is never dispatched."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import timedelta
 
@@ -14,6 +13,7 @@ from fleetwire.messaging.topology import Topology
 from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from scheduler.server import SchedulerServer
+from tests.support.eventually import eventually
 
 
 async def test_expired_job_is_recorded_and_never_dispatched(
@@ -35,13 +35,11 @@ async def test_expired_job_is_recorded_and_never_dispatched(
     spec.ttl.FromTimedelta(timedelta(seconds=1))
     job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec))).job.job_id
 
-    job = None
-    for _ in range(100):
+    async def left_the_queue() -> job_pb2.Job | None:
         job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
-        if job.state != job_pb2.JOB_STATE_QUEUED:
-            break
-        await asyncio.sleep(0.1)
-    assert job is not None
+        return job if job.state != job_pb2.JOB_STATE_QUEUED else None
+
+    job = await eventually(left_the_queue, within=10, interval=0.1, what="the job to leave QUEUED")
     assert job.state == job_pb2.JOB_STATE_EXPIRED
     assert job.error.reason == "TTL_EXPIRED"
     assert job.attempts == 0

@@ -3,7 +3,6 @@ once, however often its result arrives; testnet jobs are free."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
@@ -19,6 +18,7 @@ from fleetwire.v1 import (
     mesh_admin_service_pb2_grpc,
 )
 from scheduler.server import SchedulerServer
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 
@@ -32,12 +32,12 @@ async def run_job(
         sampling=job_pb2.SamplingParams(max_tokens=3),
     )
     job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec))).job.job_id
-    for _ in range(100):
+
+    async def succeeded() -> job_pb2.Job | None:
         job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
-        if job.state == job_pb2.JOB_STATE_SUCCEEDED:
-            return job
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not succeed: {job}")
+        return job if job.state == job_pb2.JOB_STATE_SUCCEEDED else None
+
+    return await eventually(succeeded, within=10, interval=0.1, what=f"job {job_id} to succeed")
 
 
 async def entries(settings: Settings, job_id: str) -> list[tuple[str, str, int]]:

@@ -3,7 +3,6 @@ on an honest node; every penalty is recorded."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
@@ -11,6 +10,7 @@ import asyncpg
 from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from scheduler.server import SchedulerServer
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 
@@ -25,18 +25,20 @@ async def test_forger_is_excluded_and_the_job_finishes_elsewhere(
     )
     async with running(forger):
         job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec))).job.job_id
-        for _ in range(100):  # forged results earn 5 points each; the threshold is 10
-            if scheduler.penalties.is_excluded("forger-2"):
-                break
-            await asyncio.sleep(0.1)
-        assert scheduler.penalties.is_excluded("forger-2")
+        # Forged results earn 5 points each; the threshold is 10.
+        await eventually(
+            lambda: scheduler.penalties.is_excluded("forger-2"),
+            within=10,
+            what="forger-2 to be excluded",
+        )
         dispatches_when_excluded = len(forger.dispatches)
         async with running(honest):
-            for _ in range(100):
+
+            async def succeeded() -> job_pb2.Job | None:
                 job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
-                if job.state == job_pb2.JOB_STATE_SUCCEEDED:
-                    break
-                await asyncio.sleep(0.1)
+                return job if job.state == job_pb2.JOB_STATE_SUCCEEDED else None
+
+            job = await eventually(succeeded, within=10, what="the job to succeed")
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED
     assert job.signature.node_id == "honest-2"
     assert len(forger.dispatches) == dispatches_when_excluded, "no work while excluded"

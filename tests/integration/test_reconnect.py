@@ -4,12 +4,11 @@ comes back without the job (or not at all) loses it to a retry."""
 
 from __future__ import annotations
 
-import asyncio
-
 from nacl.signing import SigningKey
 
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from scheduler.server import SchedulerServer
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 
@@ -22,12 +21,11 @@ def spec() -> job_pb2.JobSpec:
 async def wait_state(
     jobs: job_service_pb2_grpc.JobServiceStub, job_id: str, states: set[int]
 ) -> job_pb2.Job:
-    for _ in range(200):
+    async def reached() -> job_pb2.Job | None:
         job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
-        if job.state in states:
-            return job
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+        return job if job.state in states else None
+
+    return await eventually(reached, within=20, interval=0.1, what=f"job {job_id} in {states}")
 
 
 async def test_result_delivered_after_a_reconnect_finalises_the_same_attempt(
@@ -39,10 +37,9 @@ async def test_result_delivered_after_a_reconnect_finalises_the_same_attempt(
     before.hold_results = True  # the result is ready, but the link breaks before it is sent
     async with running(before):
         job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
-        for _ in range(100):
-            if before.held:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: before.held, within=5, what="the node to finish (and hold) the job"
+        )
     assert before.held, "the node finished the job before the link broke"
 
     after = ScriptedNode(
@@ -70,10 +67,7 @@ async def test_node_back_without_the_job_loses_it_to_a_retry(
     before.hold_results = True
     async with running(before):
         job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
-        for _ in range(100):
-            if before.dispatches:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: before.dispatches, within=5, what="the job's dispatch")
     after = ScriptedNode(address, "amnesiac", "scripted", lambda _n: "ok", key=key)
     async with running(after):
         job = await wait_state(jobs, job_id, {job_pb2.JOB_STATE_SUCCEEDED})

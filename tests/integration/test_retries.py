@@ -3,7 +3,6 @@ protocol against the real scheduler, RabbitMQ and PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import aiormq
@@ -13,6 +12,7 @@ from fleetwire.messaging.topology import HEADER_LAST_ERROR, HEADER_RETRIES, Topo
 from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from scheduler.server import SchedulerServer
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 TERMINAL = {
@@ -29,12 +29,12 @@ async def submit_and_wait(jobs: job_service_pb2_grpc.JobServiceStub) -> job_pb2.
         model="scripted", prompt="p", sampling=job_pb2.SamplingParams(max_tokens=3)
     )
     job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec))).job.job_id
-    for _ in range(300):
+
+    async def finished() -> job_pb2.Job | None:
         job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
-        if job.state in TERMINAL:
-            return job
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
+        return job if job.state in TERMINAL else None
+
+    return await eventually(finished, within=30, interval=0.1, what=f"job {job_id} to finish")
 
 
 async def attempts_of(settings: Settings, job_id: str) -> list[asyncpg.Record]:

@@ -4,8 +4,6 @@ subcloud ("a.b" and "a_b" both once became "a_b") are refused, for jobs and node
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -15,6 +13,7 @@ from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, node_se
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.server import SchedulerServer
 from tests.integration.bridge_kit import details
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 # Each could not be told apart from another name in a routing key (a dot is the key's word
@@ -29,12 +28,11 @@ def spec(subcloud: str = "") -> job_pb2.JobSpec:
 
 
 async def finish(jobs: job_service_pb2_grpc.JobServiceStub, job_id: str) -> job_pb2.Job:
-    for _ in range(200):
+    async def succeeded() -> job_pb2.Job | None:
         job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
-        if job.state == job_pb2.JOB_STATE_SUCCEEDED:
-            return job
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not succeed: {job}")
+        return job if job.state == job_pb2.JOB_STATE_SUCCEEDED else None
+
+    return await eventually(succeeded, within=20, interval=0.1, what=f"job {job_id} to succeed")
 
 
 async def test_subcloud_jobs_stay_in_their_pool(
