@@ -27,6 +27,7 @@ from tests.integration.bridge_kit import (
     stub_of,
     with_bridge,
 )
+from tests.support.eventually import eventually
 
 BULK, NORMAL, URGENT = (
     job_pb2.PRIORITY_CLASS_BULK,
@@ -192,7 +193,6 @@ async def test_other_tenants_normal_jobs_finish_during_a_bulk_flood(
 ) -> None:
     """With a (scripted, one-slot) node working through a bulk flood of one tenant, the
     normal jobs another tenant submits afterwards finish long before the flood does."""
-    import asyncio
 
     from scheduler.server import SchedulerServer
     from tests.support.scripted_node import ScriptedNode, running
@@ -248,12 +248,10 @@ async def test_other_tenants_normal_jobs_finish_during_a_bulk_flood(
                 for i in ids
             ]
 
-        for _ in range(200):
-            if all(s == job_pb2.JOB_STATE_SUCCEEDED for s in await states(calm_ids, calm_key)):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the other tenant's normal jobs did not finish")
+        async def calm_done() -> bool:
+            return all(s == job_pb2.JOB_STATE_SUCCEEDED for s in await states(calm_ids, calm_key))
+
+        await eventually(calm_done, within=30, what="the other tenant's normal jobs to finish")
         flood_done = sum(
             s == job_pb2.JOB_STATE_SUCCEEDED for s in await states(flood_ids, flood_key)
         )

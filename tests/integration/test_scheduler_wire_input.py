@@ -5,7 +5,6 @@ with INVALID_ARGUMENT and its own faults with INTERNAL, the text only in the log
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +21,7 @@ from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.admin_store import AdminStore
 from scheduler.server import SchedulerServer
 from tests.integration.bridge_kit import details, reason_of
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 NODE_STREAM = "/fleetwire.v1.NodeService/NodeStream"
@@ -59,11 +59,12 @@ def fields_of(error: grpc.aio.AioRpcError) -> list[str]:
 async def registered(scheduler: SchedulerServer, node_id: str) -> None:
     """Waits (up to 5 s) until the scheduler registered the node: it does so right after
     the Welcome is written, which the node may read first."""
-    for _ in range(250):
-        if scheduler.registry.get(node_id) is not None:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"node {node_id} was never registered")
+    await eventually(
+        lambda: scheduler.registry.get(node_id) is not None,
+        within=5,
+        interval=0.02,
+        what=f"node {node_id} to be registered",
+    )
 
 
 def hello(node_id: str, key: SigningKey, subclouds: tuple[str, ...] = ()) -> nodes_pb2.Hello:
