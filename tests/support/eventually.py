@@ -33,3 +33,22 @@ async def eventually(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what} (last: {value!r})")
         await asyncio.sleep(interval)
+
+
+def eventually_sync(
+    probe: Callable[[], T],
+    within: float,
+    what: str,
+    *,
+    interval: float = 0.05,
+) -> T:
+    """``eventually`` for synchronous tests and fixtures (the end-to-end tests drive their
+    mesh from plain functions): the same contract, with a plain ``probe``."""
+    deadline = time.monotonic() + within
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what} (last: {value!r})")
+        time.sleep(interval)

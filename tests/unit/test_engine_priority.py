@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 from node.engine_priority import descendants, lower_engine_priority
+from tests.support.eventually import eventually_sync
 
 # A process that starts a child with a second thread, which starts a grandchild.
 GRANDCHILD = "import time; time.sleep(60)"
@@ -33,9 +33,11 @@ def test_every_thread_below_the_given_process_gets_the_nice_value() -> None:
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
-        deadline = time.monotonic() + 10
-        while len(descendants(parent.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually_sync(
+            lambda: len(descendants(parent.pid)) >= 2,
+            within=10,
+            what="the child and the grandchild to start",
+        )
         below = descendants(parent.pid)
         assert below[0] == child
         assert len(below) == 2  # the grandchild too
