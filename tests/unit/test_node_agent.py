@@ -28,6 +28,7 @@ from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from node.agent import NodeAgent
 from node.config import ModelConfig, NodeProfile
 from node.runtime import GenerationChunk, GenerationRequest
+from tests.support.eventually import eventually
 
 TIMEOUT = 10.0
 
@@ -316,11 +317,10 @@ async def test_key_rotation_finishes_the_job_with_the_old_key_then_reconnects(
         await first.outbox.put(None)
         second = await asyncio.wait_for(servicer.sessions.get(), TIMEOUT)
         assert bytes(second.hello.public_key) == bytes(new.verify_key)
-        for _ in range(100):  # the mesh sees Hello before the agent counts the session
-            if agent.sessions == 2:
-                break
-            await asyncio.sleep(0.02)
-        assert agent.sessions == 2
+        # The mesh sees Hello before the agent counts the session.
+        await eventually(
+            lambda: agent.sessions == 2, within=5, what="the agent to count its second session"
+        )
 
 
 async def test_without_keep_a_lost_stream_aborts_the_running_job(

@@ -9,6 +9,7 @@ import pytest
 
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from node.progress import ProgressBatcher
+from tests.support.eventually import eventually
 
 
 class Recorder:
@@ -84,7 +85,8 @@ async def test_enough_tokens_go_out_before_the_window() -> None:
     await progress.add("x", 1)
     for _ in range(4):
         await progress.add("y", 1)
-    await asyncio.sleep(0.05)
+    # Well before the 10 s window: only the token count can have sent them.
+    await eventually(lambda: len(send.progress) == 2, within=5, what="the second Progress")
     assert [(p.text, p.token_count) for p in send.progress] == [("x", 1), ("yyyy", 4)]
     await progress.close()
 

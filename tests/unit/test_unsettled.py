@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from broker_bridge import unsettled
 from broker_bridge.unsettled import UnsettledRows
 from fleetwire.domain.errors import BackendUnavailable
+from tests.support.eventually import eventually
 
 
 class FlakyUndo:
@@ -34,11 +34,12 @@ async def test_undo_is_retried_until_the_database_answers(
     key, undo = uuid.uuid4(), FlakyUndo(failures=3)
     rows.remember(key, "job x", undo)
     assert rows.holds(key)
-    for _ in range(500):
-        if not rows.holds(key):
-            break
-        await asyncio.sleep(0.01)
-    await rows.stop()
+    try:
+        await eventually(
+            lambda: not rows.holds(key), within=5, interval=0.01, what="the undo to be settled"
+        )
+    finally:
+        await rows.stop()
     assert not rows.holds(key)
     assert undo.calls == 4
 
