@@ -17,6 +17,11 @@ from tests.support.job_client import JobClient
 from tests.support.mesh_admin import listed_nodes
 
 NODE_START_TIMEOUT = 300.0
+# The nodes serve the tiny model's whole context (2,048 tokens, not the default 512), so a
+# job that must still be running when a test cancels it can be long: 2,000 tokens take
+# about 4 s on an idle node, longer than any stall of a loaded machine seen so far.
+CONTEXT = 2048
+LONG_JOB_TOKENS = 2000
 
 
 class LiveMesh:
@@ -71,6 +76,7 @@ def live_mesh(
     namespace = f"{run_id}e"
     key_dir = tmp_path_factory.mktemp("node-keys")
     env = isolated_env(namespace, key_dir / "node.key")
+    env["FLEETWIRE_NODE_MAX_MODEL_LEN"] = str(CONTEXT)
     log_dir = tmp_path_factory.mktemp("mesh-logs")
     mesh = LocalMesh(nodes=2, env=env, key_dir=key_dir, log_dir=log_dir)
     live = LiveMesh(mesh, env, log_dir)

@@ -38,7 +38,7 @@ from fleetwire_client import (
     Token,
     Unauthenticated,
 )
-from tests.e2e.conftest import LiveMesh
+from tests.e2e.conftest import LONG_JOB_TOKENS, LiveMesh
 
 WAIT = 240.0
 
@@ -138,8 +138,12 @@ def test_sync_client_submits_streams_tokens_and_verifies(
 
 def test_sync_client_cancels_and_maps_errors(live_mesh: LiveMesh) -> None:
     with Client(live_mesh.bridge_address) as client:
-        for _ in range(3):  # on a loaded machine a job can finish before the cancel lands
-            job = client.submit(JobRequest(prompt="long", max_tokens=480, ignore_eos=True))
+        # A long job (LONG_JOB_TOKENS); on a loaded machine one can still end before the
+        # cancel lands, so try up to 5.
+        for _ in range(5):
+            job = client.submit(
+                JobRequest(prompt="long", max_tokens=LONG_JOB_TOKENS, ignore_eos=True)
+            )
             cancelled: JobResult | None = None
             for _text in client.tokens(job.job_id, timeout=WAIT):
                 if cancelled is None:

@@ -15,7 +15,7 @@ import asyncpg
 
 from fleetwire.protocol.facts import verify_job
 from fleetwire.v1 import job_pb2
-from tests.e2e.conftest import LiveMesh
+from tests.e2e.conftest import LONG_JOB_TOKENS, LiveMesh
 from tests.support.job_client import make_spec
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -134,13 +134,13 @@ def test_sync_submit_returns_the_signed_result(live_mesh: LiveMesh) -> None:
 def test_cancel_running_job_stops_generation(live_mesh: LiveMesh) -> None:
     client = live_mesh.client()
     try:
-        # 480 tokens (the tiny model's whole context) take about a second on an idle node:
-        # on a loaded machine a stall can let generation end before the cancel reaches the
-        # node (the job then ends SUCCEEDED, or CANCELLED with every token streamed, when
-        # the cancel lands between the last token and settlement). Such a try says nothing
-        # about stopping generation, so try up to 5 jobs.
+        # A long job (LONG_JOB_TOKENS): on a loaded machine a stall can still let
+        # generation end before the cancel reaches the node (the job then ends SUCCEEDED,
+        # or CANCELLED with every token streamed, when the cancel lands between the last
+        # token and settlement). Such a try says nothing about stopping generation, so try
+        # up to 5 jobs.
         for _ in range(5):
-            spec = make_spec("never ending", max_tokens=480)
+            spec = make_spec("never ending", max_tokens=LONG_JOB_TOKENS)
             spec.sampling.ignore_eos = True
             job_id = client.submit(spec).job_id
             tokens = 0
@@ -152,13 +152,13 @@ def test_cancel_running_job_stops_generation(live_mesh: LiveMesh) -> None:
                 elif event.HasField("job") and event.job.state == job_pb2.JOB_STATE_CANCELLED:
                     break
             job = client.status(job_id)
-            if job.state != job_pb2.JOB_STATE_SUCCEEDED and tokens < 480:
+            if job.state != job_pb2.JOB_STATE_SUCCEEDED and tokens < LONG_JOB_TOKENS:
                 break
     finally:
         client.close()
     assert job.state == job_pb2.JOB_STATE_CANCELLED
     assert job.error.reason == "CANCELLED_BY_CLIENT"
-    assert tokens < 480, "generation went on to the end despite the cancel"
+    assert tokens < LONG_JOB_TOKENS, "generation went on to the end despite the cancel"
 
 
 async def _first_busy_node(dsn: str, job_ids: list[str], within: float) -> str:
