@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.support.eventually import eventually_sync
 
 
 @dataclass
@@ -40,15 +40,13 @@ class SchedulerProcess:
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"scheduler exited with {process.returncode}")
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"scheduler did not listen on {port}")
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    eventually_sync(listening, within=timeout, interval=0.1, what=f"the scheduler on port {port}")
 
 
 @pytest.fixture

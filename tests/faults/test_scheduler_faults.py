@@ -25,17 +25,17 @@ def spec() -> job_pb2.JobSpec:
 
 
 async def wait_terminal(jobs: job_service_pb2_grpc.JobServiceStub, job_id: str) -> job_pb2.Job:
-    for _ in range(300):
+    async def finished() -> job_pb2.Job | None:
         job = (await jobs.Status(job_service_pb2.StatusRequest(job_id=job_id))).job
-        if job.state in (
+        done = job.state in (
             job_pb2.JOB_STATE_SUCCEEDED,
             job_pb2.JOB_STATE_FAILED,
             job_pb2.JOB_STATE_DEAD_LETTERED,
             job_pb2.JOB_STATE_EXPIRED,
-        ):
-            return job
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} not finished: {job}")
+        )
+        return job if done else None
+
+    return await eventually(finished, within=30, interval=0.1, what=f"job {job_id} to finish")
 
 
 async def attempts_of(settings: Settings, job_id: str) -> list[asyncpg.Record]:
@@ -83,14 +83,6 @@ async def messages_on(queue: str) -> int | None:
     return None
 
 
-async def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    for _ in range(200):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_scheduler_sigkilled_mid_job_loses_nothing(
     jobs: job_service_pb2_grpc.JobServiceStub,
     start_scheduler: Callable[[str], SchedulerProcess],
@@ -104,7 +96,11 @@ async def test_scheduler_sigkilled_mid_job_loses_nothing(
     quick = ScriptedNode(f"127.0.0.1:{second.port}", "quick-b", "scripted", lambda _n: "ok")
     async with running(slow):
         job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
-        await wait_for(lambda: any(d.job_id == job_id for d in slow.dispatches), "dispatch to A")
+        await eventually(
+            lambda: any(d.job_id == job_id for d in slow.dispatches),
+            within=10,
+            what="the dispatch to A",
+        )
         async with running(quick):
             first.kill()  # mid-job: the delivery is unacked, the attempt open
             job = await wait_terminal(jobs, job_id)
@@ -131,7 +127,11 @@ async def test_duplicate_delivery_is_finalised_once(
     topology = Topology(settings.mesh.namespace)
     async with running(node):
         job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
-        await wait_for(lambda: any(d.job_id == job_id for d in node.dispatches), "dispatch")
+        await eventually(
+            lambda: any(d.job_id == job_id for d in node.dispatches),
+            within=10,
+            what="the dispatch",
+        )
         # Publish the same job again, as a duplicate publish or a stray redelivery would.
         envelope = job_pb2.Job(job_id=job_id, spec=spec())
         envelope.expires_at.GetCurrentTime()
