@@ -24,6 +24,7 @@ from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_service_pb2
 from tests.conftest import free_port
 from tests.integration.bridge_kit import reason_of, running_bridge, spec, stub_of, with_bridge
+from tests.support.eventually import eventually
 
 
 async def rows_with_request_id(settings: Settings, request_id: str) -> int:
@@ -200,10 +201,12 @@ async def test_bridge_reconnects_after_the_broker_closes_its_connection(
         before = await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))
         generation = bridge._link.generation
         assert await asyncio.to_thread(close_connections_named, name) >= 1
-        for _ in range(50):  # wait until the client has noticed the close
-            if not bridge._link.is_open:
-                break
-            await asyncio.sleep(0.1)
+        # The client has noticed the close (or already reconnected: the link reopens lazily).
+        await eventually(
+            lambda: not bridge._link.is_open or bridge._link.generation > generation,
+            within=5,
+            what="the bridge to notice the closed connection",
+        )
         after = await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()), timeout=20)
         assert bridge._link.generation > generation, "a new connection was made"
         for job in (before.job, after.job):
@@ -256,11 +259,27 @@ async def test_submits_across_broker_connection_losses_are_never_lost_or_doubled
                     refused.append(request_id)
                 await asyncio.sleep(0.02)
 
+        async def serving_after(generation: int) -> None:
+            """Until the bridge has (re)connected since ``generation`` and accepted a few
+            submits on the new connection: each close hits a connection carrying submits."""
+            before = len(accepted)
+
+            def serving() -> bool:
+                link = bridge._link
+                reconnected = link.is_open and link.generation > generation
+                return reconnected and len(accepted) >= before + 3
+
+            await eventually(serving, within=30, what="submits on a fresh connection")
+
         async def break_connection() -> None:
-            for _ in range(2):
-                await asyncio.sleep(0.4)
-                await asyncio.to_thread(close_connections_named, name)
-            broken.set()
+            generation = 0
+            try:
+                for _ in range(2):
+                    await serving_after(generation)
+                    generation = bridge._link.generation
+                    await asyncio.to_thread(close_connections_named, name)
+            finally:
+                broken.set()  # the streams end (ten more submits each) even if this failed
 
         await asyncio.gather(*(submit_stream(w) for w in range(3)), break_connection())
         assert bridge._link.generation >= 2, "the bridge reconnected by itself"
