@@ -257,7 +257,7 @@ async def test_submits_across_broker_connection_losses_are_never_lost_or_doubled
                     if err.code() != grpc.StatusCode.UNAVAILABLE:
                         raise
                     refused.append(request_id)
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # pacing the stream of submits
 
         async def serving_after(generation: int) -> None:
             """Until the bridge has (re)connected since ``generation`` and accepted a few

@@ -71,7 +71,7 @@ async def test_stop_releases_waiters(settings: Settings) -> None:
     notices = FinalNotices(redis, f"{settings.mesh.namespace}:final")
     await notices.start()
     waiter = asyncio.create_task(notices.wait(str(uuid.uuid4()), WAIT_S))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the waiter is registered
     await notices.stop()
     await redis.aclose()
     assert await asyncio.wait_for(waiter, WAIT_S) is True

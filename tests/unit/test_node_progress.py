@@ -54,7 +54,7 @@ async def test_chunks_are_coalesced_and_the_text_is_exact() -> None:
     texts = [f"t{i} " for i in range(40)]
     for text in texts:
         await progress.add(text, 1)
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.002)  # tokens come over time, as an engine makes them
     await progress.close()
     sent = send.progress
     assert sent[0].text == "t0 "  # the first token goes at once
@@ -126,6 +126,6 @@ async def test_a_broken_stream_drops_progress_without_failing_the_job() -> None:
     progress = ProgressBatcher("job-1", 1, broken, window=0.01, max_tokens=8)
     for _ in range(20):
         await progress.add("z", 1)
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.002)  # tokens come over time, as an engine makes them
     await progress.close()
     assert calls == 1
