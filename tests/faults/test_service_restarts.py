@@ -6,6 +6,7 @@ behind. Each service is brought back with the project's own start-up script."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ import grpc
 from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.faults.conftest import SchedulerProcess
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,9 +35,21 @@ async def run(command: list[str]) -> None:
     await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True, timeout=300)
 
 
+def refuses(port: int) -> bool:
+    """True when nothing accepts connections on 127.0.0.1:``port`` any more."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def stopped(port: int, service: str) -> None:
+    """Waits until the stopped service's port refuses connections, so that the start-up
+    script cannot take a service still shutting down for one that answers."""
+    await eventually(lambda: refuses(port), within=60, what=f"{service} to stop listening")
+
+
 async def restart_rabbitmq() -> None:
     await run(["rabbitmqctl", "stop"])
-    await asyncio.sleep(1.0)
+    await stopped(5672, "RabbitMQ")
     await run([str(ROOT / "scripts" / "ensure-services.sh")])
 
 
@@ -47,7 +61,7 @@ def cluster_version() -> str:
 async def restart_postgresql() -> None:
     version = await asyncio.to_thread(cluster_version)
     await run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop", "-m", "fast"])
-    await asyncio.sleep(1.0)
+    await stopped(5432, "PostgreSQL")
     await run([str(ROOT / "scripts" / "ensure-services.sh")])
 
 
@@ -92,8 +106,8 @@ async def submits_across(
                 if err.code() != grpc.StatusCode.UNAVAILABLE:
                     unexpected.append(err.code())
                 refused += 1
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(0.02)
+                await asyncio.sleep(0.2)  # a client backing off after UNAVAILABLE
+            await asyncio.sleep(0.02)  # pacing the stream of submits
 
     dsn = settings.postgres.dsn.get_secret_value()
     conn = await asyncpg.connect(dsn)
@@ -101,25 +115,39 @@ async def submits_across(
     await conn.close()
     async with running(node):
         submitter = asyncio.create_task(submit_stream())
-        await asyncio.sleep(1.5)
-        before = len(accepted)
-        await restart()
-        await asyncio.sleep(3.0)  # the bridge, the scheduler and their pools reconnect
-        stop.set()
-        await submitter
+        try:
+            await eventually(
+                lambda: len(accepted) >= 10, within=60, what="submits accepted before the restart"
+            )
+            before = len(accepted)
+            await restart()
+            # The bridge and its pools reconnect: submits are accepted again (the scheduler's
+            # reconnect shows in every accepted job succeeding, below).
+            back = len(accepted)
+            await eventually(
+                lambda: len(accepted) >= back + 10,
+                within=120,
+                what="submits accepted again after the restart",
+            )
+        finally:
+            stop.set()
+            await submitter
 
         ids = [uuid.UUID(j) for j in accepted]
         conn = await asyncpg.connect(dsn)
         try:
-            for _ in range(600):
+
+            async def all_succeeded() -> bool:
                 waiting = await conn.fetchval(
                     "SELECT count(*) FROM jobs WHERE job_id = ANY($1::uuid[])"
                     " AND state <> 'SUCCEEDED'",
                     ids,
                 )
-                if waiting == 0:
-                    break
-                await asyncio.sleep(0.2)
+                return bool(waiting == 0)
+
+            await eventually(
+                all_succeeded, within=120, interval=0.2, what="every accepted job to succeed"
+            )
             states = await conn.fetch(
                 "SELECT state, count(*) AS n FROM jobs WHERE job_id = ANY($1::uuid[])"
                 " GROUP BY state",
