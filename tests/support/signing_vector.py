@@ -127,4 +127,3 @@ SIGNING_KEY = SigningKey(PRIVATE_KEY_SEED)
 PUBLIC_KEY = bytes.fromhex(PUBLIC_KEY_HEX)
 SIGNATURE = bytes.fromhex(SIGNATURE_HEX)
 OTHER_KEY = SigningKey(bytes(range(100, 132)))
-
