@@ -48,188 +48,27 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
-import grpc
 
-from bench.mesh_load import bench_spec
+from bench.kill_sweep_clients import Told, submit_all, utc_now
+from bench.kill_sweep_report import Row, details, plain, table
 from bench.processes import Mesh, cleanup_namespace, wait_for_nodes, wait_for_port
-from broker_bridge.service import JOB_ID_METADATA
-from fleetwire.messaging.topology import HEADER_REQUEST_ID
-from fleetwire.rpc.options import CLIENT_OPTIONS
-from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 COMPONENTS = ("scheduler", "node", "bridge")
 DEFAULT_RUNS = {"scheduler": 3, "node": 1, "bridge": 2}
-SINGLE_SUBMITS = 300
-BATCHES = 3
-BATCH_SIZE = 100
-CONCURRENCY = 20
 KILL_AT = 320  # distinct jobs told to clients
 RESTART_AFTER_S = 3.0
 SLOTS = 16
 NODE_ID = "node-1"
-SUBMIT_TIMEOUT_S = 5.0
-BATCH_TIMEOUT_S = 10.0
-RETRY_PAUSE_S = 0.05
-
-RETRYABLE = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,  # the connection died under the call
-)
 TERMINAL = ("SUCCEEDED", "FAILED", "EXPIRED", "CANCELLED", "DEAD_LETTERED")
-
-# The client reconnects within 50-200 ms of the server being back.
-SWEEP_CLIENT_OPTIONS = [
-    *CLIENT_OPTIONS,
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 200),
-]
 
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-@dataclass
-class Told:
-    """What the clients were told, and how long it took."""
-
-    jobs: dict[str, list[str]] = field(default_factory=dict)  # request id -> job ids
-    seconds: dict[str, float] = field(default_factory=dict)  # request id -> first try to answer
-    refused: dict[str, int] = field(default_factory=dict)  # retried calls by code
-    failed: dict[str, str] = field(default_factory=dict)  # request id -> non-retryable error
-    distinct: set[str] = field(default_factory=set)
-    retried: set[str] = field(default_factory=set)  # request ids that needed more than one try
-    tries: dict[str, list[str]] = field(default_factory=dict)  # request id -> each try, UTC
-    answers: int = 0  # calls answered so far
-    timed_out: set[str] = field(default_factory=set)  # requests with a try past its deadline
-
-
-@dataclass
-class Row:
-    component: str
-    run: int
-    namespace: str
-    accepted: int = 0
-    succeeded: int = 0
-    stuck: int = 0
-    doubled: int = 0
-    double_billed: int = 0
-    ledger_sum: int = 0
-    billed: int = 0
-    other_states: dict[str, int] = field(default_factory=dict)
-    untold_rows: int = 0
-    untold_states: dict[str, int] = field(default_factory=dict)
-    submit_wall_s: float = 0.0
-    max_request_s: float = 0.0
-    max_request_id: str = ""
-    max_request_tries: list[str] = field(default_factory=list)
-    timed_out_tries: dict[str, list[str]] = field(default_factory=dict)
-    median_request_s: float = 0.0
-    retried_requests: int = 0
-    refused_calls: dict[str, int] = field(default_factory=dict)
-    failed_requests: dict[str, str] = field(default_factory=dict)
-    accepted_at_kill: int = 0
-    killed_at_s: float = 0.0
-    back_at_s: float = 0.0
-    all_terminal_s: float | None = None
-    stuck_jobs: list[dict[str, Any]] = field(default_factory=list)
-    doubled_jobs: list[dict[str, Any]] = field(default_factory=list)
-    logs_kept_in: str | None = None
-
-
-def spec(request_id: str = "", *, mode: int = job_pb2.INFERENCE_MODE_POLLING) -> job_pb2.JobSpec:
-    job = bench_spec(mode=mode)
-    job.client_request_id = request_id
-    return job
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-async def until_answered(
-    call: Callable[[tuple[tuple[str, str], ...]], Awaitable[Any]], told: Told, request_id: str
-) -> Any | None:
-    """Calls ``call`` until it answers, as a retrying client does (same request id);
-    None after a non-retryable error (recorded). Each try carries ``x-request-id``
-    ``<request id>.<try>``, so the bridge's log lines of a try can be found (its
-    ``trace_id``)."""
-    started = time.monotonic()
-    tries = told.tries.setdefault(request_id, [])
-    while True:
-        began, answers_before = utc_now(), told.answers
-        try:
-            reply = await call(((HEADER_REQUEST_ID, f"{request_id}.{len(tries) + 1}"),))
-        except grpc.aio.AioRpcError as err:
-            headers = dict(err.initial_metadata() or ())
-            tries.append(
-                f"{began} -> {utc_now()} {err.code().name} (job id header "
-                f"{'received' if JOB_ID_METADATA in headers else 'not received'}; "
-                f"{told.answers - answers_before} other answers meanwhile)"
-            )
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                told.timed_out.add(request_id)
-            if err.code() not in RETRYABLE:
-                told.failed[request_id] = f"{err.code().name}: {err.details()}"
-                return None
-            told.refused[err.code().name] = told.refused.get(err.code().name, 0) + 1
-            told.retried.add(request_id)
-            await asyncio.sleep(RETRY_PAUSE_S)
-            continue
-        told.answers += 1
-        tries.append(f"{began} -> {utc_now()} OK")
-        told.seconds[request_id] = time.monotonic() - started
-        return reply
-
-
-async def submit_all(address: str, told: Told, run_tag: str) -> None:
-    """300 single submits and 3 batches of 100 among them, 20 in flight."""
-    async with grpc.aio.insecure_channel(address, options=SWEEP_CLIENT_OPTIONS) as channel:
-        stub = job_service_pb2_grpc.JobServiceStub(channel)
-        gate = asyncio.Semaphore(CONCURRENCY)
-
-        async def single(n: int) -> None:
-            request_id = f"sweep-{run_tag}-{n}"
-            request = job_service_pb2.SubmitRequest(job=spec(request_id))
-            async with gate:
-                reply = await until_answered(
-                    lambda md: stub.Submit(request, timeout=SUBMIT_TIMEOUT_S, metadata=md),
-                    told,
-                    request_id,
-                )
-            if reply is not None:
-                told.jobs[request_id] = [reply.job.job_id]
-                told.distinct.add(reply.job.job_id)
-
-        async def batch(n: int) -> None:
-            request_id = f"sweep-{run_tag}-batch-{n}"
-            request = job_service_pb2.SubmitBatchRequest(
-                jobs=[spec(mode=job_pb2.INFERENCE_MODE_BATCH) for _ in range(BATCH_SIZE)],
-                client_request_id=request_id,
-            )
-            async with gate:
-                reply = await until_answered(
-                    lambda md: stub.SubmitBatch(request, timeout=BATCH_TIMEOUT_S, metadata=md),
-                    told,
-                    request_id,
-                )
-            if reply is not None:
-                told.jobs[request_id] = list(reply.batch.job_ids)
-                told.distinct.update(reply.batch.job_ids)
-
-        calls: list[Awaitable[None]] = [single(n) for n in range(SINGLE_SUBMITS)]
-        for n in range(BATCHES):  # batches among the singles, not all at the start
-            calls.insert((n + 1) * SINGLE_SUBMITS // (BATCHES + 1) + n, batch(n))
-        await asyncio.gather(*calls)
 
 
 class SweepRun:
@@ -394,7 +233,7 @@ class SweepRun:
                     {
                         **json.loads(r["row"]),
                         "told": str(r["job_id"]) in told.distinct,
-                        "attempts": [_plain(a) for a in attempts],
+                        "attempts": [plain(a) for a in attempts],
                     }
                 )
             doubled = await conn.fetch(
@@ -409,7 +248,7 @@ class SweepRun:
                     r["job_id"],
                 )
                 row.doubled_jobs.append(
-                    {"job_id": str(r["job_id"]), "attempts": [_plain(a) for a in attempts]}
+                    {"job_id": str(r["job_id"]), "attempts": [plain(a) for a in attempts]}
                 )
             row.double_billed = await conn.fetchval(
                 "SELECT count(*) FROM (SELECT job_id FROM ledger_entries WHERE kind = 'JOB_CHARGE'"
@@ -437,87 +276,6 @@ class SweepRun:
                 for line in path.read_text(errors="replace").splitlines():
                     if job_id in line:
                         print(f"{path.name}: {line[:400]}")
-
-
-def _plain(record: asyncpg.Record) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        if isinstance(value, datetime):
-            out[key] = value.astimezone(UTC).isoformat(timespec="milliseconds")
-        elif isinstance(value, uuid.UUID):
-            out[key] = str(value)
-        else:
-            out[key] = value
-    return out
-
-
-def table(rows: list[Row]) -> str:
-    head = (
-        "| killed | run | accepted | SUCCEEDED | stuck | doubled / double-billed | ledger sum "
-        "| submit wall | max request | all terminal after |\n"
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"
-    )
-    lines = [head]
-    for r in rows:
-        terminal = "not within the wait" if r.all_terminal_s is None else f"{r.all_terminal_s} s"
-        lines.append(
-            f"| {r.component} | {r.run} | {r.accepted} | {r.succeeded} | {r.stuck} "
-            f"| {r.doubled} / {r.double_billed} | {r.ledger_sum} | {r.submit_wall_s:.1f} s "
-            f"| {r.max_request_s:.2f} s | {terminal} |"
-        )
-    return "\n".join(lines)
-
-
-STUCK_FIELDS = (
-    "job_id",
-    "state",
-    "told",
-    "client_request_id",
-    "batch_id",
-    "trace_id",
-    "created_at",
-    "attempts",
-    "publish_claim",
-    "publish_due_at",
-)
-
-
-def tries_text(tries: list[str]) -> str:
-    """A request's tries: all of them when few, else the first two and the last."""
-    if len(tries) <= 4:
-        return "; ".join(tries)
-    return "; ".join([*tries[:2], f"... {len(tries) - 3} more tries ...", tries[-1]])
-
-
-def details(r: Row) -> str:
-    parts = [
-        f"{r.component} run {r.run} ({r.namespace}): killed at {r.accepted_at_kill} accepted "
-        f"({r.killed_at_s:.1f} s), back at {r.back_at_s:.1f} s; billed {r.billed}; "
-        f"{r.retried_requests} requests retried, refused calls {r.refused_calls}; "
-        f"median request {r.median_request_s:.3f} s, "
-        f"longest {r.max_request_id}: {tries_text(r.max_request_tries)}"
-    ]
-    timed_out = list(r.timed_out_tries.items())
-    if timed_out:
-        parts.append(f"  {len(timed_out)} requests had a try run past its deadline; the first:")
-    for rid, tries in timed_out[:3]:
-        parts.append(f"    {rid}: {tries_text(tries)}")
-    if r.other_states:
-        parts.append(f"  told jobs not SUCCEEDED: {r.other_states}")
-    if r.untold_rows:
-        parts.append(f"  rows no client was told about: {r.untold_states}")
-    if r.failed_requests:
-        parts.append(f"  requests failed (not retryable): {r.failed_requests}")
-    for job in r.stuck_jobs[:5]:
-        brief = {k: job.get(k) for k in STUCK_FIELDS if k in job}
-        parts.append(f"  STUCK {json.dumps(brief, default=str)}")
-    if len(r.stuck_jobs) > 5:
-        parts.append(f"  ... {len(r.stuck_jobs) - 5} more stuck (all of them in --out)")
-    for job in r.doubled_jobs:
-        parts.append(f"  DOUBLED {json.dumps(job, default=str)}")
-    if r.logs_kept_in:
-        parts.append(f"  logs kept in {r.logs_kept_in}")
-    return "\n".join(parts)
 
 
 async def sweep(plan: list[tuple[str, int]], settle_s: float, keep_logs: bool) -> list[Row]:
