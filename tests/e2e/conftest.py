@@ -4,7 +4,6 @@ vLLM on the tiny model, as child processes (``fleetwire_tools.supervisor.LocalMe
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from fleetwire.domain.keys import load_key
 from fleetwire_tools.supervisor import LocalMesh
 from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
+from tests.support.eventually import eventually_sync
 from tests.support.job_client import JobClient
 from tests.support.mesh_admin import listed_nodes
 
@@ -46,14 +46,12 @@ class LiveMesh:
         return set(listed_nodes(self.scheduler_address))
 
     def wait_for_nodes(self, nodes: set[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def connected() -> bool:
             if failed := self.mesh.failed():
                 raise RuntimeError(f"mesh process exited early: {[c.name for c in failed]}")
-            if nodes <= self.connected_nodes():
-                return
-            time.sleep(0.5)
-        raise TimeoutError(f"nodes {nodes - self.connected_nodes()} did not connect")
+            return nodes <= self.connected_nodes()
+
+        eventually_sync(connected, within=timeout, interval=0.5, what=f"nodes {nodes} to connect")
 
     def log_tails(self, lines: int = 60) -> str:
         out = []

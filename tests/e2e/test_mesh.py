@@ -16,6 +16,7 @@ import asyncpg
 from fleetwire.protocol.facts import verify_job
 from fleetwire.v1 import job_pb2
 from tests.e2e.conftest import LONG_JOB_TOKENS, LiveMesh
+from tests.support.eventually import eventually
 from tests.support.job_client import make_spec
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -166,21 +167,22 @@ async def _first_busy_node(dsn: str, job_ids: list[str], within: float) -> str:
     ``job_ids``. Dispatched counts too: RUNNING is recorded after the node's Accept, and
     on a loaded machine a short job can finish between that and the kill."""
     conn = await asyncpg.connect(dsn)
+
+    async def busiest() -> str | None:
+        node = await conn.fetchval(  # the busiest: the likeliest to be busy still
+            "SELECT node_id FROM attempts WHERE job_id = ANY($1::uuid[])"
+            " AND outcome IN ('DISPATCHED', 'RUNNING')"
+            " GROUP BY node_id ORDER BY count(*) DESC LIMIT 1",
+            [uuid.UUID(j) for j in job_ids],
+        )
+        return None if node is None else str(node)
+
     try:
-        deadline = asyncio.get_running_loop().time() + within
-        while asyncio.get_running_loop().time() < deadline:
-            node = await conn.fetchval(  # the busiest: the likeliest to be busy still
-                "SELECT node_id FROM attempts WHERE job_id = ANY($1::uuid[])"
-                " AND outcome IN ('DISPATCHED', 'RUNNING')"
-                " GROUP BY node_id ORDER BY count(*) DESC LIMIT 1",
-                [uuid.UUID(j) for j in job_ids],
-            )
-            if node is not None:
-                return str(node)
-            await asyncio.sleep(0.02)
+        return await eventually(
+            busiest, within=within, interval=0.02, what="a job to start running"
+        )
     finally:
         await conn.close()
-    raise AssertionError("no job started running")
 
 
 def test_node_killed_mid_job_leaves_no_job_behind(live_mesh: LiveMesh) -> None:

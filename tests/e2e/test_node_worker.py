@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ from node.config import ModelConfig, NodeProfile
 from node.vllm_runtime import VllmRuntime
 from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
 from tests.e2e.conftest import NODE_START_TIMEOUT, LiveMesh
+from tests.support.eventually import eventually_sync
 from tests.support.job_client import JobClient, make_spec
 from tests.support.mesh_admin import connected_since, listed_nodes
 
@@ -43,6 +43,7 @@ CONTEXT = 2048
 SLOTS = 4
 FLEETWIRE = [sys.executable, "-m", "fleetwire_tools.cli"]
 NODES = ("node-a", "node-b")
+DRAINING = "stop requested; draining"  # what a node logs on its first SIGTERM
 
 
 class WorkerMesh(LiveMesh):
@@ -126,14 +127,15 @@ class WorkerMesh(LiveMesh):
 
     def wait_until(self, what: str, check: object, timeout: float) -> None:
         assert callable(check)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def done() -> bool:
             if check():
-                return
+                return True
             if exited := [c.name for c in self.mesh.failed()]:
                 raise AssertionError(f"waiting for {what}: {exited} exited")
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}")
+            return False
+
+        eventually_sync(done, within=timeout, interval=0.2, what=what)
 
 
 @pytest.fixture(scope="module")
@@ -202,15 +204,16 @@ def _running_on(mesh: WorkerMesh, job_id: str) -> str:
     """The node running the job, as soon as it has accepted it (its attempt is RUNNING in
     PostgreSQL). Read from the database rather than Status or Watch: on a loaded machine the
     job would otherwise be half done before the test acts."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def running_node() -> str | None:
         attempts = mesh.attempts(job_id)
-        if attempts and attempts[-1]["outcome"] == "RUNNING":
-            return str(attempts[-1]["node_id"])
         if attempts and attempts[-1]["outcome"] == "SUCCEEDED":
             pytest.fail("the job finished before the test could act on it")
-        time.sleep(0.02)
-    pytest.fail("the job did not start")
+        if attempts and attempts[-1]["outcome"] == "RUNNING":
+            return str(attempts[-1]["node_id"])
+        return None
+
+    return eventually_sync(running_node, within=120, interval=0.02, what="the job to start")
 
 
 # -- 1. the runtime through the mesh ----------------------------------------------------
@@ -597,8 +600,15 @@ def test_second_sigterm_hands_running_jobs_back(worker_mesh: WorkerMesh) -> None
         job_id = client.submit(_long_spec("hand me back", 1500)).job_id
         node = _running_on(worker_mesh, job_id)
         process = worker_mesh.mesh.child(node).process
+        drains = worker_mesh.node_log(node).count(DRAINING)
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        # The node handled the first signal (two sent before it runs its handler may arrive
+        # as one): it logged that it drains.
+        worker_mesh.wait_until(
+            f"{node} to start draining",
+            lambda: worker_mesh.node_log(node).count(DRAINING) > drains,
+            60,
+        )
         process.send_signal(signal.SIGTERM)
         code = process.wait(90)
         job = client.wait(job_id, timeout=180)
