@@ -7,6 +7,7 @@ from __future__ import annotations
 from nacl.signing import SigningKey
 
 from fleetwire.protocol.signing import RequestFacts, ResultFacts
+from fleetwire.v1 import job_pb2
 
 PRIVATE_KEY_SEED = bytes(range(32))
 PUBLIC_KEY_HEX = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
@@ -111,19 +112,54 @@ CHAT_REQUEST_DIGEST_HEX = "c220d7601d0657262846ae241ea8c2cc3d3cfc946172745bb382e
 
 NONCE = bytes(range(32, 64))
 SCHEDULER_ID = "scheduler-a"
+SERVER_NAME = "scheduler.example"
 NODE_AUTH_BYTES_HEX = (
-    "00000016666c656574776972652e6e6f64652d617574682e7631"
+    "00000016666c656574776972652e6e6f64652d617574682e7632"
     "00000020202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
     "0000000b7363686564756c65722d61"
+    "000000117363686564756c65722e6578616d706c65"
     "000000066e6f64652d31"
     "0000002003a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
 )
 NODE_AUTH_SIGNATURE_HEX = (
-    "9dc8dc5d6c623fb1c65f6438b8bdd31cb67aef819754a91a93253d51d61d422c"
-    "f854fdf9aba747f3ca3828a2e524134e35730e759218881c30939f2fd4766302"
+    "e8820e93b4a39eb43cc0f7672efb9c7bff7feac756608d7ac944e97fe499ddc0"
+    "64f29a7e7080bbfecf375bac3a67554d4cbdef3e61bbf5f132cc246f4bf55305"
 )
 
 SIGNING_KEY = SigningKey(PRIVATE_KEY_SEED)
 PUBLIC_KEY = bytes.fromhex(PUBLIC_KEY_HEX)
 SIGNATURE = bytes.fromhex(SIGNATURE_HEX)
 OTHER_KEY = SigningKey(bytes(range(100, 132)))
+
+
+def vector_job() -> job_pb2.Job:
+    """The SUCCEEDED job a client would receive for the vector."""
+    return job_pb2.Job(
+        job_id=JOB_ID,
+        state=job_pb2.JOB_STATE_SUCCEEDED,
+        spec=job_pb2.JobSpec(
+            model="tiny-llama",
+            prompt=PROMPT,
+            sampling=job_pb2.SamplingParams(
+                max_tokens=16, temperature=0.7, top_p=0.9, seed=42, stop=["\n\n"]
+            ),
+            priority=job_pb2.PRIORITY_CLASS_NORMAL,
+            mode=job_pb2.INFERENCE_MODE_POLLING,
+            network=job_pb2.NETWORK_MAINNET,
+        ),
+        output=OUTPUT,
+        finish_reason="stop",
+        usage=job_pb2.Usage(prompt_tokens=12, completion_tokens=5),
+        timings=job_pb2.Timings(total_ms=12.5),
+        signature=job_pb2.ResultSignature(
+            node_id="node-1",
+            key_id=KEY_ID,
+            public_key=PUBLIC_KEY,
+            signature=SIGNATURE,
+            attempt=1,
+            request_digest=bytes.fromhex(REQUEST_DIGEST_HEX),
+            output_digest=bytes.fromhex(OUTPUT_DIGEST_HEX),
+            finished_at_unix_ms=FINISHED_AT_MS,
+        ),
+        attempts=1,
+    )

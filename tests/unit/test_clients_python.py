@@ -27,7 +27,7 @@ from fleetwire_client import (
     VerificationError,
 )
 from fleetwire_client.errors import STATUS_DETAILS_KEY, ErrorDetails, parse_status_details
-from tests.unit.test_signing import PUBLIC_KEY_HEX, vector_job
+from tests.support.signing_vector import PUBLIC_KEY_HEX, vector_job
 
 
 def _error(

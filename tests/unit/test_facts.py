@@ -13,50 +13,11 @@ from fleetwire.protocol.facts import result_facts_of, verify_job
 from fleetwire.v1 import job_pb2
 from tests.support.signing_vector import (
     FINISHED_AT_MS,
-    JOB_ID,
-    KEY_ID,
     OTHER_KEY,
-    OUTPUT,
-    OUTPUT_DIGEST_HEX,
-    PROMPT,
     PUBLIC_KEY,
-    REQUEST_DIGEST_HEX,
     RESULT,
-    SIGNATURE,
+    vector_job,
 )
-
-
-def vector_job() -> job_pb2.Job:
-    """The SUCCEEDED job a client would receive for the vector."""
-    return job_pb2.Job(
-        job_id=JOB_ID,
-        state=job_pb2.JOB_STATE_SUCCEEDED,
-        spec=job_pb2.JobSpec(
-            model="tiny-llama",
-            prompt=PROMPT,
-            sampling=job_pb2.SamplingParams(
-                max_tokens=16, temperature=0.7, top_p=0.9, seed=42, stop=["\n\n"]
-            ),
-            priority=job_pb2.PRIORITY_CLASS_NORMAL,
-            mode=job_pb2.INFERENCE_MODE_POLLING,
-            network=job_pb2.NETWORK_MAINNET,
-        ),
-        output=OUTPUT,
-        finish_reason="stop",
-        usage=job_pb2.Usage(prompt_tokens=12, completion_tokens=5),
-        timings=job_pb2.Timings(total_ms=12.5),
-        signature=job_pb2.ResultSignature(
-            node_id="node-1",
-            key_id=KEY_ID,
-            public_key=PUBLIC_KEY,
-            signature=SIGNATURE,
-            attempt=1,
-            request_digest=bytes.fromhex(REQUEST_DIGEST_HEX),
-            output_digest=bytes.fromhex(OUTPUT_DIGEST_HEX),
-            finished_at_unix_ms=FINISHED_AT_MS,
-        ),
-        attempts=1,
-    )
 
 
 def test_job_of_the_vector_verifies() -> None:

@@ -37,6 +37,7 @@ from tests.support.signing_vector import (
     RESULT,
     RESULT_BYTES_HEX,
     SCHEDULER_ID,
+    SERVER_NAME,
     SIGNATURE,
     SIGNATURE_HEX,
     SIGNING_KEY,
@@ -124,7 +125,7 @@ def test_result_bytes_and_signature() -> None:
 
 
 def test_node_auth_bytes_and_signature() -> None:
-    message = signing.node_auth_bytes(NONCE, SCHEDULER_ID, "node-1", PUBLIC_KEY)
+    message = signing.node_auth_bytes(NONCE, SCHEDULER_ID, "node-1", PUBLIC_KEY, SERVER_NAME)
     assert message.hex() == NODE_AUTH_BYTES_HEX
     assert signing.sign(SIGNING_KEY, message).hex() == NODE_AUTH_SIGNATURE_HEX
     assert signing.verify(PUBLIC_KEY, message, bytes.fromhex(NODE_AUTH_SIGNATURE_HEX))
@@ -224,7 +225,7 @@ def test_malformed_key_or_signature_is_false_not_an_error(
 
 def test_result_signature_is_not_a_node_auth_signature() -> None:
     """Domain tags: the same key's signature over one message kind never fits another."""
-    auth = signing.node_auth_bytes(NONCE, SCHEDULER_ID, "node-1", PUBLIC_KEY)
+    auth = signing.node_auth_bytes(NONCE, SCHEDULER_ID, "node-1", PUBLIC_KEY, SERVER_NAME)
     assert not signing.verify(PUBLIC_KEY, auth, SIGNATURE)
 
 
@@ -233,10 +234,12 @@ NODE_AUTH_INPUTS: dict[str, Any] = {
     "scheduler_id": SCHEDULER_ID,
     "node_id": "node-1",
     "public_key": PUBLIC_KEY,
+    "server_name": SERVER_NAME,
 }
 NODE_AUTH_CHANGED: dict[str, Any] = {
     "nonce": bytes(32),
     "scheduler_id": "scheduler-b",
+    "server_name": "relay.example",
     "node_id": "node-2",
     "public_key": bytes(OTHER_KEY.verify_key),
 }

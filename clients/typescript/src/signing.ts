@@ -15,7 +15,7 @@ import { JobState } from "./gen/fleetwire/v1/job_pb.ts";
 
 export const REQUEST_TAG = "fleetwire.request.v1";
 export const RESULT_TAG = "fleetwire.result.v1";
-export const NODE_AUTH_TAG = "fleetwire.node-auth.v1";
+export const NODE_AUTH_TAG = "fleetwire.node-auth.v2";
 
 const utf8 = new TextEncoder();
 

@@ -92,7 +92,8 @@ test("result bytes, key id and signature match the vector", async () => {
 
 test("node-auth bytes and signature match the vector", async () => {
   const nonce = new Uint8Array(32).map((_, i) => 0x20 + i);
-  const bytes = canonical(NODE_AUTH_TAG, [nonce, str("scheduler-a"), str("node-1"), PUBLIC_KEY]);
+  const fields = [nonce, str("scheduler-a"), str("scheduler.example"), str("node-1"), PUBLIC_KEY];
+  const bytes = canonical(NODE_AUTH_TAG, fields);
   assert.equal(hex(bytes), vector["node-auth-bytes"]);
   const signature = new Uint8Array(Buffer.from(vector["node-auth-signature"]!, "hex"));
   assert.equal(await verifySignature(PUBLIC_KEY, bytes, signature), true);

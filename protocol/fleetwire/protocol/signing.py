@@ -20,7 +20,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 RESULT_TAG = b"fleetwire.result.v1"
 REQUEST_TAG = b"fleetwire.request.v1"
-NODE_AUTH_TAG = b"fleetwire.node-auth.v1"
+NODE_AUTH_TAG = b"fleetwire.node-auth.v2"
 
 
 def field(value: bytes) -> bytes:
@@ -128,9 +128,17 @@ def output_digest(output: str) -> bytes:
     return sha256(output.encode())
 
 
-def node_auth_bytes(nonce: bytes, scheduler_id: str, node_id: str, public_key: bytes) -> bytes:
-    """What a node signs to answer the scheduler's challenge."""
-    return canonical(NODE_AUTH_TAG, [nonce, scheduler_id.encode(), node_id.encode(), public_key])
+def node_auth_bytes(
+    nonce: bytes, scheduler_id: str, node_id: str, public_key: bytes, server_name: str = ""
+) -> bytes:
+    """What a node signs to answer the scheduler's challenge. ``server_name`` is the name the
+    node verified the scheduler's TLS certificate for ("" over plaintext): a scheduler
+    accepts only the names its own certificate carries, so a challenge relayed by a server
+    with a certificate of its own (a relay) does not log the node in elsewhere."""
+    return canonical(
+        NODE_AUTH_TAG,
+        [nonce, scheduler_id.encode(), server_name.encode(), node_id.encode(), public_key],
+    )
 
 
 def key_id(public_key: bytes) -> str:
