@@ -43,8 +43,12 @@ def free_port() -> int:
 def isolated_env(namespace: str) -> dict[str, str]:
     """FLEETWIRE_* variables of one isolated mesh (as ``tests/conftest.py`` builds them),
     with the tenant rate and queue-depth guards opened wide: a benchmark measures the path,
-    not the admission limits."""
+    not the admission limits. Plaintext, said explicitly, like the baselines it is compared
+    with (raw AMQP, Celery on Redis)."""
     env = {
+        "FLEETWIRE_TLS_INSECURE": "true",
+        "FLEETWIRE_NODE_INSECURE": "true",
+        "FLEETWIRE_INSECURE": "true",
         "FLEETWIRE_NAMESPACE": namespace,
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),

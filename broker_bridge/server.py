@@ -26,6 +26,7 @@ from fleetwire.messaging.topology import Topology
 from fleetwire.process.lifecycle import wait_for_stop_signal
 from fleetwire.process.settings import Settings
 from fleetwire.rpc.server import start_server
+from fleetwire.rpc.tls import server_tls
 from fleetwire.store.batches import BatchStore
 from fleetwire.store.db import open_pool
 from fleetwire.store.jobs import JobStore
@@ -59,6 +60,7 @@ class BridgeServer:
         self._finals: FinalNotices | None = None
         self._outbox: Outbox | None = None
         self.port = 0
+        self.tls = server_tls(settings.tls, server="bridge")
 
     async def start(self) -> None:
         self._pool = await open_pool(self._settings.postgres)
@@ -126,6 +128,7 @@ class BridgeServer:
             address,
             [SERVICE_NAME],
             lambda server: job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server),
+            self.tls,
         )
         self._server, self.port = serving.server, serving.port
         log.info("bridge serving", address=address, port=self.port)
@@ -164,7 +167,7 @@ async def run_bridge(settings: Settings) -> None:
     bridge = BridgeServer(settings)
     await bridge.start()
     try:
-        await wait_for_stop_signal()
+        await wait_for_stop_signal(on_reload=bridge.tls.reload if bridge.tls else None)
     finally:
         await bridge.stop()
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from fleetwire.process.settings import load_settings
 from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
+from fleetwire_tools.connection import CONNECTION
 
 mesh_app = typer.Typer(
     help="Operator views: nodes, queues, dead letters (and their replay), job trails, balances.",
@@ -26,7 +27,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 def _call(address: str | None, method: str, request: Any) -> Any:
     target = address or f"127.0.0.1:{load_settings().scheduler.port}"
-    with grpc.insecure_channel(target, options=CLIENT_OPTIONS) as channel:
+    with CONNECTION.channel(target, CLIENT_OPTIONS) as channel:
         stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
         try:
             return getattr(stub, method)(request, timeout=15)

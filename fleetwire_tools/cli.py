@@ -25,6 +25,8 @@ from fleetwire_client import (
     Token,
 )
 from fleetwire_tools.admin_cli import mesh_app
+from fleetwire_tools.certs_cli import certs
+from fleetwire_tools.connection import CONNECTION
 from fleetwire_tools.key_cli import keys_app
 from fleetwire_tools.mesh_cli import up
 from fleetwire_tools.registry_cli import api_keys_app, nodes_app
@@ -42,6 +44,33 @@ admin_app.add_typer(api_keys_app, name="keys")
 admin_app.add_typer(mesh_app, name="mesh")
 app.add_typer(admin_app, name="admin")
 app.command()(up)
+
+
+@app.callback()
+def connection(
+    cacert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cacert",
+            envvar="FLEETWIRE_CA_FILE",
+            help="CA certificates the servers' TLS certificates must chain to (default: the "
+            "system's trust store).",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="FLEETWIRE_INSECURE",
+            help="Talk plaintext to a mesh that serves no TLS (tests, benchmarks).",
+        ),
+    ] = False,
+) -> None:
+    """fleetwire: a mesh for LLM inference jobs."""
+    CONNECTION.ca_file, CONNECTION.insecure = cacert, insecure
+
+
+app.command()(certs)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -126,7 +155,12 @@ NodeKeyOption = Annotated[
 
 
 def _client(address: str | None, api_key: str | None) -> Client:
-    return Client(_address(address), api_key=api_key)
+    return Client(
+        _address(address),
+        api_key=api_key,
+        ca_file=CONNECTION.ca_file,
+        insecure=CONNECTION.insecure or None,
+    )
 
 
 def _job_json(result: JobResult) -> str:

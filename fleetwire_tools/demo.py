@@ -22,7 +22,7 @@ from fleetwire_client import (
     RetryPolicy,
     Unavailable,
 )
-from fleetwire_tools.supervisor import LocalMesh
+from fleetwire_tools.supervisor import DEV_CERT_DIR, LocalMesh, dev_tls_env
 
 PROMPTS = [
     ("urgent", "The mesh routes every job"),
@@ -55,7 +55,8 @@ async def _fresh_database(dsn: str) -> None:
 def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
     """Returns the process exit code: 0 when every job SUCCEEDED with a valid signature."""
     settings = load_settings()
-    env = demo_env(settings)
+    tls = dev_tls_env()
+    env = {**demo_env(settings), **tls}
     asyncio.run(_fresh_database(env["FLEETWIRE_POSTGRES_DSN"]))
     mesh = LocalMesh(
         nodes=nodes,
@@ -65,12 +66,14 @@ def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
     )
     console.print(
         f"[bold]fleetwire demo[/]: starting scheduler, bridge and {nodes} vLLM node(s) "
-        "(logs in .cache/demo-logs/)"
+        f"(logs in .cache/demo-logs/); dev profile: TLS with the local CA in {DEV_CERT_DIR}/"
     )
     mesh.start()
     # The bridge comes up while the client dials: retry UNAVAILABLE for up to ~30 s.
     client = Client(
-        f"127.0.0.1:{settings.bridge.port}", retry=RetryPolicy(max_attempts=30, max_backoff=1.0)
+        f"127.0.0.1:{settings.bridge.port}",
+        ca_file=tls["FLEETWIRE_CA_FILE"],
+        retry=RetryPolicy(max_attempts=30, max_backoff=1.0),
     )
     try:
         _wait_until_serving(mesh, client, timeout=60)

@@ -24,6 +24,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleetwire.process.lifeline import bound_command
+from fleetwire_tools.certs import ensure_dev_certificates
+
+DEV_CERT_DIR = Path(".cache/certs")
+
+
+def dev_tls_env(cert_dir: Path = DEV_CERT_DIR) -> dict[str, str]:
+    """The FLEETWIRE_* variables of the dev profile's TLS: a local CA and a certificate for
+    localhost (``fleetwire certs``, made once in ``cert_dir``), trusted by the nodes and by
+    clients that read ``FLEETWIRE_CA_FILE``."""
+    made = ensure_dev_certificates(cert_dir)
+    return {
+        "FLEETWIRE_TLS_CERT_FILE": str(made.server.cert.resolve()),
+        "FLEETWIRE_TLS_KEY_FILE": str(made.server.key.resolve()),
+        "FLEETWIRE_TLS_INSECURE": "false",
+        "FLEETWIRE_NODE_CA_FILE": str(made.ca.resolve()),
+        "FLEETWIRE_NODE_INSECURE": "false",
+        "FLEETWIRE_CA_FILE": str(made.ca.resolve()),
+        "FLEETWIRE_INSECURE": "false",
+    }
 
 
 @dataclass

@@ -31,6 +31,7 @@ from fleetwire.messaging.topology import NETWORK_NAMES
 from fleetwire.process.settings import NodeSettings
 from fleetwire.protocol import signing
 from fleetwire.rpc.options import CLIENT_OPTIONS
+from fleetwire.rpc.tls import node_channel_credentials, node_server_name
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from node.capabilities import detect_gpus, model_version_of
@@ -96,6 +97,8 @@ class NodeAgent:
         self._keep_jobs = settings.keep_jobs_on_reconnect
         self._current_send: Send | None = None
         self._undelivered: list[nodes_pb2.NodeStreamRequest] = []
+        self._credentials = node_channel_credentials(settings)
+        self._server_name = node_server_name(settings)
 
     @property
     def public_key(self) -> bytes:
@@ -246,10 +249,19 @@ class NodeAgent:
         if jobs:
             log.info("aborted jobs", count=len(jobs), reason=reason, handed_back=hand_back)
 
+    def _channel(self) -> grpc.aio.Channel:
+        """TLS to the scheduler, its certificate verified for ``_server_name`` (plaintext
+        only when FLEETWIRE_NODE_INSECURE says so)."""
+        address = self._settings.scheduler_address
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
+        options: list[tuple[str, str | int]] = list(CLIENT_OPTIONS)
+        if self._settings.server_name:
+            options.append(("grpc.ssl_target_name_override", self._settings.server_name))
+        return grpc.aio.secure_channel(address, self._credentials, options=options)
+
     async def _session(self) -> None:
-        async with grpc.aio.insecure_channel(
-            self._settings.scheduler_address, options=CLIENT_OPTIONS
-        ) as channel:
+        async with self._channel() as channel:
             stub = node_service_pb2_grpc.NodeServiceStub(channel)
             call = stub.NodeStream()
             write_lock = asyncio.Lock()
@@ -312,17 +324,19 @@ class NodeAgent:
         challenge = await call.read()
         if challenge is grpc.aio.EOF or challenge.WhichOneof("message") != "challenge":
             raise ConnectionError("expected Challenge")
+        # The name this channel verified the scheduler's certificate for: a relay that
+        # passed us another scheduler's challenge gets an answer naming the relay.
         signed = signing.node_auth_bytes(
             challenge.challenge.nonce,
             challenge.challenge.scheduler_id,
             self._settings.node_id,
             self.public_key,
+            self._server_name,
         )
-        await send(
-            nodes_pb2.NodeStreamRequest(
-                auth=nodes_pb2.Auth(signature=signing.sign(self._key, signed))
-            )
+        auth = nodes_pb2.Auth(
+            signature=signing.sign(self._key, signed), server_name=self._server_name
         )
+        await send(nodes_pb2.NodeStreamRequest(auth=auth))
         welcome = await call.read()
         if welcome is grpc.aio.EOF or welcome.WhichOneof("message") != "welcome":
             raise ConnectionError("expected Welcome")

@@ -58,8 +58,12 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         topology: Topology,
         on_message: MessageHandler,
         presence: NodePresence,
+        server_names: Callable[[], frozenset[str]],
     ) -> None:
+        """``server_names`` gives the names of the certificate this scheduler presents now
+        ({""} in plaintext): the only names a node's handshake may be signed for."""
         self._settings = settings
+        self._server_names = server_names
         self._scheduler_id = scheduler_id
         self._store = store
         self._registry = registry
@@ -137,7 +141,17 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         answer = await self._read(context, HANDSHAKE_TIMEOUT)
         if answer is None or answer.WhichOneof("message") != "auth":
             raise Unauthenticated("Challenge must be answered with Auth")
-        signed = signing.node_auth_bytes(nonce, self._scheduler_id, hello.node_id, public_key)
+        server_name = answer.auth.server_name
+        if server_name not in self._server_names():
+            # The node verified another server's certificate: a relay passed our challenge.
+            raise Unauthenticated(
+                f"the node answered a challenge for server {server_name or '(plaintext)'!r}, "
+                "which is not this scheduler",
+                reason="SERVER_NAME_MISMATCH",
+            )
+        signed = signing.node_auth_bytes(
+            nonce, self._scheduler_id, hello.node_id, public_key, server_name
+        )
         if not signing.verify(public_key, signed, answer.auth.signature):
             raise Unauthenticated("challenge signature does not verify")
 

@@ -22,6 +22,7 @@ from fleetwire.messaging.topology import Topology
 from fleetwire.process.lifecycle import wait_for_stop_signal
 from fleetwire.process.settings import Settings
 from fleetwire.rpc.server import start_server
+from fleetwire.rpc.tls import server_tls
 from fleetwire.store.attempts import AttemptStore
 from fleetwire.store.db import open_pool
 from fleetwire.store.jobs import JobStore
@@ -68,6 +69,7 @@ class SchedulerServer:
         self.scheduler_id = (
             settings.scheduler.scheduler_id or f"{socket.gethostname()}-{os.getpid()}"
         )
+        self.tls = server_tls(settings.tls, server="scheduler")
         self._pool: asyncpg.Pool | None = None
         self._link = AmqpLink(settings.rabbitmq.url.get_secret_value())
         self._redis = connect_redis(settings.redis.url.get_secret_value())
@@ -87,6 +89,9 @@ class SchedulerServer:
             reconnect_grace=settings.scheduler.reconnect_grace.total_seconds(),
         )
         self.port = 0
+
+    def _server_names(self) -> frozenset[str]:
+        return self.tls.names if self.tls is not None else frozenset({""})
 
     async def start(self) -> None:
         settings = self._settings
@@ -163,6 +168,7 @@ class SchedulerServer:
             topology,
             node_messages.on_node_message,
             presence,
+            server_names=self._server_names,
         )
 
         def add_services(server: grpc.aio.Server) -> None:
@@ -170,7 +176,9 @@ class SchedulerServer:
             node_service_pb2_grpc.add_NodeServiceServicer_to_server(nodes, server)
 
         address = f"{settings.scheduler.host}:{settings.scheduler.port}"
-        serving = await start_server(address, [SERVICE_NAME, ADMIN_SERVICE_NAME], add_services)
+        serving = await start_server(
+            address, [SERVICE_NAME, ADMIN_SERVICE_NAME], add_services, self.tls
+        )
         self._server, self.port = serving.server, serving.port
         await self._consumers.start()
         await self._cancel_relay.start()
@@ -224,7 +232,7 @@ async def run_scheduler(settings: Settings) -> None:
     scheduler = SchedulerServer(settings)
     await scheduler.start()
     try:
-        await wait_for_stop_signal()
+        await wait_for_stop_signal(on_reload=scheduler.tls.reload if scheduler.tls else None)
     finally:
         await scheduler.stop()
 

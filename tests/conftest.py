@@ -62,8 +62,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
     """FLEETWIRE_* variables of one isolated mesh: its own namespace (queues, Redis keys),
-    database and free ports."""
+    database and free ports. Plaintext, said explicitly (servers, nodes and clients): the
+    in-process meshes of the integration and fault tests run on one machine; the TLS tests
+    and the end-to-end mesh turn TLS on (``tests/support/tls.py``)."""
     env = {
+        "FLEETWIRE_TLS_INSECURE": "true",
+        "FLEETWIRE_NODE_INSECURE": "true",
+        "FLEETWIRE_INSECURE": "true",
         "FLEETWIRE_NAMESPACE": namespace,
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),

@@ -117,6 +117,25 @@ class RedisSettings(BaseSettings):
     )
 
 
+class TlsSettings(BaseSettings):
+    """TLS of the gRPC servers of this process (the bridge, the scheduler). On by default:
+    a server refuses to start without a certificate unless plaintext is asked for."""
+
+    model_config = _group("FLEETWIRE_TLS_")
+
+    cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain the servers present (`fleetwire certs` makes one "
+        "for a dev mesh). Re-read on SIGHUP; open streams keep their session.",
+    )
+    key_file: Path | None = Field(None, description="PEM private key of FLEETWIRE_TLS_CERT_FILE.")
+    insecure: bool = Field(
+        False,
+        description="Serve plaintext (no TLS). For tests and benchmarks on one machine only; "
+        "logged as a warning at start.",
+    )
+
+
 class BridgeSettings(BaseSettings):
     """The broker bridge (public gRPC front door)."""
 
@@ -277,6 +296,21 @@ class NodeSettings(BaseSettings):
     model_config = _group("FLEETWIRE_NODE_")
 
     scheduler_address: str = Field("127.0.0.1:50052", description="Scheduler host:port.")
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates the scheduler's certificate must chain to; unset: "
+        "the system's trust store.",
+    )
+    server_name: str = Field(
+        "",
+        description="The name the scheduler's certificate must carry (and that the node signs "
+        "into its handshake); empty: the host of FLEETWIRE_NODE_SCHEDULER_ADDRESS.",
+    )
+    insecure: bool = Field(
+        False,
+        description="Dial the scheduler in plaintext (no TLS). For tests and benchmarks on one "
+        "machine only; logged as a warning at start.",
+    )
     node_id: str = Field("node-1", pattern=r"^[a-z0-9][a-z0-9-]{0,63}$", description="Node id.")
     key_file: Path = Field(
         Path("node.key"), description="Private key file (created with mode 0600 if missing)."
@@ -347,6 +381,7 @@ class Settings(BaseModel):
     rabbitmq: RabbitMQSettings = Field(default_factory=RabbitMQSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     node: NodeSettings = Field(default_factory=NodeSettings)

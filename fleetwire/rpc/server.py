@@ -1,6 +1,7 @@
-"""How every fleetwire gRPC server is started: the edge (``grpc_edge.edge_server``: options,
+"""How every fleetwire gRPC server is started: the edge (``edge.edge_server``: options,
 checked decoding, mapped errors), the services, health checking (SERVING for each service
-and for the server as a whole) and reflection (for grpcurl), on one address."""
+and for the server as a whole) and reflection (for grpcurl), on one address, over TLS
+(``tls.ServerTls``) unless plaintext was asked for."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fleetwire.rpc.edge import edge_server
+from fleetwire.rpc.tls import ServerTls
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +23,14 @@ class Serving:
 
 
 async def start_server(
-    address: str, services: Sequence[str], add_services: Callable[[grpc.aio.Server], None]
+    address: str,
+    services: Sequence[str],
+    add_services: Callable[[grpc.aio.Server], None],
+    tls: ServerTls | None,
 ) -> Serving:
     """Builds the server, lets ``add_services`` register the servicers of ``services``
-    (full names), binds ``address`` and starts; health says SERVING once it serves."""
+    (full names), binds ``address`` (TLS with ``tls``, plaintext with None) and starts;
+    health says SERVING once it serves."""
     server = edge_server()
     add_services(server)
     health_servicer = health.aio.HealthServicer()
@@ -32,7 +38,10 @@ async def start_server(
     reflection.enable_server_reflection(
         (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, tls.credentials())
     await server.start()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -1,5 +1,7 @@
 """A real local mesh for end-to-end tests: scheduler, bridge and two node agents running
-vLLM on the tiny model, as child processes (``fleetwire_tools.supervisor.LocalMesh``)."""
+vLLM on the tiny model, as child processes (``fleetwire_tools.supervisor.LocalMesh``),
+over TLS: the servers present a certificate of a CA made for the run, which the nodes and
+every client of the tests verify."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
 from tests.support.eventually import eventually_sync
 from tests.support.job_client import JobClient
 from tests.support.mesh_admin import listed_nodes
+from tests.support.tls import make_certificates, tls_env
 
 NODE_START_TIMEOUT = 300.0
 # The nodes serve the tiny model's whole context (2,048 tokens, not the default 512), so a
@@ -24,15 +27,25 @@ CONTEXT = 2048
 LONG_JOB_TOKENS = 2000
 
 
+def e2e_env(namespace: str, key_dir: Path, cert_dir: Path) -> dict[str, str]:
+    """An isolated mesh's variables with TLS on (a CA and certificate in ``cert_dir``)."""
+    return isolated_env(namespace, key_dir / "node.key") | tls_env(make_certificates(cert_dir))
+
+
 class LiveMesh:
     def __init__(self, mesh: LocalMesh, env: dict[str, str], log_dir: Path) -> None:
         self.mesh = mesh
         self.env = env
         self.log_dir = log_dir
         self.bridge_address = f"127.0.0.1:{env['FLEETWIRE_BRIDGE_PORT']}"
+        self.ca_file = Path(env["FLEETWIRE_CA_FILE"])
 
     def client(self) -> JobClient:
-        return JobClient(self.bridge_address)
+        return JobClient(self.bridge_address, self.ca_file)
+
+    def client_env(self) -> dict[str, str]:
+        """What a client process (CLI, SDK, example, grpcurl) needs to trust the mesh."""
+        return {"FLEETWIRE_CA_FILE": str(self.ca_file), "FLEETWIRE_INSECURE": "false"}
 
     def public_key(self, node_id: str) -> bytes:
         return bytes(load_key(self.mesh.key_dir / f"{node_id}.key").verify_key)
@@ -43,7 +56,7 @@ class LiveMesh:
 
     def connected_nodes(self) -> set[str]:
         """Node ids the scheduler's MeshAdminService lists as connected."""
-        return set(listed_nodes(self.scheduler_address))
+        return set(listed_nodes(self.scheduler_address, self.ca_file))
 
     def wait_for_nodes(self, nodes: set[str], timeout: float) -> None:
         def connected() -> bool:
@@ -73,7 +86,7 @@ def live_mesh(
         pytest.fail(f"the tiny model is missing at {MODEL_DIR}: run `make model`")
     namespace = f"{run_id}e"
     key_dir = tmp_path_factory.mktemp("node-keys")
-    env = isolated_env(namespace, key_dir / "node.key")
+    env = e2e_env(namespace, key_dir, tmp_path_factory.mktemp("certs"))
     env["FLEETWIRE_NODE_MAX_MODEL_LEN"] = str(CONTEXT)
     log_dir = tmp_path_factory.mktemp("mesh-logs")
     mesh = LocalMesh(nodes=2, env=env, key_dir=key_dir, log_dir=log_dir)

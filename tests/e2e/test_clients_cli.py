@@ -21,7 +21,7 @@ FLEETWIRE = str(Path(sys.executable).parent / "fleetwire")
 @pytest.fixture(scope="module")
 def cli_env(live_mesh: LiveMesh) -> dict[str, str]:
     (key,) = create_api_keys(live_mesh, ["cli"])
-    return {**os.environ, "FLEETWIRE_API_KEY": key, "COLUMNS": "200"}
+    return {**os.environ, **live_mesh.client_env(), "FLEETWIRE_API_KEY": key, "COLUMNS": "200"}
 
 
 def _fleetwire(

@@ -26,6 +26,7 @@ def example_env(live_mesh: LiveMesh) -> dict[str, str]:
     (key,) = create_api_keys(live_mesh, ["examples"])
     return {
         **os.environ,
+        **live_mesh.client_env(),
         "FLEETWIRE_ADDRESS": live_mesh.bridge_address,
         "FLEETWIRE_API_KEY": key,
     }
@@ -60,7 +61,7 @@ def test_typescript_quickstart(live_mesh: LiveMesh, example_env: dict[str, str])
 
 def _grpcurl(env: dict[str, str], *args: str) -> str:
     header = f"authorization: Bearer {env['FLEETWIRE_API_KEY']}"
-    return _run([GRPCURL, "-plaintext", "-H", header, *args], env)
+    return _run([GRPCURL, "-cacert", env["FLEETWIRE_CA_FILE"], "-H", header, *args], env)
 
 
 def test_grpcurl_readme_commands(example_env: dict[str, str]) -> None:

@@ -92,7 +92,9 @@ def _check_signed(live_mesh: LiveMesh, result: JobResult) -> None:
 def test_sync_client_submits_streams_tokens_and_verifies(
     live_mesh: LiveMesh, api_keys: dict[str, str]
 ) -> None:
-    with Client(live_mesh.bridge_address, api_key=api_keys["sdk-tenant-a"]) as client:
+    with Client(
+        live_mesh.bridge_address, ca_file=live_mesh.ca_file, api_key=api_keys["sdk-tenant-a"]
+    ) as client:
         client.wait_ready(30)
         accepted = client.submit(
             JobRequest(prompt="the sync SDK says", max_tokens=24, mode=Mode.STREAM, seed=1)
@@ -124,12 +126,16 @@ def test_sync_client_submits_streams_tokens_and_verifies(
     # The key is what names the tenant: another tenant does not see the job at all, and a
     # key the mesh never issued is refused.
     with (
-        Client(live_mesh.bridge_address, api_key=api_keys["sdk-tenant-b"]) as other,
+        Client(
+            live_mesh.bridge_address, ca_file=live_mesh.ca_file, api_key=api_keys["sdk-tenant-b"]
+        ) as other,
         pytest.raises(NotFound),
     ):
         other.status(accepted.job_id)
     with (
-        Client(live_mesh.bridge_address, api_key="fw_000000000000_bogus") as stranger,
+        Client(
+            live_mesh.bridge_address, ca_file=live_mesh.ca_file, api_key="fw_000000000000_bogus"
+        ) as stranger,
         pytest.raises(Unauthenticated) as refused,
     ):
         stranger.status(accepted.job_id)
@@ -137,7 +143,7 @@ def test_sync_client_submits_streams_tokens_and_verifies(
 
 
 def test_sync_client_cancels_and_maps_errors(live_mesh: LiveMesh) -> None:
-    with Client(live_mesh.bridge_address) as client:
+    with Client(live_mesh.bridge_address, ca_file=live_mesh.ca_file) as client:
         # A long job (LONG_JOB_TOKENS); on a loaded machine one can still end before the
         # cancel lands, so try up to 5.
         for _ in range(5):
@@ -168,7 +174,7 @@ async def test_async_client_submits_streams_tokens_and_verifies(
     live_mesh: LiveMesh, api_keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLEETWIRE_API_KEY", api_keys["sdk-tenant-b"])  # the key from the env
-    async with AsyncClient(live_mesh.bridge_address) as client:
+    async with AsyncClient(live_mesh.bridge_address, ca_file=live_mesh.ca_file) as client:
         await client.wait_ready(30)
         accepted = await client.submit(
             JobRequest(messages=[("user", "the async SDK says")], max_tokens=16, temperature=0.7)
@@ -184,7 +190,7 @@ async def test_async_client_submits_streams_tokens_and_verifies(
 
 
 async def test_async_batch_and_sync_mode(live_mesh: LiveMesh) -> None:
-    async with AsyncClient(live_mesh.bridge_address) as client:
+    async with AsyncClient(live_mesh.bridge_address, ca_file=live_mesh.ca_file) as client:
         jobs = [JobRequest(prompt=f"batch {i}", max_tokens=8, priority="bulk") for i in range(4)]
         batch = await client.submit_batch(jobs, client_request_id="sdk-batch-1")
         assert batch.total == 4
@@ -208,7 +214,7 @@ async def test_async_batch_and_sync_mode(live_mesh: LiveMesh) -> None:
 
 
 def test_sync_batch_streams_progress(live_mesh: LiveMesh) -> None:
-    with Client(live_mesh.bridge_address) as client:
+    with Client(live_mesh.bridge_address, ca_file=live_mesh.ca_file) as client:
         batch = client.submit_batch(["one", "two", JobRequest(prompt="three", max_tokens=4)])
         events = list(client.watch_batch(batch.batch_id, timeout=WAIT))
         with pytest.raises(NotFound):
@@ -282,7 +288,9 @@ def test_sync_retry_honours_retry_info(
 ) -> None:
     address, servicer = refusing_server
     monkeypatch.setenv("FLEETWIRE_API_KEY", "env-key")
-    with Client(address, retry=RetryPolicy(max_attempts=5, initial_backoff=0.01)) as client:
+    with Client(
+        address, insecure=True, retry=RetryPolicy(max_attempts=5, initial_backoff=0.01)
+    ) as client:
         job = client.status("job-1", timeout=20)
     assert job.state is JobState.QUEUED
     assert len(servicer.calls) == 3
@@ -293,7 +301,9 @@ def test_sync_retry_honours_retry_info(
 @pytest.mark.parametrize("refusing_server", [(2, 0.4)], indirect=True)
 async def test_async_retry_honours_retry_info(refusing_server: tuple[str, _Refusing]) -> None:
     address, servicer = refusing_server
-    async with AsyncClient(address, api_key="arg-key", retry=RetryPolicy(max_attempts=5)) as c:
+    async with AsyncClient(
+        address, insecure=True, api_key="arg-key", retry=RetryPolicy(max_attempts=5)
+    ) as c:
         job = await c.status("job-1", timeout=20)
     assert job.state is JobState.QUEUED
     assert len(servicer.calls) == 3
@@ -307,7 +317,7 @@ def test_retries_stop_after_max_attempts_with_the_typed_error(
 ) -> None:
     address, servicer = refusing_server
     with (
-        Client(address, retry=RetryPolicy(max_attempts=2)) as client,
+        Client(address, insecure=True, retry=RetryPolicy(max_attempts=2)) as client,
         pytest.raises(ResourceExhausted) as refused,
     ):
         client.status("job-1", timeout=20)
@@ -320,7 +330,7 @@ def test_retries_stop_after_max_attempts_with_the_typed_error(
 def test_retry_never_sleeps_past_the_deadline(refusing_server: tuple[str, _Refusing]) -> None:
     address, servicer = refusing_server
     started = time.monotonic()
-    with Client(address) as client, pytest.raises(ResourceExhausted):
+    with Client(address, insecure=True) as client, pytest.raises(ResourceExhausted):
         client.status("job-1", timeout=1.0)
     assert time.monotonic() - started < 1.0
     assert len(servicer.calls) == 1

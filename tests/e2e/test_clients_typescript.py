@@ -19,6 +19,7 @@ MESH_TESTS = "clients/typescript/test/mesh.test.ts"
 def test_typescript_client_against_the_live_mesh(live_mesh: LiveMesh) -> None:
     env = {
         **os.environ,
+        **live_mesh.client_env(),
         "FLEETWIRE_ADDRESS": live_mesh.bridge_address,
         "FLEETWIRE_API_KEY": create_api_keys(live_mesh, ["ts-tenant"])[0],
         "FLEETWIRE_TEST_NODE_KEYS": json.dumps(

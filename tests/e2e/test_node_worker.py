@@ -33,8 +33,8 @@ from fleetwire_tools.supervisor import Child, LocalMesh
 from node.agent import HandshakeRefused, NodeAgent
 from node.config import ModelConfig, NodeProfile
 from node.vllm_runtime import VllmRuntime
-from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
-from tests.e2e.conftest import NODE_START_TIMEOUT, LiveMesh
+from tests.conftest import MODEL_DIR, cleanup_namespace
+from tests.e2e.conftest import NODE_START_TIMEOUT, LiveMesh, e2e_env
 from tests.support.eventually import eventually_sync
 from tests.support.job_client import JobClient, make_spec
 from tests.support.mesh_admin import connected_since, listed_nodes
@@ -98,7 +98,7 @@ class WorkerMesh(LiveMesh):
 
     def connected_since(self, node_id: str) -> float:
         """When the node's current stream was welcomed; larger after a reconnect."""
-        return connected_since(self.scheduler_address, node_id)
+        return connected_since(self.scheduler_address, node_id, self.ca_file)
 
     def node_log(self, node_id: str) -> str:
         return (self.log_dir / f"{node_id}.log").read_text(errors="replace")
@@ -148,7 +148,7 @@ def worker_mesh(
         pytest.fail(f"the tiny model is missing at {MODEL_DIR}: run `make model`")
     namespace = f"{run_id}w"
     key_dir = tmp_path_factory.mktemp("worker-keys")
-    env = isolated_env(namespace, key_dir / "node.key") | {
+    env = e2e_env(namespace, key_dir, tmp_path_factory.mktemp("worker-certs")) | {
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "false",
         "FLEETWIRE_NODE_MAX_NUM_SEQS": str(SLOTS),
         "FLEETWIRE_NODE_MAX_MODEL_LEN": str(CONTEXT),
@@ -220,7 +220,7 @@ def _running_on(mesh: WorkerMesh, job_id: str) -> str:
 
 
 def test_slots_follow_the_engines_concurrency(worker_mesh: WorkerMesh) -> None:
-    listed = listed_nodes(worker_mesh.scheduler_address)
+    listed = listed_nodes(worker_mesh.scheduler_address, worker_mesh.ca_file)
     assert {node_id: listed[node_id].slots for node_id in NODES} == dict.fromkeys(NODES, SLOTS)
 
 

@@ -9,6 +9,7 @@ to the live mesh, streams it and verifies the node's signature offline.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -108,6 +109,8 @@ def test_the_installed_sdk_runs_and_verifies_a_job(sdk_venv: Path, live_mesh: Li
         timeout=300,
         check=False,
         cwd=sdk_venv.parent,  # not the repository: nothing of it on sys.path
+        # TLS: the SDK verifies the bridge against the mesh's CA, read from the environment.
+        env={"FLEETWIRE_CA_FILE": str(live_mesh.ca_file), "PATH": os.environ["PATH"]},
     )
     assert run.returncode == 0, f"the SDK script failed:\n{run.stdout}{run.stderr}"
     answer = json.loads(run.stdout.splitlines()[-1])

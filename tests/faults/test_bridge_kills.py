@@ -39,7 +39,7 @@ BATCHES = 3
 BATCH_SIZE = 100
 UNKEYED_SUBMITS = 60
 CONCURRENCY = 20
-KILL_EVERY = 40  # answers between two kills
+KILL_EVERY = 30  # answers between two kills (363 calls: up to 12 kills)
 
 
 @dataclass
@@ -301,7 +301,9 @@ async def test_bridge_sigkilled_during_submits_loses_and_doubles_nothing(
         f" jobs run; request time "
         f"median {statistics.median(told.seconds):.2f} s, max {max(told.seconds):.2f} s"
     )
-    assert kills >= 5, "the bridge was killed during the submits"
+    # Answers come in bursts after a restart (the retries of 20 clients at once), so fewer
+    # kills than 363 / KILL_EVERY land: a loaded machine saw 4 with a kill every 40 answers.
+    assert kills >= 4, "the bridge was killed during the submits"
     assert len(told.jobs) == SINGLE_SUBMITS + BATCHES
     assert len(ids) == len(set(ids)) == SINGLE_SUBMITS + BATCHES * BATCH_SIZE + len(told.unkeyed)
     assert states == {"SUCCEEDED": len(ids)}, "every job a client was told about succeeded"

@@ -92,6 +92,7 @@ async def mesh(settings: Settings, run_id: str) -> AsyncIterator[ShortMesh]:
             model_name=BENCH_MODEL,
             max_num_seqs=8,
             networks=["mainnet", "testnet"],
+            insecure=True,  # the in-process scheduler serves plaintext
         )
         profile = load_profile(node_settings)
         runtimes = bench_runtimes(profile)

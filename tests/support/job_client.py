@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 
@@ -67,8 +68,13 @@ def make_spec(
 class JobClient:
     """A thin blocking wrapper over the generated stub."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = grpc.insecure_channel(address, options=CLIENT_OPTIONS)
+    def __init__(self, address: str, ca_file: Path | None = None) -> None:
+        """TLS verified against ``ca_file``; plaintext without one."""
+        if ca_file is None:
+            self._channel = grpc.insecure_channel(address, options=CLIENT_OPTIONS)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+            self._channel = grpc.secure_channel(address, credentials, options=CLIENT_OPTIONS)
         self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
 
     def close(self) -> None:

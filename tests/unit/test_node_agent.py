@@ -146,7 +146,10 @@ def make_agent(
     address: str, engine: FakeEngine, key: SigningKey | None = None, *, keep: bool = False
 ) -> NodeAgent:
     settings = NodeSettings(
-        node_id="node-t", scheduler_address=address, keep_jobs_on_reconnect=keep
+        node_id="node-t",
+        scheduler_address=address,
+        keep_jobs_on_reconnect=keep,
+        insecure=True,  # the scripted scheduler serves plaintext
     )
     profile = NodeProfile(
         models=(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -31,6 +32,7 @@ from fleetwire_client.models import (
 )
 from fleetwire_client.retry import RetryPolicy
 from fleetwire_client.sync_client import DEFAULT_TIMEOUT
+from fleetwire_client.transport import channel_credentials
 
 T = TypeVar("T")
 
@@ -44,6 +46,8 @@ class AsyncClient:
         *,
         api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        ca_file: str | Path | None = None,
+        insecure: bool | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
@@ -51,12 +55,11 @@ class AsyncClient:
         self._metadata = call_metadata(api_key)
         self._retry = retry or RetryPolicy()
         self._timeout = timeout
-        if credentials is None:
+        secure = channel_credentials(credentials, ca_file=ca_file, insecure=insecure)
+        if secure is None:
             self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.aio.secure_channel(
-                self.address, credentials, options=CHANNEL_OPTIONS
-            )
+            self._channel = grpc.aio.secure_channel(self.address, secure, options=CHANNEL_OPTIONS)
         self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:

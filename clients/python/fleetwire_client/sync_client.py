@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -33,6 +34,7 @@ from fleetwire_client.models import (
     event_of,
 )
 from fleetwire_client.retry import RetryPolicy
+from fleetwire_client.transport import channel_credentials
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
@@ -42,8 +44,10 @@ class Client:
     """A blocking fleetwire client over one gRPC channel; use it as a context manager.
 
     ``address`` defaults to ``$FLEETWIRE_ADDRESS`` or ``127.0.0.1:50051``; ``api_key`` to
-    ``$FLEETWIRE_API_KEY`` (sent as ``authorization: Bearer <key>``). Pass
-    ``credentials=grpc.ssl_channel_credentials()`` for TLS. Thread-safe like the channel.
+    ``$FLEETWIRE_API_KEY`` (sent as ``authorization: Bearer <key>``). The channel is TLS,
+    the bridge's certificate verified against ``ca_file`` (``$FLEETWIRE_CA_FILE``) or the
+    system's roots; ``insecure=True`` dials plaintext; ``credentials`` overrides both
+    (``transport.py``). Thread-safe like the channel.
     """
 
     def __init__(
@@ -52,6 +56,8 @@ class Client:
         *,
         api_key: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        ca_file: str | Path | None = None,
+        insecure: bool | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
@@ -59,10 +65,11 @@ class Client:
         self._metadata = call_metadata(api_key)
         self._retry = retry or RetryPolicy()
         self._timeout = timeout
-        if credentials is None:
+        secure = channel_credentials(credentials, ca_file=ca_file, insecure=insecure)
+        if secure is None:
             self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         else:
-            self._channel = grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
+            self._channel = grpc.secure_channel(self.address, secure, options=CHANNEL_OPTIONS)
         self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
 
     def __enter__(self) -> Client:

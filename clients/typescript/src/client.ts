@@ -3,6 +3,7 @@
  * HTTP/2 (connect-node's gRPC transport). Every call has a deadline; every failure is thrown
  * as a FleetwireError (errors.ts) carrying the status code and the server's details.
  */
+import { readFileSync } from "node:fs";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
@@ -17,13 +18,33 @@ import { Code, FleetwireError } from "./errors.ts";
 
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
 
+const TRUE = new Set(["1", "true", "yes", "on"]);
+
+/** TLS unless plaintext is asked for; the CA from the options or $FLEETWIRE_CA_FILE. */
+function channelSecurity(options: ClientOptions): { tls: boolean; ca?: Buffer } {
+  if (options.insecure) return { tls: false };
+  const caFile = options.caFile ?? (process.env.FLEETWIRE_CA_FILE || undefined);
+  if (caFile) return { tls: true, ca: readFileSync(caFile) };
+  const envInsecure = TRUE.has((process.env.FLEETWIRE_INSECURE ?? "").toLowerCase());
+  if (options.insecure === undefined && envInsecure) return { tls: false };
+  return { tls: true };
+}
+
 export interface ClientOptions {
   /** host:port of a broker bridge; default $FLEETWIRE_ADDRESS or 127.0.0.1:50051. */
   address?: string;
   /** Sent as ``authorization: Bearer <key>``; default $FLEETWIRE_API_KEY. */
   apiKey?: string;
-  /** Use TLS (https) instead of plaintext HTTP/2. */
-  tls?: boolean;
+  /**
+   * PEM CA certificates the bridge's TLS certificate must chain to (a dev mesh's own CA,
+   * made by ``fleetwire certs``); default $FLEETWIRE_CA_FILE, else the system's roots.
+   */
+  caFile?: string;
+  /**
+   * Plaintext HTTP/2 instead of TLS, for a mesh that serves no TLS on purpose (tests,
+   * benchmarks); default $FLEETWIRE_INSECURE when no CA is given. TLS otherwise.
+   */
+  insecure?: boolean;
   /** Deadline of each unary call in milliseconds (default 30 000). */
   timeoutMs?: number;
 }
@@ -66,12 +87,13 @@ export class FleetwireClient {
       if (apiKey) req.header.set("authorization", `Bearer ${apiKey}`);
       return next(req);
     };
-    const baseUrl = `${options.tls ? "https" : "http"}://${address}`;
-    this.sessions = new Http2SessionManager(baseUrl, {
-      pingIntervalMs: 10_000,
-      pingTimeoutMs: 5_000,
-      idleConnectionTimeoutMs: 60_000,
-    });
+    const security = channelSecurity(options);
+    const baseUrl = `${security.tls ? "https" : "http"}://${address}`;
+    this.sessions = new Http2SessionManager(
+      baseUrl,
+      { pingIntervalMs: 10_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 },
+      security.ca ? { ca: security.ca } : {},
+    );
     const transport = createGrpcTransport({
       baseUrl,
       sessionManager: this.sessions,

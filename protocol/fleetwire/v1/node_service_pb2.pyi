@@ -74,10 +74,12 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Auth(_message.Message):
-    __slots__ = ("signature",)
+    __slots__ = ("signature", "server_name")
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
     signature: bytes
-    def __init__(self, signature: _Optional[bytes] = ...) -> None: ...
+    server_name: str
+    def __init__(self, signature: _Optional[bytes] = ..., server_name: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("free_slots", "running_jobs", "gpu_utilization")
