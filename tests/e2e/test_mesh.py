@@ -57,7 +57,7 @@ def test_mixed_priority_jobs_succeed_with_signatures_of_the_nodes(live_mesh: Liv
 
 def grpcurl(live_mesh: LiveMesh, *args: str) -> str:
     result = subprocess.run(
-        [GRPCURL, "-plaintext", *args],
+        [GRPCURL, "-cacert", str(live_mesh.ca_file), *args],
         capture_output=True,
         text=True,
         timeout=60,

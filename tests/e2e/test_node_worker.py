@@ -373,7 +373,12 @@ def test_config_file_capabilities_are_advertised_and_matched(worker_mesh: Worker
 def _agent(mesh: WorkerMesh, node_id: str, key: SigningKey) -> NodeAgent:
     """An in-process agent whose engine is never started: the handshake needs none. It
     joins only testnet, where these tests send no job, so no work reaches it."""
-    settings = NodeSettings(node_id=node_id, scheduler_address=mesh.scheduler_address)
+    settings = NodeSettings(
+        node_id=node_id,
+        scheduler_address=mesh.scheduler_address,
+        ca_file=mesh.ca_file,
+        insecure=False,
+    )
     profile = NodeProfile(
         models=(ModelConfig(name="tiny-llama", path=MODEL_DIR),),
         region="test",
