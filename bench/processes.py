@@ -19,8 +19,12 @@ import aiormq
 import asyncpg
 import grpc
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 
+from fleetwire.process.settings import PostgresSettings
 from fleetwire.rpc.options import CLIENT_OPTIONS
+from fleetwire.store.db import open_pool
+from fleetwire.store.operators import OperatorStore, Role
 from fleetwire.v1 import mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -53,6 +57,7 @@ def isolated_env(namespace: str) -> dict[str, str]:
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),
         "FLEETWIRE_SCHEDULER_PORT": str(free_port()),
+        "FLEETWIRE_SCHEDULER_ADMIN_PORT": str(free_port()),
         "FLEETWIRE_MODELS": f'["tiny-llama", "{BENCH_MODEL}", "{IDLE_MODEL}"]',
         "FLEETWIRE_BRIDGE_TENANT_RATE": "1000000",
         "FLEETWIRE_BRIDGE_TENANT_BURST": "1000000",
@@ -74,6 +79,7 @@ class Mesh:
     work_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _operator_key: str = ""
 
     def __post_init__(self) -> None:
         self.env = self.env or isolated_env(self.namespace)
@@ -86,6 +92,23 @@ class Mesh:
     @property
     def scheduler_address(self) -> str:
         return f"127.0.0.1:{self.env['FLEETWIRE_SCHEDULER_PORT']}"
+
+    @property
+    def admin_address(self) -> str:
+        return f"127.0.0.1:{self.env['FLEETWIRE_SCHEDULER_ADMIN_PORT']}"
+
+    async def operator_key(self) -> str:
+        """An operator key of this mesh (made in its database on first use)."""
+        if not self._operator_key:
+            pool = await open_pool(
+                PostgresSettings(dsn=SecretStr(self.env["FLEETWIRE_POSTGRES_DSN"]))
+            )
+            try:
+                issued = await OperatorStore(pool).create_key("bench", Role.VIEWER, actor="bench")
+            finally:
+                await pool.close()
+            self._operator_key = issued.secret
+        return self._operator_key
 
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> int:
         log = (self.work_dir / f"{name}.log").open("ab")
@@ -171,10 +194,14 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-async def connected_nodes(scheduler_address: str) -> set[str]:
-    async with grpc.aio.insecure_channel(scheduler_address, options=CLIENT_OPTIONS) as channel:
+async def connected_nodes(mesh: Mesh) -> set[str]:
+    """The nodes the mesh's admin port lists as connected."""
+    metadata = (("authorization", f"Bearer {await mesh.operator_key()}"),)
+    async with grpc.aio.insecure_channel(mesh.admin_address, options=CLIENT_OPTIONS) as channel:
         stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
-        reply = await stub.ListNodes(mesh_admin_service_pb2.ListNodesRequest(), timeout=10)
+        reply = await stub.ListNodes(
+            mesh_admin_service_pb2.ListNodesRequest(), timeout=10, metadata=metadata
+        )
         return {node.node_id for node in reply.nodes}
 
 
@@ -185,7 +212,7 @@ async def wait_for_nodes(mesh: Mesh, node_ids: set[str], within: float = 60.0) -
     while time.monotonic() < deadline:
         mesh.check_alive()
         with contextlib.suppress(grpc.aio.AioRpcError):
-            seen = await connected_nodes(mesh.scheduler_address)
+            seen = await connected_nodes(mesh)
             if node_ids <= seen:
                 return
         await asyncio.sleep(0.3)

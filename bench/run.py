@@ -184,7 +184,11 @@ class Bench:
         mesh.stop("node-3")
         mesh.stop("node-4")
         port_b = str(free_port())
-        mesh.start_module("scheduler-b", "scheduler", {"FLEETWIRE_SCHEDULER_PORT": port_b})
+        mesh.start_module(
+            "scheduler-b",
+            "scheduler",
+            {"FLEETWIRE_SCHEDULER_PORT": port_b, "FLEETWIRE_SCHEDULER_ADMIN_PORT": "0"},
+        )
         await wait_for_port(f"127.0.0.1:{port_b}")
         for node_id in ("node-5", "node-6"):
             mesh.start_bench_node(node_id, slots=SLOTS_PER_NODE, scheduler_port=port_b)
@@ -201,7 +205,9 @@ class Bench:
         say(f"memory: a fresh scheduler with {count} simulated idle nodes")
         port = str(free_port())
         pid = self.mesh.start_module(
-            "scheduler-mem", "scheduler", {"FLEETWIRE_SCHEDULER_PORT": port}
+            "scheduler-mem",
+            "scheduler",
+            {"FLEETWIRE_SCHEDULER_PORT": port, "FLEETWIRE_SCHEDULER_ADMIN_PORT": "0"},
         )
         address = f"127.0.0.1:{port}"
         await wait_for_port(address)

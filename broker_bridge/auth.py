@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from fleetwire.domain.errors import Unauthenticated
 from fleetwire.process.settings import BridgeSettings
+from fleetwire.rpc.bearer import bearer_key
 from fleetwire.store.tenants import ANONYMOUS_TENANT, TenantLimits, TenantStore, hash_key
 
-AUTHORIZATION = "authorization"
 _MAX_CACHED = 10_000
 
 
@@ -40,7 +40,7 @@ class Authenticator:
         self._limits: dict[str, tuple[float, TenantLimits]] = {}
 
     async def caller(self, metadata: Iterable[tuple[str, str | bytes]]) -> Caller:
-        key = _bearer_key(metadata)
+        key = bearer_key(metadata, reason="API_KEY_INVALID")
         if key is None:
             if self._settings.require_api_key:
                 raise Unauthenticated(
@@ -82,18 +82,3 @@ class Authenticator:
             self._limits.clear()
         self._limits[tenant_id] = (now + self._ttl, limits)
         return limits
-
-
-def _bearer_key(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
-    for name, value in metadata:
-        if name != AUTHORIZATION:
-            continue
-        text = value if isinstance(value, str) else ""
-        scheme, _, key = text.strip().partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated(
-                "malformed authorization metadata: expected 'Bearer <key>'",
-                reason="API_KEY_INVALID",
-            )
-        return key.strip()
-    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import grpc
@@ -20,17 +21,24 @@ mesh_app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console()
+ADMIN_KEY_ENV = "FLEETWIRE_ADMIN_KEY"
 
-Address = Annotated[str | None, typer.Option(help="A scheduler's host:port.")]
+Address = Annotated[
+    str | None, typer.Option(help="A scheduler's admin host:port (default: this machine's).")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _call(address: str | None, method: str, request: Any) -> Any:
-    target = address or f"127.0.0.1:{load_settings().scheduler.port}"
+    """One MeshAdminService call on a scheduler's admin port, with the operator key of
+    FLEETWIRE_ADMIN_KEY (`fleetwire admin operators create`)."""
+    target = address or f"127.0.0.1:{load_settings().scheduler.admin_port}"
+    key = os.environ.get(ADMIN_KEY_ENV, "")
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
     with CONNECTION.channel(target, CLIENT_OPTIONS) as channel:
         stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
         try:
-            return getattr(stub, method)(request, timeout=15)
+            return getattr(stub, method)(request, timeout=15, metadata=metadata)
         except grpc.RpcError as err:
             console.print(f"[red]{err.code().name}[/]: {err.details()}")  # type: ignore[attr-defined]
             raise typer.Exit(1) from err

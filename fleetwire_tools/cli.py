@@ -26,9 +26,10 @@ from fleetwire_client import (
 )
 from fleetwire_tools.admin_cli import mesh_app
 from fleetwire_tools.certs_cli import certs
-from fleetwire_tools.connection import CONNECTION
+from fleetwire_tools.connection import CONNECTION, connection_options
 from fleetwire_tools.key_cli import keys_app
 from fleetwire_tools.mesh_cli import up
+from fleetwire_tools.operator_cli import operators_app
 from fleetwire_tools.registry_cli import api_keys_app, nodes_app
 
 if TYPE_CHECKING:
@@ -42,32 +43,12 @@ admin_app = typer.Typer(help="Administer the mesh.", no_args_is_help=True)
 admin_app.add_typer(nodes_app, name="nodes")
 admin_app.add_typer(api_keys_app, name="keys")
 admin_app.add_typer(mesh_app, name="mesh")
+admin_app.add_typer(operators_app, name="operators")
 app.add_typer(admin_app, name="admin")
 app.command()(up)
 
 
-@app.callback()
-def connection(
-    cacert: Annotated[
-        Path | None,
-        typer.Option(
-            "--cacert",
-            envvar="FLEETWIRE_CA_FILE",
-            help="CA certificates the servers' TLS certificates must chain to (default: the "
-            "system's trust store).",
-        ),
-    ] = None,
-    insecure: Annotated[
-        bool,
-        typer.Option(
-            "--insecure",
-            envvar="FLEETWIRE_INSECURE",
-            help="Talk plaintext to a mesh that serves no TLS (tests, benchmarks).",
-        ),
-    ] = False,
-) -> None:
-    """fleetwire: a mesh for LLM inference jobs."""
-    CONNECTION.ca_file, CONNECTION.insecure = cacert, insecure
+app.callback()(connection_options)
 
 
 app.command()(certs)

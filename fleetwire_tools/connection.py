@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import grpc
+import typer
 
 from fleetwire_client.transport import channel_credentials
 
@@ -30,3 +32,26 @@ class Connection:
 
 
 CONNECTION = Connection()
+
+
+def connection_options(
+    cacert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cacert",
+            envvar="FLEETWIRE_CA_FILE",
+            help="CA certificates the servers' TLS certificates must chain to (default: the "
+            "system's trust store).",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="FLEETWIRE_INSECURE",
+            help="Talk plaintext to a mesh that serves no TLS (tests, benchmarks).",
+        ),
+    ] = False,
+) -> None:
+    """fleetwire: a mesh for LLM inference jobs."""
+    CONNECTION.ca_file, CONNECTION.insecure = cacert, insecure

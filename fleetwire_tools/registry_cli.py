@@ -26,7 +26,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+def with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
     """Runs ``work`` against the mesh's PostgreSQL (created and migrated first)."""
     import asyncio
 
@@ -45,7 +45,7 @@ def _with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
 def _run_node_store(work: Callable[[NodeStore], Awaitable[T]]) -> T:
     from fleetwire.store.nodes import NodeStore
 
-    return _with_pool(lambda pool: work(NodeStore(pool)))
+    return with_pool(lambda pool: work(NodeStore(pool)))
 
 
 @nodes_app.command("register")
@@ -120,7 +120,7 @@ def nodes_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
 def _run_tenant_store(work: Callable[[TenantStore], Awaitable[T]]) -> T:
     from fleetwire.store.tenants import TenantStore
 
-    return _with_pool(lambda pool: work(TenantStore(pool)))
+    return with_pool(lambda pool: work(TenantStore(pool)))
 
 
 @api_keys_app.command("create")

@@ -1,4 +1,6 @@
-"""MeshAdminService: operator views over presence (Redis), PostgreSQL and RabbitMQ."""
+"""MeshAdminService: operator views over presence (Redis), PostgreSQL and RabbitMQ, served
+on the scheduler's admin port; every method first asks ``AdminGate`` whether its caller's
+operator key and role allow it, and actions are written to the audit log."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from fleetwire.domain.errors import FieldViolation, InvalidArgument, NotFound
 from fleetwire.domain.job_view import job_from_row
 from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
 from fleetwire.messaging.topology import HEADER_REQUEST_ID, Topology
+from fleetwire.store.operators import OperatorStore
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
+from scheduler.admin_gate import AdminGate
 from scheduler.admin_store import AdminStore
 from scheduler.penalties import PenaltyBox
 from scheduler.presence import NodePresence
@@ -61,7 +65,11 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
         link: AmqpLink,
         topology: Topology,
         replay: DeadLetterReplay,
+        gate: AdminGate,
+        operators: OperatorStore,
     ) -> None:
+        self._gate = gate
+        self._operators = operators
         self._presence = presence
         self._store = store
         self._penalties = penalties
@@ -72,6 +80,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def ListNodes(  # noqa: N802 - gRPC method name
         self, request: mesh_admin_service_pb2.ListNodesRequest, context: Context
     ) -> mesh_admin_service_pb2.ListNodesResponse:
+        await self._gate.operator(context.invocation_metadata() or (), "ListNodes")
         penalties = await self._store.penalties_24h()
         views = []
         for entry in await self._presence.all_nodes():
@@ -99,6 +108,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def QueueDepths(  # noqa: N802
         self, request: mesh_admin_service_pb2.QueueDepthsRequest, context: Context
     ) -> mesh_admin_service_pb2.QueueDepthsResponse:
+        await self._gate.operator(context.invocation_metadata() or (), "QueueDepths")
         rows = await self._store.waiting_jobs()
         in_queue: dict[str, int] = {}
         for route in sorted({r["route_key"] for r in rows}):
@@ -134,6 +144,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def ListDeadLetters(  # noqa: N802
         self, request: mesh_admin_service_pb2.ListDeadLettersRequest, context: Context
     ) -> mesh_admin_service_pb2.ListDeadLettersResponse:
+        await self._gate.operator(context.invocation_metadata() or (), "ListDeadLetters")
         if request.limit > 1000:
             raise InvalidArgument([FieldViolation("limit", "at most 1000")])
         rows = await self._store.dead_letters(request.limit or 100)
@@ -142,7 +153,17 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def ReplayDeadLetter(  # noqa: N802
         self, request: mesh_admin_service_pb2.ReplayDeadLetterRequest, context: Context
     ) -> mesh_admin_service_pb2.ReplayDeadLetterResponse:
-        replayed = await self._replay.replay(_job_id(request.job_id), trace_id=_trace_id(context))
+        operator = await self._gate.operator(
+            context.invocation_metadata() or (), "ReplayDeadLetter"
+        )
+        job_id = _job_id(request.job_id)
+        replayed = await self._replay.replay(job_id, trace_id=_trace_id(context))
+        await self._operators.audit(
+            f"operator:{operator.name} ({operator.key_id})",
+            "ReplayDeadLetter",
+            str(job_id),
+            {"replayed_as": str(replayed.job["job_id"])},
+        )
         return mesh_admin_service_pb2.ReplayDeadLetterResponse(
             job=job_from_row(replayed.job),
             parked_message_removed=replayed.parked_message_removed,
@@ -151,6 +172,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def GetBalance(  # noqa: N802
         self, request: mesh_admin_service_pb2.GetBalanceRequest, context: Context
     ) -> mesh_admin_service_pb2.GetBalanceResponse:
+        await self._gate.operator(context.invocation_metadata() or (), "GetBalance")
         if not request.account.startswith(("tenant:", "owner:")):
             raise InvalidArgument(
                 [FieldViolation("account", 'must be "tenant:<id>" or "owner:<id>"')]
@@ -163,6 +185,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def JobTrail(  # noqa: N802
         self, request: mesh_admin_service_pb2.JobTrailRequest, context: Context
     ) -> mesh_admin_service_pb2.JobTrailResponse:
+        await self._gate.operator(context.invocation_metadata() or (), "JobTrail")
         job_id = _job_id(request.job_id)
         job, attempts = await self._store.job_and_attempts(job_id)
         if job is None:

@@ -27,6 +27,7 @@ from fleetwire.store.attempts import AttemptStore
 from fleetwire.store.db import open_pool
 from fleetwire.store.jobs import JobStore
 from fleetwire.store.nodes import NodeStore
+from fleetwire.store.operators import OperatorStore
 from fleetwire.store.outbox import OutboxStore
 from fleetwire.v1 import (
     mesh_admin_service_pb2,
@@ -34,6 +35,7 @@ from fleetwire.v1 import (
     node_service_pb2,
     node_service_pb2_grpc,
 )
+from scheduler.admin_gate import AdminGate
 from scheduler.admin_service import MeshAdminService
 from scheduler.admin_store import AdminStore
 from scheduler.consumers import QueueConsumers
@@ -70,6 +72,8 @@ class SchedulerServer:
             settings.scheduler.scheduler_id or f"{socket.gethostname()}-{os.getpid()}"
         )
         self.tls = server_tls(settings.tls, server="scheduler")
+        self._admin_server: grpc.aio.Server | None = None
+        self.admin_port = 0
         self._pool: asyncpg.Pool | None = None
         self._link = AmqpLink(settings.rabbitmq.url.get_secret_value())
         self._redis = connect_redis(settings.redis.url.get_secret_value())
@@ -157,8 +161,16 @@ class SchedulerServer:
             events,
             OutboxStore(self._pool),
         )
+        operators = OperatorStore(self._pool)
         admin = MeshAdminService(
-            presence, AdminStore(self._pool), self.penalties, self._link, topology, replay
+            presence,
+            AdminStore(self._pool),
+            self.penalties,
+            self._link,
+            topology,
+            replay,
+            AdminGate(operators, cache_ttl=settings.scheduler.admin_cache_ttl.total_seconds()),
+            operators,
         )
         nodes = NodeService(
             settings.scheduler,
@@ -171,15 +183,26 @@ class SchedulerServer:
             server_names=self._server_names,
         )
 
-        def add_services(server: grpc.aio.Server) -> None:
-            mesh_admin_service_pb2_grpc.add_MeshAdminServiceServicer_to_server(admin, server)
-            node_service_pb2_grpc.add_NodeServiceServicer_to_server(nodes, server)
-
+        # Two ports: nodes dial the node port from anywhere; operators use the admin port,
+        # bound to this machine unless configured otherwise, with operator keys.
         address = f"{settings.scheduler.host}:{settings.scheduler.port}"
         serving = await start_server(
-            address, [SERVICE_NAME, ADMIN_SERVICE_NAME], add_services, self.tls
+            address,
+            [SERVICE_NAME],
+            lambda server: node_service_pb2_grpc.add_NodeServiceServicer_to_server(nodes, server),
+            self.tls,
         )
         self._server, self.port = serving.server, serving.port
+        admin_address = f"{settings.scheduler.admin_host}:{settings.scheduler.admin_port}"
+        admin_serving = await start_server(
+            admin_address,
+            [ADMIN_SERVICE_NAME],
+            lambda server: mesh_admin_service_pb2_grpc.add_MeshAdminServiceServicer_to_server(
+                admin, server
+            ),
+            self.tls,
+        )
+        self._admin_server, self.admin_port = admin_serving.server, admin_serving.port
         await self._consumers.start()
         await self._cancel_relay.start()
         self._reaper = DeadlineReaper(
@@ -190,7 +213,14 @@ class SchedulerServer:
             batch=settings.scheduler.reap_batch,
         )
         await self._reaper.start()
-        log.info("scheduler serving", address=address, scheduler_id=self.scheduler_id)
+        log.info(
+            "scheduler serving",
+            address=address,
+            admin_address=admin_address,
+            admin_port=self.admin_port,
+            tls=self.tls is not None,
+            scheduler_id=self.scheduler_id,
+        )
 
     async def wait(self) -> None:
         if self._server is not None:
@@ -210,6 +240,9 @@ class SchedulerServer:
         if self._consumers is not None:
             await self._consumers.stop()
             self._consumers = None
+        admin_server, self._admin_server = self._admin_server, None
+        if admin_server is not None:
+            await admin_server.stop(grace)
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)

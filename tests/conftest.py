@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from broker_bridge.server import BridgeServer
 from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_service_pb2_grpc
+from tests.support.mesh_admin import create_operator_key
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / ".cache" / "models" / "tiny-llama"
@@ -73,6 +74,7 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),
         "FLEETWIRE_SCHEDULER_PORT": str(free_port()),
+        "FLEETWIRE_SCHEDULER_ADMIN_PORT": str(free_port()),
         # Generous: two vLLM engines busy-wait on these 2 cores, and a starved node process
         # once went 6 s without a heartbeat reaching the scheduler (a lost lease mid-drain).
         "FLEETWIRE_SCHEDULER_LEASE": "15",
@@ -173,6 +175,12 @@ async def _queues_of(namespace: str) -> list[str]:
 @pytest.fixture(scope="session")
 def settings(mesh_env: dict[str, str]) -> Settings:
     return Settings()
+
+
+@pytest.fixture(scope="session")
+async def operator_key(settings: Settings) -> str:
+    """An admin-role operator key of this run's mesh (its database made if need be)."""
+    return await create_operator_key(settings.postgres.dsn.get_secret_value())
 
 
 @pytest.fixture(scope="session")

@@ -215,6 +215,19 @@ class SchedulerSettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="Listen address.")
     port: int = Field(50052, description="NodeStream gRPC port.")
+    admin_host: str = Field(
+        "127.0.0.1",
+        description="Listen address of the admin port (MeshAdminService); this machine only "
+        "unless set otherwise.",
+    )
+    admin_port: int = Field(
+        50053, description="Admin gRPC port (MeshAdminService; operator keys required)."
+    )
+    admin_cache_ttl: Duration = Field(
+        timedelta(seconds=2),
+        description="How long a replica trusts an operator key lookup; a revoked key stops "
+        "working within this time.",
+    )
     scheduler_id: str = Field("", description="Replica id; empty means hostname plus process id.")
     heartbeat_interval: Duration = Field(
         timedelta(seconds=2), description="How often nodes heartbeat."

@@ -16,7 +16,7 @@ from fleetwire_tools.supervisor import LocalMesh
 from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
 from tests.support.eventually import eventually_sync
 from tests.support.job_client import JobClient
-from tests.support.mesh_admin import listed_nodes
+from tests.support.mesh_admin import create_operator_key, listed_nodes
 from tests.support.tls import make_certificates, tls_env
 
 NODE_START_TIMEOUT = 300.0
@@ -28,8 +28,12 @@ LONG_JOB_TOKENS = 2000
 
 
 def e2e_env(namespace: str, key_dir: Path, cert_dir: Path) -> dict[str, str]:
-    """An isolated mesh's variables with TLS on (a CA and certificate in ``cert_dir``)."""
-    return isolated_env(namespace, key_dir / "node.key") | tls_env(make_certificates(cert_dir))
+    """An isolated mesh's variables with TLS on (a CA and certificate in ``cert_dir``) and
+    an admin operator's key (``FLEETWIRE_ADMIN_KEY``, what the CLI sends), made in the
+    mesh's database before anything starts."""
+    env = isolated_env(namespace, key_dir / "node.key") | tls_env(make_certificates(cert_dir))
+    env["FLEETWIRE_ADMIN_KEY"] = asyncio.run(create_operator_key(env["FLEETWIRE_POSTGRES_DSN"]))
+    return env
 
 
 class LiveMesh:
@@ -39,6 +43,8 @@ class LiveMesh:
         self.log_dir = log_dir
         self.bridge_address = f"127.0.0.1:{env['FLEETWIRE_BRIDGE_PORT']}"
         self.ca_file = Path(env["FLEETWIRE_CA_FILE"])
+        self.admin_address = f"127.0.0.1:{env['FLEETWIRE_SCHEDULER_ADMIN_PORT']}"
+        self.operator_key = env["FLEETWIRE_ADMIN_KEY"]
 
     def client(self) -> JobClient:
         return JobClient(self.bridge_address, self.ca_file)
@@ -56,7 +62,7 @@ class LiveMesh:
 
     def connected_nodes(self) -> set[str]:
         """Node ids the scheduler's MeshAdminService lists as connected."""
-        return set(listed_nodes(self.scheduler_address, self.ca_file))
+        return set(listed_nodes(self.admin_address, self.operator_key, self.ca_file))
 
     def wait_for_nodes(self, nodes: set[str], timeout: float) -> None:
         def connected() -> bool:

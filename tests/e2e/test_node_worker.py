@@ -98,7 +98,7 @@ class WorkerMesh(LiveMesh):
 
     def connected_since(self, node_id: str) -> float:
         """When the node's current stream was welcomed; larger after a reconnect."""
-        return connected_since(self.scheduler_address, node_id, self.ca_file)
+        return connected_since(self.admin_address, self.operator_key, node_id, self.ca_file)
 
     def node_log(self, node_id: str) -> str:
         return (self.log_dir / f"{node_id}.log").read_text(errors="replace")
@@ -220,7 +220,7 @@ def _running_on(mesh: WorkerMesh, job_id: str) -> str:
 
 
 def test_slots_follow_the_engines_concurrency(worker_mesh: WorkerMesh) -> None:
-    listed = listed_nodes(worker_mesh.scheduler_address, worker_mesh.ca_file)
+    listed = listed_nodes(worker_mesh.admin_address, worker_mesh.operator_key, worker_mesh.ca_file)
     assert {node_id: listed[node_id].slots for node_id in NODES} == dict.fromkeys(NODES, SLOTS)
 
 

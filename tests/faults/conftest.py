@@ -21,6 +21,7 @@ from tests.support.eventually import eventually_sync
 class SchedulerProcess:
     name: str
     port: int
+    admin_port: int
     process: subprocess.Popen[bytes]
     log: Path
 
@@ -64,6 +65,7 @@ def start_scheduler(
             **os.environ,
             **mesh_env,
             "FLEETWIRE_SCHEDULER_PORT": str(port),
+            "FLEETWIRE_SCHEDULER_ADMIN_PORT": str(admin_port := free_port()),
             "FLEETWIRE_SCHEDULER_SCHEDULER_ID": name,
             # Fault tests restart services and kill processes; a loaded machine must not
             # also make a scripted node miss its lease and turn the test into another one.
@@ -75,7 +77,7 @@ def start_scheduler(
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        replica = SchedulerProcess(name, port, process, log)
+        replica = SchedulerProcess(name, port, admin_port, process, log)
         started.append(replica)
         _wait_for_port(port, process, 30)
         return replica

@@ -8,6 +8,7 @@ its engine is still starting) and ``fleetwire up``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ from fleetwire.v1 import mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 from tests.conftest import MODEL_DIR, ROOT, cleanup_namespace, free_port, isolated_env
 from tests.faults.conftest import SchedulerProcess
 from tests.support.eventually import eventually
+from tests.support.mesh_admin import bearer, create_operator_key
 from tests.support.processes import ProcessRecord, descendants, still_running
 
 # After the parent's death the kernel signals at once; allow for a loaded machine.
@@ -122,12 +124,26 @@ async def kill_and_expect_gone(parent: Parent, tree: list[ProcessRecord]) -> Non
         raise AssertionError(f"{err}; still running: {left}") from None
 
 
-async def connected_nodes(scheduler_port: int) -> set[str]:
-    """Node ids the scheduler's admin API lists as connected (empty while it is down)."""
+async def connected_nodes(admin_port: int, key: str, ca_file: Path | None = None) -> set[str]:
+    """Node ids the scheduler's admin port lists as connected (empty while it is down);
+    TLS verified against ``ca_file`` when given."""
+    address = f"127.0.0.1:{admin_port}"
+    roots = None
+    if ca_file is not None:
+        try:
+            roots = await asyncio.to_thread(ca_file.read_bytes)
+        except FileNotFoundError:  # not made yet: the mesh is not up
+            return set()
+    if roots is None:
+        channel = grpc.aio.insecure_channel(address)
+    else:
+        channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(roots))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler_port}") as channel:
+        async with channel:
             stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
-            reply = await stub.ListNodes(mesh_admin_service_pb2.ListNodesRequest(), timeout=5)
+            reply = await stub.ListNodes(
+                mesh_admin_service_pb2.ListNodesRequest(), timeout=5, metadata=bearer(key)
+            )
     except grpc.RpcError:
         return set()
     return {node.node_id for node in reply.nodes}
@@ -225,6 +241,7 @@ async def test_engine_dies_with_a_killed_node_agent(
     start_scheduler: Callable[[str], SchedulerProcess],
     mesh_env: dict[str, str],
     tmp_path: Path,
+    operator_key: str,
 ) -> None:
     """A serving node agent killed with SIGKILL leaves none of its engine's processes
     (``VLLM::EngineCore``, ``VLLM::Worker``) holding memory."""
@@ -232,7 +249,8 @@ async def test_engine_dies_with_a_killed_node_agent(
     agent = start_node_agent(parents, mesh_env, tmp_path, "lifeline-serving", scheduler.port)
 
     async def serving() -> bool:
-        return agent.alive() and "lifeline-serving" in await connected_nodes(scheduler.port)
+        listed = await connected_nodes(scheduler.admin_port, operator_key)
+        return agent.alive() and "lifeline-serving" in listed
 
     await eventually(serving, ENGINE_START_TIMEOUT, "the node to start its engine and connect")
     tree = parents.tree(agent)
@@ -269,8 +287,11 @@ async def test_fleetwire_up_killed_leaves_none_of_its_processes(
     namespace = f"{run_id}u"
     # A bench node (bench/ is not installed: importable from the checkout).
     env = isolated_env(namespace, tmp_path / "node.key") | {"PYTHONPATH": str(ROOT)}
-    scheduler_port = int(env["FLEETWIRE_SCHEDULER_PORT"])
+    admin_port = int(env["FLEETWIRE_SCHEDULER_ADMIN_PORT"])
     bridge_port = int(env["FLEETWIRE_BRIDGE_PORT"])
+    key = await create_operator_key(env["FLEETWIRE_POSTGRES_DSN"])
+    # The dev profile of `fleetwire up`: TLS with the CA it makes in its working directory.
+    ca_file = tmp_path / ".cache" / "certs" / "ca.pem"
     try:
         up = parents.start(
             sys.executable,
@@ -289,7 +310,7 @@ async def test_fleetwire_up_killed_leaves_none_of_its_processes(
             return (
                 up.alive()
                 and listening(bridge_port)
-                and "node-1" in await connected_nodes(scheduler_port)
+                and "node-1" in await connected_nodes(admin_port, key, ca_file)
             )
 
         await eventually(mesh_up, 120, "the mesh to come up")

@@ -12,6 +12,7 @@ from fleetwire.messaging.events import JobEvents, connect_redis
 from fleetwire.process.settings import Settings
 from fleetwire.v1 import mesh_admin_service_pb2_grpc
 from scheduler.server import SchedulerServer
+from tests.support.mesh_admin import SendsOperatorKey
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +25,12 @@ async def scheduler(settings: Settings) -> AsyncIterator[SchedulerServer]:
 
 @pytest.fixture
 async def admin(
-    scheduler: SchedulerServer,
+    scheduler: SchedulerServer, operator_key: str
 ) -> AsyncIterator[mesh_admin_service_pb2_grpc.MeshAdminServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.port}") as channel:
+    """MeshAdminService on the scheduler's admin port, with an admin operator's key."""
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{scheduler.admin_port}", interceptors=[SendsOperatorKey(operator_key)]
+    ) as channel:
         yield mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -234,7 +235,7 @@ async def test_only_dead_lettered_jobs_replay(
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def fleetwire_cli(*args: str) -> tuple[int, str]:
+async def fleetwire_cli(*args: str, operator_key: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -242,6 +243,7 @@ async def fleetwire_cli(*args: str) -> tuple[int, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "FLEETWIRE_ADMIN_KEY": operator_key},
     )
     out, _ = await process.communicate()
     assert process.returncode is not None
@@ -249,28 +251,51 @@ async def fleetwire_cli(*args: str) -> tuple[int, str]:
 
 
 async def test_cli_replays_a_dead_letter_once(
-    jobs: Jobs, scheduler: SchedulerServer, settings: Settings, tenant_key: str
+    jobs: Jobs, scheduler: SchedulerServer, settings: Settings, tenant_key: str, operator_key: str
 ) -> None:
     stages = len(settings.scheduler.retry_delays)
     failing = {n: "fail-retryable" for n in range(1, stages + 2)}
     node = ScriptedNode(
         f"127.0.0.1:{scheduler.port}", "cli-replay", "scripted", lambda n: failing.get(n, "ok")
     )
-    address = ("--address", f"127.0.0.1:{scheduler.port}")
+    address = ("--address", f"127.0.0.1:{scheduler.admin_port}")
     async with running(node):
         original = await submit_and_wait(jobs, tenant_key)
         assert original.state == job_pb2.JOB_STATE_DEAD_LETTERED
         code, out = await fleetwire_cli(
-            "admin", "mesh", "replay", original.job_id, "--json", *address
+            "admin",
+            "mesh",
+            "replay",
+            original.job_id,
+            "--json",
+            *address,
+            operator_key=operator_key,
         )
         assert code == 0, out
         new = json.loads(out)["job"]
         assert new["replay_of"] == original.job_id
         await wait_state(jobs, new["job_id"], tenant_key, {job_pb2.JOB_STATE_SUCCEEDED})
-    code, out = await fleetwire_cli("admin", "mesh", "replay", original.job_id, *address)
+    code, out = await fleetwire_cli(
+        "admin", "mesh", "replay", original.job_id, *address, operator_key=operator_key
+    )
     assert code == 1
     assert "FAILED_PRECONDITION" in out
     assert new["job_id"] in out
-    code, out = await fleetwire_cli("admin", "mesh", "trail", original.job_id, *address)
+    code, out = await fleetwire_cli(
+        "admin", "mesh", "trail", original.job_id, *address, operator_key=operator_key
+    )
     assert code == 0, out
     assert f"replayed as {new['job_id']}" in out
+    # The replay, an admin action, is in the audit log with the operator who did it.
+    conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
+    try:
+        audited = await conn.fetch(
+            "SELECT actor, detail FROM audit_log WHERE action = 'ReplayDeadLetter'"
+            " AND target = $1",
+            original.job_id,
+        )
+    finally:
+        await conn.close()
+    assert len(audited) == 1, audited
+    assert audited[0]["actor"].startswith("operator:tests")
+    assert new["job_id"] in audited[0]["detail"]

@@ -123,8 +123,12 @@ async def test_dead_letters_and_job_trail(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_admin_cli_speaks_to_the_scheduler(scheduler: SchedulerServer) -> None:
+async def test_admin_cli_speaks_to_the_scheduler(
+    scheduler: SchedulerServer, operator_key: str
+) -> None:
+    """`fleetwire admin mesh nodes` on the admin port, with the key of FLEETWIRE_ADMIN_KEY."""
     import json
+    import os
     import sys
 
     node = ScriptedNode(f"127.0.0.1:{scheduler.port}", "cli-node", "scripted", lambda _n: "ok")
@@ -138,8 +142,9 @@ async def test_admin_cli_speaks_to_the_scheduler(scheduler: SchedulerServer) -> 
             "nodes",
             "--json",
             "--address",
-            f"127.0.0.1:{scheduler.port}",
+            f"127.0.0.1:{scheduler.admin_port}",
             stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "FLEETWIRE_ADMIN_KEY": operator_key},
         )
         out, _ = await process.communicate()
     assert process.returncode == 0

@@ -67,7 +67,7 @@ def own_settings(settings: Settings, namespace: str) -> Settings:
         "redis": settings.redis.model_copy(update={"finished_stream_retention": RETENTION}),
         "bridge": settings.bridge.model_copy(update={"port": 0}),
         "scheduler": settings.scheduler.model_copy(
-            update={"port": 0, "scheduler_id": f"{namespace}-scheduler"}
+            update={"port": 0, "admin_port": 0, "scheduler_id": f"{namespace}-scheduler"}
         ),
     }
     return settings.model_copy(update=update)

@@ -22,6 +22,7 @@ from scheduler.admin_store import AdminStore
 from scheduler.server import SchedulerServer
 from tests.integration.bridge_kit import details, reason_of
 from tests.support.eventually import eventually
+from tests.support.mesh_admin import SendsOperatorKey
 from tests.support.scripted_node import ScriptedNode, running
 
 NODE_STREAM = "/fleetwire.v1.NodeService/NodeStream"
@@ -124,14 +125,18 @@ async def test_an_undecodable_message_after_welcome_ends_only_that_session(
 
 
 async def test_an_undecodable_admin_request_is_invalid_argument(
-    channel: grpc.aio.Channel,
+    scheduler: SchedulerServer, operator_key: str
 ) -> None:
+    """Decoding comes before authorization: the edge names the bad field."""
     request = mesh_admin_service_pb2.JobTrailRequest(job_id=MARK).SerializeToString()
-    call = channel.unary_unary(
-        "/fleetwire.v1.MeshAdminService/JobTrail", request_serializer=lambda raw: raw
-    )
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call(request.replace(MARK.encode(), b"\xff" * len(MARK)))
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{scheduler.admin_port}", interceptors=[SendsOperatorKey(operator_key)]
+    ) as channel:
+        call = channel.unary_unary(
+            "/fleetwire.v1.MeshAdminService/JobTrail", request_serializer=lambda raw: raw
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(request.replace(MARK.encode(), b"\xff" * len(MARK)))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
     assert fields_of(caught.value) == ["job_id"]
 

@@ -48,7 +48,9 @@ def with_tls(settings: Settings, certs: DevCertificates, **scheduler: Any) -> Se
         update={
             "tls": tls,
             "bridge": settings.bridge.model_copy(update={"port": 0}),
-            "scheduler": settings.scheduler.model_copy(update={"port": 0, **scheduler}),
+            "scheduler": settings.scheduler.model_copy(
+                update={"port": 0, "admin_port": 0, **scheduler}
+            ),
         }
     )
 
