@@ -290,8 +290,7 @@ async def test_cli_replays_a_dead_letter_once(
     conn = await asyncpg.connect(settings.postgres.dsn.get_secret_value())
     try:
         audited = await conn.fetch(
-            "SELECT actor, detail FROM audit_log WHERE action = 'ReplayDeadLetter'"
-            " AND target = $1",
+            "SELECT actor, detail FROM audit_log WHERE action = 'ReplayDeadLetter' AND target = $1",
             original.job_id,
         )
     finally:
