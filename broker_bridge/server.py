@@ -131,7 +131,7 @@ class BridgeServer:
             self.tls,
         )
         self._server, self.port = serving.server, serving.port
-        log.info("bridge serving", address=address, port=self.port)
+        log.info("bridge serving", address=address, port=self.port, tls=self.tls is not None)
 
     async def wait(self) -> None:
         if self._server is not None:
