@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import json
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from fleetwire.store.db import translating
-from fleetwire.store.tenants import hash_key, key_matches
+from fleetwire.store.tenants import hash_key, key_matches, new_key
 
 OPERATOR_KEY_PREFIX = "fwo"
 _KEY_PATTERN = re.compile(rf"^{OPERATOR_KEY_PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})$")
@@ -80,8 +79,7 @@ class OperatorStore:
     async def create_key(self, name: str, role: Role, *, actor: str) -> IssuedOperatorKey:
         if not NAME_PATTERN.match(name):
             raise ValueError(f"operator name must match {NAME_PATTERN.pattern}")
-        key_id = secrets.token_hex(6)
-        key = f"{OPERATOR_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        key_id, key = new_key(OPERATOR_KEY_PREFIX)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO operator_keys (key_id, name, role, secret_hash)"

@@ -51,10 +51,10 @@ class TenantLimits:
     burst: int | None
 
 
-def new_key() -> tuple[str, str]:
-    """(key_id, full key) of a fresh random key."""
+def new_key(prefix: str = KEY_PREFIX) -> tuple[str, str]:
+    """(key_id, full key) of a fresh random key: ``<prefix>_<12 hex>_<43 url-safe>``."""
     key_id = secrets.token_hex(6)
-    return key_id, f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+    return key_id, f"{prefix}_{key_id}_{secrets.token_urlsafe(32)}"
 
 
 def key_id_of(key: str) -> str | None:

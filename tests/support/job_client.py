@@ -11,6 +11,7 @@ import grpc
 
 from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from tests.support.tls import client_credentials
 
 PRIORITIES = {
     "urgent": job_pb2.PRIORITY_CLASS_URGENT,
@@ -73,8 +74,9 @@ class JobClient:
         if ca_file is None:
             self._channel = grpc.insecure_channel(address, options=CLIENT_OPTIONS)
         else:
-            credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
-            self._channel = grpc.secure_channel(address, credentials, options=CLIENT_OPTIONS)
+            self._channel = grpc.secure_channel(
+                address, client_credentials(ca_file), options=CLIENT_OPTIONS
+            )
         self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
 
     def close(self) -> None:

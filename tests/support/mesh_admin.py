@@ -14,6 +14,7 @@ from fleetwire.process.settings import PostgresSettings
 from fleetwire.store.db import open_pool
 from fleetwire.store.operators import OperatorStore, Role
 from fleetwire.v1 import mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
+from tests.support.tls import client_credentials
 
 
 async def create_operator_key(dsn: str, role: str = "admin", name: str = "tests") -> str:
@@ -46,8 +47,7 @@ class SendsOperatorKey(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[mi
 def _channel(address: str, ca_file: Path | None) -> grpc.Channel:
     if ca_file is None:
         return grpc.insecure_channel(address)
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
-    return grpc.secure_channel(address, credentials)
+    return grpc.secure_channel(address, client_credentials(ca_file))
 
 
 def listed_nodes(
