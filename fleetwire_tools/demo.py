@@ -22,7 +22,7 @@ from fleetwire_client import (
     RetryPolicy,
     Unavailable,
 )
-from fleetwire_tools.supervisor import DEV_CERT_DIR, LocalMesh, dev_tls_env
+from fleetwire_tools.supervisor import DEV_CERT_DIR, LocalMesh, dev_profile_env
 
 PROMPTS = [
     ("urgent", "The mesh routes every job"),
@@ -55,7 +55,7 @@ async def _fresh_database(dsn: str) -> None:
 def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
     """Returns the process exit code: 0 when every job SUCCEEDED with a valid signature."""
     settings = load_settings()
-    tls = dev_tls_env()
+    tls = dev_profile_env()
     env = {**demo_env(settings), **tls}
     asyncio.run(_fresh_database(env["FLEETWIRE_POSTGRES_DSN"]))
     mesh = LocalMesh(
@@ -66,7 +66,8 @@ def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
     )
     console.print(
         f"[bold]fleetwire demo[/]: starting scheduler, bridge and {nodes} vLLM node(s) "
-        f"(logs in .cache/demo-logs/); dev profile: TLS with the local CA in {DEV_CERT_DIR}/"
+        f"(logs in .cache/demo-logs/); dev profile: TLS with the local CA in {DEV_CERT_DIR}/, "
+        "nodes registered on first use"
     )
     mesh.start()
     # The bridge comes up while the client dials: retry UNAVAILABLE for up to ~30 s.

@@ -31,9 +31,9 @@ def up(
 ) -> None:
     """Run a whole local mesh (scheduler, bridge, nodes) until Ctrl-C or SIGTERM; the
     children die with this process even when it is killed."""
-    from fleetwire_tools.supervisor import DEV_CERT_DIR, LocalMesh, dev_tls_env
+    from fleetwire_tools.supervisor import DEV_CERT_DIR, LocalMesh, dev_profile_env
 
-    mesh = LocalMesh(nodes=nodes, node_module=node_module, env=dev_tls_env())
+    mesh = LocalMesh(nodes=nodes, node_module=node_module, env=dev_profile_env())
     # SIGTERM and SIGHUP (a closed terminal) stop the mesh in order, like Ctrl-C. If this
     # process dies without stopping it (SIGKILL), the children die with it (lifeline).
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -43,8 +43,8 @@ def up(
         console.print(
             f"[bold]fleetwire up[/]: scheduler, bridge and {nodes} node(s). Ctrl-C stops.\n"
             f"dev profile: TLS with the local CA in {DEV_CERT_DIR}/ (made by `fleetwire "
-            f"certs`); clients pass --cacert {DEV_CERT_DIR / 'ca.pem'} or set "
-            "FLEETWIRE_CA_FILE. Not for production."
+            f"certs`; clients pass --cacert {DEV_CERT_DIR / 'ca.pem'} or set "
+            "FLEETWIRE_CA_FILE), and nodes registered on first use. Not for production."
         )
         while not mesh.failed():
             time.sleep(0.5)

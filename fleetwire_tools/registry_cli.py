@@ -82,9 +82,62 @@ def nodes_register(
     )
 
 
+@nodes_app.command("pending")
+def nodes_pending(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Nodes that proved a key nobody admitted yet, waiting for `approve`."""
+    rows = [
+        {
+            "node_id": r["node_id"],
+            "key_id": r["key_id"],
+            "region": r["region"],
+            "models": r["models"],
+            "first_seen_at": r["first_seen_at"].isoformat(),
+            "last_seen_at": r["last_seen_at"].isoformat(),
+        }
+        for r in _run_node_store(lambda store: store.requests())
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        console.print(
+            f"{row['node_id']:24} key {row['key_id']}  {row['region']:10} {row['models']}"
+            f"  since {row['first_seen_at']}",
+            soft_wrap=True,
+        )
+
+
+@nodes_app.command("approve")
+def nodes_approve(
+    node_id: str,
+    key_id: Annotated[str, typer.Option(help="The key id the request shows (`pending`).")],
+) -> None:
+    """Admit the waiting node NODE_ID with the key KEY_ID: its next handshake is welcome.
+    An id registered with another key keeps it."""
+    import getpass
+
+    from fleetwire.store.nodes import Registration
+    from fleetwire.store.operators import OperatorStore
+
+    outcome = _run_node_store(lambda store: store.approve(node_id, key_id))
+    if outcome is None:
+        err_console.print(f"[red]no request of {node_id} with key {key_id}[/]")
+        raise typer.Exit(1)
+    if outcome is Registration.CONFLICT:
+        err_console.print(f"[red]{node_id} is registered with another key[/]")
+        raise typer.Exit(1)
+    with_pool(
+        lambda pool: OperatorStore(pool).audit(
+            f"cli:{getpass.getuser()}", "node.approve", node_id, {"key_id": key_id}
+        )
+    )
+    typer.echo(json.dumps({"node_id": node_id, "key_id": key_id, "registration": "approved"}))
+
+
 @nodes_app.command("revoke")
 def nodes_revoke(node_id: str) -> None:
-    """Revoke NODE_ID's key: its next handshake is refused (KEY_REVOKED)."""
+    """Revoke NODE_ID's key: its live session ends within
+    FLEETWIRE_SCHEDULER_KEY_CHECK_INTERVAL and its next handshake is refused (KEY_REVOKED)."""
     if not _run_node_store(lambda store: store.revoke(node_id)):
         err_console.print(f"[red]unknown node {node_id}[/]")
         raise typer.Exit(1)

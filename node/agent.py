@@ -31,6 +31,7 @@ from fleetwire.messaging.topology import NETWORK_NAMES
 from fleetwire.process.settings import NodeSettings
 from fleetwire.protocol import signing
 from fleetwire.rpc.options import CLIENT_OPTIONS
+from fleetwire.rpc.status import reason_of
 from fleetwire.rpc.tls import node_channel_credentials, node_server_name
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
@@ -173,13 +174,18 @@ class NodeAgent:
                     delay = 0.5
                 except (grpc.RpcError, ConnectionError, OSError) as err:
                     code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
-                    if code in (
+                    details = err.details() if isinstance(err, grpc.aio.AioRpcError) else ""
+                    if isinstance(err, grpc.aio.AioRpcError) and reason_of(err) == "NODE_PENDING":
+                        # Admission takes an operator: keep asking, at the longest back-off.
+                        log.warning("waiting for an operator's approval", detail=details)
+                        delay = self._settings.reconnect_max_delay.total_seconds()
+                    elif code in (
                         grpc.StatusCode.PERMISSION_DENIED,
                         grpc.StatusCode.UNAUTHENTICATED,
                     ):
-                        details = err.details() if isinstance(err, grpc.aio.AioRpcError) else ""
                         raise HandshakeRefused(str(details or err)) from err
-                    log.warning("stream lost", error=str(code or err))
+                    else:
+                        log.warning("stream lost", error=str(code or err))
                 finally:
                     self.connected.clear()
                     self._current_send = None

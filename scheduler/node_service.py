@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import structlog
@@ -86,6 +86,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         self._registry.add(session)
         stream_task = asyncio.current_task()
         if stream_task is not None:
+            session.close = stream_task.cancel  # e.g. when its key is revoked (key_watch)
             # grpc may end the call's task without running the ``finally`` below (a call
             # cancelled by the client while a write raced it): the session goes anyway.
             stream_task.add_done_callback(
@@ -130,8 +131,8 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             raise Unauthenticated("public_key must be a raw 32-byte ed25519 key")
         _check_subclouds(hello)
         public_key = bytes(hello.public_key)
-        await self._check_registration(hello.node_id, public_key)
 
+        # Nothing is read or written for the node before it proves its key.
         nonce = secrets.token_bytes(32)
         await context.write(
             nodes_pb2.NodeStreamResponse(
@@ -154,6 +155,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         )
         if not signing.verify(public_key, signed, answer.auth.signature):
             raise Unauthenticated("challenge signature does not verify")
+        await self._check_registration(hello, public_key)
 
         session_id = uuid.uuid4().hex
         profile = NodeProfile.from_hello(hello)
@@ -194,11 +196,14 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             announced=frozenset((ref.job_id, ref.attempt) for ref in hello.running_jobs),
         )
 
-    async def _check_registration(self, node_id: str, public_key: bytes) -> None:
+    async def _check_registration(self, hello: nodes_pb2.Hello, public_key: bytes) -> None:
+        """Admits a node that proved ``public_key``: registered and not revoked, or (dev
+        profile) registered now; an unknown one waits as a request for an operator."""
+        node_id = hello.node_id
         registered = await self._store.node_key(node_id)
         if registered is None:
             if not self._settings.auto_register_nodes:
-                raise PermissionDenied(f"node {node_id} is not registered", reason="NODE_UNKNOWN")
+                await self._request_admission(hello, public_key)
             if not await self._store.register_node(node_id, public_key, signing.key_id(public_key)):
                 raise PermissionDenied(
                     f"node {node_id} is registered with another key", reason="KEY_MISMATCH"
@@ -213,6 +218,28 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
                 f"node {node_id} is registered with another key", reason="KEY_MISMATCH"
             )
         await self._store.touch_node(node_id)
+
+    async def _request_admission(self, hello: nodes_pb2.Hello, public_key: bytes) -> NoReturn:
+        """Records the proven request of an unknown node (bounded) and refuses it until an
+        operator approves it; the node keeps asking."""
+        kid = signing.key_id(public_key)
+        recorded = await self._store.request_admission(
+            hello.node_id,
+            public_key,
+            region=hello.region,
+            models=",".join(m.name for m in hello.models),
+            max_pending=self._settings.max_pending_nodes,
+        )
+        if not recorded:
+            raise PermissionDenied(
+                "too many nodes wait for admission; try again later", reason="ADMISSION_FULL"
+            )
+        log.info("node awaits approval", node_id=hello.node_id, key_id=kid)
+        raise PermissionDenied(
+            f"node {hello.node_id} (key {kid}) awaits an operator's approval: "
+            f"fleetwire admin nodes approve {hello.node_id} --key-id {kid}",
+            reason="NODE_PENDING",
+        )
 
     def _routes_of(self, profile: NodeProfile) -> frozenset[str]:
         """The queues the node's jobs arrive on: public routes for a public node, its

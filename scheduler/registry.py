@@ -72,6 +72,7 @@ class NodeSession:
     profile: NodeProfile = field(default_factory=lambda: NodeProfile(frozenset(), {}))
     recent_ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     ended: bool = False  # forgotten by the registry: its stream is over
+    close: Callable[[], object] | None = None  # ends the stream (set by the node service)
 
     @property
     def free_slots(self) -> int:

@@ -44,6 +44,7 @@ from scheduler.deadline_reaper import DeadlineReaper
 from scheduler.deadline_store import DeadlineStore
 from scheduler.dispatcher import Dispatcher
 from scheduler.finalisation import Finaliser
+from scheduler.key_watch import KeyWatch
 from scheduler.node_messages import NodeMessages
 from scheduler.node_service import NodeService
 from scheduler.offences import Offences
@@ -73,6 +74,7 @@ class SchedulerServer:
         )
         self.tls = server_tls(settings.tls, server="scheduler")
         self._admin_server: grpc.aio.Server | None = None
+        self._key_watch: KeyWatch | None = None
         self.admin_port = 0
         self._pool: asyncpg.Pool | None = None
         self._link = AmqpLink(settings.rabbitmq.url.get_secret_value())
@@ -213,6 +215,12 @@ class SchedulerServer:
             batch=settings.scheduler.reap_batch,
         )
         await self._reaper.start()
+        self._key_watch = KeyWatch(
+            NodeStore(self._pool),
+            self.registry,
+            interval=settings.scheduler.key_check_interval.total_seconds(),
+        )
+        self._key_watch.start()
         log.info(
             "scheduler serving",
             address=address,
@@ -231,6 +239,9 @@ class SchedulerServer:
         (``FLEETWIRE_SCHEDULER_STOP_GRACE``)."""
         if grace is None:
             grace = self._settings.scheduler.stop_grace.total_seconds()
+        if self._key_watch is not None:
+            await self._key_watch.stop()
+            self._key_watch = None
         if self._reaper is not None:
             await self._reaper.stop()
             self._reaper = None

@@ -239,9 +239,22 @@ class SchedulerSettings(BaseSettings):
         timedelta(seconds=10), description="How long a node has to Accept a dispatch."
     )
     auto_register_nodes: bool = Field(
-        True,
-        description="Bind an unknown node id to the key it first presents (trust on first "
-        "use). Turn off in production and register keys with the CLI.",
+        False,
+        description="Bind an unknown node id to the key it first proves (trust on first "
+        "use): the dev profile (`fleetwire up`, `make demo`) only. Off: an unknown node "
+        "waits as a request until `fleetwire admin nodes approve`.",
+    )
+    max_pending_nodes: int = Field(
+        1000,
+        ge=0,
+        description="Admission requests kept at most; beyond, unknown nodes are refused "
+        "without a record.",
+    )
+    key_check_interval: Duration = Field(
+        timedelta(seconds=2),
+        gt=timedelta(0),
+        description="How often the keys of connected nodes are checked against the "
+        "registry; a revoked or replaced key ends its session within this time.",
     )
     defer_delay: Duration = Field(
         timedelta(seconds=1),

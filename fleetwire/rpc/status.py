@@ -71,3 +71,16 @@ def status_for(error: FleetwireError) -> status_pb2.Status:
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: FleetwireError) -> None:
     """Ends the call with ``error``'s status and details."""
     await context.abort_with_status(rpc_status.to_status(status_for(error)))
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The ``google.rpc.ErrorInfo`` reason a fleetwire server sent with ``error``, or ""."""
+    try:
+        status = rpc_status.from_call(cast(grpc.Call, error))
+    except ValueError:  # a status whose details disagree with its code
+        return ""
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""

@@ -169,6 +169,9 @@ class AttemptStore:
             # attempt dispatched to another, even with a valid signature of its own.
             "  WHERE j.job_id = i.job_id AND j.attempts = i.attempt AND j.node_id = i.node_id"
             "  AND j.state = ANY($14)"
+            # A node whose key was revoked has no say any more, even on a result it signed
+            # before the revocation reached its session.
+            "  AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = i.node_id AND n.revoked)"
             "  RETURNING j.job_id, j.tenant_id, j.network, j.node_id, i.attempt, i.amount"
             "), closed AS ("
             "  UPDATE attempts a SET outcome = 'SUCCEEDED', ended_at = now()"

@@ -1,9 +1,11 @@
-"""Node registration: the SQL behind ``fleetwire admin nodes register|revoke|list``.
+"""Node registration and admission: the SQL behind ``fleetwire admin nodes …`` and the
+scheduler's handshake.
 
 One row per node id in ``nodes`` (migration 0001): the public key the scheduler accepts for
-that id at the handshake, and whether it is revoked. The scheduler reads the same row on
-every handshake (``NodeStore.node_key``), so a change here applies to the node's next
-connection; a session already authenticated keeps its key until it ends.
+that id at the handshake, and whether it is revoked. A node that proves a key nobody
+admitted is a *request* (``node_requests``, migration 0009) until an operator approves it.
+The scheduler reads these rows only after the node proved its key, and checks the keys of
+its live sessions every few seconds (``keys_of``), so a revocation ends a session.
 """
 
 from __future__ import annotations
@@ -126,6 +128,74 @@ class NodeStore:
             key_id,
         )
         return bytes(stored) == public_key
+
+    @translating
+    async def keys_of(self, node_ids: list[str]) -> dict[str, tuple[bytes, bool]]:
+        """(public key, revoked) of each registered node among ``node_ids``."""
+        rows = await self._pool.fetch(
+            "SELECT node_id, public_key, revoked FROM nodes WHERE node_id = ANY($1::text[])",
+            node_ids,
+        )
+        return {r["node_id"]: (bytes(r["public_key"]), bool(r["revoked"])) for r in rows}
+
+    @translating
+    async def request_admission(
+        self, node_id: str, public_key: bytes, *, region: str, models: str, max_pending: int
+    ) -> bool:
+        """Records (or refreshes) the request of a node that proved ``public_key`` for an id
+        no key is registered for. False, writing nothing, when ``max_pending`` requests are
+        waiting and this one is new."""
+        kid = key_id(public_key)
+        stored = await self._pool.fetchval(
+            "WITH waiting AS (SELECT count(*) AS n FROM node_requests)"
+            " INSERT INTO node_requests (node_id, key_id, public_key, region, models)"
+            " SELECT $1, $2, $3, $4, $5 FROM waiting WHERE waiting.n < $6"
+            " OR EXISTS (SELECT 1 FROM node_requests WHERE node_id = $1 AND key_id = $2)"
+            " ON CONFLICT (node_id, key_id) DO UPDATE SET last_seen_at = now(),"
+            " region = excluded.region, models = excluded.models"
+            " RETURNING true",
+            node_id,
+            kid,
+            public_key,
+            region[:64],
+            models[:512],
+            max_pending,
+        )
+        return bool(stored)
+
+    @translating
+    async def requests(self) -> list[asyncpg.Record]:
+        return list(
+            await self._pool.fetch(
+                "SELECT node_id, key_id, region, models, first_seen_at, last_seen_at"
+                " FROM node_requests ORDER BY first_seen_at"
+            )
+        )
+
+    @translating
+    async def approve(self, node_id: str, kid: str) -> Registration | None:
+        """Registers the key of the request (``node_id``, ``kid``) and drops every request
+        for the id; None when there is no such request. An id registered with another key
+        stays as it is (CONFLICT): an approval never takes an id from its key."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            key = await conn.fetchval(
+                "SELECT public_key FROM node_requests WHERE node_id = $1 AND key_id = $2",
+                node_id,
+                kid,
+            )
+            if key is None:
+                return None
+            inserted = await conn.fetchval(
+                "INSERT INTO nodes (node_id, public_key, key_id) VALUES ($1, $2, $3)"
+                " ON CONFLICT (node_id) DO NOTHING RETURNING true",
+                node_id,
+                bytes(key),
+                kid,
+            )
+            if not inserted:
+                return Registration.CONFLICT
+            await conn.execute("DELETE FROM node_requests WHERE node_id = $1", node_id)
+            return Registration.CREATED
 
     @translating
     async def touch_node(self, node_id: str) -> None:

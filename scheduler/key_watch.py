@@ -1,0 +1,65 @@
+"""Ends the sessions of nodes whose key was revoked or replaced since they connected.
+
+A handshake checks the key once; this loop checks the keys of every live session against
+the registry every ``key_check_interval`` (one query for all of them), so an operator's
+revocation takes effect within that time, not at the node's next reconnect. The session's
+stream is cancelled: the node reconnects and is refused at the handshake (KEY_REVOKED or
+KEY_MISMATCH), and its running jobs go back to the queue like those of a lost node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from fleetwire.domain.errors import BackendUnavailable
+from fleetwire.process.background import BackgroundTask
+from fleetwire.store.nodes import NodeStore
+from scheduler.registry import NodeRegistry
+
+log = structlog.get_logger(__name__)
+
+
+class KeyWatch:
+    """``start`` / ``stop``; ``check`` runs one pass (tests call it directly)."""
+
+    def __init__(self, store: NodeStore, registry: NodeRegistry, *, interval: float) -> None:
+        self._store = store
+        self._registry = registry
+        self._interval = interval
+        self._loop = BackgroundTask("key-watch", self._run)
+
+    def start(self) -> None:
+        self._loop.start()
+
+    async def stop(self) -> None:
+        await self._loop.stop()
+
+    async def _run(self) -> None:
+        while not self._loop.stopping:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.check()
+            except BackendUnavailable as err:
+                log.warning("node keys not checked; PostgreSQL unavailable", error=str(err))
+
+    async def check(self) -> int:
+        """Ends every session whose key is no longer the registered, live one; returns how
+        many it ended."""
+        sessions = list(self._registry.sessions)
+        if not sessions:
+            return 0
+        keys = await self._store.keys_of([s.node_id for s in sessions])
+        ended = 0
+        for session in sessions:
+            registered = keys.get(session.node_id)
+            if registered is not None and registered == (session.public_key, False):
+                continue
+            reason = "key revoked" if registered and registered[1] else "key no longer registered"
+            log.warning("ending the session of a node", node_id=session.node_id, reason=reason)
+            await self._registry.remove(session, reason)
+            if session.close is not None:
+                session.close()
+            ended += 1
+        return ended
