@@ -28,6 +28,7 @@ from nacl.signing import SigningKey
 from fleetwire.domain.keys import load_key
 from fleetwire.process.settings import NodeSettings
 from fleetwire.protocol.facts import verify_job
+from fleetwire.protocol.signing import key_id
 from fleetwire.v1 import job_pb2
 from fleetwire_tools.supervisor import Child, LocalMesh
 from node.agent import HandshakeRefused, NodeAgent
@@ -395,9 +396,30 @@ async def _refusal(agent: NodeAgent) -> str:
     return str(refused.value)
 
 
-async def test_an_unregistered_key_is_refused(worker_mesh: WorkerMesh) -> None:
-    reason = await _refusal(_agent(worker_mesh, "node-stranger", SigningKey.generate()))
-    assert "not registered" in reason
+async def test_an_unknown_node_waits_for_approval_then_is_welcome(
+    worker_mesh: WorkerMesh,
+) -> None:
+    """Auto-registration is off: a node with a key nobody registered proves it, is listed
+    as pending, keeps asking, and is welcome once an operator approves its key."""
+    key = SigningKey.generate()
+    agent = _agent(worker_mesh, "node-stranger", key)
+    run = asyncio.create_task(agent.run())
+    try:
+
+        def pending() -> list[dict[str, str]]:
+            listed = json.loads(worker_mesh.cli("admin", "nodes", "pending", "--json").stdout)
+            return [r for r in listed if r["node_id"] == "node-stranger"]
+
+        (request,) = await asyncio.to_thread(
+            eventually_sync, pending, within=30, what="the stranger's admission request"
+        )
+        assert request["key_id"] == key_id(bytes(key.verify_key))
+        assert not agent.connected.is_set()
+        worker_mesh.cli("admin", "nodes", "approve", "node-stranger", "--key-id", request["key_id"])
+        await asyncio.wait_for(agent.connected.wait(), 60)  # its next try, at most 10 s on
+    finally:
+        await agent.drain(1.0)
+        await asyncio.wait_for(run, 30)
 
 
 async def test_a_revoked_key_is_refused_and_a_registered_one_is_welcome(
