@@ -54,6 +54,7 @@ def isolated_env(namespace: str) -> dict[str, str]:
         "FLEETWIRE_NODE_INSECURE": "true",
         "FLEETWIRE_INSECURE": "true",
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
+        "FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS": "true",
         "FLEETWIRE_NAMESPACE": namespace,
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),

@@ -134,6 +134,40 @@ def nodes_approve(
     typer.echo(json.dumps({"node_id": node_id, "key_id": key_id, "registration": "approved"}))
 
 
+@nodes_app.command("grant")
+def nodes_grant(
+    node_id: str,
+    subcloud: Annotated[str, typer.Option(help="The subcloud (private pool) to admit it to.")],
+    withdraw: Annotated[bool, typer.Option(help="Withdraw the grant instead.")] = False,
+) -> None:
+    """Grant NODE_ID a subcloud it may serve (or withdraw it); applies from the node's next
+    session. Claims in Hello count only when granted (FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS
+    is off outside the dev profile)."""
+    import getpass
+
+    from fleetwire.messaging.topology import SUBCLOUD_NAME
+    from fleetwire.store.operators import OperatorStore
+
+    if not SUBCLOUD_NAME.fullmatch(subcloud):
+        err_console.print(f"[red]--subcloud must match {SUBCLOUD_NAME.pattern}[/]")
+        raise typer.Exit(2)
+    if withdraw:
+        changed = _run_node_store(lambda store: store.withdraw_subcloud(node_id, subcloud))
+    else:
+        changed = _run_node_store(lambda store: store.grant_subcloud(node_id, subcloud))
+    action = "node.withdraw-subcloud" if withdraw else "node.grant-subcloud"
+    with_pool(
+        lambda pool: OperatorStore(pool).audit(
+            f"cli:{getpass.getuser()}", action, node_id, {"subcloud": subcloud}
+        )
+    )
+    typer.echo(
+        json.dumps(
+            {"node_id": node_id, "subcloud": subcloud, "granted": not withdraw, "changed": changed}
+        )
+    )
+
+
 @nodes_app.command("revoke")
 def nodes_revoke(node_id: str) -> None:
     """Revoke NODE_ID's key: its live session ends within

@@ -33,10 +33,12 @@ def dev_profile_env(cert_dir: Path = DEV_CERT_DIR) -> dict[str, str]:
     """The FLEETWIRE_* variables of the dev profile (``fleetwire up``, ``make demo``): TLS
     with a local CA and a certificate for localhost (``fleetwire certs``, made once in
     ``cert_dir``), trusted by the nodes and by clients that read ``FLEETWIRE_CA_FILE``; and
-    nodes registered on first use instead of waiting for an operator's approval."""
+    nodes registered on first use, with the subclouds they claim, instead of waiting for an
+    operator's approval and grants."""
     made = ensure_dev_certificates(cert_dir)
     return {
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
+        "FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS": "true",
         "FLEETWIRE_TLS_CERT_FILE": str(made.server.cert.resolve()),
         "FLEETWIRE_TLS_KEY_FILE": str(made.server.key.resolve()),
         "FLEETWIRE_TLS_INSECURE": "false",

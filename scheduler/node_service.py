@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
 from typing import Any, NoReturn, TypeAlias
 
@@ -34,6 +34,7 @@ from fleetwire.store.nodes import NodeStore
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from scheduler.matching import NodeProfile
+from scheduler.node_claims import ClaimLimits, admitted_profile, check_hello, session_slots
 from scheduler.presence import NodePresence
 from scheduler.registry import NodeRegistry, NodeSession
 
@@ -59,11 +60,19 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         on_message: MessageHandler,
         presence: NodePresence,
         server_names: Callable[[], frozenset[str]],
+        mesh_models: Collection[str],
     ) -> None:
         """``server_names`` gives the names of the certificate this scheduler presents now
         ({""} in plaintext): the only names a node's handshake may be signed for."""
         self._settings = settings
         self._server_names = server_names
+        self._mesh_models = frozenset(mesh_models)
+        self._limits = ClaimLimits(
+            max_hello_bytes=settings.max_hello_bytes,
+            max_models=settings.max_node_models,
+            max_subclouds=settings.max_node_subclouds,
+            max_slots=settings.max_node_slots,
+        )
         self._scheduler_id = scheduler_id
         self._store = store
         self._registry = registry
@@ -130,6 +139,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         if len(hello.public_key) != 32:
             raise Unauthenticated("public_key must be a raw 32-byte ed25519 key")
         _check_subclouds(hello)
+        check_hello(hello, self._limits)
         public_key = bytes(hello.public_key)
 
         # Nothing is read or written for the node before it proves its key.
@@ -156,9 +166,14 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         if not signing.verify(public_key, signed, answer.auth.signature):
             raise Unauthenticated("challenge signature does not verify")
         await self._check_registration(hello, public_key)
+        granted = (
+            None
+            if self._settings.trust_node_subclouds
+            else await self._store.granted_subclouds(hello.node_id)
+        )
+        profile = admitted_profile(NodeProfile.from_hello(hello), self._mesh_models, granted)
 
         session_id = uuid.uuid4().hex
-        profile = NodeProfile.from_hello(hello)
         write_lock = asyncio.Lock()
 
         stream_task = asyncio.current_task()
@@ -191,7 +206,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             session_id=session_id,
             routes=self._routes_of(profile),
             profile=profile,
-            slots=max(1, hello.slots),
+            slots=session_slots(hello),
             send=send,
             announced=frozenset((ref.job_id, ref.attempt) for ref in hello.running_jobs),
         )

@@ -183,6 +183,7 @@ class SchedulerServer:
             node_messages.on_node_message,
             presence,
             server_names=self._server_names,
+            mesh_models=settings.mesh.models,
         )
 
         # Two ports: nodes dial the node port from anywhere; operators use the admin port,

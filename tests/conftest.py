@@ -73,6 +73,7 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
         # Scripted nodes come with fresh keys: trust on first use, as the dev profile does
         # (the admission tests turn it off).
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
+        "FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS": "true",
         "FLEETWIRE_NAMESPACE": namespace,
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),

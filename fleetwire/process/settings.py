@@ -244,6 +244,26 @@ class SchedulerSettings(BaseSettings):
         "use): the dev profile (`fleetwire up`, `make demo`) only. Off: an unknown node "
         "waits as a request until `fleetwire admin nodes approve`.",
     )
+    trust_node_subclouds: bool = Field(
+        False,
+        description="Believe the subclouds a node claims in Hello: the dev profile only. Off: "
+        "only subclouds granted with `fleetwire admin nodes grant` count.",
+    )
+    max_node_slots: int = Field(
+        64, ge=1, description="Most slots a node may announce; a Hello with more is refused."
+    )
+    max_node_models: int = Field(
+        8, ge=1, description="Most models a node may name in Hello; more is refused."
+    )
+    max_node_subclouds: int = Field(
+        8, ge=0, description="Most subclouds a node may name in Hello; more is refused."
+    )
+    max_hello_bytes: int = Field(
+        16384,
+        ge=1024,
+        description="Largest Hello accepted, in bytes; a larger one is refused before any "
+        "other work.",
+    )
     max_pending_nodes: int = Field(
         1000,
         ge=0,

@@ -198,6 +198,36 @@ class NodeStore:
             return Registration.CREATED
 
     @translating
+    async def granted_subclouds(self, node_id: str) -> frozenset[str]:
+        rows = await self._pool.fetch(
+            "SELECT subcloud FROM node_grants WHERE node_id = $1", node_id
+        )
+        return frozenset(str(r["subcloud"]) for r in rows)
+
+    @translating
+    async def grant_subcloud(self, node_id: str, subcloud: str) -> bool:
+        """True when the grant is new."""
+        return bool(
+            await self._pool.fetchval(
+                "INSERT INTO node_grants (node_id, subcloud) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                node_id,
+                subcloud,
+            )
+        )
+
+    @translating
+    async def withdraw_subcloud(self, node_id: str, subcloud: str) -> bool:
+        """True when there was such a grant; the node's next session goes without it."""
+        return bool(
+            await self._pool.fetchval(
+                "DELETE FROM node_grants WHERE node_id = $1 AND subcloud = $2 RETURNING true",
+                node_id,
+                subcloud,
+            )
+        )
+
+    @translating
     async def touch_node(self, node_id: str) -> None:
         await self._pool.execute(
             "UPDATE nodes SET last_seen_at = now() WHERE node_id = $1", node_id

@@ -73,7 +73,7 @@ def hello(node_id: str, key: SigningKey, subclouds: tuple[str, ...] = ()) -> nod
         node_id=node_id,
         public_key=bytes(key.verify_key),
         networks=[job_pb2.NETWORK_TESTNET],
-        models=[nodes_pb2.ServedModel(name="wire-test-model", runtime="none")],
+        models=[nodes_pb2.ServedModel(name="scripted", runtime="none")],
         slots=1,
         subclouds=list(subclouds),
     )

@@ -31,12 +31,17 @@ async def handshake(
     server_name: str = "",
     *,
     signer: SigningKey | None = None,
+    hello_message: nodes_pb2.NodeStreamRequest | None = None,
+    stay: bool = False,
 ) -> str:
-    """Hello with ``key``, the Challenge answered with ``signer`` (default ``key``) for
-    ``server_name``: "welcome", or "<CODE> <reason>: <message>" of the refusal."""
+    """Hello (``hello_message``, default a minimal one with ``key``), the Challenge answered
+    with ``signer`` (default ``key``) for ``server_name``: "welcome", or "<CODE> <reason>:
+    <message>" of the refusal. With ``stay`` a welcomed stream is left open (ended with
+    the channel), so the test can look at the session."""
     call = node_service_pb2_grpc.NodeServiceStub(channel).NodeStream()
+    welcomed = False
     try:
-        await call.write(hello(node_id, key))
+        await call.write(hello_message or hello(node_id, key))
         challenge = (await call.read()).challenge
         signed = signing.node_auth_bytes(
             challenge.nonce, challenge.scheduler_id, node_id, bytes(key.verify_key), server_name
@@ -49,8 +54,10 @@ async def handshake(
         if answer is grpc.aio.EOF:
             await call.wait_for_connection()
             return f"{(await call.code()).name}: {await call.details()}"
+        welcomed = answer.WhichOneof("message") == "welcome"
         return str(answer.WhichOneof("message"))
     except grpc.aio.AioRpcError as err:
         return f"{err.code().name} {reason_of(err)}: {err.details()}"
     finally:
-        call.cancel()
+        if not (stay and welcomed):
+            call.cancel()
