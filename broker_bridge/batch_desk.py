@@ -154,8 +154,8 @@ class BatchDesk:
                     raise BackendUnavailable("postgresql", "concurrent submit; retry")
             if bytes(existing["request_digest"]) != digest:
                 raise FailedPrecondition(
-                    f"client_request_id {request_id!r} was used for a different batch "
-                    f"({existing['batch_id']}); use a new id for a new batch",
+                    f"client_request_id {request_id!r} was used for a different batch; "
+                    "use a new id for a new batch",
                     reason="IDEMPOTENCY_KEY_REUSED",
                 )
             jobs = await self._batches.batch_jobs(existing["batch_id"])

@@ -185,8 +185,10 @@ class JobDesk:
     ) -> job_pb2.Job:
         if row["submit_digest"] is not None and bytes(row["submit_digest"]) != submit_digest(spec):
             raise FailedPrecondition(
-                f"client_request_id {request_id!r} was used for a different job "
-                f"({row['job_id']}); use a new id for a new job",
+                # Never the other job's id: under one tenant (anonymous callers share one)
+                # an error must not hand out a job its caller was not told about.
+                f"client_request_id {request_id!r} was used for a different job; "
+                "use a new id for a new job",
                 reason="IDEMPOTENCY_KEY_REUSED",
             )
         log.info("duplicate submit answered with the original job", job_id=str(row["job_id"]))

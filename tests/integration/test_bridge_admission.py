@@ -189,21 +189,37 @@ async def test_bulk_flood_of_one_tenant_does_not_starve_anothers_normal_jobs(
 
 
 async def test_other_tenants_normal_jobs_finish_during_a_bulk_flood(
-    settings: Settings, tenants: TenantStore, private_model: str, scheduler: object
+    settings: Settings, tenants: TenantStore, private_model: str
 ) -> None:
     """With a (scripted, one-slot) node working through a bulk flood of one tenant, the
     normal jobs another tenant submits afterwards finish long before the flood does."""
 
     from scheduler.server import SchedulerServer
+
+    # A scheduler whose mesh serves the private model (the run's scheduler does not).
+    mesh_settings = with_models(settings, private_model)
+    own = mesh_settings.scheduler.model_copy(
+        update={"port": 0, "admin_port": 0, "scheduler_id": f"fair-{uuid.uuid4().hex[:6]}"}
+    )
+    scheduler = SchedulerServer(mesh_settings.model_copy(update={"scheduler": own}))
+    await scheduler.start()
+    try:
+        await _flood_and_calm(settings, tenants, private_model, scheduler.port)
+    finally:
+        await scheduler.stop(grace=1)
+
+
+async def _flood_and_calm(
+    settings: Settings, tenants: TenantStore, private_model: str, scheduler_port: int
+) -> None:
     from tests.support.scripted_node import ScriptedNode, running
 
-    assert isinstance(scheduler, SchedulerServer)
     flooder, other = f"flood-{uuid.uuid4().hex[:6]}", f"calm-{uuid.uuid4().hex[:6]}"
     flood_key = (await tenants.create_key(flooder)).secret
     calm_key = (await tenants.create_key(other)).secret
     await tenants.set_limits(flooder, rate_per_second=1, burst=20)
     node = ScriptedNode(
-        f"127.0.0.1:{scheduler.port}",
+        f"127.0.0.1:{scheduler_port}",
         f"fair-{uuid.uuid4().hex[:6]}",
         private_model,
         lambda _n: "ok",
