@@ -55,6 +55,7 @@ def isolated_env(namespace: str) -> dict[str, str]:
         "FLEETWIRE_INSECURE": "true",
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
         "FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS": "true",
+        "FLEETWIRE_BRIDGE_REQUIRE_API_KEY": "false",
         "FLEETWIRE_NAMESPACE": namespace,
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),

@@ -132,6 +132,11 @@ class BridgeServer:
         )
         self._server, self.port = serving.server, serving.port
         log.info("bridge serving", address=address, port=self.port, tls=self.tls is not None)
+        if not self._settings.bridge.require_api_key:
+            log.warning(
+                "ANONYMOUS MODE: FLEETWIRE_BRIDGE_REQUIRE_API_KEY is false; calls without an "
+                "API key run as the tenant 'anonymous', shared by every such caller"
+            )
 
     async def wait(self) -> None:
         if self._server is not None:

@@ -22,7 +22,7 @@ from fleetwire_client import (
     RetryPolicy,
     Unavailable,
 )
-from fleetwire_tools.supervisor import DEV_CERT_DIR, LocalMesh, dev_profile_env
+from fleetwire_tools.supervisor import DEV_CERT_DIR, LocalMesh, dev_api_key, dev_profile_env
 
 PROMPTS = [
     ("urgent", "The mesh routes every job"),
@@ -58,6 +58,7 @@ def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
     tls = dev_profile_env()
     env = {**demo_env(settings), **tls}
     asyncio.run(_fresh_database(env["FLEETWIRE_POSTGRES_DSN"]))
+    api_key = dev_api_key(env["FLEETWIRE_POSTGRES_DSN"], key_file=None)
     mesh = LocalMesh(
         nodes=nodes,
         env=env,
@@ -74,6 +75,7 @@ def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
     client = Client(
         f"127.0.0.1:{settings.bridge.port}",
         ca_file=tls["FLEETWIRE_CA_FILE"],
+        api_key=api_key,
         retry=RetryPolicy(max_attempts=30, max_backoff=1.0),
     )
     try:

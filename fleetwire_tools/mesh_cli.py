@@ -31,8 +31,16 @@ def up(
 ) -> None:
     """Run a whole local mesh (scheduler, bridge, nodes) until Ctrl-C or SIGTERM; the
     children die with this process even when it is killed."""
-    from fleetwire_tools.supervisor import DEV_CERT_DIR, LocalMesh, dev_profile_env
+    from fleetwire.process.settings import load_settings
+    from fleetwire_tools.supervisor import (
+        DEV_API_KEY_FILE,
+        DEV_CERT_DIR,
+        LocalMesh,
+        dev_api_key,
+        dev_profile_env,
+    )
 
+    dev_api_key(load_settings().postgres.dsn.get_secret_value())
     mesh = LocalMesh(nodes=nodes, node_module=node_module, env=dev_profile_env())
     # SIGTERM and SIGHUP (a closed terminal) stop the mesh in order, like Ctrl-C. If this
     # process dies without stopping it (SIGKILL), the children die with it (lifeline).
@@ -44,7 +52,9 @@ def up(
             f"[bold]fleetwire up[/]: scheduler, bridge and {nodes} node(s). Ctrl-C stops.\n"
             f"dev profile: TLS with the local CA in {DEV_CERT_DIR}/ (made by `fleetwire "
             f"certs`; clients pass --cacert {DEV_CERT_DIR / 'ca.pem'} or set "
-            "FLEETWIRE_CA_FILE), and nodes registered on first use. Not for production."
+            "FLEETWIRE_CA_FILE), and nodes registered on first use. Not for production.\n"
+            f"API key of the tenant 'dev' in {DEV_API_KEY_FILE}: "
+            f"export FLEETWIRE_API_KEY=$(cat {DEV_API_KEY_FILE})"
         )
         while not mesh.failed():
             time.sleep(0.5)

@@ -27,6 +27,41 @@ from fleetwire.process.lifeline import bound_command
 from fleetwire_tools.certs import ensure_dev_certificates
 
 DEV_CERT_DIR = Path(".cache/certs")
+DEV_API_KEY_FILE = Path(".cache/dev-api-key")
+DEV_TENANT = "dev"
+
+
+def dev_api_key(dsn: str, key_file: Path | None = DEV_API_KEY_FILE) -> str:
+    """An API key of the tenant ``dev`` in the mesh's database: the one in ``key_file``
+    while it is valid, else a new one (written there, mode 0600). ``key_file`` None: a new
+    key, kept nowhere."""
+    import asyncio
+
+    from pydantic import SecretStr
+
+    from fleetwire.process.settings import PostgresSettings
+    from fleetwire.store.db import open_pool
+    from fleetwire.store.tenants import TenantStore
+
+    kept = key_file.read_text().strip() if key_file is not None and key_file.exists() else ""
+
+    async def ensure() -> str:
+        pool = await open_pool(PostgresSettings(dsn=SecretStr(dsn)))
+        try:
+            store = TenantStore(pool)
+            if kept and await store.tenant_of_key(kept) == DEV_TENANT:
+                return kept
+            return (await store.create_key(DEV_TENANT, name="dev profile")).secret
+        finally:
+            await pool.close()
+
+    key = asyncio.run(ensure())
+    if key_file is not None:
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key + "\n")
+    return key
 
 
 def dev_profile_env(cert_dir: Path = DEV_CERT_DIR) -> dict[str, str]:
@@ -37,6 +72,7 @@ def dev_profile_env(cert_dir: Path = DEV_CERT_DIR) -> dict[str, str]:
     operator's approval and grants."""
     made = ensure_dev_certificates(cert_dir)
     return {
+        "FLEETWIRE_BRIDGE_REQUIRE_API_KEY": "true",
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
         "FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS": "true",
         "FLEETWIRE_TLS_CERT_FILE": str(made.server.cert.resolve()),

@@ -74,6 +74,9 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
         # (the admission tests turn it off).
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
         "FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS": "true",
+        # Anonymous mode, said explicitly: most tests call without a key; the tenant tests
+        # start bridges that require one.
+        "FLEETWIRE_BRIDGE_REQUIRE_API_KEY": "false",
         "FLEETWIRE_NAMESPACE": namespace,
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),

@@ -150,9 +150,10 @@ class BridgeSettings(BaseSettings):
         4096, description="Largest max_tokens accepted (the model's own limit applies too)."
     )
     require_api_key: bool = Field(
-        False,
-        description="Refuse calls without a valid API key (UNAUTHENTICATED). When false, "
-        "calls without a key run as the tenant 'anonymous'; a key that is sent is checked.",
+        True,
+        description="Refuse calls without a valid API key (UNAUTHENTICATED). False (anonymous "
+        "mode, for a one-user local mesh; warned at start): calls without a key run as the "
+        "tenant 'anonymous', which all such callers share; a key that is sent is checked.",
     )
     auth_cache_ttl: Duration = Field(
         timedelta(seconds=2),
