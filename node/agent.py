@@ -30,13 +30,11 @@ from nacl.signing import SigningKey
 from fleetwire.messaging.topology import NETWORK_NAMES
 from fleetwire.process.settings import NodeSettings
 from fleetwire.protocol import signing
-from fleetwire.rpc.options import CLIENT_OPTIONS
-from fleetwire.rpc.status import reason_of
-from fleetwire.rpc.tls import node_channel_credentials, node_server_name
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from node.capabilities import detect_gpus, model_version_of
 from node.config import NodeProfile
+from node.dialer import Dialer, HandshakeRefused, awaits_approval, refused_for_good
 from node.progress import Send
 from node.runner import JobRunner, RunningJob, TokenFlush
 from node.runtime import Runtime
@@ -49,11 +47,6 @@ NETWORK_VALUES: dict[str, Any] = {name: value for value, name in NETWORK_NAMES.i
 AGENT_VERSION = metadata.version("fleetwire")  # sent in Hello, shown by ListNodes
 HAND_BACK_TIMEOUT_S = 5.0
 """How long aborted jobs get to send their hand-back Failure before their tasks are cancelled."""
-
-
-class HandshakeRefused(Exception):
-    """The scheduler refused the node (unknown, revoked or mismatched key); retrying will not
-    help."""
 
 
 class NodeAgent:
@@ -98,8 +91,7 @@ class NodeAgent:
         self._keep_jobs = settings.keep_jobs_on_reconnect
         self._current_send: Send | None = None
         self._undelivered: list[nodes_pb2.NodeStreamRequest] = []
-        self._credentials = node_channel_credentials(settings)
-        self._server_name = node_server_name(settings)
+        self._dialer = Dialer(settings)
 
     @property
     def public_key(self) -> bytes:
@@ -173,18 +165,15 @@ class NodeAgent:
                     await self._session()
                     delay = 0.5
                 except (grpc.RpcError, ConnectionError, OSError) as err:
-                    code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
                     details = err.details() if isinstance(err, grpc.aio.AioRpcError) else ""
-                    if isinstance(err, grpc.aio.AioRpcError) and reason_of(err) == "NODE_PENDING":
+                    if isinstance(err, grpc.RpcError) and awaits_approval(err):
                         # Admission takes an operator: keep asking, at the longest back-off.
                         log.warning("waiting for an operator's approval", detail=details)
                         delay = self._settings.reconnect_max_delay.total_seconds()
-                    elif code in (
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        grpc.StatusCode.UNAUTHENTICATED,
-                    ):
+                    elif isinstance(err, grpc.RpcError) and refused_for_good(err):
                         raise HandshakeRefused(str(details or err)) from err
                     else:
+                        code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
                         log.warning("stream lost", error=str(code or err))
                 finally:
                     self.connected.clear()
@@ -255,19 +244,8 @@ class NodeAgent:
         if jobs:
             log.info("aborted jobs", count=len(jobs), reason=reason, handed_back=hand_back)
 
-    def _channel(self) -> grpc.aio.Channel:
-        """TLS to the scheduler, its certificate verified for ``_server_name`` (plaintext
-        only when FLEETWIRE_NODE_INSECURE says so)."""
-        address = self._settings.scheduler_address
-        if self._credentials is None:
-            return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
-        options: list[tuple[str, str | int]] = list(CLIENT_OPTIONS)
-        if self._settings.server_name:
-            options.append(("grpc.ssl_target_name_override", self._settings.server_name))
-        return grpc.aio.secure_channel(address, self._credentials, options=options)
-
     async def _session(self) -> None:
-        async with self._channel() as channel:
+        async with self._dialer.channel() as channel:
             stub = node_service_pb2_grpc.NodeServiceStub(channel)
             call = stub.NodeStream()
             write_lock = asyncio.Lock()
@@ -337,10 +315,10 @@ class NodeAgent:
             challenge.challenge.scheduler_id,
             self._settings.node_id,
             self.public_key,
-            self._server_name,
+            self._dialer.server_name,
         )
         auth = nodes_pb2.Auth(
-            signature=signing.sign(self._key, signed), server_name=self._server_name
+            signature=signing.sign(self._key, signed), server_name=self._dialer.server_name
         )
         await send(nodes_pb2.NodeStreamRequest(auth=auth))
         welcome = await call.read()

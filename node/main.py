@@ -32,8 +32,9 @@ from fleetwire.domain.errors import ConfigurationError
 from fleetwire.domain.keys import load_or_create_key, next_key_path, promote_next_key
 from fleetwire.process import lifeline
 from fleetwire.process.settings import NodeSettings, Settings
-from node.agent import HandshakeRefused, NodeAgent
+from node.agent import NodeAgent
 from node.config import NodeProfile, load_profile
+from node.dialer import HandshakeRefused
 from node.runtime import Runtime
 from node.vllm_runtime import VllmRuntime
 

@@ -31,8 +31,9 @@ from fleetwire.protocol.facts import verify_job
 from fleetwire.protocol.signing import key_id
 from fleetwire.v1 import job_pb2
 from fleetwire_tools.supervisor import Child, LocalMesh
-from node.agent import HandshakeRefused, NodeAgent
+from node.agent import NodeAgent
 from node.config import ModelConfig, NodeProfile
+from node.dialer import HandshakeRefused
 from node.vllm_runtime import VllmRuntime
 from tests.conftest import MODEL_DIR, cleanup_namespace
 from tests.e2e.conftest import NODE_START_TIMEOUT, LiveMesh, e2e_env
