@@ -107,3 +107,7 @@ def live_mesh(
         if failed_before:
             print(live.log_tails())
         asyncio.run(cleanup_namespace(namespace))
+
+
+# The node-worker tests' mesh (one for the session, shared by their two modules).
+from tests.e2e.worker_mesh import worker_mesh  # noqa: E402, F401
