@@ -1,10 +1,12 @@
-"""Ends the sessions of nodes whose key was revoked or replaced since they connected.
+"""Ends the sessions of nodes whose key was revoked since they connected.
 
-A handshake checks the key once; this loop checks the keys of every live session against
-the registry every ``key_check_interval`` (one query for all of them), so an operator's
-revocation takes effect within that time, not at the node's next reconnect. The session's
-stream is cancelled: the node reconnects and is refused at the handshake (KEY_REVOKED or
-KEY_MISMATCH), and its running jobs go back to the queue like those of a lost node.
+A handshake checks the key once; this loop checks the registry for every live session
+every ``key_check_interval`` (one query for all of them), so an operator's revocation takes
+effect within that time, not at the node's next reconnect. The session's stream is
+cancelled: the node reconnects and is refused at the handshake (KEY_REVOKED), and its
+running jobs go back to the queue like those of a lost node. A key *replaced* by a
+rotation (``register --replace``) is not a revocation: the session keeps the key it proved
+until the node reconnects with its new one, so the jobs in flight finish.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class KeyWatch:
                 log.warning("node keys not checked; PostgreSQL unavailable", error=str(err))
 
     async def check(self) -> int:
-        """Ends every session whose key is no longer the registered, live one; returns how
+        """Ends every session whose node is revoked (or no longer registered); returns how
         many it ended."""
         sessions = list(self._registry.sessions)
         if not sessions:
@@ -54,9 +56,9 @@ class KeyWatch:
         ended = 0
         for session in sessions:
             registered = keys.get(session.node_id)
-            if registered is not None and registered == (session.public_key, False):
+            if registered is not None and not registered[1]:
                 continue
-            reason = "key revoked" if registered and registered[1] else "key no longer registered"
+            reason = "key revoked" if registered else "node no longer registered"
             log.warning("ending the session of a node", node_id=session.node_id, reason=reason)
             await self._registry.remove(session, reason)
             if session.close is not None:

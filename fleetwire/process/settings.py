@@ -275,7 +275,8 @@ class SchedulerSettings(BaseSettings):
         timedelta(seconds=2),
         gt=timedelta(0),
         description="How often the keys of connected nodes are checked against the "
-        "registry; a revoked or replaced key ends its session within this time.",
+        "registry; a revoked key ends its session within this time (a key replaced by a "
+        "rotation does not).",
     )
     defer_delay: Duration = Field(
         timedelta(seconds=1),
