@@ -251,14 +251,17 @@ main() {
   wait_for postgres postgres_answers "check: pg_isready -h 127.0.0.1; log in /var/log/postgresql/"
   wait_for rabbitmq rabbitmq_answers "check: rabbitmqctl status; logs in /var/log/rabbitmq/"
 
+  # Local trust rules go only into a cluster this run installed: an existing database's
+  # authentication is never weakened. An existing one that asks for a password is left
+  # alone, with what to do instead.
   local ver
   ver=$(pg_version)
-  if [[ -n $ver ]]; then
+  if [[ -n $ver && ${state[postgres]} == "installed and started" ]]; then
     pg_ensure_trust "/etc/postgresql/$ver/main/pg_hba.conf" 5432 \
       pg_ctlcluster --skip-systemctl-redirect "$ver" main reload
   elif ! pg_tcp_login_ok 5432; then
-    log "postgres: WARNING: cannot log in as postgres over TCP without a password, and this" \
-      "PostgreSQL is not a Debian cluster this script can configure"
+    log "postgres: this existing PostgreSQL asks for a password over TCP; it is left as it" \
+      "is. Give fleetwire credentials: FLEETWIRE_POSTGRES_DSN=postgresql://USER:PASSWORD@HOST/DB"
   fi
 
   for svc in rabbitmq redis postgres; do

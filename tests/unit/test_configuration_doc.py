@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from fleetwire.process.settings import MeshSettings, SchedulerSettings, Settings
+from fleetwire.process.settings import MeshSettings, PostgresSettings, SchedulerSettings, Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -165,3 +165,15 @@ def test_models_that_would_share_a_queue_are_refused() -> None:
     with pytest.raises(ValueError, match="share the route"):
         MeshSettings(models=["eu.small", "eu_small"])
     assert MeshSettings(models=["tiny-llama", "scripted"]).models == ["tiny-llama", "scripted"]
+
+
+def test_secrets_can_come_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DSN kept out of the environment: a file named like its variable in
+    FLEETWIRE_SECRETS_DIR; the environment still wins when it sets the variable."""
+    (tmp_path / "FLEETWIRE_POSTGRES_DSN").write_text("postgresql://u:from-a-file@db/x\n")
+    monkeypatch.setenv("FLEETWIRE_SECRETS_DIR", str(tmp_path))
+    monkeypatch.delenv("FLEETWIRE_POSTGRES_DSN", raising=False)
+    assert PostgresSettings().dsn.get_secret_value() == "postgresql://u:from-a-file@db/x"
+    monkeypatch.setenv("FLEETWIRE_POSTGRES_DSN", "postgresql://u:from-env@db/x")
+    assert PostgresSettings().dsn.get_secret_value() == "postgresql://u:from-env@db/x"
+
