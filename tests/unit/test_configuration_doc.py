@@ -176,4 +176,3 @@ def test_secrets_can_come_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert PostgresSettings().dsn.get_secret_value() == "postgresql://u:from-a-file@db/x"
     monkeypatch.setenv("FLEETWIRE_POSTGRES_DSN", "postgresql://u:from-env@db/x")
     assert PostgresSettings().dsn.get_secret_value() == "postgresql://u:from-env@db/x"
-
