@@ -23,6 +23,8 @@ import aiormq.abc
 import redis.asyncio as aioredis
 import structlog
 
+from broker_bridge.auth import Caller
+from broker_bridge.tenant_policy import check_credit, check_policy
 from fleetwire.domain.errors import (
     BackendUnavailable,
     FieldViolation,
@@ -153,12 +155,20 @@ class Admission:
         settings: BridgeSettings,
         *,
         waiting_of: Callable[[str], Awaitable[int]],
+        balance_of: Callable[[str], Awaitable[int]],
     ) -> None:
+        self._balance_of = balance_of
         self._limiter = limiter
         self._gauge = gauge
         self._settings = settings
         self._waiting_of = waiting_of
         self._backlogs: dict[str, tuple[float, int]] = {}
+
+    async def check_tenant(self, spec: job_pb2.JobSpec, caller: Caller) -> None:
+        """The tenant's policy allows the spec (PermissionDenied) and, for mainnet, its
+        credit covers it (FailedPrecondition): ``tenant_policy``."""
+        check_policy(spec, caller.tenant_id, caller.policy)
+        await check_credit(spec, caller.tenant_id, caller.policy, self._balance_of)
 
     async def check_backlog(self, tenant_id: str, *, adding: int = 1) -> None:
         """Raises ResourceExhausted (reason TENANT_BACKLOG_FULL) when the tenant already has

@@ -19,13 +19,17 @@ from fleetwire.store.tenants import ANONYMOUS_TENANT, TenantLimits, TenantStore,
 _MAX_CACHED = 10_000
 
 
+UNRESTRICTED = TenantLimits(None, None)
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated tenant and its effective rate limits."""
+    """An authenticated tenant, its effective rate limits and its policy."""
 
     tenant_id: str
     rate_per_second: float
     burst: int
+    policy: TenantLimits = UNRESTRICTED
 
 
 class Authenticator:
@@ -55,6 +59,7 @@ class Authenticator:
             tenant_id=tenant_id,
             rate_per_second=limits.rate_per_second or self._settings.tenant_rate,
             burst=limits.burst or self._settings.tenant_burst,
+            policy=limits,
         )
 
     async def _tenant_of(self, key: str) -> str:

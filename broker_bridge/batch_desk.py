@@ -185,6 +185,8 @@ class BatchDesk:
             )
             for index, spec in enumerate(specs)
         ]
+        for spec in specs:
+            await self._admission.check_tenant(spec, caller)
         per_route: Counter[tuple[str, int]] = Counter(
             (row.route_key, spec.priority) for (row, _), spec in zip(made, specs, strict=True)
         )

@@ -84,6 +84,7 @@ class BridgeServer:
             self._gauge,
             self._settings.bridge,
             waiting_of=store.waiting_jobs_of_tenant,
+            balance_of=TenantStore(self._pool).balance_of,
         )
         locks = RequestLocks(self._redis, namespace, lease=self._settings.bridge.request_lock_lease)
         await self._unsettled.start()

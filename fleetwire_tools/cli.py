@@ -30,7 +30,7 @@ from fleetwire_tools.connection import CONNECTION, connection_options
 from fleetwire_tools.key_cli import keys_app
 from fleetwire_tools.mesh_cli import up
 from fleetwire_tools.operator_cli import operators_app
-from fleetwire_tools.registry_cli import api_keys_app, nodes_app
+from fleetwire_tools.registry_cli import api_keys_app, nodes_app, tenants_app
 
 if TYPE_CHECKING:
     pass
@@ -44,6 +44,7 @@ admin_app.add_typer(nodes_app, name="nodes")
 admin_app.add_typer(api_keys_app, name="keys")
 admin_app.add_typer(mesh_app, name="mesh")
 admin_app.add_typer(operators_app, name="operators")
+admin_app.add_typer(tenants_app, name="tenants")
 app.add_typer(admin_app, name="admin")
 app.command()(up)
 

@@ -266,3 +266,50 @@ def api_keys_revoke(key_id: str) -> None:
         err_console.print(f"[red]no live key {key_id}[/]")
         raise typer.Exit(1)
     console.print(json.dumps({"key_id": key_id, "revoked": True}))
+
+
+tenants_app = typer.Typer(help="Tenants' policies: what each may use.", no_args_is_help=True)
+
+
+def _names(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@tenants_app.command("policy")
+def tenants_policy(
+    tenant: str,
+    priorities: Annotated[
+        str | None, typer.Option(help="Comma-separated classes it may use (urgent,normal,…).")
+    ] = None,
+    networks: Annotated[str | None, typer.Option(help="mainnet and/or testnet.")] = None,
+    subclouds: Annotated[str | None, typer.Option(help="Subclouds it may submit to.")] = None,
+    credit_limit: Annotated[
+        int | None,
+        typer.Option(help="Micro-credits it may owe on mainnet; unset: no credit check."),
+    ] = None,
+) -> None:
+    """Set TENANT's policy (every option left out is unrestricted); bridges apply it within
+    FLEETWIRE_BRIDGE_AUTH_CACHE_TTL."""
+    import getpass
+
+    from fleetwire.store.operators import OperatorStore
+    from fleetwire.store.tenants import TenantStore
+
+    allowed = {"priorities": _names(priorities), "networks": _names(networks)}
+    allowed["subclouds"] = _names(subclouds)
+    with_pool(
+        lambda pool: TenantStore(pool).set_policy(
+            tenant,
+            priorities=allowed["priorities"],
+            networks=allowed["networks"],
+            subclouds=allowed["subclouds"],
+            credit_limit=credit_limit,
+        )
+    )
+    policy = {**allowed, "credit_limit": credit_limit}
+    with_pool(
+        lambda pool: OperatorStore(pool).audit(
+            f"cli:{getpass.getuser()}", "tenant.policy", tenant, policy
+        )
+    )
+    typer.echo(json.dumps({"tenant": tenant, **policy}))

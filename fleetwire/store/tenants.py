@@ -45,10 +45,16 @@ class KeyRecord:
 
 @dataclass(frozen=True, slots=True)
 class TenantLimits:
-    """A tenant's own rate limits; None means the bridge's defaults."""
+    """A tenant's own rate limits (None: the bridge's defaults) and policy: the priority
+    classes, networks and subclouds it may use (None: any) and how much it may owe on
+    mainnet (None: no credit check)."""
 
     rate_per_second: float | None
     burst: int | None
+    priorities: frozenset[str] | None = None
+    networks: frozenset[str] | None = None
+    subclouds: frozenset[str] | None = None
+    credit_limit: int | None = None
 
 
 def new_key(prefix: str = KEY_PREFIX) -> tuple[str, str]:
@@ -134,11 +140,56 @@ class TenantStore:
     @translating
     async def limits_of(self, tenant_id: str) -> TenantLimits:
         row = await self._pool.fetchrow(
-            "SELECT rate_per_second, burst FROM tenants WHERE tenant_id = $1", tenant_id
+            "SELECT rate_per_second, burst, allowed_priorities, allowed_networks,"
+            " allowed_subclouds, credit_limit FROM tenants WHERE tenant_id = $1",
+            tenant_id,
         )
         if row is None:
             return TenantLimits(None, None)
-        return TenantLimits(row["rate_per_second"], row["burst"])
+
+        def names(column: str) -> frozenset[str] | None:
+            return None if row[column] is None else frozenset(row[column])
+
+        return TenantLimits(
+            row["rate_per_second"],
+            row["burst"],
+            priorities=names("allowed_priorities"),
+            networks=names("allowed_networks"),
+            subclouds=names("allowed_subclouds"),
+            credit_limit=row["credit_limit"],
+        )
+
+    @translating
+    async def set_policy(
+        self,
+        tenant_id: str,
+        *,
+        priorities: list[str] | None,
+        networks: list[str] | None,
+        subclouds: list[str] | None,
+        credit_limit: int | None,
+    ) -> None:
+        """Replaces the tenant's policy (None: unrestricted), creating the tenant if new."""
+        await self._pool.execute(
+            "INSERT INTO tenants (tenant_id, allowed_priorities, allowed_networks,"
+            " allowed_subclouds, credit_limit) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (tenant_id) DO UPDATE SET allowed_priorities = $2,"
+            " allowed_networks = $3, allowed_subclouds = $4, credit_limit = $5",
+            tenant_id,
+            priorities,
+            networks,
+            subclouds,
+            credit_limit,
+        )
+
+    @translating
+    async def balance_of(self, tenant_id: str) -> int:
+        """The tenant's ledger balance in micro-credits (charges are negative)."""
+        balance = await self._pool.fetchval(
+            "SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE account = $1",
+            f"tenant:{tenant_id}",
+        )
+        return int(balance)
 
     @translating
     async def set_limits(

@@ -1,0 +1,59 @@
+"""What a tenant may submit: its policy (priority classes, networks, subclouds) and, for
+mainnet, its credit. Pure checks on a validated spec; the desks call them before a job
+is written, so a refused job costs nothing and leaves nothing behind."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fleetwire.domain.errors import FailedPrecondition, PermissionDenied
+from fleetwire.messaging.topology import NETWORK_NAMES
+from fleetwire.store.tenants import TenantLimits
+from fleetwire.v1 import job_pb2
+
+
+def priority_name(priority: int) -> str:
+    return str(job_pb2.PriorityClass.Name(priority)).removeprefix("PRIORITY_CLASS_").lower()
+
+
+def check_policy(spec: job_pb2.JobSpec, tenant_id: str, policy: TenantLimits) -> None:
+    """PermissionDenied when the tenant's policy does not allow the spec's priority class,
+    network or subcloud."""
+    priority = priority_name(spec.priority)
+    if policy.priorities is not None and priority not in policy.priorities:
+        raise PermissionDenied(
+            f"tenant {tenant_id} may not submit {priority} jobs "
+            f"(allowed: {', '.join(sorted(policy.priorities)) or 'none'})",
+            reason="PRIORITY_NOT_ALLOWED",
+        )
+    network = NETWORK_NAMES.get(spec.network, "")
+    if policy.networks is not None and network not in policy.networks:
+        raise PermissionDenied(
+            f"tenant {tenant_id} may not submit to {network or 'that network'}",
+            reason="NETWORK_NOT_ALLOWED",
+        )
+    subcloud = spec.constraints.subcloud
+    if subcloud and policy.subclouds is not None and subcloud not in policy.subclouds:
+        raise PermissionDenied(
+            f"tenant {tenant_id} may not use the subcloud {subcloud}",
+            reason="SUBCLOUD_NOT_ALLOWED",
+        )
+
+
+async def check_credit(
+    spec: job_pb2.JobSpec,
+    tenant_id: str,
+    policy: TenantLimits,
+    balance_of: Callable[[str], Awaitable[int]],
+) -> None:
+    """FailedPrecondition (INSUFFICIENT_CREDIT) for a mainnet job of a tenant with a credit
+    limit whose balance has reached it."""
+    if policy.credit_limit is None or spec.network != job_pb2.NETWORK_MAINNET:
+        return
+    balance = await balance_of(tenant_id)
+    if balance + policy.credit_limit <= 0:
+        raise FailedPrecondition(
+            f"tenant {tenant_id} has no credit left for mainnet jobs (balance {balance}, "
+            f"credit limit {policy.credit_limit} micro-credits); testnet jobs are free",
+            reason="INSUFFICIENT_CREDIT",
+        )
