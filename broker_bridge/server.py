@@ -18,6 +18,7 @@ from broker_bridge.idempotency import RequestLocks
 from broker_bridge.outbox import Outbox
 from broker_bridge.service import JobService
 from broker_bridge.unsettled import UnsettledRows
+from broker_bridge.watch_slots import WatchSlots
 from fleetwire.domain.errors import BackendUnavailable
 from fleetwire.messaging.amqp import AmqpLink
 from fleetwire.messaging.events import JobEvents, connect_redis
@@ -48,7 +49,9 @@ class BridgeServer:
         self._server: grpc.aio.Server | None = None
         self._pool: asyncpg.Pool | None = None
         self._link = AmqpLink(settings.rabbitmq.url.get_secret_value())
-        self._redis = connect_redis(settings.redis.url.get_secret_value())
+        self._redis = connect_redis(
+            settings.redis.url.get_secret_value(), max_connections=settings.redis.max_connections
+        )
         topology = Topology(settings.mesh.namespace)
         self._publisher = JobPublisher(
             self._link, topology, confirm_timeout=settings.rabbitmq.publish_timeout
@@ -123,7 +126,9 @@ class BridgeServer:
             self._outbox,
         )
         auth = Authenticator(TenantStore(self._pool), self._settings.bridge)
-        servicer = JobService(desk, batches, auth)
+        servicer = JobService(
+            desk, batches, auth, WatchSlots(self._settings.bridge.max_watches_per_tenant)
+        )
         address = f"{self._settings.bridge.host}:{self._settings.bridge.port}"
         serving = await start_server(
             address,

@@ -15,6 +15,7 @@ import structlog
 from broker_bridge.auth import Authenticator, Caller
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
+from broker_bridge.watch_slots import WatchSlots
 from fleetwire.domain.errors import DeadlineExceeded
 from fleetwire.messaging.topology import HEADER_REQUEST_ID
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
@@ -33,10 +34,13 @@ def trace_id_of(context: Context) -> str:
 
 
 class JobService(job_service_pb2_grpc.JobServiceServicer):
-    def __init__(self, desk: JobDesk, batches: BatchDesk, auth: Authenticator) -> None:
+    def __init__(
+        self, desk: JobDesk, batches: BatchDesk, auth: Authenticator, watches: WatchSlots
+    ) -> None:
         self._desk = desk
         self._batches = batches
         self._auth = auth
+        self._watches = watches
 
     async def _enter(
         self, context: Context, method: str, *, echo: bool = True
@@ -79,10 +83,11 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchResponse]:
         caller, _ = await self._enter(context, "Watch")
-        async for event in self._desk.watch(
-            request.job_id, tenant_id=caller.tenant_id, after_sequence=request.after_sequence
-        ):
-            yield event
+        async with self._watches.held(caller.tenant_id):
+            async for event in self._desk.watch(
+                request.job_id, tenant_id=caller.tenant_id, after_sequence=request.after_sequence
+            ):
+                yield event
 
     async def Cancel(  # noqa: N802
         self, request: job_service_pb2.CancelRequest, context: Context
@@ -111,5 +116,6 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.WatchBatchRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchBatchResponse]:
         caller, _ = await self._enter(context, "WatchBatch")
-        async for event in self._batches.watch(request.batch_id, tenant_id=caller.tenant_id):
-            yield event
+        async with self._watches.held(caller.tenant_id):
+            async for event in self._batches.watch(request.batch_id, tenant_id=caller.tenant_id):
+                yield event

@@ -78,7 +78,9 @@ class SchedulerServer:
         self.admin_port = 0
         self._pool: asyncpg.Pool | None = None
         self._link = AmqpLink(settings.rabbitmq.url.get_secret_value())
-        self._redis = connect_redis(settings.redis.url.get_secret_value())
+        self._redis = connect_redis(
+            settings.redis.url.get_secret_value(), max_connections=settings.redis.max_connections
+        )
         self._server: grpc.aio.Server | None = None
         self._consumers: QueueConsumers | None = None
         self._cancel_relay: ChannelListener | None = None

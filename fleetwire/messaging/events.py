@@ -251,8 +251,16 @@ def _no_script(reply: object) -> bool:
     return isinstance(reply, NoScriptError)
 
 
-def connect_redis(url: str) -> aioredis.Redis:
-    """A Redis client with bounded timeouts (connections are made lazily)."""
-    return aioredis.Redis.from_url(
-        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
+def connect_redis(url: str, *, max_connections: int = 100) -> aioredis.Redis:
+    """A Redis client with bounded timeouts and a bounded pool (connections are made
+    lazily): a caller waits up to 5 s for a free connection, then gets a ConnectionError
+    (BackendUnavailable at the edge) instead of opening one more."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=5,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=15,
     )
+    return aioredis.Redis(connection_pool=pool)

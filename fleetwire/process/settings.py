@@ -99,6 +99,12 @@ class RedisSettings(_Group):
     model_config = _group("FLEETWIRE_REDIS_")
 
     url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL.")
+    max_connections: int = Field(
+        100,
+        ge=4,
+        description="Redis connections a process opens at most (each open Watch holds one "
+        "while it waits); beyond, a call waits up to 5 s, then is UNAVAILABLE.",
+    )
     stream_maxlen: int = Field(
         10_000, ge=100, description="Cap on events kept per job's event stream."
     )
@@ -184,6 +190,13 @@ class BridgeSettings(_Group):
         ge=1,
         description="Jobs one tenant may have waiting (QUEUED or RETRYING) at once; more "
         "are refused, so no tenant fills a queue for the others.",
+    )
+    max_watches_per_tenant: int = Field(
+        32,
+        ge=1,
+        description="Watch and WatchBatch streams one tenant may have open on a bridge "
+        "replica at once; more are RESOURCE_EXHAUSTED, so no tenant holds every Redis "
+        "connection.",
     )
     request_lock_lease: Duration = Field(
         timedelta(seconds=1.5),

@@ -24,6 +24,7 @@ from tests.integration.bridge_kit import (
     stub_of,
     with_bridge,
 )
+from tests.support.eventually import eventually
 
 
 @pytest.fixture
@@ -136,3 +137,55 @@ async def test_a_batch_is_refused_whole_when_one_member_is_not_allowed(
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert reason_of(caught.value) == "PRIORITY_NOT_ALLOWED"
     assert await rows_of(pool, tenant) == 0
+
+
+async def test_watch_streams_per_tenant_are_bounded(settings: Settings, pool: asyncpg.Pool) -> None:
+    """The third Watch of a tenant allowed two is RESOURCE_EXHAUSTED with a retry delay;
+    another tenant still watches, and a closed stream frees its slot."""
+    limited = with_bridge(settings, require_api_key=True, max_watches_per_tenant=2)
+    _, key = await tenant_with(pool)
+    _, other = await tenant_with(pool)
+    async with running_bridge(limited) as bridge, stub_of(bridge) as stub:
+        job = (
+            await stub.Submit(job_service_pb2.SubmitRequest(job=spec()), metadata=bearer(key))
+        ).job
+
+        theirs = (
+            await stub.Submit(job_service_pb2.SubmitRequest(job=spec()), metadata=bearer(other))
+        ).job
+
+        def watch(with_key: str) -> grpc.aio.UnaryStreamCall:
+            job_id = job.job_id if with_key == key else theirs.job_id
+            return stub.Watch(
+                job_service_pb2.WatchRequest(job_id=job_id), metadata=bearer(with_key)
+            )
+
+        held = [watch(key), watch(key)]
+        for call in held:
+            await call.read()  # open: the job's current state came
+        third = watch(key)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await third.read()
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert reason_of(caught.value) == "TOO_MANY_WATCHES"
+        others = watch(other)
+        await others.read()
+        held[0].cancel()
+
+        async def slot_freed() -> bool:
+            again = watch(key)
+            try:
+                await again.read()
+            except grpc.aio.AioRpcError:
+                return False
+            finally:
+                again.cancel()
+            return True
+
+        await eventually(slot_freed, within=5, what="the closed Watch's slot to be free")
+        for call in (held[1], others):
+            call.cancel()
+        await stub.Cancel(job_service_pb2.CancelRequest(job_id=job.job_id), metadata=bearer(key))
+        await stub.Cancel(
+            job_service_pb2.CancelRequest(job_id=theirs.job_id), metadata=bearer(other)
+        )
