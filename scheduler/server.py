@@ -196,6 +196,7 @@ class SchedulerServer:
             [SERVICE_NAME],
             lambda server: node_service_pb2_grpc.add_NodeServiceServicer_to_server(nodes, server),
             self.tls,
+            max_streams_per_connection=settings.scheduler.max_streams_per_connection,
         )
         self._server, self.port = serving.server, serving.port
         admin_address = f"{settings.scheduler.admin_host}:{settings.scheduler.admin_port}"

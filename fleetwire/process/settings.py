@@ -270,6 +270,12 @@ class SchedulerSettings(_Group):
     max_node_subclouds: int = Field(
         8, ge=0, description="Most subclouds a node may name in Hello; more is refused."
     )
+    max_streams_per_connection: int = Field(
+        4,
+        ge=1,
+        description="Concurrent streams one connection may open on the node port (a node "
+        "needs one); more wait for a free one.",
+    )
     max_hello_bytes: int = Field(
         16384,
         ge=1024,

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fleetwire.rpc.edge import edge_server
+from fleetwire.rpc.options import SERVER_OPTIONS
 from fleetwire.rpc.tls import ServerTls
 
 
@@ -27,11 +28,17 @@ async def start_server(
     services: Sequence[str],
     add_services: Callable[[grpc.aio.Server], None],
     tls: ServerTls | None,
+    *,
+    max_streams_per_connection: int | None = None,
 ) -> Serving:
     """Builds the server, lets ``add_services`` register the servicers of ``services``
     (full names), binds ``address`` (TLS with ``tls``, plaintext with None) and starts;
     health says SERVING once it serves."""
-    server = edge_server()
+    options = list(SERVER_OPTIONS)
+    if max_streams_per_connection is not None:
+        options = [o for o in options if o[0] != "grpc.max_concurrent_streams"]
+        options.append(("grpc.max_concurrent_streams", max_streams_per_connection))
+    server = edge_server(options)
     add_services(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

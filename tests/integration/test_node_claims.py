@@ -17,6 +17,7 @@ from fleetwire.process.settings import Settings
 from fleetwire.store.db import open_pool
 from fleetwire.store.nodes import NodeStore
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from fleetwire.v1 import node_service_pb2_grpc
 from scheduler.server import SchedulerServer
 from tests.support.eventually import eventually
 from tests.support.handshake import handshake, hello
@@ -129,3 +130,36 @@ async def test_models_outside_the_mesh_make_no_route(granting: SchedulerServer) 
     only_foreign.hello.models.append(nodes_pb2.ServedModel(name="not-in-the-mesh", runtime="x"))
     outcome = await login(granting, only_foreign, key)
     assert outcome.startswith("PERMISSION_DENIED NO_MESH_MODEL"), outcome
+
+
+async def test_one_connection_opens_only_a_few_streams_on_the_node_port(
+    granting: SchedulerServer, settings: Settings
+) -> None:
+    """Streams beyond FLEETWIRE_SCHEDULER_MAX_STREAMS_PER_CONNECTION wait: a fifth one gets
+    no Challenge while four are open, and a node on a connection of its own is served."""
+    limit = settings.scheduler.max_streams_per_connection
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{granting.port}", options=own_connection
+    ) as channel:
+        stub = node_service_pb2_grpc.NodeServiceStub(channel)
+        held = []
+        for _ in range(limit):
+            call = stub.NodeStream()
+            message, _key = node()
+            await call.write(message)
+            assert (await call.read()).WhichOneof("message") == "challenge"
+            held.append(call)
+        extra = stub.NodeStream(timeout=2)
+        message, _key = node()
+        async def fifth() -> None:
+            await extra.write(message)
+            await extra.read()
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await fifth()
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        message, key = node()
+        assert await login(granting, message, key) == "welcome", "another connection is served"
+        for call in held:
+            call.cancel()
