@@ -34,15 +34,17 @@ def certificate_names(cert_pem: bytes) -> frozenset[str]:
 
 
 class ServerTls:
-    """The certificate a server presents, read from files and re-read on ``reload``."""
+    """The certificate a server presents, read from files and re-read on ``reload``. One
+    object may serve several ports (the scheduler's node and admin ports): each port's
+    credentials notice a reload on their own."""
 
     def __init__(self, cert_file: Path, key_file: Path) -> None:
         self._cert_file = cert_file
         self._key_file = key_file
-        self._initial, self.names = self._read()
-        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._pair, self.names = self._read()
+        self._generation = 0
 
-    def _read(self) -> tuple[grpc.ServerCertificateConfiguration, frozenset[str]]:
+    def _read(self) -> tuple[tuple[bytes, bytes], frozenset[str]]:
         try:
             chain, key = self._cert_file.read_bytes(), self._key_file.read_bytes()
             names = certificate_names(chain)
@@ -50,26 +52,43 @@ class ServerTls:
             raise ConfigurationError(
                 f"cannot read the TLS certificate {self._cert_file} / key {self._key_file}: {err}"
             ) from err
-        return grpc.ssl_server_certificate_configuration([(key, chain)]), names
+        return (key, chain), names
 
-    def credentials(self) -> grpc.ServerCredentials:
-        return grpc.dynamic_ssl_server_credentials(self._initial, self._next_configuration)
+    def credentials(self, *, client_ca: bytes | None = None) -> grpc.ServerCredentials:
+        """Credentials for one port; with ``client_ca`` clients must present a certificate
+        that chains to it (mTLS)."""
+        seen = self._generation
 
-    def _next_configuration(self) -> grpc.ServerCertificateConfiguration | None:
-        """Called by gRPC before each handshake: the reloaded configuration once, then None
-        (keep the current one)."""
-        pending, self._pending = self._pending, None
-        return pending
+        def configuration() -> grpc.ServerCertificateConfiguration:
+            return grpc.ssl_server_certificate_configuration(
+                [self._pair], root_certificates=client_ca
+            )
+
+        def next_configuration() -> grpc.ServerCertificateConfiguration | None:
+            """Called by gRPC before each handshake: the reloaded configuration once per
+            reload, else None (keep the current one)."""
+            nonlocal seen
+            if seen == self._generation:
+                return None
+            seen = self._generation
+            return configuration()
+
+        return grpc.dynamic_ssl_server_credentials(
+            configuration(),
+            next_configuration,
+            require_client_authentication=client_ca is not None,
+        )
 
     def reload(self) -> bool:
         """Reads the files again for the next handshakes; on error keeps the current ones
         (and logs why). True when the new certificate is in place."""
         try:
-            configuration, names = self._read()
+            pair, names = self._read()
         except ConfigurationError as err:
             log.error("TLS certificate not reloaded; keeping the current one", error=str(err))
             return False
-        self._pending, self.names = configuration, names
+        self._pair, self.names = pair, names
+        self._generation += 1
         log.info("TLS certificate reloaded", cert=str(self._cert_file), names=sorted(names))
         return True
 

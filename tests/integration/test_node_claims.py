@@ -152,6 +152,7 @@ async def test_one_connection_opens_only_a_few_streams_on_the_node_port(
             held.append(call)
         extra = stub.NodeStream(timeout=2)
         message, _key = node()
+
         async def fifth() -> None:
             await extra.write(message)
             await extra.read()

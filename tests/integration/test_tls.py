@@ -255,3 +255,23 @@ async def test_a_broken_certificate_file_keeps_the_current_one(
     certs.server.cert.write_text("not a certificate")
     assert not tls_bridge.tls.reload()
     assert await asyncio.to_thread(served_certificate, tls_bridge.port) == before
+
+
+async def test_a_reload_reaches_both_ports_of_a_scheduler(
+    tls_scheduler: SchedulerServer, certs: DevCertificates
+) -> None:
+    """The node port and the admin port share one certificate: a reload reaches both."""
+    assert tls_scheduler.tls is not None
+    ports = (tls_scheduler.port, tls_scheduler.admin_port)
+    before = [await asyncio.to_thread(served_certificate, port) for port in ports]
+    issue(
+        ensure_authority(certs.ca.parent),
+        certs.server.cert.with_suffix(""),
+        common_name="localhost",
+        names=("localhost", "127.0.0.1"),
+        server=True,
+    )
+    assert tls_scheduler.tls.reload()
+    after = [await asyncio.to_thread(served_certificate, port) for port in ports]
+    assert after[0] == after[1]
+    assert all(a != b for a, b in zip(after, before, strict=True))
