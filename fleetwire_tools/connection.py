@@ -20,8 +20,18 @@ from fleetwire_client.transport import channel_credentials
 class Connection:
     ca_file: Path | None = None
     insecure: bool = False
+    client_cert: Path | None = None  # a client certificate, for an admin port that wants mTLS
+    client_key: Path | None = None
 
     def credentials(self) -> grpc.ChannelCredentials | None:
+        if self.client_cert is not None and not self.insecure:
+            roots = self.ca_file.read_bytes() if self.ca_file is not None else None
+            key = self.client_key.read_bytes() if self.client_key is not None else None
+            return grpc.ssl_channel_credentials(
+                root_certificates=roots,
+                private_key=key,
+                certificate_chain=self.client_cert.read_bytes(),
+            )
         return channel_credentials(None, ca_file=self.ca_file, insecure=self.insecure or None)
 
     def channel(self, target: str, options: Sequence[tuple[str, int | str]]) -> grpc.Channel:
@@ -52,6 +62,21 @@ def connection_options(
             help="Talk plaintext to a mesh that serves no TLS (tests, benchmarks).",
         ),
     ] = False,
+    client_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--client-cert",
+            envvar="FLEETWIRE_CLIENT_CERT_FILE",
+            help="PEM client certificate, for an admin port that requires mTLS.",
+        ),
+    ] = None,
+    client_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--client-key", envvar="FLEETWIRE_CLIENT_KEY_FILE", help="Its PEM private key."
+        ),
+    ] = None,
 ) -> None:
     """fleetwire: a mesh for LLM inference jobs."""
     CONNECTION.ca_file, CONNECTION.insecure = cacert, insecure
+    CONNECTION.client_cert, CONNECTION.client_key = client_cert, client_key

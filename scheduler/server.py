@@ -22,7 +22,7 @@ from fleetwire.messaging.topology import Topology
 from fleetwire.process.lifecycle import wait_for_stop_signal
 from fleetwire.process.settings import Settings
 from fleetwire.rpc.server import start_server
-from fleetwire.rpc.tls import server_tls
+from fleetwire.rpc.tls import admin_client_ca, server_tls
 from fleetwire.store.attempts import AttemptStore
 from fleetwire.store.db import open_pool
 from fleetwire.store.jobs import JobStore
@@ -73,6 +73,7 @@ class SchedulerServer:
             settings.scheduler.scheduler_id or f"{socket.gethostname()}-{os.getpid()}"
         )
         self.tls = server_tls(settings.tls, server="scheduler")
+        self._admin_client_ca = admin_client_ca(settings.scheduler, self.tls)
         self._admin_server: grpc.aio.Server | None = None
         self._key_watch: KeyWatch | None = None
         self.admin_port = 0
@@ -207,6 +208,7 @@ class SchedulerServer:
                 admin, server
             ),
             self.tls,
+            client_ca=self._admin_client_ca,
         )
         self._admin_server, self.admin_port = admin_serving.server, admin_serving.port
         await self._consumers.start()

@@ -235,6 +235,11 @@ class SchedulerSettings(_Group):
     admin_port: int = Field(
         50053, description="Admin gRPC port (MeshAdminService; operator keys required)."
     )
+    admin_client_ca_file: Path | None = Field(
+        None,
+        description="When set, the admin port also requires a client certificate (mTLS) "
+        "that chains to these PEM CA certificates; needs TLS.",
+    )
     admin_cache_ttl: Duration = Field(
         timedelta(seconds=2),
         description="How long a replica trusts an operator key lookup; a revoked key stops "

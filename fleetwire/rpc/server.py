@@ -30,6 +30,7 @@ async def start_server(
     tls: ServerTls | None,
     *,
     max_streams_per_connection: int | None = None,
+    client_ca: bytes | None = None,
 ) -> Serving:
     """Builds the server, lets ``add_services`` register the servicers of ``services``
     (full names), binds ``address`` (TLS with ``tls``, plaintext with None) and starts;
@@ -48,7 +49,7 @@ async def start_server(
     if tls is None:
         port = server.add_insecure_port(address)
     else:
-        port = server.add_secure_port(address, tls.credentials())
+        port = server.add_secure_port(address, tls.credentials(client_ca=client_ca))
     await server.start()
     for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -16,7 +16,7 @@ import structlog
 from cryptography import x509
 
 from fleetwire.domain.errors import ConfigurationError
-from fleetwire.process.settings import NodeSettings, TlsSettings
+from fleetwire.process.settings import NodeSettings, SchedulerSettings, TlsSettings
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +109,22 @@ def server_tls(settings: TlsSettings, *, server: str) -> ServerTls | None:
             "FLEETWIRE_TLS_INSECURE=true for plaintext"
         )
     return ServerTls(settings.cert_file, settings.key_file)
+
+
+def admin_client_ca(settings: SchedulerSettings, tls: ServerTls | None) -> bytes | None:
+    """The CA certificates admin clients' certificates must chain to (mTLS), or None."""
+    if settings.admin_client_ca_file is None:
+        return None
+    if tls is None:
+        raise ConfigurationError(
+            "FLEETWIRE_SCHEDULER_ADMIN_CLIENT_CA_FILE needs TLS (FLEETWIRE_TLS_INSECURE is set)"
+        )
+    try:
+        return settings.admin_client_ca_file.read_bytes()
+    except OSError as err:
+        raise ConfigurationError(
+            f"cannot read FLEETWIRE_SCHEDULER_ADMIN_CLIENT_CA_FILE: {err}"
+        ) from err
 
 
 def host_of(address: str) -> str:

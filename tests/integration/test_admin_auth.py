@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
 import pytest
 
-from fleetwire.process.settings import SchedulerSettings, Settings
+from fleetwire.process.settings import SchedulerSettings, Settings, TlsSettings
 from fleetwire.store.db import open_pool
 from fleetwire.store.operators import OperatorStore, Role
 from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
+from fleetwire_tools.certs import ensure_authority, issue
 from scheduler.admin_gate import POLICY
 from scheduler.server import SchedulerServer
 from tests.integration.bridge_kit import reason_of
 from tests.support.eventually import eventually
-from tests.support.mesh_admin import bearer
+from tests.support.mesh_admin import bearer, create_operator_key
+from tests.support.tls import make_certificates
 
 SERVICE = mesh_admin_service_pb2.DESCRIPTOR.services_by_name["MeshAdminService"]
 # A harmless request per method: valid, and touching nothing (an unknown job for replay).
@@ -150,3 +153,46 @@ async def test_the_node_port_serves_no_admin_method(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{scheduler.port}") as channel:
         stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
         assert (await call(stub, "ListNodes", operator_key))[0] == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_an_admin_port_that_wants_mtls_refuses_clients_without_a_certificate(
+    settings: Settings, tmp_path: Path
+) -> None:
+    certs = make_certificates(tmp_path / "mesh")
+    authority = ensure_authority(certs.ca.parent)
+    client = issue(authority, tmp_path / "mesh" / "operator", common_name="ops", client=True)
+    tls = TlsSettings(cert_file=certs.server.cert, key_file=certs.server.key, insecure=False)
+    group = settings.scheduler.model_copy(
+        update={
+            "port": 0,
+            "admin_port": 0,
+            "admin_client_ca_file": certs.ca,
+            "scheduler_id": f"mtls-{uuid.uuid4().hex[:6]}",
+        }
+    )
+    server = SchedulerServer(settings.model_copy(update={"tls": tls, "scheduler": group}))
+    await server.start()
+    try:
+        key = await create_operator_key(settings.postgres.dsn.get_secret_value(), role="viewer")
+        address = f"127.0.0.1:{server.admin_port}"
+        roots = certs.ca.read_bytes()
+        bare = grpc.ssl_channel_credentials(root_certificates=roots)
+        with_cert = grpc.ssl_channel_credentials(
+            root_certificates=roots,
+            private_key=client.key.read_bytes(),
+            certificate_chain=client.cert.read_bytes(),
+        )
+        async with grpc.aio.secure_channel(address, bare) as channel:
+            stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
+            assert (await call(stub, "ListNodes", key))[0] == grpc.StatusCode.UNAVAILABLE
+        async with grpc.aio.secure_channel(address, with_cert) as channel:
+            stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
+            assert await call(stub, "ListNodes", key) == (grpc.StatusCode.OK, "")
+            # The certificate is not a credential by itself: the operator key still is.
+            assert (await call(stub, "ListNodes", None))[0] == grpc.StatusCode.UNAUTHENTICATED
+        # The node port does not ask nodes for a certificate.
+        async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", bare) as channel:
+            node_stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
+            assert (await call(node_stub, "ListNodes", key))[0] == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await server.stop(grace=1)
