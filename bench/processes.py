@@ -54,7 +54,7 @@ def isolated_env(namespace: str) -> dict[str, str]:
         "FLEETWIRE_NODE_INSECURE": "true",
         "FLEETWIRE_INSECURE": "true",
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
-        "FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS": "true",
+        "FLEETWIRE_SCHEDULER_TRUST_NODE_CLAIMS": "true",
         "FLEETWIRE_BRIDGE_REQUIRE_API_KEY": "false",
         "FLEETWIRE_NAMESPACE": namespace,
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",

@@ -48,6 +48,30 @@ def _run_node_store(work: Callable[[NodeStore], Awaitable[T]]) -> T:
     return with_pool(lambda pool: work(NodeStore(pool)))
 
 
+NetworksOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--network",
+        help="A network the node may serve (repeatable; default testnet only: mainnet earns "
+        "credits, so it is granted on purpose).",
+    ),
+]
+
+
+def _grant_networks(node_id: str, networks: list[str] | None) -> list[str]:
+    chosen = networks or ["testnet"]
+    bad = [n for n in chosen if n not in ("mainnet", "testnet")]
+    if bad:
+        err_console.print(f"[red]--network must be mainnet or testnet, not {', '.join(bad)}[/]")
+        raise typer.Exit(2)
+    async def grant_all(store: NodeStore) -> None:
+        for network in chosen:
+            await store.grant_network(node_id, network)
+
+    _run_node_store(grant_all)
+    return chosen
+
+
 @nodes_app.command("register")
 def nodes_register(
     node_id: str,
@@ -55,8 +79,10 @@ def nodes_register(
     replace: Annotated[
         bool, typer.Option(help="Replace another registered key (key rotation).")
     ] = False,
+    network: NetworksOption = None,
 ) -> None:
-    """Register NODE_ID's public key, so the scheduler accepts the node.
+    """Register NODE_ID's public key (and grant it the networks given), so the scheduler
+    accepts the node.
 
     Needed when FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES=false (production). Applies to the
     node's next handshake; a connected session keeps the key it proved.
@@ -77,9 +103,9 @@ def nodes_register(
             f"[red]{node_id} is registered with another key[/]; pass --replace to rotate"
         )
         raise typer.Exit(1)
-    typer.echo(
-        json.dumps({"node_id": node_id, "key_id": key_id(raw), "registration": outcome.value})
-    )
+    networks = _grant_networks(node_id, network)
+    shown = {"key_id": key_id(raw), "registration": outcome.value, "networks": networks}
+    typer.echo(json.dumps({"node_id": node_id, **shown}))
 
 
 @nodes_app.command("pending")
@@ -111,9 +137,10 @@ def nodes_pending(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
 def nodes_approve(
     node_id: str,
     key_id: Annotated[str, typer.Option(help="The key id the request shows (`pending`).")],
+    network: NetworksOption = None,
 ) -> None:
-    """Admit the waiting node NODE_ID with the key KEY_ID: its next handshake is welcome.
-    An id registered with another key keeps it."""
+    """Admit the waiting node NODE_ID with the key KEY_ID, granting it the networks given:
+    its next handshake is welcome. An id registered with another key keeps it."""
     import getpass
 
     from fleetwire.store.nodes import Registration
@@ -126,45 +153,71 @@ def nodes_approve(
     if outcome is Registration.CONFLICT:
         err_console.print(f"[red]{node_id} is registered with another key[/]")
         raise typer.Exit(1)
+    networks = _grant_networks(node_id, network)
     with_pool(
         lambda pool: OperatorStore(pool).audit(
-            f"cli:{getpass.getuser()}", "node.approve", node_id, {"key_id": key_id}
+            f"cli:{getpass.getuser()}",
+            "node.approve",
+            node_id,
+            {"key_id": key_id, "networks": networks},
         )
     )
-    typer.echo(json.dumps({"node_id": node_id, "key_id": key_id, "registration": "approved"}))
+    typer.echo(
+        json.dumps(
+            {
+                "node_id": node_id,
+                "key_id": key_id,
+                "registration": "approved",
+                "networks": networks,
+            }
+        )
+    )
 
 
 @nodes_app.command("grant")
 def nodes_grant(
     node_id: str,
-    subcloud: Annotated[str, typer.Option(help="The subcloud (private pool) to admit it to.")],
+    subcloud: Annotated[
+        str | None, typer.Option(help="A subcloud (private pool) it may serve.")
+    ] = None,
+    network: Annotated[str | None, typer.Option(help="mainnet or testnet.")] = None,
     withdraw: Annotated[bool, typer.Option(help="Withdraw the grant instead.")] = False,
 ) -> None:
-    """Grant NODE_ID a subcloud it may serve (or withdraw it); applies from the node's next
-    session. Claims in Hello count only when granted (FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS
-    is off outside the dev profile)."""
+    """Grant NODE_ID a subcloud or a network it may serve (or withdraw it); applies from the
+    node's next session. Claims in Hello count only when granted
+    (FLEETWIRE_SCHEDULER_TRUST_NODE_CLAIMS is off outside the dev profile)."""
     import getpass
 
     from fleetwire.messaging.topology import SUBCLOUD_NAME
     from fleetwire.store.operators import OperatorStore
 
-    if not SUBCLOUD_NAME.fullmatch(subcloud):
-        err_console.print(f"[red]--subcloud must match {SUBCLOUD_NAME.pattern}[/]")
+    if (subcloud is None) == (network is None):
+        err_console.print("[red]give one of --subcloud and --network[/]")
         raise typer.Exit(2)
-    if withdraw:
-        changed = _run_node_store(lambda store: store.withdraw_subcloud(node_id, subcloud))
+    if subcloud is not None:
+        if not SUBCLOUD_NAME.fullmatch(subcloud):
+            err_console.print(f"[red]--subcloud must match {SUBCLOUD_NAME.pattern}[/]")
+            raise typer.Exit(2)
+        if withdraw:
+            changed = _run_node_store(lambda store: store.withdraw_subcloud(node_id, subcloud))
+        else:
+            changed = _run_node_store(lambda store: store.grant_subcloud(node_id, subcloud))
+        what = {"subcloud": subcloud}
     else:
-        changed = _run_node_store(lambda store: store.grant_subcloud(node_id, subcloud))
-    action = "node.withdraw-subcloud" if withdraw else "node.grant-subcloud"
-    with_pool(
-        lambda pool: OperatorStore(pool).audit(
-            f"cli:{getpass.getuser()}", action, node_id, {"subcloud": subcloud}
+        if network not in ("mainnet", "testnet"):
+            err_console.print("[red]--network must be mainnet or testnet[/]")
+            raise typer.Exit(2)
+        granted_network = str(network)
+        changed = _run_node_store(
+            lambda store: store.grant_network(node_id, granted_network, withdraw=withdraw)
         )
+        what = {"network": granted_network}
+    action = "node.withdraw" if withdraw else "node.grant"
+    with_pool(
+        lambda pool: OperatorStore(pool).audit(f"cli:{getpass.getuser()}", action, node_id, what)
     )
     typer.echo(
-        json.dumps(
-            {"node_id": node_id, "subcloud": subcloud, "granted": not withdraw, "changed": changed}
-        )
+        json.dumps({"node_id": node_id, **what, "granted": not withdraw, "changed": changed})
     )
 
 

@@ -74,7 +74,7 @@ def dev_profile_env(cert_dir: Path = DEV_CERT_DIR) -> dict[str, str]:
     return {
         "FLEETWIRE_BRIDGE_REQUIRE_API_KEY": "true",
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
-        "FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS": "true",
+        "FLEETWIRE_SCHEDULER_TRUST_NODE_CLAIMS": "true",
         "FLEETWIRE_TLS_CERT_FILE": str(made.server.cert.resolve()),
         "FLEETWIRE_TLS_KEY_FILE": str(made.server.key.resolve()),
         "FLEETWIRE_TLS_INSECURE": "false",

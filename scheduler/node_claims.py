@@ -56,10 +56,13 @@ def session_slots(hello: nodes_pb2.Hello) -> int:
 
 
 def admitted_profile(
-    profile: NodeProfile, mesh_models: Collection[str], granted: Collection[str] | None
+    profile: NodeProfile,
+    mesh_models: Collection[str],
+    granted: Collection[str] | None,
+    granted_networks: Collection[str] | None = None,
 ) -> NodeProfile:
-    """``profile`` narrowed to what the mesh grants; ``granted`` None trusts the claimed
-    subclouds."""
+    """``profile`` narrowed to what the mesh grants; ``granted`` (subclouds) and
+    ``granted_networks`` None trust the claims."""
     models = {name: version for name, version in profile.models.items() if name in mesh_models}
     if not models:
         raise PermissionDenied(
@@ -75,4 +78,13 @@ def admitted_profile(
                 "node (fleetwire admin nodes grant)",
                 reason="SUBCLOUD_NOT_GRANTED",
             )
-    return replace(profile, models=models, subclouds=subclouds)
+    networks = profile.networks
+    if granted_networks is not None:
+        networks = networks & frozenset(granted_networks)
+        if not networks:
+            raise PermissionDenied(
+                f"networks {', '.join(sorted(profile.networks))} are not granted to this node "
+                "(fleetwire admin nodes grant --network)",
+                reason="NETWORK_NOT_GRANTED",
+            )
+    return replace(profile, models=models, subclouds=subclouds, networks=networks)

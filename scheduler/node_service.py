@@ -166,12 +166,12 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         if not signing.verify(public_key, signed, answer.auth.signature):
             raise Unauthenticated("challenge signature does not verify")
         await self._check_registration(hello, public_key)
-        granted = (
-            None
-            if self._settings.trust_node_subclouds
-            else await self._store.granted_subclouds(hello.node_id)
+        trusted = self._settings.trust_node_claims
+        subclouds = None if trusted else await self._store.granted_subclouds(hello.node_id)
+        networks = None if trusted else await self._store.granted_networks(hello.node_id)
+        profile = admitted_profile(
+            NodeProfile.from_hello(hello), self._mesh_models, subclouds, networks
         )
-        profile = admitted_profile(NodeProfile.from_hello(hello), self._mesh_models, granted)
 
         session_id = uuid.uuid4().hex
         write_lock = asyncio.Lock()

@@ -73,7 +73,7 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
         # Scripted nodes come with fresh keys: trust on first use, as the dev profile does
         # (the admission tests turn it off).
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
-        "FLEETWIRE_SCHEDULER_TRUST_NODE_SUBCLOUDS": "true",
+        "FLEETWIRE_SCHEDULER_TRUST_NODE_CLAIMS": "true",
         # Anonymous mode, said explicitly: most tests call without a key; the tenant tests
         # start bridges that require one.
         "FLEETWIRE_BRIDGE_REQUIRE_API_KEY": "false",

@@ -261,10 +261,10 @@ class SchedulerSettings(_Group):
         "use): the dev profile (`fleetwire up`, `make demo`) only. Off: an unknown node "
         "waits as a request until `fleetwire admin nodes approve`.",
     )
-    trust_node_subclouds: bool = Field(
+    trust_node_claims: bool = Field(
         False,
-        description="Believe the subclouds a node claims in Hello: the dev profile only. Off: "
-        "only subclouds granted with `fleetwire admin nodes grant` count.",
+        description="Believe the subclouds and networks a node claims in Hello: the dev "
+        "profile only. Off: only those granted with `fleetwire admin nodes grant` count.",
     )
     max_node_slots: int = Field(
         64, ge=1, description="Most slots a node may announce; a Hello with more is refused."

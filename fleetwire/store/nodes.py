@@ -205,6 +205,23 @@ class NodeStore:
         return frozenset(str(r["subcloud"]) for r in rows)
 
     @translating
+    async def granted_networks(self, node_id: str) -> frozenset[str]:
+        rows = await self._pool.fetch(
+            "SELECT network FROM node_network_grants WHERE node_id = $1", node_id
+        )
+        return frozenset(str(r["network"]) for r in rows)
+
+    @translating
+    async def grant_network(self, node_id: str, network: str, *, withdraw: bool = False) -> bool:
+        """Grants (or withdraws) ``network``; True when something changed."""
+        if withdraw:
+            sql = "DELETE FROM node_network_grants WHERE node_id = $1 AND network = $2"
+        else:
+            sql = "INSERT INTO node_network_grants (node_id, network) VALUES ($1, $2)"
+            sql += " ON CONFLICT DO NOTHING"
+        return bool(await self._pool.fetchval(sql + " RETURNING true", node_id, network))
+
+    @translating
     async def grant_subcloud(self, node_id: str, subcloud: str) -> bool:
         """True when the grant is new."""
         return bool(

@@ -16,8 +16,8 @@ from nacl.signing import SigningKey
 from fleetwire.process.settings import Settings
 from fleetwire.store.db import open_pool
 from fleetwire.store.nodes import NodeStore
+from fleetwire.v1 import job_pb2, node_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
-from fleetwire.v1 import node_service_pb2_grpc
 from scheduler.server import SchedulerServer
 from tests.support.eventually import eventually
 from tests.support.handshake import handshake, hello
@@ -37,7 +37,7 @@ async def granting(settings: Settings) -> AsyncIterator[SchedulerServer]:
         update={
             "port": 0,
             "admin_port": 0,
-            "trust_node_subclouds": False,
+            "trust_node_claims": False,
             "max_node_slots": 16,
             "scheduler_id": f"claims-{uuid.uuid4().hex[:6]}",
         }
@@ -66,6 +66,11 @@ def node(**fields: Any) -> tuple[nodes_pb2.NodeStreamRequest, SigningKey]:
     return message, key
 
 
+async def granted_testnet(pool: asyncpg.Pool, message: nodes_pb2.NodeStreamRequest) -> None:
+    """What an operator's approval does by default: the node may serve testnet."""
+    await NodeStore(pool).grant_network(message.hello.node_id, "testnet")
+
+
 async def registered(pool: asyncpg.Pool, node_id: str) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM nodes WHERE node_id = $1", node_id))
 
@@ -88,6 +93,7 @@ async def test_slots_above_the_cap_are_refused(
     assert "hello.slots" in outcome or "at most 16 slots" in outcome, outcome
     assert await registered(pool, message.hello.node_id) == 0
     message, key = node(slots=16)
+    await granted_testnet(pool, message)
     assert await login(granting, message, key) == "welcome"
 
 
@@ -107,6 +113,7 @@ async def test_a_claimed_subcloud_counts_only_when_granted(
     assert granting.registry.get(node_id) is None, "no session: none of the subcloud's jobs"
 
     assert await NodeStore(pool).grant_subcloud(node_id, "tenant-a-pool")
+    await granted_testnet(pool, message)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{granting.port}") as channel:
         assert await handshake(channel, node_id, key, hello_message=message, stay=True) == "welcome"
         session = await eventually(
@@ -115,8 +122,11 @@ async def test_a_claimed_subcloud_counts_only_when_granted(
         assert session.routes == frozenset({"testnet.scripted.tenant-a-pool"})
 
 
-async def test_models_outside_the_mesh_make_no_route(granting: SchedulerServer) -> None:
+async def test_models_outside_the_mesh_make_no_route(
+    granting: SchedulerServer, pool: asyncpg.Pool
+) -> None:
     message, key = node()
+    await granted_testnet(pool, message)
     message.hello.models.append(nodes_pb2.ServedModel(name="not-in-the-mesh", runtime="x"))
     node_id = message.hello.node_id
     async with grpc.aio.insecure_channel(f"127.0.0.1:{granting.port}") as channel:
@@ -133,7 +143,7 @@ async def test_models_outside_the_mesh_make_no_route(granting: SchedulerServer) 
 
 
 async def test_one_connection_opens_only_a_few_streams_on_the_node_port(
-    granting: SchedulerServer, settings: Settings
+    granting: SchedulerServer, settings: Settings, pool: asyncpg.Pool
 ) -> None:
     """Streams beyond FLEETWIRE_SCHEDULER_MAX_STREAMS_PER_CONNECTION wait: a fifth one gets
     no Challenge while four are open, and a node on a connection of its own is served."""
@@ -161,6 +171,27 @@ async def test_one_connection_opens_only_a_few_streams_on_the_node_port(
             await fifth()
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         message, key = node()
+        await granted_testnet(pool, message)
         assert await login(granting, message, key) == "welcome", "another connection is served"
         for call in held:
             call.cancel()
+
+
+async def test_a_claimed_network_counts_only_when_granted(
+    granting: SchedulerServer, pool: asyncpg.Pool
+) -> None:
+    """A node claiming mainnet and testnet serves only what it was granted; none: refused."""
+    message, key = node()
+    message.hello.networks.append(job_pb2.NETWORK_MAINNET)  # testnet already claimed
+    node_id = message.hello.node_id
+    store = NodeStore(pool)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{granting.port}") as channel:
+        outcome = await handshake(channel, node_id, key, hello_message=message)
+    assert outcome.startswith("PERMISSION_DENIED NETWORK_NOT_GRANTED"), outcome
+    assert await store.grant_network(node_id, "testnet")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{granting.port}") as channel:
+        assert await handshake(channel, node_id, key, hello_message=message, stay=True) == "welcome"
+        session = await eventually(
+            lambda: granting.registry.get(node_id), within=5, what="the node's session"
+        )
+        assert session.routes == frozenset({"testnet.scripted"}), "no mainnet route"

@@ -41,3 +41,12 @@ def test_subclouds_are_the_granted_ones_among_the_claimed() -> None:
     assert refused.value.reason == "SUBCLOUD_NOT_GRANTED"
     public = NodeProfile(networks=frozenset({"mainnet"}), models={"tiny-llama": ""})
     assert admitted_profile(public, {"tiny-llama"}, set()).subclouds == frozenset()
+
+
+def test_networks_are_the_granted_ones_among_the_claimed() -> None:
+    both = NodeProfile(networks=frozenset({"mainnet", "testnet"}), models={"tiny-llama": ""})
+    assert admitted_profile(both, {"tiny-llama"}, None, None).networks == {"mainnet", "testnet"}
+    assert admitted_profile(both, {"tiny-llama"}, None, {"testnet"}).networks == {"testnet"}
+    with pytest.raises(PermissionDenied) as refused:
+        admitted_profile(both, {"tiny-llama"}, None, set())
+    assert refused.value.reason == "NETWORK_NOT_GRANTED"
