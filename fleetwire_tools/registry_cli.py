@@ -64,6 +64,7 @@ def _grant_networks(node_id: str, networks: list[str] | None) -> list[str]:
     if bad:
         err_console.print(f"[red]--network must be mainnet or testnet, not {', '.join(bad)}[/]")
         raise typer.Exit(2)
+
     async def grant_all(store: NodeStore) -> None:
         for network in chosen:
             await store.grant_network(node_id, network)
