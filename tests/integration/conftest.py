@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 import grpc
 import pytest
 
 from fleetwire.messaging.events import JobEvents, connect_redis
 from fleetwire.process.settings import Settings
+from fleetwire.store.db import open_pool
 from fleetwire.v1 import mesh_admin_service_pb2_grpc
 from scheduler.server import SchedulerServer
 from tests.support.mesh_admin import SendsOperatorKey
@@ -21,6 +23,14 @@ async def scheduler(settings: Settings) -> AsyncIterator[SchedulerServer]:
     await server.start()
     yield server
     await server.stop(grace=1)
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this run's PostgreSQL (migrated), for tests that read or seed rows."""
+    pool = await open_pool(settings.postgres)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import grpc
 import pytest
 
 from fleetwire.process.settings import SchedulerSettings, Settings, TlsSettings
-from fleetwire.store.db import open_pool
 from fleetwire.store.operators import OperatorStore, Role
 from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
@@ -36,13 +35,6 @@ REQUESTS: dict[str, Any] = {
     "JobTrail": mesh_admin_service_pb2.JobTrailRequest(job_id=str(uuid.uuid4())),
     "GetBalance": mesh_admin_service_pb2.GetBalanceRequest(account="tenant:anonymous"),
 }
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await open_pool(settings.postgres)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

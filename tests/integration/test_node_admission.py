@@ -20,7 +20,6 @@ from fleetwire.messaging.topology import Topology
 from fleetwire.process.settings import Settings
 from fleetwire.protocol.signing import key_id
 from fleetwire.store.attempts import AttemptStore, SignedOutcome
-from fleetwire.store.db import open_pool
 from fleetwire.store.jobs import JobStore
 from fleetwire.store.nodes import NodeStore, Registration
 from fleetwire.v1 import job_pb2
@@ -42,13 +41,6 @@ def admitting(settings: Settings, **scheduler: Any) -> Settings:
         }
     )
     return settings.model_copy(update={"scheduler": group})
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await open_pool(settings.postgres)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

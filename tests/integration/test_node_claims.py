@@ -14,20 +14,12 @@ import pytest
 from nacl.signing import SigningKey
 
 from fleetwire.process.settings import Settings
-from fleetwire.store.db import open_pool
 from fleetwire.store.nodes import NodeStore
 from fleetwire.v1 import job_pb2, node_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.server import SchedulerServer
 from tests.support.eventually import eventually
 from tests.support.handshake import handshake, hello
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await open_pool(settings.postgres)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

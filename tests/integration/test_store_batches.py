@@ -6,7 +6,6 @@ after the other would), unknown and foreign jobs answered None."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -16,16 +15,8 @@ from broker_bridge.desk import new_job
 from fleetwire.messaging.topology import Topology
 from fleetwire.process.settings import Settings
 from fleetwire.store.attempts import AttemptStore, SignedOutcome
-from fleetwire.store.db import open_pool
 from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await open_pool(settings.postgres)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

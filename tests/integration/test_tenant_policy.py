@@ -13,7 +13,6 @@ import grpc
 import pytest
 
 from fleetwire.process.settings import Settings
-from fleetwire.store.db import open_pool
 from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.integration.bridge_kit import (
@@ -25,13 +24,6 @@ from tests.integration.bridge_kit import (
     with_bridge,
 )
 from tests.support.eventually import eventually
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await open_pool(settings.postgres)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture
