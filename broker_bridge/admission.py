@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -164,11 +164,13 @@ class Admission:
         self._waiting_of = waiting_of
         self._backlogs: dict[str, tuple[float, int]] = {}
 
-    async def check_tenant(self, spec: job_pb2.JobSpec, caller: Caller) -> None:
-        """The tenant's policy allows the spec (PermissionDenied) and, for mainnet, its
-        credit covers it (FailedPrecondition): ``tenant_policy``."""
-        check_policy(spec, caller.tenant_id, caller.policy)
-        await check_credit(spec, caller.tenant_id, caller.policy, self._balance_of)
+    async def check_tenant(self, specs: Sequence[job_pb2.JobSpec], caller: Caller) -> None:
+        """The tenant's policy allows every spec (PermissionDenied) and, for mainnet, its
+        credit covers them (FailedPrecondition; one balance read per call, however many
+        jobs): ``tenant_policy``."""
+        for spec in specs:
+            check_policy(spec, caller.tenant_id, caller.policy)
+        await check_credit(specs, caller.tenant_id, caller.policy, self._balance_of)
 
     async def check_backlog(self, tenant_id: str, *, adding: int = 1) -> None:
         """Raises ResourceExhausted (reason TENANT_BACKLOG_FULL) when the tenant already has

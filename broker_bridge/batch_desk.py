@@ -185,8 +185,7 @@ class BatchDesk:
             )
             for index, spec in enumerate(specs)
         ]
-        for spec in specs:
-            await self._admission.check_tenant(spec, caller)
+        await self._admission.check_tenant(specs, caller)
         per_route: Counter[tuple[str, int]] = Counter(
             (row.route_key, spec.priority) for (row, _), spec in zip(made, specs, strict=True)
         )

@@ -206,7 +206,7 @@ class JobDesk:
             now=now,
             publish_lease=self._outbox.lease,
         )
-        await self._admission.check_tenant(spec, caller)
+        await self._admission.check_tenant([spec], caller)
         await self._admission.check_queue(row.route_key, spec.priority)
         await self._admission.check_backlog(caller.tenant_id)
         await self._admission.take(

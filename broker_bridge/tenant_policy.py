@@ -4,7 +4,7 @@ is written, so a refused job costs nothing and leaves nothing behind."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from fleetwire.domain.errors import FailedPrecondition, PermissionDenied
 from fleetwire.messaging.topology import NETWORK_NAMES
@@ -41,14 +41,15 @@ def check_policy(spec: job_pb2.JobSpec, tenant_id: str, policy: TenantLimits) ->
 
 
 async def check_credit(
-    spec: job_pb2.JobSpec,
+    specs: Sequence[job_pb2.JobSpec],
     tenant_id: str,
     policy: TenantLimits,
     balance_of: Callable[[str], Awaitable[int]],
 ) -> None:
-    """FailedPrecondition (INSUFFICIENT_CREDIT) for a mainnet job of a tenant with a credit
-    limit whose balance has reached it."""
-    if policy.credit_limit is None or spec.network != job_pb2.NETWORK_MAINNET:
+    """FailedPrecondition (INSUFFICIENT_CREDIT) when ``specs`` hold a mainnet job and the
+    tenant has a credit limit its balance has reached (read once)."""
+    mainnet = any(spec.network == job_pb2.NETWORK_MAINNET for spec in specs)
+    if policy.credit_limit is None or not mainnet:
         return
     balance = await balance_of(tenant_id)
     if balance + policy.credit_limit <= 0:

@@ -4,7 +4,7 @@ tenants' API keys, straight in the mesh's PostgreSQL."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -40,6 +40,19 @@ def with_pool(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
             await pool.close()
 
     return asyncio.run(run())
+
+
+def audit(action: str, target: str, detail: Mapping[str, object]) -> None:
+    """Writes an admin action of this CLI to the audit log (``store.operators``)."""
+    import getpass
+
+    from fleetwire.store.operators import OperatorStore
+
+    with_pool(
+        lambda pool: OperatorStore(pool).audit(
+            f"cli:{getpass.getuser()}", action, target, dict(detail)
+        )
+    )
 
 
 def _run_node_store(work: Callable[[NodeStore], Awaitable[T]]) -> T:
@@ -106,6 +119,7 @@ def nodes_register(
         raise typer.Exit(1)
     networks = _grant_networks(node_id, network)
     shown = {"key_id": key_id(raw), "registration": outcome.value, "networks": networks}
+    audit("node.register", node_id, shown)
     typer.echo(json.dumps({"node_id": node_id, **shown}))
 
 
@@ -127,11 +141,20 @@ def nodes_pending(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
         console.print_json(json.dumps(rows))
         return
     for row in rows:
+        # Region and models are what an unadmitted node claimed: printed as plain text.
+        region, models = (_printable(row[k]) for k in ("region", "models"))
         console.print(
-            f"{row['node_id']:24} key {row['key_id']}  {row['region']:10} {row['models']}"
+            f"{row['node_id']:24} key {row['key_id']}  {region:10} {models}"
             f"  since {row['first_seen_at']}",
+            markup=False,
+            highlight=False,
             soft_wrap=True,
         )
+
+
+def _printable(text: str) -> str:
+    """``text`` without control characters (a newline would fake a row)."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 @nodes_app.command("approve")
@@ -229,6 +252,7 @@ def nodes_revoke(node_id: str) -> None:
     if not _run_node_store(lambda store: store.revoke(node_id)):
         err_console.print(f"[red]unknown node {node_id}[/]")
         raise typer.Exit(1)
+    audit("node.revoke", node_id, {})
     typer.echo(json.dumps({"node_id": node_id, "revoked": True}))
 
 
@@ -280,6 +304,7 @@ def api_keys_create(
         err_console.print(f"[red]{escape(str(err))}[/]")
         raise typer.Exit(2) from None
     shown = {"tenant": issued.tenant_id, "key_id": issued.key_id, "key": issued.secret}
+    audit("api-key.create", issued.key_id, {"tenant": issued.tenant_id, "name": name})
     if as_json:
         console.print(json.dumps(shown))
         return
@@ -319,6 +344,7 @@ def api_keys_revoke(key_id: str) -> None:
     if not _run_tenant_store(lambda store: store.revoke_key(key_id)):
         err_console.print(f"[red]no live key {key_id}[/]")
         raise typer.Exit(1)
+    audit("api-key.revoke", key_id, {})
     console.print(json.dumps({"key_id": key_id, "revoked": True}))
 
 
@@ -327,6 +353,10 @@ tenants_app = typer.Typer(help="Tenants' policies: what each may use.", no_args_
 
 def _names(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+PRIORITY_NAMES = ("urgent", "normal", "bulk", "test")
+NETWORK_NAMES = ("mainnet", "testnet")
 
 
 @tenants_app.command("policy")
@@ -338,32 +368,51 @@ def tenants_policy(
     networks: Annotated[str | None, typer.Option(help="mainnet and/or testnet.")] = None,
     subclouds: Annotated[str | None, typer.Option(help="Subclouds it may submit to.")] = None,
     credit_limit: Annotated[
-        int | None,
-        typer.Option(help="Micro-credits it may owe on mainnet; unset: no credit check."),
+        int | None, typer.Option(help="Micro-credits it may owe on mainnet.")
     ] = None,
+    clear: Annotated[
+        bool,
+        typer.Option(help="Start from no restriction (else the options change only themselves)."),
+    ] = False,
 ) -> None:
-    """Set TENANT's policy (every option left out is unrestricted); bridges apply it within
+    """Change TENANT's policy: the options given replace those parts, the rest stays (with
+    --clear: unrestricted but for the options given); bridges apply it within
     FLEETWIRE_BRIDGE_AUTH_CACHE_TTL."""
-    import getpass
+    from fleetwire.store.tenants import TenantLimits, TenantStore
 
-    from fleetwire.store.operators import OperatorStore
-    from fleetwire.store.tenants import TenantStore
+    chosen = {"priorities": _names(priorities), "networks": _names(networks)}
+    for field, allowed in (("priorities", PRIORITY_NAMES), ("networks", NETWORK_NAMES)):
+        unknown = sorted(set(chosen[field] or ()) - set(allowed))
+        if unknown:
+            err_console.print(
+                f"[red]unknown {field}: {', '.join(unknown)}[/] ({', '.join(allowed)})"
+            )
+            raise typer.Exit(2)
+    current = (
+        TenantLimits(None, None)
+        if clear
+        else with_pool(lambda pool: TenantStore(pool).limits_of(tenant))
+    )
 
-    allowed = {"priorities": _names(priorities), "networks": _names(networks)}
-    allowed["subclouds"] = _names(subclouds)
+    def kept(given: list[str] | None, now: frozenset[str] | None) -> list[str] | None:
+        if given is not None:
+            return given
+        return None if now is None else sorted(now)
+
+    policy = {
+        "priorities": kept(chosen["priorities"], current.priorities),
+        "networks": kept(chosen["networks"], current.networks),
+        "subclouds": kept(_names(subclouds), current.subclouds),
+        "credit_limit": credit_limit if credit_limit is not None else current.credit_limit,
+    }
     with_pool(
         lambda pool: TenantStore(pool).set_policy(
             tenant,
-            priorities=allowed["priorities"],
-            networks=allowed["networks"],
-            subclouds=allowed["subclouds"],
-            credit_limit=credit_limit,
+            priorities=policy["priorities"],  # type: ignore[arg-type]
+            networks=policy["networks"],  # type: ignore[arg-type]
+            subclouds=policy["subclouds"],  # type: ignore[arg-type]
+            credit_limit=policy["credit_limit"],  # type: ignore[arg-type]
         )
     )
-    policy = {**allowed, "credit_limit": credit_limit}
-    with_pool(
-        lambda pool: OperatorStore(pool).audit(
-            f"cli:{getpass.getuser()}", "tenant.policy", tenant, policy
-        )
-    )
+    audit("tenant.policy", tenant, policy)
     typer.echo(json.dumps({"tenant": tenant, **policy}))

@@ -37,8 +37,12 @@ class Dialer:
 
 
 def awaits_approval(err: grpc.RpcError) -> bool:
-    """The node proved its key but no operator admitted it yet: ask again later."""
-    return isinstance(err, grpc.aio.AioRpcError) and reason_of(err) == "NODE_PENDING"
+    """The node proved its key but no operator admitted it yet (or the admission queue is
+    full for now): ask again later."""
+    return isinstance(err, grpc.aio.AioRpcError) and reason_of(err) in (
+        "NODE_PENDING",
+        "ADMISSION_FULL",
+    )
 
 
 def refused_for_good(err: grpc.RpcError) -> bool:

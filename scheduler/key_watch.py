@@ -6,7 +6,9 @@ effect within that time, not at the node's next reconnect. The session's stream 
 cancelled: the node reconnects and is refused at the handshake (KEY_REVOKED), and its
 running jobs go back to the queue like those of a lost node. A key *replaced* by a
 rotation (``register --replace``) is not a revocation: the session keeps the key it proved
-until the node reconnects with its new one, so the jobs in flight finish.
+until the node reconnects with its new one, so the jobs in flight finish. To cut off a
+stolen key, revoke it and let its session end (one interval) before registering a new key:
+a replacement within the same interval keeps the old session.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class KeyWatch:
                 await self.check()
             except BackendUnavailable as err:
                 log.warning("node keys not checked; PostgreSQL unavailable", error=str(err))
+            except Exception:  # the loop must outlive any one pass: it enforces revocations
+                log.exception("node keys not checked")
 
     async def check(self) -> int:
         """Ends every session whose node is revoked (or no longer registered); returns how

@@ -30,6 +30,7 @@ from fleetwire.messaging.topology import SUBCLOUD_NAME, Topology
 from fleetwire.process.settings import SchedulerSettings
 from fleetwire.protocol import signing
 from fleetwire.rpc.status import abort_with
+from fleetwire.rpc.tls import name_matches
 from fleetwire.store.nodes import NodeStore
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
@@ -92,6 +93,8 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         previous = self._registry.get(session.node_id)
         if previous is not None:
             await self._registry.remove(previous, "replaced by a new session")
+            if previous.close is not None:
+                previous.close()  # its stream, maybe half-open, must not linger
         self._registry.add(session)
         stream_task = asyncio.current_task()
         if stream_task is not None:
@@ -129,8 +132,18 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             raise TypeError(f"unexpected message on the node stream: {type(message).__name__}")
         return message
 
+    async def _handshake_read(self, context: Context) -> nodes_pb2.NodeStreamRequest | None:
+        """A handshake message; a node that sends nothing in time is refused quietly."""
+        try:
+            return await self._read(context, HANDSHAKE_TIMEOUT)
+        except TimeoutError:
+            raise Unauthenticated(
+                f"the handshake did not finish within {HANDSHAKE_TIMEOUT:g} s",
+                reason="HANDSHAKE_TIMEOUT",
+            ) from None
+
     async def _handshake(self, context: Context) -> NodeSession:
-        first = await self._read(context, HANDSHAKE_TIMEOUT)
+        first = await self._handshake_read(context)
         if first is None or first.WhichOneof("message") != "hello":
             raise Unauthenticated("the first message must be Hello")
         hello = first.hello
@@ -149,11 +162,11 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
                 challenge=nodes_pb2.Challenge(nonce=nonce, scheduler_id=self._scheduler_id)
             )
         )
-        answer = await self._read(context, HANDSHAKE_TIMEOUT)
+        answer = await self._handshake_read(context)
         if answer is None or answer.WhichOneof("message") != "auth":
             raise Unauthenticated("Challenge must be answered with Auth")
         server_name = answer.auth.server_name
-        if server_name not in self._server_names():
+        if not name_matches(server_name, self._server_names()):
             # The node verified another server's certificate: a relay passed our challenge.
             raise Unauthenticated(
                 f"the node answered a challenge for server {server_name or '(plaintext)'!r}, "
@@ -244,6 +257,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             region=hello.region,
             models=",".join(m.name for m in hello.models),
             max_pending=self._settings.max_pending_nodes,
+            ttl=self._settings.pending_node_ttl,
         )
         if not recorded:
             raise PermissionDenied(

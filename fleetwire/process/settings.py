@@ -293,6 +293,12 @@ class SchedulerSettings(_Group):
         description="Admission requests kept at most; beyond, unknown nodes are refused "
         "without a record.",
     )
+    pending_node_ttl: Duration = Field(
+        timedelta(minutes=10),
+        gt=timedelta(0),
+        description="An admission request not renewed for this long is dropped (a waiting "
+        "node asks again every FLEETWIRE_NODE_RECONNECT_MAX_DELAY).",
+    )
     key_check_interval: Duration = Field(
         timedelta(seconds=2),
         gt=timedelta(0),

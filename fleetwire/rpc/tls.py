@@ -33,6 +33,25 @@ def certificate_names(cert_pem: bytes) -> frozenset[str]:
     return frozenset([*dns, *ips])
 
 
+def _normal(name: str) -> str:
+    return name.lower().rstrip(".")
+
+
+def name_matches(name: str, names: frozenset[str]) -> bool:
+    """Whether ``name`` (what a node verified) is one of ``names`` (a certificate's SANs),
+    as TLS compares them: case-insensitively, a trailing dot ignored, ``*.example`` for
+    exactly one more leading label. "" (plaintext) matches only ""."""
+    wanted = _normal(name)
+    for candidate in map(_normal, names):
+        if candidate == wanted:
+            return True
+        if candidate.startswith("*.") and "." in wanted:
+            first, rest = wanted.split(".", 1)
+            if first and rest == candidate[2:]:
+                return True
+    return False
+
+
 class ServerTls:
     """The certificate a server presents, read from files and re-read on ``reload``. One
     object may serve several ports (the scheduler's node and admin ports): each port's
@@ -52,6 +71,11 @@ class ServerTls:
             raise ConfigurationError(
                 f"cannot read the TLS certificate {self._cert_file} / key {self._key_file}: {err}"
             ) from err
+        if not names:
+            raise ConfigurationError(
+                f"the TLS certificate {self._cert_file} names no DNS name or IP address "
+                "(subject alternative name): no client could verify it"
+            )
         return (key, chain), names
 
     def credentials(self, *, client_ca: bytes | None = None) -> grpc.ServerCredentials:

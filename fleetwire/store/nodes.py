@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -140,12 +140,23 @@ class NodeStore:
 
     @translating
     async def request_admission(
-        self, node_id: str, public_key: bytes, *, region: str, models: str, max_pending: int
+        self,
+        node_id: str,
+        public_key: bytes,
+        *,
+        region: str,
+        models: str,
+        max_pending: int,
+        ttl: timedelta,
     ) -> bool:
         """Records (or refreshes) the request of a node that proved ``public_key`` for an id
         no key is registered for. False, writing nothing, when ``max_pending`` requests are
-        waiting and this one is new."""
+        waiting and this one is new. A request not renewed for ``ttl`` is dropped (a waiting
+        node asks again every few seconds), so strangers cannot fill the queue for good."""
         kid = key_id(public_key)
+        await self._pool.execute(
+            "DELETE FROM node_requests WHERE last_seen_at < now() - $1::interval", ttl
+        )
         stored = await self._pool.fetchval(
             "WITH waiting AS (SELECT count(*) AS n FROM node_requests)"
             " INSERT INTO node_requests (node_id, key_id, public_key, region, models)"

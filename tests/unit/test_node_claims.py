@@ -50,3 +50,17 @@ def test_networks_are_the_granted_ones_among_the_claimed() -> None:
     with pytest.raises(PermissionDenied) as refused:
         admitted_profile(both, {"tiny-llama"}, None, set())
     assert refused.value.reason == "NETWORK_NOT_GRANTED"
+
+
+def test_server_names_match_as_tls_compares_them() -> None:
+    from fleetwire.rpc.tls import name_matches
+
+    names = frozenset({"Sched.Example", "*.mesh.example", "127.0.0.1"})
+    assert name_matches("sched.example.", names)
+    assert name_matches("a.mesh.example", names)
+    assert not name_matches("a.b.mesh.example", names)
+    assert not name_matches("mesh.example", names)
+    assert name_matches("127.0.0.1", names)
+    assert not name_matches("", names)
+    assert name_matches("", frozenset({""}))
+    assert not name_matches("relay.example", names)

@@ -7,3 +7,8 @@ CREATE TABLE node_network_grants (
     granted_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (node_id, network)
 );
+
+-- Nodes registered before grants existed served the networks they claimed: they keep both.
+INSERT INTO node_network_grants (node_id, network)
+SELECT node_id, network FROM nodes CROSS JOIN (VALUES ('mainnet'), ('testnet')) AS n(network)
+ON CONFLICT DO NOTHING;
