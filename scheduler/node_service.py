@@ -20,6 +20,7 @@ import grpc
 import structlog
 
 from fleetwire.domain.errors import (
+    DeadlineExceeded,
     FieldViolation,
     FleetwireError,
     InvalidArgument,
@@ -137,7 +138,8 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         try:
             return await self._read(context, HANDSHAKE_TIMEOUT)
         except TimeoutError:
-            raise Unauthenticated(
+            # DEADLINE_EXCEEDED, not a refusal: a slow node is told to try again.
+            raise DeadlineExceeded(
                 f"the handshake did not finish within {HANDSHAKE_TIMEOUT:g} s",
                 reason="HANDSHAKE_TIMEOUT",
             ) from None
