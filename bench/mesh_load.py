@@ -8,10 +8,11 @@ import asyncio
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
-from bench.processes import BENCH_MODEL
+from bench.processes import BENCH_MODEL, open_channel
 from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
@@ -85,13 +86,17 @@ async def _submit(stub: job_service_pb2_grpc.JobServiceStub, spec: job_pb2.JobSp
 
 
 async def closed_loop(
-    address: str, *, clients: int, duration: float, warmup: float = 1.0
+    address: str,
+    *,
+    clients: int,
+    duration: float,
+    warmup: float = 1.0,
+    ca_file: Path | None = None,
 ) -> LoadResult:
     """``clients`` concurrent callers, each submitting SYNC jobs back to back; counts the
-    jobs completed in the ``duration`` after ``warmup``."""
+    jobs completed in the ``duration`` after ``warmup`` (over TLS with ``ca_file``)."""
     channels = [
-        grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
-        for _ in range(max(1, clients // CLIENTS_PER_CHANNEL))
+        open_channel(address, ca_file) for _ in range(max(1, clients // CLIENTS_PER_CHANNEL))
     ]
     stubs = [job_service_pb2_grpc.JobServiceStub(c) for c in channels]
     spec = bench_spec()
@@ -125,10 +130,12 @@ async def closed_loop(
     return result
 
 
-async def sequential(address: str, *, count: int, warmup: int = 20) -> LoadResult:
+async def sequential(
+    address: str, *, count: int, warmup: int = 20, ca_file: Path | None = None
+) -> LoadResult:
     """One job at a time on an idle mesh: submit → verified result, ``count`` times."""
     result = LoadResult()
-    async with grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS) as channel:
+    async with open_channel(address, ca_file) as channel:
         stub = job_service_pb2_grpc.JobServiceStub(channel)
         spec = bench_spec()
         for _ in range(warmup):

@@ -97,6 +97,12 @@ class Mesh:
         return f"127.0.0.1:{self.env['FLEETWIRE_SCHEDULER_PORT']}"
 
     @property
+    def ca_file(self) -> Path | None:
+        """The CA of a mesh that runs TLS (``FLEETWIRE_CA_FILE`` in its env), else None."""
+        ca = self.env.get("FLEETWIRE_CA_FILE")
+        return Path(ca) if ca and self.env.get("FLEETWIRE_TLS_INSECURE") == "false" else None
+
+    @property
     def admin_address(self) -> str:
         return f"127.0.0.1:{self.env['FLEETWIRE_SCHEDULER_ADMIN_PORT']}"
 
@@ -200,7 +206,7 @@ def process_tree(pid: int) -> list[int]:
 async def connected_nodes(mesh: Mesh) -> set[str]:
     """The nodes the mesh's admin port lists as connected."""
     metadata = (("authorization", f"Bearer {await mesh.operator_key()}"),)
-    async with grpc.aio.insecure_channel(mesh.admin_address, options=CLIENT_OPTIONS) as channel:
+    async with open_channel(mesh.admin_address, mesh.ca_file) as channel:
         stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
         reply = await stub.ListNodes(
             mesh_admin_service_pb2.ListNodesRequest(), timeout=10, metadata=metadata
@@ -222,8 +228,16 @@ async def wait_for_nodes(mesh: Mesh, node_ids: set[str], within: float = 60.0) -
     raise TimeoutError(f"nodes not connected after {within} s: {sorted(node_ids - seen)}")
 
 
-async def wait_for_port(address: str, within: float = 60.0) -> None:
-    async with grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS) as channel:
+def open_channel(address: str, ca_file: Path | None = None) -> grpc.aio.Channel:
+    """A client channel: TLS verified against ``ca_file``, plaintext without one."""
+    if ca_file is None:
+        return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+    return grpc.aio.secure_channel(address, credentials, options=CLIENT_OPTIONS)
+
+
+async def wait_for_port(address: str, within: float = 60.0, ca_file: Path | None = None) -> None:
+    async with open_channel(address, ca_file) as channel:
         await asyncio.wait_for(channel.channel_ready(), within)
 
 
