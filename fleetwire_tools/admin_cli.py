@@ -152,3 +152,51 @@ def balance(account: str, address: Address = None, as_json: Json = False) -> Non
     console.print(
         f"{reply.account}: {reply.balance_micro_credits} micro-credits ({reply.entries} entries)"
     )
+
+
+@mesh_app.command("pending")
+def pending(address: Address = None, as_json: Json = False) -> None:
+    """Nodes waiting for admission, over the admin port (no database credentials)."""
+    reply = _call(address, "ListPendingNodes", mesh_admin_service_pb2.ListPendingNodesRequest())
+    if as_json:
+        _json(reply)
+        return
+    for node in reply.nodes:
+        console.print(
+            f"{node.node_id:24} key {node.key_id}  {node.region:10} {','.join(node.models)}",
+            markup=False,
+            highlight=False,
+        )
+
+
+@mesh_app.command("approve")
+def approve(
+    node_id: str,
+    key_id: Annotated[str, typer.Option(help="The key id `pending` shows.")],
+    network: Annotated[
+        list[str] | None, typer.Option("--network", help="mainnet/testnet (default testnet).")
+    ] = None,
+    address: Address = None,
+    as_json: Json = False,
+) -> None:
+    """Admit a waiting node, over the admin port (admin role; audited)."""
+    chosen = network or ["testnet"]
+    if not set(chosen) <= {"mainnet", "testnet"}:
+        console.print("[red]--network must be mainnet or testnet[/]")
+        raise typer.Exit(2)
+    networks = [job_pb2.Network.Value(f"NETWORK_{n.upper()}") for n in chosen]
+    request = mesh_admin_service_pb2.ApproveNodeRequest(
+        node_id=node_id, key_id=key_id, networks=networks
+    )
+    reply = _call(address, "ApproveNode", request)
+    if as_json:
+        _json(reply)
+        return
+    console.print(f"{reply.node_id} admitted with key {reply.key_id}")
+
+
+@mesh_app.command("revoke")
+def revoke(node_id: str, address: Address = None) -> None:
+    """Revoke a node's key, over the admin port (admin role; audited): its session ends."""
+    _call(address, "RevokeNode", mesh_admin_service_pb2.RevokeNodeRequest(node_id=node_id))
+    console.print(f"{node_id} revoked")

@@ -23,6 +23,9 @@ POLICY: dict[str, Role] = {
     "JobTrail": Role.VIEWER,
     "GetBalance": Role.VIEWER,
     "ReplayDeadLetter": Role.ADMIN,
+    "ListPendingNodes": Role.VIEWER,
+    "ApproveNode": Role.ADMIN,
+    "RevokeNode": Role.ADMIN,
 }
 _MAX_CACHED = 10_000
 

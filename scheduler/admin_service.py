@@ -12,11 +12,12 @@ from typing import Any, TypeAlias
 import aiormq
 import structlog
 
-from fleetwire.domain.errors import FieldViolation, InvalidArgument, NotFound
+from fleetwire.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from fleetwire.domain.job_view import job_from_row
 from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
-from fleetwire.messaging.topology import HEADER_REQUEST_ID, Topology
-from fleetwire.store.operators import OperatorStore
+from fleetwire.messaging.topology import HEADER_REQUEST_ID, NETWORK_NAMES, Topology
+from fleetwire.store.nodes import NodeStore, Registration
+from fleetwire.store.operators import Operator, OperatorStore
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 from scheduler.admin_gate import AdminGate
 from scheduler.admin_store import AdminStore
@@ -67,7 +68,9 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
         replay: DeadLetterReplay,
         gate: AdminGate,
         operators: OperatorStore,
+        nodes: NodeStore,
     ) -> None:
+        self._nodes = nodes
         self._gate = gate
         self._operators = operators
         self._presence = presence
@@ -158,11 +161,8 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
         )
         job_id = _job_id(request.job_id)
         replayed = await self._replay.replay(job_id, trace_id=_trace_id(context))
-        await self._operators.audit(
-            f"operator:{operator.name} ({operator.key_id})",
-            "ReplayDeadLetter",
-            str(job_id),
-            {"replayed_as": str(replayed.job["job_id"])},
+        await self._audit(
+            operator, "ReplayDeadLetter", str(job_id), {"replayed_as": str(replayed.job["job_id"])}
         )
         return mesh_admin_service_pb2.ReplayDeadLetterResponse(
             job=job_from_row(replayed.job),
@@ -210,4 +210,62 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
             job=job_from_row(job),
             attempts=views,
             replayed_as=str(replayed_as) if replayed_as else "",
+        )
+
+    # -- node admission -----------------------------------------------------------------
+
+    async def ListPendingNodes(  # noqa: N802
+        self, request: mesh_admin_service_pb2.ListPendingNodesRequest, context: Context
+    ) -> mesh_admin_service_pb2.ListPendingNodesResponse:
+        await self._gate.operator(context.invocation_metadata() or (), "ListPendingNodes")
+        views = []
+        for row in await self._nodes.requests():
+            view = mesh_admin_service_pb2.PendingNode(
+                node_id=row["node_id"],
+                key_id=row["key_id"],
+                region=row["region"],
+                models=[m for m in row["models"].split(",") if m],
+            )
+            view.first_seen.FromDatetime(row["first_seen_at"])
+            view.last_seen.FromDatetime(row["last_seen_at"])
+            views.append(view)
+        return mesh_admin_service_pb2.ListPendingNodesResponse(nodes=views)
+
+    async def ApproveNode(  # noqa: N802
+        self, request: mesh_admin_service_pb2.ApproveNodeRequest, context: Context
+    ) -> mesh_admin_service_pb2.ApproveNodeResponse:
+        operator = await self._gate.operator(context.invocation_metadata() or (), "ApproveNode")
+        names = [NETWORK_NAMES.get(n, "") for n in request.networks] or ["testnet"]
+        if "" in names:
+            raise InvalidArgument([FieldViolation("networks", "mainnet or testnet")])
+        outcome = await self._nodes.approve(request.node_id, request.key_id)
+        if outcome is None:
+            raise NotFound(f"no request of node {request.node_id} with key {request.key_id}")
+        if outcome is Registration.CONFLICT:
+            raise FailedPrecondition(
+                f"node {request.node_id} is registered with another key", reason="KEY_MISMATCH"
+            )
+        for network in names:
+            await self._nodes.grant_network(request.node_id, network)
+        await self._audit(
+            operator, "node.approve", request.node_id, {"key_id": request.key_id, "networks": names}
+        )
+        return mesh_admin_service_pb2.ApproveNodeResponse(
+            node_id=request.node_id, key_id=request.key_id, networks=list(request.networks)
+        )
+
+    async def RevokeNode(  # noqa: N802
+        self, request: mesh_admin_service_pb2.RevokeNodeRequest, context: Context
+    ) -> mesh_admin_service_pb2.RevokeNodeResponse:
+        operator = await self._gate.operator(context.invocation_metadata() or (), "RevokeNode")
+        if not await self._nodes.revoke(request.node_id):
+            raise NotFound(f"node {request.node_id} not found")
+        await self._audit(operator, "node.revoke", request.node_id, {})
+        return mesh_admin_service_pb2.RevokeNodeResponse(node_id=request.node_id)
+
+    async def _audit(
+        self, operator: Operator, action: str, target: str, detail: dict[str, Any]
+    ) -> None:
+        await self._operators.audit(
+            f"operator:{operator.name} ({operator.key_id})", action, target, detail
         )

@@ -176,6 +176,7 @@ class SchedulerServer:
             replay,
             AdminGate(operators, cache_ttl=settings.scheduler.admin_cache_ttl.total_seconds()),
             operators,
+            NodeStore(self._pool),
         )
         nodes = NodeService(
             settings.scheduler,

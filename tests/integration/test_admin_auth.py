@@ -34,6 +34,11 @@ REQUESTS: dict[str, Any] = {
     "ReplayDeadLetter": mesh_admin_service_pb2.ReplayDeadLetterRequest(job_id=str(uuid.uuid4())),
     "JobTrail": mesh_admin_service_pb2.JobTrailRequest(job_id=str(uuid.uuid4())),
     "GetBalance": mesh_admin_service_pb2.GetBalanceRequest(account="tenant:anonymous"),
+    "ListPendingNodes": mesh_admin_service_pb2.ListPendingNodesRequest(),
+    "ApproveNode": mesh_admin_service_pb2.ApproveNodeRequest(
+        node_id="no-such-node", key_id="0000000000000000"
+    ),
+    "RevokeNode": mesh_admin_service_pb2.RevokeNodeRequest(node_id=f"none-{uuid.uuid4().hex}"),
 }
 
 

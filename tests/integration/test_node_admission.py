@@ -22,10 +22,11 @@ from fleetwire.protocol.signing import key_id
 from fleetwire.store.attempts import AttemptStore, SignedOutcome
 from fleetwire.store.jobs import JobStore
 from fleetwire.store.nodes import NodeStore, Registration
-from fleetwire.v1 import job_pb2
+from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 from scheduler.server import SchedulerServer
 from tests.support.eventually import eventually
 from tests.support.handshake import handshake
+from tests.support.mesh_admin import SendsOperatorKey
 from tests.support.scripted_node import ScriptedNode, running
 
 
@@ -189,3 +190,43 @@ async def test_a_revoked_nodes_result_is_not_finalised(
         finished_at_ms=1,
     )
     assert await attempts.finalise_successes([(row.job_id, outcome, 0)]) == [False]
+
+
+async def test_an_operator_approves_and_revokes_over_the_admin_port(
+    strict: SchedulerServer, pool: asyncpg.Pool, operator_key: str
+) -> None:
+    """The admission flow over gRPC (no database credentials): ListPendingNodes shows the
+    request, ApproveNode admits it (testnet granted), RevokeNode ends it; each audited."""
+    node_id = f"rpc-{uuid.uuid4().hex[:8]}"
+    key = SigningKey.generate()
+    assert "NODE_PENDING" in await try_login(strict, node_id, key)
+    kid = key_id(bytes(key.verify_key))
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{strict.admin_port}", interceptors=[SendsOperatorKey(operator_key)]
+    ) as channel:
+        admin = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
+        pending = (
+            await admin.ListPendingNodes(mesh_admin_service_pb2.ListPendingNodesRequest())
+        ).nodes
+        assert (node_id, kid) in [(p.node_id, p.key_id) for p in pending]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await admin.ApproveNode(
+                mesh_admin_service_pb2.ApproveNodeRequest(node_id=node_id, key_id="f" * 16)
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        await admin.ApproveNode(
+            mesh_admin_service_pb2.ApproveNodeRequest(node_id=node_id, key_id=kid)
+        )
+        assert await try_login(strict, node_id, key) == "welcome"
+        await admin.RevokeNode(mesh_admin_service_pb2.RevokeNodeRequest(node_id=node_id))
+    again = await try_login(strict, node_id, key)
+    assert again.startswith("PERMISSION_DENIED KEY_REVOKED"), again
+    audited = await pool.fetch(
+        "SELECT action, actor FROM audit_log WHERE target = $1 ORDER BY entry_id", node_id
+    )
+    assert [r["action"] for r in audited] == ["node.approve", "node.revoke"]
+    assert all(r["actor"].startswith("operator:tests") for r in audited)
+    granted = await pool.fetch(
+        "SELECT network FROM node_network_grants WHERE node_id = $1", node_id
+    )
+    assert [r["network"] for r in granted] == ["testnet"]

@@ -151,3 +151,61 @@ class GetBalanceResponse(_message.Message):
     balance_micro_credits: int
     entries: int
     def __init__(self, account: _Optional[str] = ..., balance_micro_credits: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...
+
+class ListPendingNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PendingNode(_message.Message):
+    __slots__ = ("node_id", "key_id", "region", "models", "first_seen", "last_seen")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    key_id: str
+    region: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    def __init__(self, node_id: _Optional[str] = ..., key_id: _Optional[str] = ..., region: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListPendingNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[PendingNode]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[PendingNode, _Mapping]]] = ...) -> None: ...
+
+class ApproveNodeRequest(_message.Message):
+    __slots__ = ("node_id", "key_id", "networks")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    key_id: str
+    networks: _containers.RepeatedScalarFieldContainer[_job_pb2.Network]
+    def __init__(self, node_id: _Optional[str] = ..., key_id: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ...) -> None: ...
+
+class ApproveNodeResponse(_message.Message):
+    __slots__ = ("node_id", "key_id", "networks")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    key_id: str
+    networks: _containers.RepeatedScalarFieldContainer[_job_pb2.Network]
+    def __init__(self, node_id: _Optional[str] = ..., key_id: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ...) -> None: ...
+
+class RevokeNodeRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class RevokeNodeResponse(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...

@@ -26,8 +26,12 @@ if _version_not_supported:
 
 
 class MeshAdminServiceStub:
-    """Operator views of the mesh, served by every scheduler replica (default port 50052)
-    alongside NodeService. Answers cover the whole mesh, not only the serving replica:
+    """Operator views of the mesh and admin actions, served by every scheduler replica on its
+    admin port (default 50053, bound to 127.0.0.1), never on the node port. Every call needs
+    an operator key (`authorization: Bearer fwo_…`) whose role allows it: viewer reads,
+    admin also acts (UNAUTHENTICATED without a valid key, PERMISSION_DENIED for a tenant's
+    key or too low a role); actions are written to the audit log. Answers cover the whole
+    mesh, not only the serving replica:
     nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
     and RabbitMQ. Errors: INVALID_ARGUMENT (also for a request that does not decode, with
     google.rpc.BadRequest naming the field where it can be known), NOT_FOUND,
@@ -71,11 +75,30 @@ class MeshAdminServiceStub:
                 request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceRequest.SerializeToString,
                 response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceResponse.FromString,
                 _registered_method=True)
+        self.ListPendingNodes = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ListPendingNodes',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListPendingNodesRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListPendingNodesResponse.FromString,
+                _registered_method=True)
+        self.ApproveNode = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ApproveNode',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ApproveNodeRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ApproveNodeResponse.FromString,
+                _registered_method=True)
+        self.RevokeNode = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/RevokeNode',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
-    """Operator views of the mesh, served by every scheduler replica (default port 50052)
-    alongside NodeService. Answers cover the whole mesh, not only the serving replica:
+    """Operator views of the mesh and admin actions, served by every scheduler replica on its
+    admin port (default 50053, bound to 127.0.0.1), never on the node port. Every call needs
+    an operator key (`authorization: Bearer fwo_…`) whose role allows it: viewer reads,
+    admin also acts (UNAUTHENTICATED without a valid key, PERMISSION_DENIED for a tenant's
+    key or too low a role); actions are written to the audit log. Answers cover the whole
+    mesh, not only the serving replica:
     nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
     and RabbitMQ. Errors: INVALID_ARGUMENT (also for a request that does not decode, with
     google.rpc.BadRequest naming the field where it can be known), NOT_FOUND,
@@ -131,6 +154,32 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPendingNodes(self, request, context):
+        """Nodes that proved a key nobody admitted yet, oldest first (viewer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveNode(self, request, context):
+        """Admits a waiting node with the key of its request and grants it networks (default
+        testnet only: mainnet earns credits). Its next handshake is welcome. Errors: NOT_FOUND
+        (no request of that id with that key), FAILED_PRECONDITION (reason KEY_MISMATCH: the id
+        is registered with another key, which keeps it), INVALID_ARGUMENT (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeNode(self, request, context):
+        """Revokes a node's key: its live session ends within the key-check interval, its next
+        handshake is refused, its results are no longer finalised. NOT_FOUND for an unknown
+        node (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +213,21 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceRequest.FromString,
                     response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceResponse.SerializeToString,
             ),
+            'ListPendingNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPendingNodes,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListPendingNodesRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListPendingNodesResponse.SerializeToString,
+            ),
+            'ApproveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveNode,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ApproveNodeRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ApproveNodeResponse.SerializeToString,
+            ),
+            'RevokeNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeNode,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'fleetwire.v1.MeshAdminService', rpc_method_handlers)
@@ -173,8 +237,12 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MeshAdminService:
-    """Operator views of the mesh, served by every scheduler replica (default port 50052)
-    alongside NodeService. Answers cover the whole mesh, not only the serving replica:
+    """Operator views of the mesh and admin actions, served by every scheduler replica on its
+    admin port (default 50053, bound to 127.0.0.1), never on the node port. Every call needs
+    an operator key (`authorization: Bearer fwo_…`) whose role allows it: viewer reads,
+    admin also acts (UNAUTHENTICATED without a valid key, PERMISSION_DENIED for a tenant's
+    key or too low a role); actions are written to the audit log. Answers cover the whole
+    mesh, not only the serving replica:
     nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
     and RabbitMQ. Errors: INVALID_ARGUMENT (also for a request that does not decode, with
     google.rpc.BadRequest naming the field where it can be known), NOT_FOUND,
@@ -334,6 +402,87 @@ class MeshAdminService:
             '/fleetwire.v1.MeshAdminService/GetBalance',
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceRequest.SerializeToString,
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPendingNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ListPendingNodes',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListPendingNodesRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListPendingNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ApproveNode',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ApproveNodeRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ApproveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/RevokeNode',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

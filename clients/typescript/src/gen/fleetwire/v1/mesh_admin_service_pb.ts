@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Job, JobError, PriorityClass } from "./job_pb.ts";
+import type { Job, JobError, Network, PriorityClass } from "./job_pb.ts";
 import { file_fleetwire_v1_job } from "./job_pb.ts";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwire/v1/mesh_admin_service.proto.
  */
 export const file_fleetwire_v1_mesh_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVmbGVldHdpcmUvdjEvbWVzaF9hZG1pbl9zZXJ2aWNlLnByb3RvEgxmbGVldHdpcmUudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCLRAgoITm9kZVZpZXcSDwoHbm9kZV9pZBgBIAEoCRIUCgxzY2hlZHVsZXJfaWQYAiABKAkSDgoGbW9kZWxzGAMgAygJEg4KBnJlZ2lvbhgEIAEoCRIRCglzdWJjbG91ZHMYBSADKAkSDQoFc2xvdHMYBiABKA0SEgoKZnJlZV9zbG90cxgHIAEoDRIUCgxydW5uaW5nX2pvYnMYCCABKA0SEAoIZHJhaW5pbmcYCSABKAgSFgoOcGVuYWx0eV9wb2ludHMYCiABKAESEAoIZXhjbHVkZWQYCyABKAgSFQoNcGVuYWx0aWVzXzI0aBgMIAEoDRIwCgxjb25uZWN0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoRTGlzdE5vZGVzUmVzcG9uc2USJQoFbm9kZXMYASADKAsyFi5mbGVldHdpcmUudjEuTm9kZVZpZXciFAoSUXVldWVEZXB0aHNSZXF1ZXN0IngKClJvdXRlRGVwdGgSDQoFcm91dGUYASABKAkSLQoIcHJpb3JpdHkYAiABKA4yGy5mbGVldHdpcmUudjEuUHJpb3JpdHlDbGFzcxIUCgx3YWl0aW5nX2pvYnMYAyABKAQSFgoOcXVldWVfbWVzc2FnZXMYBCABKAQiPwoTUXVldWVEZXB0aHNSZXNwb25zZRIoCgZkZXB0aHMYASADKAsyGC5mbGVldHdpcmUudjEuUm91dGVEZXB0aCInChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIjoKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEh8KBGpvYnMYASADKAsyES5mbGVldHdpcmUudjEuSm9iIikKF1JlcGxheURlYWRMZXR0ZXJSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSJaChhSZXBsYXlEZWFkTGV0dGVyUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYhIeChZwYXJrZWRfbWVzc2FnZV9yZW1vdmVkGAIgASgIIiEKD0pvYlRyYWlsUmVxdWVzdBIOCgZqb2JfaWQYASABKAkijgIKC0F0dGVtcHRWaWV3Eg8KB2F0dGVtcHQYASABKA0SDwoHbm9kZV9pZBgCIAEoCRIUCgxzY2hlZHVsZXJfaWQYAyABKAkSDwoHb3V0Y29tZRgEIAEoCRIxCg1kaXNwYXRjaGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoFZXJyb3IYCCABKAsyFi5mbGVldHdpcmUudjEuSm9iRXJyb3IidAoQSm9iVHJhaWxSZXNwb25zZRIeCgNqb2IYASABKAsyES5mbGVldHdpcmUudjEuSm9iEisKCGF0dGVtcHRzGAIgAygLMhkuZmxlZXR3aXJlLnYxLkF0dGVtcHRWaWV3EhMKC3JlcGxheWVkX2FzGAMgASgJIiQKEUdldEJhbGFuY2VSZXF1ZXN0Eg8KB2FjY291bnQYASABKAkiVQoSR2V0QmFsYW5jZVJlc3BvbnNlEg8KB2FjY291bnQYASABKAkSHQoVYmFsYW5jZV9taWNyb19jcmVkaXRzGAIgASgDEg8KB2VudHJpZXMYAyABKAQykwQKEE1lc2hBZG1pblNlcnZpY2USTAoJTGlzdE5vZGVzEh4uZmxlZXR3aXJlLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5mbGVldHdpcmUudjEuTGlzdE5vZGVzUmVzcG9uc2USUgoLUXVldWVEZXB0aHMSIC5mbGVldHdpcmUudjEuUXVldWVEZXB0aHNSZXF1ZXN0GiEuZmxlZXR3aXJlLnYxLlF1ZXVlRGVwdGhzUmVzcG9uc2USXgoPTGlzdERlYWRMZXR0ZXJzEiQuZmxlZXR3aXJlLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaJS5mbGVldHdpcmUudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USYQoQUmVwbGF5RGVhZExldHRlchIlLmZsZWV0d2lyZS52MS5SZXBsYXlEZWFkTGV0dGVyUmVxdWVzdBomLmZsZWV0d2lyZS52MS5SZXBsYXlEZWFkTGV0dGVyUmVzcG9uc2USSQoISm9iVHJhaWwSHS5mbGVldHdpcmUudjEuSm9iVHJhaWxSZXF1ZXN0Gh4uZmxlZXR3aXJlLnYxLkpvYlRyYWlsUmVzcG9uc2USTwoKR2V0QmFsYW5jZRIfLmZsZWV0d2lyZS52MS5HZXRCYWxhbmNlUmVxdWVzdBogLmZsZWV0d2lyZS52MS5HZXRCYWxhbmNlUmVzcG9uc2ViBnByb3RvMw", [file_fleetwire_v1_job, file_google_protobuf_timestamp]);
+  fileDesc("CiVmbGVldHdpcmUvdjEvbWVzaF9hZG1pbl9zZXJ2aWNlLnByb3RvEgxmbGVldHdpcmUudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCLRAgoITm9kZVZpZXcSDwoHbm9kZV9pZBgBIAEoCRIUCgxzY2hlZHVsZXJfaWQYAiABKAkSDgoGbW9kZWxzGAMgAygJEg4KBnJlZ2lvbhgEIAEoCRIRCglzdWJjbG91ZHMYBSADKAkSDQoFc2xvdHMYBiABKA0SEgoKZnJlZV9zbG90cxgHIAEoDRIUCgxydW5uaW5nX2pvYnMYCCABKA0SEAoIZHJhaW5pbmcYCSABKAgSFgoOcGVuYWx0eV9wb2ludHMYCiABKAESEAoIZXhjbHVkZWQYCyABKAgSFQoNcGVuYWx0aWVzXzI0aBgMIAEoDRIwCgxjb25uZWN0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoRTGlzdE5vZGVzUmVzcG9uc2USJQoFbm9kZXMYASADKAsyFi5mbGVldHdpcmUudjEuTm9kZVZpZXciFAoSUXVldWVEZXB0aHNSZXF1ZXN0IngKClJvdXRlRGVwdGgSDQoFcm91dGUYASABKAkSLQoIcHJpb3JpdHkYAiABKA4yGy5mbGVldHdpcmUudjEuUHJpb3JpdHlDbGFzcxIUCgx3YWl0aW5nX2pvYnMYAyABKAQSFgoOcXVldWVfbWVzc2FnZXMYBCABKAQiPwoTUXVldWVEZXB0aHNSZXNwb25zZRIoCgZkZXB0aHMYASADKAsyGC5mbGVldHdpcmUudjEuUm91dGVEZXB0aCInChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIjoKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEh8KBGpvYnMYASADKAsyES5mbGVldHdpcmUudjEuSm9iIikKF1JlcGxheURlYWRMZXR0ZXJSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSJaChhSZXBsYXlEZWFkTGV0dGVyUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYhIeChZwYXJrZWRfbWVzc2FnZV9yZW1vdmVkGAIgASgIIiEKD0pvYlRyYWlsUmVxdWVzdBIOCgZqb2JfaWQYASABKAkijgIKC0F0dGVtcHRWaWV3Eg8KB2F0dGVtcHQYASABKA0SDwoHbm9kZV9pZBgCIAEoCRIUCgxzY2hlZHVsZXJfaWQYAyABKAkSDwoHb3V0Y29tZRgEIAEoCRIxCg1kaXNwYXRjaGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoFZXJyb3IYCCABKAsyFi5mbGVldHdpcmUudjEuSm9iRXJyb3IidAoQSm9iVHJhaWxSZXNwb25zZRIeCgNqb2IYASABKAsyES5mbGVldHdpcmUudjEuSm9iEisKCGF0dGVtcHRzGAIgAygLMhkuZmxlZXR3aXJlLnYxLkF0dGVtcHRWaWV3EhMKC3JlcGxheWVkX2FzGAMgASgJIiQKEUdldEJhbGFuY2VSZXF1ZXN0Eg8KB2FjY291bnQYASABKAkiVQoSR2V0QmFsYW5jZVJlc3BvbnNlEg8KB2FjY291bnQYASABKAkSHQoVYmFsYW5jZV9taWNyb19jcmVkaXRzGAIgASgDEg8KB2VudHJpZXMYAyABKAQiGQoXTGlzdFBlbmRpbmdOb2Rlc1JlcXVlc3QirQEKC1BlbmRpbmdOb2RlEg8KB25vZGVfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIOCgZtb2RlbHMYBCADKAkSLgoKZmlyc3Rfc2VlbhgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zZWVuGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJEChhMaXN0UGVuZGluZ05vZGVzUmVzcG9uc2USKAoFbm9kZXMYASADKAsyGS5mbGVldHdpcmUudjEuUGVuZGluZ05vZGUiXgoSQXBwcm92ZU5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEicKCG5ldHdvcmtzGAMgAygOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmsiXwoTQXBwcm92ZU5vZGVSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRInCghuZXR3b3JrcxgDIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrIiQKEVJldm9rZU5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkiJQoSUmV2b2tlTm9kZVJlc3BvbnNlEg8KB25vZGVfaWQYASABKAkymwYKEE1lc2hBZG1pblNlcnZpY2USTAoJTGlzdE5vZGVzEh4uZmxlZXR3aXJlLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5mbGVldHdpcmUudjEuTGlzdE5vZGVzUmVzcG9uc2USUgoLUXVldWVEZXB0aHMSIC5mbGVldHdpcmUudjEuUXVldWVEZXB0aHNSZXF1ZXN0GiEuZmxlZXR3aXJlLnYxLlF1ZXVlRGVwdGhzUmVzcG9uc2USXgoPTGlzdERlYWRMZXR0ZXJzEiQuZmxlZXR3aXJlLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaJS5mbGVldHdpcmUudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USYQoQUmVwbGF5RGVhZExldHRlchIlLmZsZWV0d2lyZS52MS5SZXBsYXlEZWFkTGV0dGVyUmVxdWVzdBomLmZsZWV0d2lyZS52MS5SZXBsYXlEZWFkTGV0dGVyUmVzcG9uc2USSQoISm9iVHJhaWwSHS5mbGVldHdpcmUudjEuSm9iVHJhaWxSZXF1ZXN0Gh4uZmxlZXR3aXJlLnYxLkpvYlRyYWlsUmVzcG9uc2USTwoKR2V0QmFsYW5jZRIfLmZsZWV0d2lyZS52MS5HZXRCYWxhbmNlUmVxdWVzdBogLmZsZWV0d2lyZS52MS5HZXRCYWxhbmNlUmVzcG9uc2USYQoQTGlzdFBlbmRpbmdOb2RlcxIlLmZsZWV0d2lyZS52MS5MaXN0UGVuZGluZ05vZGVzUmVxdWVzdBomLmZsZWV0d2lyZS52MS5MaXN0UGVuZGluZ05vZGVzUmVzcG9uc2USUgoLQXBwcm92ZU5vZGUSIC5mbGVldHdpcmUudjEuQXBwcm92ZU5vZGVSZXF1ZXN0GiEuZmxlZXR3aXJlLnYxLkFwcHJvdmVOb2RlUmVzcG9uc2USTwoKUmV2b2tlTm9kZRIfLmZsZWV0d2lyZS52MS5SZXZva2VOb2RlUmVxdWVzdBogLmZsZWV0d2lyZS52MS5SZXZva2VOb2RlUmVzcG9uc2ViBnByb3RvMw", [file_fleetwire_v1_job, file_google_protobuf_timestamp]);
 
 /**
  * ListNodes's request.
@@ -517,8 +517,216 @@ export const GetBalanceResponseSchema: GenMessage<GetBalanceResponse> = /*@__PUR
   messageDesc(file_fleetwire_v1_mesh_admin_service, 14);
 
 /**
- * Operator views of the mesh, served by every scheduler replica (default port 50052)
- * alongside NodeService. Answers cover the whole mesh, not only the serving replica:
+ * ListPendingNodes's request.
+ *
+ * @generated from message fleetwire.v1.ListPendingNodesRequest
+ */
+export type ListPendingNodesRequest = Message<"fleetwire.v1.ListPendingNodesRequest"> & {
+};
+
+/**
+ * Describes the message fleetwire.v1.ListPendingNodesRequest.
+ * Use `create(ListPendingNodesRequestSchema)` to create a new message.
+ */
+export const ListPendingNodesRequestSchema: GenMessage<ListPendingNodesRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 15);
+
+/**
+ * A node waiting for admission: it proved the key of key_id.
+ *
+ * @generated from message fleetwire.v1.PendingNode
+ */
+export type PendingNode = Message<"fleetwire.v1.PendingNode"> & {
+  /**
+   * The id it asks for.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * The key it proved (first 16 hex digits of SHA-256 of the public key).
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * The region it claimed (unverified).
+   *
+   * @generated from field: string region = 3;
+   */
+  region: string;
+
+  /**
+   * The models it claimed (unverified).
+   *
+   * @generated from field: repeated string models = 4;
+   */
+  models: string[];
+
+  /**
+   * When it first asked.
+   *
+   * @generated from field: google.protobuf.Timestamp first_seen = 5;
+   */
+  firstSeen?: Timestamp | undefined;
+
+  /**
+   * When it last asked (requests not renewed expire).
+   *
+   * @generated from field: google.protobuf.Timestamp last_seen = 6;
+   */
+  lastSeen?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.PendingNode.
+ * Use `create(PendingNodeSchema)` to create a new message.
+ */
+export const PendingNodeSchema: GenMessage<PendingNode> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 16);
+
+/**
+ * ListPendingNodes's response.
+ *
+ * @generated from message fleetwire.v1.ListPendingNodesResponse
+ */
+export type ListPendingNodesResponse = Message<"fleetwire.v1.ListPendingNodesResponse"> & {
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated fleetwire.v1.PendingNode nodes = 1;
+   */
+  nodes: PendingNode[];
+};
+
+/**
+ * Describes the message fleetwire.v1.ListPendingNodesResponse.
+ * Use `create(ListPendingNodesResponseSchema)` to create a new message.
+ */
+export const ListPendingNodesResponseSchema: GenMessage<ListPendingNodesResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 17);
+
+/**
+ * ApproveNode's request.
+ *
+ * @generated from message fleetwire.v1.ApproveNodeRequest
+ */
+export type ApproveNodeRequest = Message<"fleetwire.v1.ApproveNodeRequest"> & {
+  /**
+   * The waiting node.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * The key of its request to admit (ListPendingNodes shows it).
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * Networks it may serve; empty: testnet only.
+   *
+   * @generated from field: repeated fleetwire.v1.Network networks = 3;
+   */
+  networks: Network[];
+};
+
+/**
+ * Describes the message fleetwire.v1.ApproveNodeRequest.
+ * Use `create(ApproveNodeRequestSchema)` to create a new message.
+ */
+export const ApproveNodeRequestSchema: GenMessage<ApproveNodeRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 18);
+
+/**
+ * ApproveNode's response.
+ *
+ * @generated from message fleetwire.v1.ApproveNodeResponse
+ */
+export type ApproveNodeResponse = Message<"fleetwire.v1.ApproveNodeResponse"> & {
+  /**
+   * The node, now registered.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * Its key.
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * The networks granted.
+   *
+   * @generated from field: repeated fleetwire.v1.Network networks = 3;
+   */
+  networks: Network[];
+};
+
+/**
+ * Describes the message fleetwire.v1.ApproveNodeResponse.
+ * Use `create(ApproveNodeResponseSchema)` to create a new message.
+ */
+export const ApproveNodeResponseSchema: GenMessage<ApproveNodeResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 19);
+
+/**
+ * RevokeNode's request.
+ *
+ * @generated from message fleetwire.v1.RevokeNodeRequest
+ */
+export type RevokeNodeRequest = Message<"fleetwire.v1.RevokeNodeRequest"> & {
+  /**
+   * The node whose key to revoke.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.RevokeNodeRequest.
+ * Use `create(RevokeNodeRequestSchema)` to create a new message.
+ */
+export const RevokeNodeRequestSchema: GenMessage<RevokeNodeRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 20);
+
+/**
+ * RevokeNode's response.
+ *
+ * @generated from message fleetwire.v1.RevokeNodeResponse
+ */
+export type RevokeNodeResponse = Message<"fleetwire.v1.RevokeNodeResponse"> & {
+  /**
+   * The node, now revoked.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.RevokeNodeResponse.
+ * Use `create(RevokeNodeResponseSchema)` to create a new message.
+ */
+export const RevokeNodeResponseSchema: GenMessage<RevokeNodeResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 21);
+
+/**
+ * Operator views of the mesh and admin actions, served by every scheduler replica on its
+ * admin port (default 50053, bound to 127.0.0.1), never on the node port. Every call needs
+ * an operator key (`authorization: Bearer fwo_…`) whose role allows it: viewer reads,
+ * admin also acts (UNAUTHENTICATED without a valid key, PERMISSION_DENIED for a tenant's
+ * key or too low a role); actions are written to the audit log. Answers cover the whole
+ * mesh, not only the serving replica:
  * nodes come from the presence every scheduler keeps in Redis, the rest from PostgreSQL
  * and RabbitMQ. Errors: INVALID_ARGUMENT (also for a request that does not decode, with
  * google.rpc.BadRequest naming the field where it can be known), NOT_FOUND,
@@ -593,6 +801,41 @@ export const MeshAdminService: GenService<{
     methodKind: "unary";
     input: typeof GetBalanceRequestSchema;
     output: typeof GetBalanceResponseSchema;
+  },
+  /**
+   * Nodes that proved a key nobody admitted yet, oldest first (viewer).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ListPendingNodes
+   */
+  listPendingNodes: {
+    methodKind: "unary";
+    input: typeof ListPendingNodesRequestSchema;
+    output: typeof ListPendingNodesResponseSchema;
+  },
+  /**
+   * Admits a waiting node with the key of its request and grants it networks (default
+   * testnet only: mainnet earns credits). Its next handshake is welcome. Errors: NOT_FOUND
+   * (no request of that id with that key), FAILED_PRECONDITION (reason KEY_MISMATCH: the id
+   * is registered with another key, which keeps it), INVALID_ARGUMENT (admin).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ApproveNode
+   */
+  approveNode: {
+    methodKind: "unary";
+    input: typeof ApproveNodeRequestSchema;
+    output: typeof ApproveNodeResponseSchema;
+  },
+  /**
+   * Revokes a node's key: its live session ends within the key-check interval, its next
+   * handshake is refused, its results are no longer finalised. NOT_FOUND for an unknown
+   * node (admin).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.RevokeNode
+   */
+  revokeNode: {
+    methodKind: "unary";
+    input: typeof RevokeNodeRequestSchema;
+    output: typeof RevokeNodeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fleetwire_v1_mesh_admin_service, 0);
