@@ -15,6 +15,7 @@ from fleetwire.process.settings import load_settings
 from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 from fleetwire_tools.connection import CONNECTION
+from fleetwire_tools.registry_cli import printable
 
 mesh_app = typer.Typer(
     help="Operator views: nodes, queues, dead letters (and their replay), job trails, balances.",
@@ -162,8 +163,10 @@ def pending(address: Address = None, as_json: Json = False) -> None:
         _json(reply)
         return
     for node in reply.nodes:
+        # Region and models are what an unadmitted node claimed: plain text, no controls.
+        region, models = printable(node.region), printable(",".join(node.models))
         console.print(
-            f"{node.node_id:24} key {node.key_id}  {node.region:10} {','.join(node.models)}",
+            f"{node.node_id:24} key {node.key_id}  {region:10} {models}",
             markup=False,
             highlight=False,
         )

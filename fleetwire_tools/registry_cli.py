@@ -142,7 +142,7 @@ def nodes_pending(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
         return
     for row in rows:
         # Region and models are what an unadmitted node claimed: printed as plain text.
-        region, models = (_printable(row[k]) for k in ("region", "models"))
+        region, models = (printable(row[k]) for k in ("region", "models"))
         console.print(
             f"{row['node_id']:24} key {row['key_id']}  {region:10} {models}"
             f"  since {row['first_seen_at']}",
@@ -152,7 +152,7 @@ def nodes_pending(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
         )
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` without control characters (a newline would fake a row)."""
     return "".join(c if c.isprintable() else "?" for c in text)
 
