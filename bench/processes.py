@@ -26,6 +26,7 @@ from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.store.db import open_pool
 from fleetwire.store.operators import OperatorStore, Role
 from fleetwire.v1 import mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
+from fleetwire_tools.supervisor import OPEN_TENANT_DEFAULTS
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -56,6 +57,7 @@ def isolated_env(namespace: str) -> dict[str, str]:
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
         "FLEETWIRE_SCHEDULER_TRUST_NODE_CLAIMS": "true",
         "FLEETWIRE_BRIDGE_REQUIRE_API_KEY": "false",
+        **OPEN_TENANT_DEFAULTS,
         "FLEETWIRE_NAMESPACE": namespace,
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),
@@ -66,6 +68,10 @@ def isolated_env(namespace: str) -> dict[str, str]:
         "FLEETWIRE_BRIDGE_TENANT_BURST": "1000000",
         "FLEETWIRE_BRIDGE_MAX_QUEUE_DEPTH": "1000000",
         "FLEETWIRE_BRIDGE_MAX_WAITING_PER_TENANT": "1000000",
+        # Every bench node and simulated idle node dials from 127.0.0.1 (idle_nodes.py opens
+        # a channel per 100 nodes): under the default 32 today, but a benchmark measures the
+        # path, not this guard.
+        "FLEETWIRE_SCHEDULER_MAX_CONNECTIONS_PER_PEER": "100000",
         "FLEETWIRE_NODE_MODEL_PATH": str(MODEL_DIR),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from broker_bridge.tenant_policy import with_defaults
 from fleetwire.domain.errors import Unauthenticated
 from fleetwire.process.settings import BridgeSettings
 from fleetwire.rpc.bearer import bearer_key
@@ -82,7 +83,7 @@ class Authenticator:
         cached = self._limits.get(tenant_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        limits = await self._tenants.limits_of(tenant_id)
+        limits = with_defaults(await self._tenants.limits_of(tenant_id), self._settings)
         if len(self._limits) >= _MAX_CACHED:
             self._limits.clear()
         self._limits[tenant_id] = (now + self._ttl, limits)

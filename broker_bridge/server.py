@@ -52,7 +52,9 @@ class BridgeServer:
         self._redis = connect_redis(
             settings.redis.url.get_secret_value(), max_connections=settings.redis.max_connections
         )
-        topology = Topology(settings.mesh.namespace)
+        topology = Topology(
+            settings.mesh.namespace, route_queue_expires=settings.mesh.route_queue_expires
+        )
         self._publisher = JobPublisher(
             self._link, topology, confirm_timeout=settings.rabbitmq.publish_timeout
         )

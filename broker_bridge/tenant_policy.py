@@ -1,19 +1,46 @@
 """What a tenant may submit: its policy (priority classes, networks, subclouds) and, for
-mainnet, its credit. Pure checks on a validated spec; the desks call them before a job
-is written, so a refused job costs nothing and leaves nothing behind."""
+mainnet, its credit. A part of the policy the tenant has none of is the mesh's default
+(``FLEETWIRE_BRIDGE_DEFAULT_*``: no urgent class, no subcloud, no mainnet debt). Pure
+checks on a validated spec; the desks call them before a job is written, so a refused job
+costs nothing and leaves nothing behind."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 
 from fleetwire.domain.errors import FailedPrecondition, PermissionDenied
 from fleetwire.messaging.topology import NETWORK_NAMES
+from fleetwire.process.settings import BridgeSettings
 from fleetwire.store.tenants import TenantLimits
 from fleetwire.v1 import job_pb2
 
 
 def priority_name(priority: int) -> str:
     return str(job_pb2.PriorityClass.Name(priority)).removeprefix("PRIORITY_CLASS_").lower()
+
+
+def with_defaults(policy: TenantLimits, settings: BridgeSettings) -> TenantLimits:
+    """``policy`` with the mesh's defaults where the tenant has no rule of its own."""
+
+    def default(names: list[str] | None) -> frozenset[str] | None:
+        return None if names is None else frozenset(names)
+
+    return dataclasses.replace(
+        policy,
+        priorities=policy.priorities
+        if policy.priorities is not None
+        else default(settings.default_priorities),
+        networks=policy.networks
+        if policy.networks is not None
+        else default(settings.default_networks),
+        subclouds=policy.subclouds
+        if policy.subclouds is not None
+        else default(settings.default_subclouds),
+        credit_limit=policy.credit_limit
+        if policy.credit_limit is not None
+        else settings.default_credit_limit,
+    )
 
 
 def check_policy(spec: job_pb2.JobSpec, tenant_id: str, policy: TenantLimits) -> None:

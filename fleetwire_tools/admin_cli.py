@@ -1,60 +1,37 @@
-"""``fleetwire admin mesh …``: the scheduler's MeshAdminService from the command line."""
+"""``fleetwire admin mesh …``: the scheduler's MeshAdminService views and dead-letter
+replay from the command line (and the audit log)."""
 
 from __future__ import annotations
 
-import os
-from typing import Annotated, Any
+import json
 
-import grpc
 import typer
-from google.protobuf import json_format
-from rich.console import Console
 from rich.table import Table
 
-from fleetwire.process.settings import load_settings
-from fleetwire.rpc.options import CLIENT_OPTIONS
-from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
-from fleetwire_tools.connection import CONNECTION
-from fleetwire_tools.registry_cli import printable
+from fleetwire.v1 import job_pb2, mesh_admin_service_pb2
+from fleetwire_tools.admin_port import (
+    Address,
+    Json,
+    admin_call,
+    console,
+    print_json,
+    printable,
+    stamp,
+)
 
 mesh_app = typer.Typer(
-    help="Operator views: nodes, queues, dead letters (and their replay), job trails, balances.",
+    help="Operator views: nodes, queues, dead letters (and their replay), job trails, "
+    "balances, the audit log.",
     no_args_is_help=True,
 )
-console = Console()
-ADMIN_KEY_ENV = "FLEETWIRE_ADMIN_KEY"
-
-Address = Annotated[
-    str | None, typer.Option(help="A scheduler's admin host:port (default: this machine's).")
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _call(address: str | None, method: str, request: Any) -> Any:
-    """One MeshAdminService call on a scheduler's admin port, with the operator key of
-    FLEETWIRE_ADMIN_KEY (`fleetwire admin operators create`)."""
-    target = address or f"127.0.0.1:{load_settings().scheduler.admin_port}"
-    key = os.environ.get(ADMIN_KEY_ENV, "")
-    metadata = (("authorization", f"Bearer {key}"),) if key else ()
-    with CONNECTION.channel(target, CLIENT_OPTIONS) as channel:
-        stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
-        try:
-            return getattr(stub, method)(request, timeout=15, metadata=metadata)
-        except grpc.RpcError as err:
-            console.print(f"[red]{err.code().name}[/]: {err.details()}")  # type: ignore[attr-defined]
-            raise typer.Exit(1) from err
-
-
-def _json(message: Any) -> None:
-    console.print_json(json_format.MessageToJson(message, preserving_proto_field_name=True))
 
 
 @mesh_app.command("nodes")
 def nodes(address: Address = None, as_json: Json = False) -> None:
     """Connected nodes: scheduler, load, penalties."""
-    reply = _call(address, "ListNodes", mesh_admin_service_pb2.ListNodesRequest())
+    reply = admin_call(address, "ListNodes", mesh_admin_service_pb2.ListNodesRequest())
     if as_json:
-        _json(reply)
+        print_json(reply)
         return
     table = Table("node", "scheduler", "models", "region", "slots free/all", "running", "penalties")
     for n in reply.nodes:
@@ -76,9 +53,9 @@ def nodes(address: Address = None, as_json: Json = False) -> None:
 @mesh_app.command("queues")
 def queues(address: Address = None, as_json: Json = False) -> None:
     """Waiting jobs per route and priority class."""
-    reply = _call(address, "QueueDepths", mesh_admin_service_pb2.QueueDepthsRequest())
+    reply = admin_call(address, "QueueDepths", mesh_admin_service_pb2.QueueDepthsRequest())
     if as_json:
-        _json(reply)
+        print_json(reply)
         return
     table = Table("route", "priority", "waiting jobs", "messages in queue")
     for d in reply.depths:
@@ -90,11 +67,11 @@ def queues(address: Address = None, as_json: Json = False) -> None:
 @mesh_app.command("dead-letters")
 def dead_letters(limit: int = 20, address: Address = None, as_json: Json = False) -> None:
     """Dead-lettered jobs, newest first, with their errors."""
-    reply = _call(
+    reply = admin_call(
         address, "ListDeadLetters", mesh_admin_service_pb2.ListDeadLettersRequest(limit=limit)
     )
     if as_json:
-        _json(reply)
+        print_json(reply)
         return
     for job in reply.jobs:
         console.print(f"[bold]{job.job_id}[/] attempts={job.attempts} {job.error.reason}")
@@ -104,11 +81,11 @@ def dead_letters(limit: int = 20, address: Address = None, as_json: Json = False
 @mesh_app.command("replay")
 def replay(job_id: str, address: Address = None, as_json: Json = False) -> None:
     """Replay a DEAD_LETTERED job as a new job (same tenant and spec, fresh TTL); once."""
-    reply = _call(
+    reply = admin_call(
         address, "ReplayDeadLetter", mesh_admin_service_pb2.ReplayDeadLetterRequest(job_id=job_id)
     )
     if as_json:
-        _json(reply)
+        print_json(reply)
         return
     parked = "removed" if reply.parked_message_removed else "not found"
     console.print(f"{job_id} replayed as [bold]{reply.job.job_id}[/] (parked message {parked})")
@@ -117,9 +94,9 @@ def replay(job_id: str, address: Address = None, as_json: Json = False) -> None:
 @mesh_app.command("trail")
 def trail(job_id: str, address: Address = None, as_json: Json = False) -> None:
     """One job's attempts: node, scheduler, timings, errors."""
-    reply = _call(address, "JobTrail", mesh_admin_service_pb2.JobTrailRequest(job_id=job_id))
+    reply = admin_call(address, "JobTrail", mesh_admin_service_pb2.JobTrailRequest(job_id=job_id))
     if as_json:
-        _json(reply)
+        print_json(reply)
         return
     state = job_pb2.JobState.Name(reply.job.state).removeprefix("JOB_STATE_")
     console.print(f"[bold]{reply.job.job_id}[/] {state} {reply.job.error.reason}")
@@ -146,60 +123,47 @@ def trail(job_id: str, address: Address = None, as_json: Json = False) -> None:
 @mesh_app.command("balance")
 def balance(account: str, address: Address = None, as_json: Json = False) -> None:
     """An account's ledger balance: tenant:<id> or owner:<id>."""
-    reply = _call(address, "GetBalance", mesh_admin_service_pb2.GetBalanceRequest(account=account))
+    reply = admin_call(
+        address, "GetBalance", mesh_admin_service_pb2.GetBalanceRequest(account=account)
+    )
     if as_json:
-        _json(reply)
+        print_json(reply)
         return
     console.print(
         f"{reply.account}: {reply.balance_micro_credits} micro-credits ({reply.entries} entries)"
     )
 
 
-@mesh_app.command("pending")
-def pending(address: Address = None, as_json: Json = False) -> None:
-    """Nodes waiting for admission, over the admin port (no database credentials)."""
-    reply = _call(address, "ListPendingNodes", mesh_admin_service_pb2.ListPendingNodesRequest())
-    if as_json:
-        _json(reply)
-        return
-    for node in reply.nodes:
-        # Region and models are what an unadmitted node claimed: plain text, no controls.
-        region, models = printable(node.region), printable(",".join(node.models))
-        console.print(
-            f"{node.node_id:24} key {node.key_id}  {region:10} {models}",
-            markup=False,
-            highlight=False,
-        )
-
-
-@mesh_app.command("approve")
-def approve(
-    node_id: str,
-    key_id: Annotated[str, typer.Option(help="The key id `pending` shows.")],
-    network: Annotated[
-        list[str] | None, typer.Option("--network", help="mainnet/testnet (default testnet).")
-    ] = None,
+@mesh_app.command("audit")
+def audit(
+    limit: int = 50,
+    target: str | None = None,
     address: Address = None,
     as_json: Json = False,
 ) -> None:
-    """Admit a waiting node, over the admin port (admin role; audited)."""
-    chosen = network or ["testnet"]
-    if not set(chosen) <= {"mainnet", "testnet"}:
-        console.print("[red]--network must be mainnet or testnet[/]")
-        raise typer.Exit(2)
-    networks = [job_pb2.Network.Value(f"NETWORK_{n.upper()}") for n in chosen]
-    request = mesh_admin_service_pb2.ApproveNodeRequest(
-        node_id=node_id, key_id=key_id, networks=networks
-    )
-    reply = _call(address, "ApproveNode", request)
+    """The audit log, newest first: who did what to what, and when."""
+    request = mesh_admin_service_pb2.ListAuditEntriesRequest(limit=limit, target=target or "")
+    reply = admin_call(address, "ListAuditEntries", request)
+    rows = [
+        {
+            "at": stamp(e.at),
+            "actor": e.actor,
+            "action": e.action,
+            "target": e.target,
+            "detail": json.loads(e.detail_json or "{}"),
+        }
+        for e in reply.entries
+    ]
     if as_json:
-        _json(reply)
+        console.print_json(json.dumps(rows))
         return
-    console.print(f"{reply.node_id} admitted with key {reply.key_id}")
-
-
-@mesh_app.command("revoke")
-def revoke(node_id: str, address: Address = None) -> None:
-    """Revoke a node's key, over the admin port (admin role; audited): its session ends."""
-    _call(address, "RevokeNode", mesh_admin_service_pb2.RevokeNodeRequest(node_id=node_id))
-    console.print(f"{node_id} revoked")
+    for row in rows:
+        console.print(
+            printable(
+                f"{row['at']}  {row['actor']:32} {row['action']:20} {row['target']}  "
+                f"{json.dumps(row['detail'])}"
+            ),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )

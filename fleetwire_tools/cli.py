@@ -24,13 +24,14 @@ from fleetwire_client import (
     JobResult,
     Token,
 )
+from fleetwire_tools.access_cli import api_keys_app, tenants_app
 from fleetwire_tools.admin_cli import mesh_app
 from fleetwire_tools.certs_cli import certs
 from fleetwire_tools.connection import CONNECTION, connection_options
 from fleetwire_tools.key_cli import keys_app
 from fleetwire_tools.mesh_cli import up
 from fleetwire_tools.operator_cli import operators_app
-from fleetwire_tools.registry_cli import api_keys_app, nodes_app, tenants_app
+from fleetwire_tools.registry_cli import nodes_app
 
 if TYPE_CHECKING:
     pass

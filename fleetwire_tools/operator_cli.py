@@ -1,101 +1,117 @@
-"""``fleetwire admin operators …``: operators' keys for the scheduler's admin port, straight
-in the mesh's PostgreSQL (how the first key is made; each change is audited)."""
+"""``fleetwire admin operators …``: operators' keys for the scheduler's admin port. Over the
+admin port with an admin's key, except ``bootstrap``, which writes the mesh's PostgreSQL
+directly: how the first key is made, or a lost one replaced (each change is audited)."""
 
 from __future__ import annotations
 
-import getpass
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from fleetwire_tools.registry_cli import with_pool
-
-if TYPE_CHECKING:
-    from fleetwire.store.operators import OperatorStore
-
-T = TypeVar("T")
+from fleetwire.v1 import mesh_admin_service_pb2 as admin_pb2
+from fleetwire_tools.admin_port import Address, Json, admin_call, console, err_console, stamp
 
 operators_app = typer.Typer(
     help="Operators' keys for the admin port (MeshAdminService).", no_args_is_help=True
 )
-console = Console()
-err_console = Console(stderr=True)
+RoleOption = Annotated[str, typer.Option(help="viewer (read the mesh) or admin (also act).")]
 
 
-def _run(work: Callable[[OperatorStore], Awaitable[T]]) -> T:
-    from fleetwire.store.operators import OperatorStore
+def _role(label: str) -> str:
+    if label not in ("viewer", "admin"):
+        err_console.print("--role must be viewer or admin")
+        raise typer.Exit(2)
+    return f"OPERATOR_ROLE_{label.upper()}"
 
-    return with_pool(lambda pool: work(OperatorStore(pool)))
 
-
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
+def _show_key(name: str, role: str, key_id: str, key: str, as_json: bool) -> None:
+    if as_json:
+        console.print(json.dumps({"name": name, "role": role, "key_id": key_id, "key": key}))
+        return
+    console.print(f"operator {name} ({role}), key id {key_id}", markup=False)
+    console.print(f"key (shown once, store it now): {key}", soft_wrap=True, markup=False)
 
 
 @operators_app.command("create")
 def operators_create(
     name: Annotated[str, typer.Argument(help="Who holds the key (a person or a service).")],
-    role: Annotated[str, typer.Option(help="viewer (read the mesh) or admin (also act).")] = (
-        "viewer"
-    ),
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    role: RoleOption = "viewer",
+    address: Address = None,
+    as_json: Json = False,
 ) -> None:
-    """Create an operator key. It is printed once and stored only hashed: admin clients send
-    it as `authorization: Bearer <key>` (the CLI reads FLEETWIRE_ADMIN_KEY)."""
-    from fleetwire.store.operators import Role
+    """Create an operator key (an admin's FLEETWIRE_ADMIN_KEY does it). It is printed once and
+    stored only hashed: admin clients send it as `authorization: Bearer <key>`."""
+    request = admin_pb2.CreateOperatorKeyRequest(name=name, role=_role(role))
+    reply = admin_call(address, "CreateOperatorKey", request)
+    _show_key(reply.name, role, reply.key_id, reply.key, as_json)
 
-    if role not in ("viewer", "admin"):
-        err_console.print("[red]--role must be viewer or admin[/]")
-        raise typer.Exit(2)
+
+@operators_app.command("bootstrap")
+def operators_bootstrap(
+    name: Annotated[str, typer.Argument(help="Who holds the key (a person or a service).")],
+    role: RoleOption = "admin",
+    as_json: Json = False,
+) -> None:
+    """Create an operator key straight in the mesh's PostgreSQL (FLEETWIRE_POSTGRES_DSN):
+    the first admin key of a new mesh, or a replacement when every admin key is lost. The
+    one admin command that needs database credentials; audited as cli:<user>."""
+    import asyncio
+    import getpass
+
+    from fleetwire.process.settings import load_settings
+    from fleetwire.store.db import open_pool
+    from fleetwire.store.operators import IssuedOperatorKey, OperatorStore, Role
+
+    _role(role)
+
+    async def create() -> IssuedOperatorKey:
+        pool = await open_pool(load_settings().postgres)
+        try:
+            return await OperatorStore(pool).create_key(
+                name, Role.of(role), actor=f"cli:{getpass.getuser()}"
+            )
+        finally:
+            await pool.close()
+
     try:
-        issued = _run(lambda store: store.create_key(name, Role.of(role), actor=_actor()))
+        issued = asyncio.run(create())
     except ValueError as err:
-        from rich.markup import escape
-
-        err_console.print(f"[red]{escape(str(err))}[/]")
+        err_console.print(str(err), markup=False)
         raise typer.Exit(2) from None
-    shown = {
-        "name": issued.operator.name,
-        "role": issued.operator.role.label,
-        "key_id": issued.operator.key_id,
-        "key": issued.secret,
-    }
-    if as_json:
-        console.print(json.dumps(shown))
-        return
-    console.print(f"operator {shown['name']} ({shown['role']}), key id {shown['key_id']}")
-    console.print(f"key (shown once, store it now): {issued.secret}", soft_wrap=True)
+    _show_key(issued.operator.name, role, issued.operator.key_id, issued.secret, as_json)
 
 
 @operators_app.command("list")
-def operators_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def operators_list(address: Address = None, as_json: Json = False) -> None:
     """List operator keys (ids, names, roles, state; never the keys themselves)."""
+    reply = admin_call(address, "ListOperatorKeys", admin_pb2.ListOperatorKeysRequest())
     rows = [
         {
-            "key_id": r.key_id,
-            "name": r.name,
-            "role": r.role,
-            "created_at": r.created_at.isoformat(),
-            "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+            "key_id": k.key_id,
+            "name": k.name,
+            "role": admin_pb2.OperatorRole.Name(k.role).removeprefix("OPERATOR_ROLE_").lower(),
+            "created_at": stamp(k.created_at),
+            "revoked_at": stamp(k.revoked_at),
         }
-        for r in _run(lambda store: store.list_keys())
+        for k in reply.keys
     ]
     if as_json:
         console.print_json(json.dumps(rows))
         return
     for row in rows:
-        state = f"[red]revoked {row['revoked_at']}[/]" if row["revoked_at"] else "active"
-        console.print(f"{row['key_id']}  {row['name']:24} {row['role']:7} {state}", soft_wrap=True)
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        console.print(
+            f"{row['key_id']}  {row['name']:24} {row['role']:7} {state}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
 
 
 @operators_app.command("revoke")
-def operators_revoke(key_id: str) -> None:
+def operators_revoke(key_id: str, address: Address = None) -> None:
     """Revoke the operator key KEY_ID; every scheduler refuses it within
     FLEETWIRE_SCHEDULER_ADMIN_CACHE_TTL."""
-    if not _run(lambda store: store.revoke_key(key_id, actor=_actor())):
-        err_console.print(f"[red]no live operator key {key_id}[/]")
-        raise typer.Exit(1)
+    admin_call(address, "RevokeOperatorKey", admin_pb2.RevokeOperatorKeyRequest(key_id=key_id))
     console.print(json.dumps({"key_id": key_id, "revoked": True}))

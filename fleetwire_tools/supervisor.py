@@ -64,14 +64,24 @@ def dev_api_key(dsn: str, key_file: Path | None = DEV_API_KEY_FILE) -> str:
     return key
 
 
+OPEN_TENANT_DEFAULTS = {
+    # A one-team mesh: every tenant may use every class and subcloud, and mainnet without
+    # credit. Production keeps the bridge's defaults (no urgent, no subcloud, no debt).
+    "FLEETWIRE_BRIDGE_DEFAULT_PRIORITIES": "none",
+    "FLEETWIRE_BRIDGE_DEFAULT_SUBCLOUDS": "none",
+    "FLEETWIRE_BRIDGE_DEFAULT_CREDIT_LIMIT": "none",
+}
+
+
 def dev_profile_env(cert_dir: Path = DEV_CERT_DIR) -> dict[str, str]:
     """The FLEETWIRE_* variables of the dev profile (``fleetwire up``, ``make demo``): TLS
     with a local CA and a certificate for localhost (``fleetwire certs``, made once in
     ``cert_dir``), trusted by the nodes and by clients that read ``FLEETWIRE_CA_FILE``; and
     nodes registered on first use, with the subclouds they claim, instead of waiting for an
-    operator's approval and grants."""
+    operator's approval and grants; and tenants unrestricted (``OPEN_TENANT_DEFAULTS``)."""
     made = ensure_dev_certificates(cert_dir)
     return {
+        **OPEN_TENANT_DEFAULTS,
         "FLEETWIRE_BRIDGE_REQUIRE_API_KEY": "true",
         "FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES": "true",
         "FLEETWIRE_SCHEDULER_TRUST_NODE_CLAIMS": "true",

@@ -3,13 +3,15 @@
 The policy is this one table: reading the mesh needs ``viewer``, acting on it ``admin``; a
 method missing from it needs ``admin``. Lookups are cached for a few seconds (unknown keys
 too), so a revoked key stops working within that time and a flood of bad keys costs
-PostgreSQL one query per key and TTL. No gRPC here: the servicer passes the metadata in.
+PostgreSQL one query per key and TTL. The gate also writes the audit log of the actions
+it allowed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any, TypeAlias
 
 from fleetwire.domain.errors import PermissionDenied, Unauthenticated
 from fleetwire.rpc.bearer import bearer_key
@@ -26,8 +28,27 @@ POLICY: dict[str, Role] = {
     "ListPendingNodes": Role.VIEWER,
     "ApproveNode": Role.ADMIN,
     "RevokeNode": Role.ADMIN,
+    "RegisterNode": Role.ADMIN,
+    "ListRegisteredNodes": Role.VIEWER,
+    "GrantNode": Role.ADMIN,
+    "CreateApiKey": Role.ADMIN,
+    "ListApiKeys": Role.VIEWER,
+    "RevokeApiKey": Role.ADMIN,
+    "GetTenantPolicy": Role.VIEWER,
+    "UpdateTenantPolicy": Role.ADMIN,
+    "CreateOperatorKey": Role.ADMIN,
+    "ListOperatorKeys": Role.VIEWER,
+    "RevokeOperatorKey": Role.ADMIN,
+    "ListAuditEntries": Role.VIEWER,
 }
 _MAX_CACHED = 10_000
+
+Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
+
+
+def actor_of(operator: Operator) -> str:
+    """How the audit log names an operator."""
+    return f"operator:{operator.name} ({operator.key_id})"
 
 
 class AdminGate:
@@ -37,6 +58,16 @@ class AdminGate:
         self._store = store
         self._ttl = cache_ttl
         self._keys: dict[str, tuple[float, Operator | None]] = {}
+
+    async def authorize(self, context: Context, method: str) -> Operator:
+        """The operator calling ``method`` on ``context`` (a servicer context), if allowed."""
+        return await self.operator(context.invocation_metadata() or (), method)
+
+    async def audit(
+        self, operator: Operator, action: str, target: str, detail: dict[str, Any]
+    ) -> None:
+        """Writes ``operator``'s action to the audit log."""
+        await self._store.audit(actor_of(operator), action, target, detail)
 
     async def operator(self, metadata: Iterable[tuple[str, str | bytes]], method: str) -> Operator:
         key = bearer_key(metadata, reason="OPERATOR_KEY_INVALID")

@@ -1,25 +1,29 @@
 """MeshAdminService: operator views over presence (Redis), PostgreSQL and RabbitMQ, served
 on the scheduler's admin port; every method first asks ``AdminGate`` whether its caller's
-operator key and role allow it, and actions are written to the audit log."""
+operator key and role allow it, and actions are written to the audit log. Who may serve
+(``admin_nodes``) and who may submit or administer (``admin_access``) are mixed in."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import Any
 
 import aiormq
 import structlog
 
-from fleetwire.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from fleetwire.domain.errors import FieldViolation, InvalidArgument, NotFound
 from fleetwire.domain.job_view import job_from_row
 from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
-from fleetwire.messaging.topology import HEADER_REQUEST_ID, NETWORK_NAMES, Topology
-from fleetwire.store.nodes import NodeStore, Registration
-from fleetwire.store.operators import Operator, OperatorStore
+from fleetwire.messaging.topology import HEADER_REQUEST_ID, Topology
+from fleetwire.store.nodes import NodeStore
+from fleetwire.store.operators import OperatorStore
+from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
-from scheduler.admin_gate import AdminGate
+from scheduler.admin_access import AccessAdmin
+from scheduler.admin_gate import AdminGate, Context
+from scheduler.admin_nodes import NodeAdmin
 from scheduler.admin_store import AdminStore
 from scheduler.penalties import PenaltyBox
 from scheduler.presence import NodePresence
@@ -31,8 +35,6 @@ _QUEUE_GONE: tuple[type[BaseException], ...] = (
     aiormq.exceptions.ChannelNotFoundEntity,
     *AMQP_ERRORS,
 )
-
-Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
 
 
 def _job_id(raw: str) -> uuid.UUID:
@@ -57,7 +59,9 @@ def _timestamp(epoch: str) -> Any:
     return stamp
 
 
-class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
+class MeshAdminService(
+    NodeAdmin, AccessAdmin, mesh_admin_service_pb2_grpc.MeshAdminServiceServicer
+):
     def __init__(
         self,
         presence: NodePresence,
@@ -69,8 +73,10 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
         gate: AdminGate,
         operators: OperatorStore,
         nodes: NodeStore,
+        tenants: TenantStore,
     ) -> None:
         self._nodes = nodes
+        self._tenants = tenants
         self._gate = gate
         self._operators = operators
         self._presence = presence
@@ -83,7 +89,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def ListNodes(  # noqa: N802 - gRPC method name
         self, request: mesh_admin_service_pb2.ListNodesRequest, context: Context
     ) -> mesh_admin_service_pb2.ListNodesResponse:
-        await self._gate.operator(context.invocation_metadata() or (), "ListNodes")
+        await self._gate.authorize(context, "ListNodes")
         penalties = await self._store.penalties_24h()
         views = []
         for entry in await self._presence.all_nodes():
@@ -111,7 +117,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def QueueDepths(  # noqa: N802
         self, request: mesh_admin_service_pb2.QueueDepthsRequest, context: Context
     ) -> mesh_admin_service_pb2.QueueDepthsResponse:
-        await self._gate.operator(context.invocation_metadata() or (), "QueueDepths")
+        await self._gate.authorize(context, "QueueDepths")
         rows = await self._store.waiting_jobs()
         in_queue: dict[str, int] = {}
         for route in sorted({r["route_key"] for r in rows}):
@@ -147,7 +153,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def ListDeadLetters(  # noqa: N802
         self, request: mesh_admin_service_pb2.ListDeadLettersRequest, context: Context
     ) -> mesh_admin_service_pb2.ListDeadLettersResponse:
-        await self._gate.operator(context.invocation_metadata() or (), "ListDeadLetters")
+        await self._gate.authorize(context, "ListDeadLetters")
         if request.limit > 1000:
             raise InvalidArgument([FieldViolation("limit", "at most 1000")])
         rows = await self._store.dead_letters(request.limit or 100)
@@ -156,12 +162,10 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def ReplayDeadLetter(  # noqa: N802
         self, request: mesh_admin_service_pb2.ReplayDeadLetterRequest, context: Context
     ) -> mesh_admin_service_pb2.ReplayDeadLetterResponse:
-        operator = await self._gate.operator(
-            context.invocation_metadata() or (), "ReplayDeadLetter"
-        )
+        operator = await self._gate.authorize(context, "ReplayDeadLetter")
         job_id = _job_id(request.job_id)
         replayed = await self._replay.replay(job_id, trace_id=_trace_id(context))
-        await self._audit(
+        await self._gate.audit(
             operator, "ReplayDeadLetter", str(job_id), {"replayed_as": str(replayed.job["job_id"])}
         )
         return mesh_admin_service_pb2.ReplayDeadLetterResponse(
@@ -172,7 +176,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def GetBalance(  # noqa: N802
         self, request: mesh_admin_service_pb2.GetBalanceRequest, context: Context
     ) -> mesh_admin_service_pb2.GetBalanceResponse:
-        await self._gate.operator(context.invocation_metadata() or (), "GetBalance")
+        await self._gate.authorize(context, "GetBalance")
         if not request.account.startswith(("tenant:", "owner:")):
             raise InvalidArgument(
                 [FieldViolation("account", 'must be "tenant:<id>" or "owner:<id>"')]
@@ -185,7 +189,7 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
     async def JobTrail(  # noqa: N802
         self, request: mesh_admin_service_pb2.JobTrailRequest, context: Context
     ) -> mesh_admin_service_pb2.JobTrailResponse:
-        await self._gate.operator(context.invocation_metadata() or (), "JobTrail")
+        await self._gate.authorize(context, "JobTrail")
         job_id = _job_id(request.job_id)
         job, attempts = await self._store.job_and_attempts(job_id)
         if job is None:
@@ -210,62 +214,4 @@ class MeshAdminService(mesh_admin_service_pb2_grpc.MeshAdminServiceServicer):
             job=job_from_row(job),
             attempts=views,
             replayed_as=str(replayed_as) if replayed_as else "",
-        )
-
-    # -- node admission -----------------------------------------------------------------
-
-    async def ListPendingNodes(  # noqa: N802
-        self, request: mesh_admin_service_pb2.ListPendingNodesRequest, context: Context
-    ) -> mesh_admin_service_pb2.ListPendingNodesResponse:
-        await self._gate.operator(context.invocation_metadata() or (), "ListPendingNodes")
-        views = []
-        for row in await self._nodes.requests():
-            view = mesh_admin_service_pb2.PendingNode(
-                node_id=row["node_id"],
-                key_id=row["key_id"],
-                region=row["region"],
-                models=[m for m in row["models"].split(",") if m],
-            )
-            view.first_seen.FromDatetime(row["first_seen_at"])
-            view.last_seen.FromDatetime(row["last_seen_at"])
-            views.append(view)
-        return mesh_admin_service_pb2.ListPendingNodesResponse(nodes=views)
-
-    async def ApproveNode(  # noqa: N802
-        self, request: mesh_admin_service_pb2.ApproveNodeRequest, context: Context
-    ) -> mesh_admin_service_pb2.ApproveNodeResponse:
-        operator = await self._gate.operator(context.invocation_metadata() or (), "ApproveNode")
-        names = [NETWORK_NAMES.get(n, "") for n in request.networks] or ["testnet"]
-        if "" in names:
-            raise InvalidArgument([FieldViolation("networks", "mainnet or testnet")])
-        outcome = await self._nodes.approve(request.node_id, request.key_id)
-        if outcome is None:
-            raise NotFound(f"no request of node {request.node_id} with key {request.key_id}")
-        if outcome is Registration.CONFLICT:
-            raise FailedPrecondition(
-                f"node {request.node_id} is registered with another key", reason="KEY_MISMATCH"
-            )
-        for network in names:
-            await self._nodes.grant_network(request.node_id, network)
-        await self._audit(
-            operator, "node.approve", request.node_id, {"key_id": request.key_id, "networks": names}
-        )
-        return mesh_admin_service_pb2.ApproveNodeResponse(
-            node_id=request.node_id, key_id=request.key_id, networks=list(request.networks)
-        )
-
-    async def RevokeNode(  # noqa: N802
-        self, request: mesh_admin_service_pb2.RevokeNodeRequest, context: Context
-    ) -> mesh_admin_service_pb2.RevokeNodeResponse:
-        operator = await self._gate.operator(context.invocation_metadata() or (), "RevokeNode")
-        if not await self._nodes.revoke(request.node_id):
-            raise NotFound(f"node {request.node_id} not found")
-        await self._audit(operator, "node.revoke", request.node_id, {})
-        return mesh_admin_service_pb2.RevokeNodeResponse(node_id=request.node_id)
-
-    async def _audit(
-        self, operator: Operator, action: str, target: str, detail: dict[str, Any]
-    ) -> None:
-        await self._operators.audit(
-            f"operator:{operator.name} ({operator.key_id})", action, target, detail
         )

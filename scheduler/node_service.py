@@ -1,6 +1,7 @@
 """NodeService: the handshake that proves a node's key, then the stream's read loop.
 
-Order on every stream: Hello → Challenge → Auth (signature over the challenge) → Welcome.
+Order on every stream: a free connection slot for the peer's address
+(``peer_limits``) → Hello → Challenge → Auth (signature over the challenge) → Welcome.
 Only then is the node registered and able to receive work. After Welcome, silence longer
 than the lease ends the session; its jobs go back to the queue.
 """
@@ -25,6 +26,7 @@ from fleetwire.domain.errors import (
     FleetwireError,
     InvalidArgument,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
 )
 from fleetwire.messaging.topology import SUBCLOUD_NAME, Topology
@@ -37,6 +39,7 @@ from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from scheduler.matching import NodeProfile
 from scheduler.node_claims import ClaimLimits, admitted_profile, check_hello, session_slots
+from scheduler.peer_limits import PeerConnections, peer_address
 from scheduler.presence import NodePresence
 from scheduler.registry import NodeRegistry, NodeSession
 
@@ -44,6 +47,7 @@ log = structlog.get_logger(__name__)
 
 Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
 HANDSHAKE_TIMEOUT = 10.0
+PEER_FULL_RETRY = timedelta(seconds=5)
 NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 MessageHandler = Callable[[NodeSession, nodes_pb2.NodeStreamRequest], Awaitable[None]]
@@ -81,10 +85,36 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         self._topology = topology
         self._on_message = on_message
         self._presence = presence
+        self.peers = PeerConnections(settings.max_connections_per_peer)
 
     async def NodeStream(  # noqa: N802 - gRPC method name
         self, request_iterator: Any, context: Context
     ) -> None:
+        """Refuses a stream from one connection too many for its peer's address first,
+        before reading anything; then the handshake and the session."""
+        peer = context.peer()
+        hold = self.peers.admit(peer)
+        if hold is None:
+            address = peer_address(peer)
+            err = ResourceExhausted(
+                f"too many connections from {address} (at most {self.peers.limit} "
+                "with a node stream each); try again later",
+                retry_delay=PEER_FULL_RETRY,
+                reason="TOO_MANY_CONNECTIONS",
+                quota_subject=f"peer:{address}",
+            )
+            log.warning("node stream refused", reason=err.reason, peer=peer)
+            await abort_with(context, err)
+            return
+        stream_task = asyncio.current_task()
+        if stream_task is not None:  # the call's task may end without the finally below
+            stream_task.add_done_callback(lambda _task: hold.release())
+        try:
+            await self._serve(context)
+        finally:
+            hold.release()
+
+    async def _serve(self, context: Context) -> None:
         try:
             session = await self._handshake(context)
         except FleetwireError as err:

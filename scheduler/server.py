@@ -22,13 +22,14 @@ from fleetwire.messaging.topology import Topology
 from fleetwire.process.lifecycle import wait_for_stop_signal
 from fleetwire.process.settings import Settings
 from fleetwire.rpc.server import start_server
-from fleetwire.rpc.tls import admin_client_ca, server_tls
+from fleetwire.rpc.tls import client_ca, server_tls
 from fleetwire.store.attempts import AttemptStore
 from fleetwire.store.db import open_pool
 from fleetwire.store.jobs import JobStore
 from fleetwire.store.nodes import NodeStore
 from fleetwire.store.operators import OperatorStore
 from fleetwire.store.outbox import OutboxStore
+from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import (
     mesh_admin_service_pb2,
     mesh_admin_service_pb2_grpc,
@@ -73,7 +74,16 @@ class SchedulerServer:
             settings.scheduler.scheduler_id or f"{socket.gethostname()}-{os.getpid()}"
         )
         self.tls = server_tls(settings.tls, server="scheduler")
-        self._admin_client_ca = admin_client_ca(settings.scheduler, self.tls)
+        self._admin_client_ca = client_ca(
+            settings.scheduler.admin_client_ca_file,
+            variable="FLEETWIRE_SCHEDULER_ADMIN_CLIENT_CA_FILE",
+            tls=self.tls,
+        )
+        self._node_client_ca = client_ca(
+            settings.scheduler.node_client_ca_file,
+            variable="FLEETWIRE_SCHEDULER_NODE_CLIENT_CA_FILE",
+            tls=self.tls,
+        )
         self._admin_server: grpc.aio.Server | None = None
         self._key_watch: KeyWatch | None = None
         self.admin_port = 0
@@ -114,7 +124,9 @@ class SchedulerServer:
             ttl=settings.redis.stream_ttl,
             finished_retention=settings.redis.finished_stream_retention,
         )
-        topology = Topology(settings.mesh.namespace)
+        topology = Topology(
+            settings.mesh.namespace, route_queue_expires=settings.mesh.route_queue_expires
+        )
         self._progress_relay = ProgressRelay(events)
         await self._progress_relay.start()
         finaliser = Finaliser(settings.scheduler, attempts, self._progress_relay)
@@ -177,6 +189,7 @@ class SchedulerServer:
             AdminGate(operators, cache_ttl=settings.scheduler.admin_cache_ttl.total_seconds()),
             operators,
             NodeStore(self._pool),
+            TenantStore(self._pool),
         )
         nodes = NodeService(
             settings.scheduler,
@@ -199,6 +212,8 @@ class SchedulerServer:
             lambda server: node_service_pb2_grpc.add_NodeServiceServicer_to_server(nodes, server),
             self.tls,
             max_streams_per_connection=settings.scheduler.max_streams_per_connection,
+            connection_idle=settings.scheduler.connection_idle,
+            client_ca=self._node_client_ca,
         )
         self._server, self.port = serving.server, serving.port
         admin_address = f"{settings.scheduler.admin_host}:{settings.scheduler.admin_port}"
@@ -234,6 +249,7 @@ class SchedulerServer:
             admin_address=admin_address,
             admin_port=self.admin_port,
             tls=self.tls is not None,
+            node_mtls=self._node_client_ca is not None,
             scheduler_id=self.scheduler_id,
         )
 

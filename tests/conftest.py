@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from broker_bridge.server import BridgeServer
 from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_service_pb2_grpc
+from fleetwire_tools.supervisor import OPEN_TENANT_DEFAULTS
 from tests.support.mesh_admin import create_operator_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,9 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
         # Anonymous mode, said explicitly: most tests call without a key; the tenant tests
         # start bridges that require one.
         "FLEETWIRE_BRIDGE_REQUIRE_API_KEY": "false",
+        # Tenants unrestricted, as in the dev profile; the tenant-policy tests keep the
+        # production defaults.
+        **OPEN_TENANT_DEFAULTS,
         "FLEETWIRE_NAMESPACE": namespace,
         "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:5432/fw_{namespace}",
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),

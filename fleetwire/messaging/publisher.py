@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,7 @@ from fleetwire.messaging.topology import (
     HEADER_JOB_ID,
     HEADER_REQUEST_ID,
     PRIORITY_OF_CLASS,
+    ROUTE_REDECLARE_INTERVAL,
     Topology,
 )
 from fleetwire.v1 import job_pb2
@@ -73,7 +75,7 @@ class JobPublisher:
         self._topology = topology
         self._confirm_timeout = confirm_timeout.total_seconds()
         self._channel: aiormq.abc.AbstractChannel | None = None
-        self._declared: set[str] = set()
+        self._declared: dict[str, float] = {}  # route key -> when declared (monotonic)
         self._lock = asyncio.Lock()
 
     async def _ready_channel(self) -> aiormq.abc.AbstractChannel:
@@ -85,12 +87,16 @@ class JobPublisher:
             return self._channel
 
     async def ensure_route(self, route_key: str) -> None:
-        """Declares the route's queue once per channel, so a job for a known model is
-        routable even before any scheduler consumes it."""
+        """Declares the route's queue on each new channel, so a job for a known model is
+        routable even before any scheduler consumes it, and again when the last declaration
+        is older than ``ROUTE_REDECLARE_INTERVAL``: publishing alone does not count as use,
+        and a route published to must not expire (``Topology.route_queue_expires``)."""
         channel = await self._ready_channel()
-        if route_key not in self._declared:
+        declared = self._declared.get(route_key)
+        now = time.monotonic()
+        if declared is None or now - declared >= ROUTE_REDECLARE_INTERVAL.total_seconds():
             await self._topology.declare_route(channel, route_key)
-            self._declared.add(route_key)
+            self._declared[route_key] = now
 
     async def publish(self, message: JobMessage) -> None:
         """Returns once RabbitMQ confirmed the message. Raises RouteUnavailable when it was

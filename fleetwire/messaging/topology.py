@@ -16,19 +16,40 @@ exchange is ``<ns>.jobs``; a message published there keeps its routing key and p
 waits out the delay and is routed back to its route queue. The delay is part of the name,
 so changing the delays declares new queues instead of clashing with the old arguments.
 After the last stage a job's message rests in ``<ns>.dead-letters`` for inspection.
+
+Route queues expire when unused (``x-expires``, ``FLEETWIRE_ROUTE_QUEUE_EXPIRES``): no
+consumer, no declaration and no ``basic.get`` for that long. A publisher declares a route
+again at least every ``ROUTE_REDECLARE_INTERVAL`` while it publishes to it (publishing alone
+is not use), and the expiry is longer than the longest job TTL plus that, so every message
+an expiring queue still held had expired (and dead-lettered) before. A route queue that
+exists with other arguments (declared before expiry existed, or with another value) is
+used as it is, with a warning: redeclaring it would be PRECONDITION_FAILED, and an
+operator's policy can give it an expiry (docs/operations.md).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import aiormq.abc
+import structlog
+from aiormq.exceptions import ChannelPreconditionFailed
 
 from fleetwire.v1 import job_pb2
 
+log = structlog.get_logger(__name__)
+
 MAX_PRIORITY = 10
+
+DEFAULT_ROUTE_QUEUE_EXPIRES = timedelta(hours=48)
+ROUTE_REDECLARE_INTERVAL = timedelta(minutes=1)
+"""How often a publisher declares a route again while it publishes to it."""
+ROUTE_EXPIRY_MARGIN = timedelta(hours=1)
+"""Route expiry beyond the longest job TTL: covers ``ROUTE_REDECLARE_INTERVAL`` and the
+broker's timers (checked when the settings load)."""
 
 PRIORITY_OF_CLASS: dict[int, int] = {
     job_pb2.PRIORITY_CLASS_URGENT: 9,
@@ -62,9 +83,12 @@ def route_word(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Topology:
-    """Every broker name of one mesh namespace."""
+    """Every broker name of one mesh namespace; ``route_queue_expires`` is the route
+    queues' ``x-expires`` (0: none)."""
 
     namespace: str
+    route_queue_expires: timedelta = DEFAULT_ROUTE_QUEUE_EXPIRES
+    _mismatched: set[str] = field(default_factory=set, compare=False, repr=False)
 
     @property
     def jobs_exchange(self) -> str:
@@ -131,13 +155,37 @@ class Topology:
         await channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange, "")
         await channel.queue_declare(self.dead_letters_queue, durable=True)
 
-    async def declare_route(self, channel: aiormq.abc.AbstractChannel, route_key: str) -> str:
-        """Declares the route's queue and binding (idempotent); returns the queue name."""
-        queue = self.route_queue(route_key)
+    def route_arguments(self) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "x-max-priority": MAX_PRIORITY,
             "x-dead-letter-exchange": self.dead_letter_exchange,
         }
-        await channel.queue_declare(queue, durable=True, arguments=arguments)
+        expires_ms = int(self.route_queue_expires.total_seconds() * 1000)
+        if expires_ms > 0:
+            arguments["x-expires"] = expires_ms
+        return arguments
+
+    async def declare_route(self, channel: aiormq.abc.AbstractChannel, route_key: str) -> str:
+        """Declares the route's queue and binding (idempotent; it renews the queue's
+        expiry); returns the queue name. A queue that exists with other arguments is used as
+        it is (warned once per process): the declaration is tried on a channel of its own,
+        since the broker closes the channel of a PRECONDITION_FAILED."""
+        queue = self.route_queue(route_key)
+        probe = await channel.connection.channel(publisher_confirms=False)
+        try:
+            await probe.queue_declare(queue, durable=True, arguments=self.route_arguments())
+        except ChannelPreconditionFailed as err:
+            if queue not in self._mismatched:
+                self._mismatched.add(queue)
+                log.warning(
+                    "route queue exists with other arguments; using it as it is (a policy "
+                    "can set its expiry: docs/operations.md)",
+                    queue=queue,
+                    error=str(err),
+                )
+            await channel.queue_declare(queue, passive=True)
+        finally:
+            if not probe.is_closed:
+                await probe.close()
         await channel.queue_bind(queue, self.jobs_exchange, route_key)
         return queue

@@ -21,6 +21,15 @@ class NodeSettings(_Group):
         description="PEM CA certificates the scheduler's certificate must chain to; unset: "
         "the system's trust store.",
     )
+    client_cert_file: Path | None = Field(
+        None,
+        description="PEM client certificate (chain) the node presents to a scheduler whose "
+        "node port wants mTLS (FLEETWIRE_SCHEDULER_NODE_CLIENT_CA_FILE); set with "
+        "FLEETWIRE_NODE_CLIENT_KEY_FILE, or neither. Needs TLS.",
+    )
+    client_key_file: Path | None = Field(
+        None, description="PEM private key of FLEETWIRE_NODE_CLIENT_CERT_FILE."
+    )
     server_name: str = Field(
         "",
         description="The name the scheduler's certificate must carry (and that the node signs "

@@ -13,9 +13,14 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from fleetwire.messaging.topology import route_word
+from fleetwire.messaging.topology import (
+    DEFAULT_ROUTE_QUEUE_EXPIRES,
+    ROUTE_EXPIRY_MARGIN,
+    route_word,
+)
 from fleetwire.process.node_settings import NodeSettings
 from fleetwire.process.settings_base import Duration, _Group, _group
 
@@ -49,6 +54,14 @@ class MeshSettings(_Group):
     models: list[str] = Field(
         default_factory=lambda: ["tiny-llama"],
         description="Model names the mesh accepts (JSON list). Submit rejects others.",
+    )
+    route_queue_expires: Duration = Field(
+        DEFAULT_ROUTE_QUEUE_EXPIRES,
+        ge=timedelta(0),
+        description="A route queue unused this long (no consumer, not declared) is deleted "
+        "by RabbitMQ (x-expires). At least FLEETWIRE_BRIDGE_MAX_TTL + 1 h, so every job it "
+        "held had expired first; 0: no expiry argument (leave it to a RabbitMQ policy). "
+        "Existing queues keep the arguments they were declared with (docs/operations.md).",
     )
 
     @field_validator("models")
@@ -143,7 +156,8 @@ class TlsSettings(_Group):
 class BridgeSettings(_Group):
     """The broker bridge (public gRPC front door)."""
 
-    model_config = _group("FLEETWIRE_BRIDGE_")
+    # `none` in a variable is None: "no restriction" for the tenant defaults below.
+    model_config = _group("FLEETWIRE_BRIDGE_") | SettingsConfigDict(env_parse_none_str="none")
 
     host: str = Field("0.0.0.0", description="Listen address.")
     port: int = Field(50051, description="Public gRPC port.")
@@ -218,6 +232,40 @@ class BridgeSettings(_Group):
         timedelta(seconds=5),
         description="How long a stopping bridge lets in-flight calls finish.",
     )
+    default_priorities: list[str] | None = Field(
+        default_factory=lambda: ["normal", "bulk", "test"],
+        description="Priority classes a tenant whose policy names none may use (JSON list; "
+        "`none`: every class). Urgent is granted per tenant (`fleetwire admin tenants policy`).",
+    )
+    default_networks: list[str] | None = Field(
+        default_factory=lambda: ["mainnet", "testnet"],
+        description="Networks a tenant whose policy names none may submit to (JSON list; "
+        "`none`: both).",
+    )
+    default_subclouds: list[str] | None = Field(
+        default_factory=list,
+        description="Subclouds (private pools) a tenant whose policy names none may submit "
+        "to (JSON list; `none`: any). Default none: a pool's users are granted it.",
+    )
+    default_credit_limit: int | None = Field(
+        0,
+        ge=0,
+        description="Micro-credits a tenant without a credit limit of its own may owe on "
+        "mainnet: a mainnet job is refused (FAILED_PRECONDITION INSUFFICIENT_CREDIT) once "
+        "the tenant's balance plus this is not positive. `none`: no credit check.",
+    )
+
+    @field_validator("default_priorities", "default_networks", mode="after")
+    @classmethod
+    def _known_names(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        allowed = {
+            "default_priorities": ("urgent", "normal", "bulk", "test"),
+            "default_networks": ("mainnet", "testnet"),
+        }[str(info.field_name)]
+        unknown = sorted(set(names or ()) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown names {unknown} (known: {', '.join(allowed)})")
+        return names
 
 
 class SchedulerSettings(_Group):
@@ -227,6 +275,12 @@ class SchedulerSettings(_Group):
 
     host: str = Field("0.0.0.0", description="Listen address.")
     port: int = Field(50052, description="NodeStream gRPC port.")
+    node_client_ca_file: Path | None = Field(
+        None,
+        description="When set, the node port requires a client certificate (mTLS) that "
+        "chains to these PEM CA certificates, before a node's key handshake (which still "
+        "decides who the node is); needs TLS. Unset: nodes need no certificate.",
+    )
     admin_host: str = Field(
         "127.0.0.1",
         description="Listen address of the admin port (MeshAdminService); this machine only "
@@ -280,6 +334,20 @@ class SchedulerSettings(_Group):
         ge=1,
         description="Concurrent streams one connection may open on the node port (a node "
         "needs one); more wait for a free one.",
+    )
+    max_connections_per_peer: int = Field(
+        32,
+        ge=1,
+        description="Connections with a live NodeStream one peer address (an IPv4 address, "
+        "or an IPv6 /64) may have on the node port; a stream from one more connection is "
+        "refused (RESOURCE_EXHAUSTED, TOO_MANY_CONNECTIONS) before its Hello is read. Room "
+        "for many nodes behind one NAT.",
+    )
+    connection_idle: Duration = Field(
+        timedelta(minutes=1),
+        gt=timedelta(0),
+        description="A connection to the node port with no open call for this long is "
+        "closed (a live node always has its NodeStream open).",
     )
     max_hello_bytes: int = Field(
         16384,
@@ -378,6 +446,19 @@ class Settings(BaseModel):
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     node: NodeSettings = Field(default_factory=NodeSettings)
+
+    @model_validator(mode="after")
+    def _route_queues_outlive_their_jobs(self) -> Settings:
+        """An expiring route queue deletes the messages it holds: refused at load unless
+        every job's TTL (at most the bridge's max_ttl) has run out before."""
+        expires = self.mesh.route_queue_expires
+        least = self.bridge.max_ttl + ROUTE_EXPIRY_MARGIN
+        if expires and expires < least:
+            raise ValueError(
+                f"FLEETWIRE_ROUTE_QUEUE_EXPIRES ({expires}) must be at least "
+                f"FLEETWIRE_BRIDGE_MAX_TTL + {ROUTE_EXPIRY_MARGIN} ({least}), or 0"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,15 +31,21 @@ async def start_server(
     tls: ServerTls | None,
     *,
     max_streams_per_connection: int | None = None,
+    connection_idle: timedelta | None = None,
     client_ca: bytes | None = None,
 ) -> Serving:
     """Builds the server, lets ``add_services`` register the servicers of ``services``
-    (full names), binds ``address`` (TLS with ``tls``, plaintext with None) and starts;
-    health says SERVING once it serves."""
+    (full names), binds ``address`` (TLS with ``tls``, plaintext with None; with
+    ``client_ca`` clients must present a certificate chaining to it) and starts; health
+    says SERVING once it serves. ``connection_idle``: a connection without an open call
+    for this long is closed."""
     options = list(SERVER_OPTIONS)
     if max_streams_per_connection is not None:
         options = [o for o in options if o[0] != "grpc.max_concurrent_streams"]
         options.append(("grpc.max_concurrent_streams", max_streams_per_connection))
+    if connection_idle is not None:
+        idle_ms = max(1, int(connection_idle.total_seconds() * 1000))
+        options.append(("grpc.max_connection_idle_ms", idle_ms))
     server = edge_server(options)
     add_services(server)
     health_servicer = health.aio.HealthServicer()

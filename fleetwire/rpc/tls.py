@@ -4,6 +4,8 @@ A server's certificate and key are files (``FLEETWIRE_TLS_*``). ``ServerTls.relo
 them again (the services call it on SIGHUP): gRPC asks for the current certificate before
 each new handshake, so new connections get the new one while open streams keep theirs.
 Plaintext is served only when ``FLEETWIRE_TLS_INSECURE`` asks for it, with a warning.
+A port may also require client certificates (mTLS, ``client_ca``): the admin port for
+operators, the node port for nodes; a node presents one with ``FLEETWIRE_NODE_CLIENT_*``.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from pathlib import Path
 import grpc
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from fleetwire.domain.errors import ConfigurationError
-from fleetwire.process.settings import NodeSettings, SchedulerSettings, TlsSettings
+from fleetwire.process.settings import NodeSettings, TlsSettings
 
 log = structlog.get_logger(__name__)
 
@@ -135,20 +138,25 @@ def server_tls(settings: TlsSettings, *, server: str) -> ServerTls | None:
     return ServerTls(settings.cert_file, settings.key_file)
 
 
-def admin_client_ca(settings: SchedulerSettings, tls: ServerTls | None) -> bytes | None:
-    """The CA certificates admin clients' certificates must chain to (mTLS), or None."""
-    if settings.admin_client_ca_file is None:
+def client_ca(ca_file: Path | None, *, variable: str, tls: ServerTls | None) -> bytes | None:
+    """The CA certificates a port's clients must present a certificate chaining to (mTLS),
+    read from ``ca_file`` (named ``variable`` in errors), or None when it is unset. One rule
+    for both of the scheduler's ports: the admin port
+    (``FLEETWIRE_SCHEDULER_ADMIN_CLIENT_CA_FILE``) and the node port
+    (``FLEETWIRE_SCHEDULER_NODE_CLIENT_CA_FILE``). Read once, at start.
+
+    Raises ConfigurationError when TLS is off (a client certificate needs TLS) or the file
+    cannot be read or holds no PEM certificate."""
+    if ca_file is None:
         return None
     if tls is None:
-        raise ConfigurationError(
-            "FLEETWIRE_SCHEDULER_ADMIN_CLIENT_CA_FILE needs TLS (FLEETWIRE_TLS_INSECURE is set)"
-        )
+        raise ConfigurationError(f"{variable} needs TLS (FLEETWIRE_TLS_INSECURE is set)")
     try:
-        return settings.admin_client_ca_file.read_bytes()
-    except OSError as err:
-        raise ConfigurationError(
-            f"cannot read FLEETWIRE_SCHEDULER_ADMIN_CLIENT_CA_FILE: {err}"
-        ) from err
+        pem = ca_file.read_bytes()
+        x509.load_pem_x509_certificates(pem)
+    except (OSError, ValueError) as err:
+        raise ConfigurationError(f"cannot read {variable} ({ca_file}): {err}") from err
+    return pem
 
 
 def host_of(address: str) -> str:
@@ -164,8 +172,18 @@ def host_of(address: str) -> str:
 
 def node_channel_credentials(settings: NodeSettings) -> grpc.ChannelCredentials | None:
     """How a node dials its scheduler: TLS verifying the scheduler's certificate against
-    ``ca_file`` (or the system's roots), or None for plaintext (only when asked for)."""
+    ``ca_file`` (or the system's roots), presenting ``client_cert_file`` / ``client_key_file``
+    when set (for a node port that wants mTLS), or None for plaintext (only when asked for).
+
+    Raises ConfigurationError for a file that cannot be read, a client certificate without
+    its key (or the reverse), a key that is not the certificate's, or a client certificate
+    with plaintext."""
+    client = _node_client_pair(settings)
     if settings.insecure:
+        if client is not None:
+            raise ConfigurationError(
+                "FLEETWIRE_NODE_CLIENT_CERT_FILE needs TLS (FLEETWIRE_NODE_INSECURE is set)"
+            )
         log.warning(
             "dialing the scheduler in PLAINTEXT: FLEETWIRE_NODE_INSECURE is set; the node "
             "cannot tell a real scheduler from an impostor",
@@ -178,7 +196,39 @@ def node_channel_credentials(settings: NodeSettings) -> grpc.ChannelCredentials 
             roots = settings.ca_file.read_bytes()
         except OSError as err:
             raise ConfigurationError(f"cannot read FLEETWIRE_NODE_CA_FILE: {err}") from err
-    return grpc.ssl_channel_credentials(root_certificates=roots)
+    if client is None:
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+    key, chain = client
+    return grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=key, certificate_chain=chain
+    )
+
+
+def _node_client_pair(settings: NodeSettings) -> tuple[bytes, bytes] | None:
+    """The node's client key and certificate chain (PEM), or None when neither is set."""
+    cert_file, key_file = settings.client_cert_file, settings.client_key_file
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise ConfigurationError(
+            "set both FLEETWIRE_NODE_CLIENT_CERT_FILE and FLEETWIRE_NODE_CLIENT_KEY_FILE "
+            "(a client certificate and its private key), or neither"
+        )
+    try:
+        chain, key = cert_file.read_bytes(), key_file.read_bytes()
+        cert = x509.load_pem_x509_certificate(chain)
+        private = serialization.load_pem_private_key(key, password=None)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigurationError(
+            f"cannot read the node's client certificate {cert_file} / key {key_file}: {err}"
+        ) from err
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(der, spki) != private.public_key().public_bytes(der, spki):
+        raise ConfigurationError(
+            f"FLEETWIRE_NODE_CLIENT_KEY_FILE ({key_file}) is not the key of "
+            f"FLEETWIRE_NODE_CLIENT_CERT_FILE ({cert_file})"
+        )
+    return key, chain
 
 
 def node_server_name(settings: NodeSettings) -> str:

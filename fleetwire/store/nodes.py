@@ -256,6 +256,18 @@ class NodeStore:
         )
 
     @translating
+    async def all_grants(self) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+        """Every node's granted (networks, subclouds), by node id."""
+        grants: dict[str, tuple[set[str], set[str]]] = {}
+        for table, column, slot in (
+            ("node_network_grants", "network", 0),
+            ("node_grants", "subcloud", 1),
+        ):
+            for row in await self._pool.fetch(f"SELECT node_id, {column} FROM {table}"):
+                grants.setdefault(row["node_id"], (set(), set()))[slot].add(str(row[column]))
+        return {node: (frozenset(n), frozenset(s)) for node, (n, s) in grants.items()}
+
+    @translating
     async def touch_node(self, node_id: str) -> None:
         await self._pool.execute(
             "UPDATE nodes SET last_seen_at = now() WHERE node_id = $1", node_id

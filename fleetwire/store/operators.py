@@ -137,12 +137,16 @@ class OperatorStore:
             await _audit(conn, actor, action, target, detail)
 
     @translating
-    async def audit_entries(self, limit: int = 100) -> list[asyncpg.Record]:
+    async def audit_entries(
+        self, limit: int = 100, target: str | None = None
+    ) -> list[asyncpg.Record]:
+        """The newest ``limit`` entries (about ``target`` only, when given)."""
         return list(
             await self._pool.fetch(
                 "SELECT at, actor, action, target, detail FROM audit_log"
-                " ORDER BY entry_id DESC LIMIT $1",
+                " WHERE $2::text IS NULL OR target = $2 ORDER BY entry_id DESC LIMIT $1",
                 limit,
+                target,
             )
         )
 

@@ -2,7 +2,8 @@
 one for the session, in its own namespace and database: a scheduler that admits no node on
 its own (``FLEETWIRE_SCHEDULER_AUTO_REGISTER_NODES=false``), a bridge, and two vLLM nodes on
 the tiny model with 4 slots and a 2048-token context each; their keys are registered with
-``fleetwire admin nodes register``. node-b is configured by a TOML file.
+``fleetwire admin nodes register`` over the scheduler's admin port. node-b is configured by a
+TOML file.
 """
 
 from __future__ import annotations
@@ -164,6 +165,11 @@ def worker_mesh(
     live.node_env["node-b"] = {"FLEETWIRE_NODE_CONFIG": str(config)}
     mesh.start()
     try:
+        eventually_sync(
+            lambda: live.cli("admin", "nodes", "list", check=False).returncode == 0,
+            within=60,
+            what="the scheduler's admin port",
+        )
         for node_id in NODES:
             live.register(node_id)
             live.start_node(node_id)

@@ -39,6 +39,26 @@ REQUESTS: dict[str, Any] = {
         node_id="no-such-node", key_id="0000000000000000"
     ),
     "RevokeNode": mesh_admin_service_pb2.RevokeNodeRequest(node_id=f"none-{uuid.uuid4().hex}"),
+    "RegisterNode": mesh_admin_service_pb2.RegisterNodeRequest(
+        node_id="admin-auth-none", public_key=bytes(32)
+    ),
+    "ListRegisteredNodes": mesh_admin_service_pb2.ListRegisteredNodesRequest(),
+    "GrantNode": mesh_admin_service_pb2.GrantNodeRequest(
+        node_id="admin-auth-none", subcloud="none"
+    ),
+    "CreateApiKey": mesh_admin_service_pb2.CreateApiKeyRequest(tenant="admin-auth-none"),
+    "ListApiKeys": mesh_admin_service_pb2.ListApiKeysRequest(tenant="admin-auth-none"),
+    "RevokeApiKey": mesh_admin_service_pb2.RevokeApiKeyRequest(key_id="000000000000"),
+    "GetTenantPolicy": mesh_admin_service_pb2.GetTenantPolicyRequest(tenant="admin-auth-none"),
+    "UpdateTenantPolicy": mesh_admin_service_pb2.UpdateTenantPolicyRequest(
+        policy=mesh_admin_service_pb2.TenantPolicy(tenant="admin-auth-none")
+    ),
+    "CreateOperatorKey": mesh_admin_service_pb2.CreateOperatorKeyRequest(
+        name="admin-auth-none", role=mesh_admin_service_pb2.OPERATOR_ROLE_VIEWER
+    ),
+    "ListOperatorKeys": mesh_admin_service_pb2.ListOperatorKeysRequest(),
+    "RevokeOperatorKey": mesh_admin_service_pb2.RevokeOperatorKeyRequest(key_id="000000000000"),
+    "ListAuditEntries": mesh_admin_service_pb2.ListAuditEntriesRequest(limit=1),
 }
 
 

@@ -16,6 +16,7 @@ from fleetwire.process.settings import Settings
 from fleetwire.store.db import open_pool
 from fleetwire.store.tenants import TenantStore, hash_key, key_id_of
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from scheduler.server import SchedulerServer
 from tests.integration.bridge_kit import (
     bearer,
     reason_of,
@@ -181,8 +182,12 @@ async def test_anonymous_cannot_see_a_tenants_job(
 
 
 async def test_cli_creates_lists_and_revokes_keys(
-    strict_bridges: list[BridgeServer], mesh_env: dict[str, str]
+    strict_bridges: list[BridgeServer],
+    mesh_env: dict[str, str],
+    scheduler: SchedulerServer,
+    operator_key: str,
 ) -> None:
+    """`fleetwire admin keys …` over the scheduler's admin port, with an operator key."""
     import json
     import os
     import sys
@@ -195,7 +200,14 @@ async def test_cli_creates_lists_and_revokes_keys(
             "admin",
             "keys",
             *args,
-            env={**os.environ, **mesh_env},
+            "--address",
+            f"127.0.0.1:{scheduler.admin_port}",
+            env={
+                **os.environ,
+                **mesh_env,
+                "FLEETWIRE_ADMIN_KEY": operator_key,
+                "FLEETWIRE_POSTGRES_DSN": "postgresql://nobody@127.0.0.1:1/none",
+            },
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )

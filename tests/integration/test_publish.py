@@ -86,12 +86,14 @@ async def test_queue_is_durable_with_max_priority(
 ) -> None:
     topology = Topology(settings.mesh.namespace)
     queue = topology.route_queue(topology.route_key("testnet", "tiny-llama"))
-    # A passive declare with other arguments would fail; redeclaring identically succeeds.
-    ok = await amqp_channel.queue_declare(
-        queue,
-        durable=True,
-        arguments={"x-max-priority": 10, "x-dead-letter-exchange": topology.dead_letter_exchange},
-    )
+    # A declaration with other arguments would fail; redeclaring identically succeeds.
+    arguments = topology.route_arguments()
+    assert arguments == {
+        "x-max-priority": 10,
+        "x-dead-letter-exchange": topology.dead_letter_exchange,
+        "x-expires": int(settings.mesh.route_queue_expires.total_seconds() * 1000),
+    }
+    ok = await amqp_channel.queue_declare(queue, durable=True, arguments=arguments)
     assert ok.queue == queue
 
 

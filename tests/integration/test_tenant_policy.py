@@ -12,7 +12,7 @@ import asyncpg
 import grpc
 import pytest
 
-from fleetwire.process.settings import Settings
+from fleetwire.process.settings import BridgeSettings, Settings
 from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.integration.bridge_kit import (
@@ -115,6 +115,48 @@ async def test_a_mainnet_job_without_credit_is_failed_precondition(
         tenant, priorities=None, networks=None, subclouds=None, credit_limit=1_000_000
     )
     assert await submit(jobs, key, mainnet) == (grpc.StatusCode.OK, "")
+
+
+PRODUCTION_DEFAULTS = {
+    name: BridgeSettings.model_fields[name].get_default(call_default_factory=True)
+    for name in (
+        "default_priorities",
+        "default_networks",
+        "default_subclouds",
+        "default_credit_limit",
+    )
+}
+
+
+async def test_a_tenant_without_a_policy_gets_the_restrictive_defaults(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """The bridge's own defaults (the test mesh opens them, as the dev profile does): no
+    urgent class, no subcloud, no mainnet debt; normal testnet work is allowed."""
+    production = with_bridge(
+        settings, require_api_key=True, auth_cache_ttl=timedelta(0), **PRODUCTION_DEFAULTS
+    )
+    _, key = await tenant_with(pool)
+    testnet, mainnet, pooled = spec(), spec(), spec()
+    testnet.network = pooled.network = job_pb2.NETWORK_TESTNET
+    mainnet.network = job_pb2.NETWORK_MAINNET
+    pooled.constraints.subcloud = "some-pool"
+    async with running_bridge(production) as bridge, stub_of(bridge) as stub:
+        urgent = spec(priority=job_pb2.PRIORITY_CLASS_URGENT)
+        urgent.network = job_pb2.NETWORK_TESTNET
+        assert await submit(stub, key, urgent) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "PRIORITY_NOT_ALLOWED",
+        )
+        assert await submit(stub, key, pooled) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "SUBCLOUD_NOT_ALLOWED",
+        )
+        assert await submit(stub, key, mainnet) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "INSUFFICIENT_CREDIT",
+        )
+        assert await submit(stub, key, testnet) == (grpc.StatusCode.OK, "")
 
 
 async def test_a_batch_is_refused_whole_when_one_member_is_not_allowed(

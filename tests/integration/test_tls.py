@@ -5,7 +5,9 @@ One test per rule: a server without a certificate does not start unless plaintex
 for; plaintext and clients that trust another CA are refused; a node's handshake is bound
 to the name it verified, so a challenge relayed through a server with a certificate of its
 own fails (and a relay that rewrites the name breaks the signature); a reloaded certificate
-is served to new connections while open ones go on.
+is served to new connections while open ones go on; a node port that wants client
+certificates (mTLS) lets in only nodes presenting one from its CA, and the key handshake
+still follows.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from nacl.signing import SigningKey
 
 from broker_bridge.server import BridgeServer
 from fleetwire.domain.errors import ConfigurationError
-from fleetwire.process.settings import Settings, TlsSettings
-from fleetwire.rpc.tls import certificate_names
+from fleetwire.process.settings import NodeSettings, Settings, TlsSettings
+from fleetwire.rpc.tls import certificate_names, node_channel_credentials
 from fleetwire.v1 import job_service_pb2, job_service_pb2_grpc, node_service_pb2_grpc
-from fleetwire_tools.certs import DevCertificates, ensure_authority, issue
+from fleetwire_tools.certs import DevCertificates, Issued, ensure_authority, issue
+from node.dialer import Dialer
 from scheduler.server import SchedulerServer
 from tests.support.handshake import handshake
 from tests.support.tls import make_certificates
@@ -275,3 +278,79 @@ async def test_a_reload_reaches_both_ports_of_a_scheduler(
     after = [await asyncio.to_thread(served_certificate, port) for port in ports]
     assert after[0] == after[1]
     assert all(a != b for a, b in zip(after, before, strict=True))
+
+
+# --- A node port that wants mTLS lets in only nodes with a certificate from its CA. ------
+
+
+def client_certificate(directory: Path, name: str) -> Issued:
+    """A client certificate for ``name`` from the authority in ``directory`` (made if new)."""
+    return issue(ensure_authority(directory), directory / name, common_name=name, client=True)
+
+
+def node_dialing(address: str, ca: Path, client: Issued | None) -> Dialer:
+    """How a node configured with ``FLEETWIRE_NODE_CLIENT_*`` (or without) dials."""
+    files = (
+        {} if client is None else {"client_cert_file": client.cert, "client_key_file": client.key}
+    )
+    return Dialer(NodeSettings(scheduler_address=address, ca_file=ca, insecure=False, **files))
+
+
+@pytest.fixture
+async def mtls_scheduler(
+    settings: Settings, certs: DevCertificates
+) -> AsyncIterator[SchedulerServer]:
+    server = SchedulerServer(
+        with_tls(settings, certs, scheduler_id="mtls-nodes", node_client_ca_file=certs.ca)
+    )
+    await server.start()
+    yield server
+    await server.stop(grace=1)
+
+
+async def test_a_node_port_that_wants_mtls_welcomes_only_nodes_with_a_certificate(
+    mtls_scheduler: SchedulerServer, certs: DevCertificates, tmp_path: Path
+) -> None:
+    address = f"127.0.0.1:{mtls_scheduler.port}"
+    signed = client_certificate(certs.ca.parent, "mtls-node")
+    foreign = client_certificate(tmp_path / "another-ca", "mtls-node")
+    for client in (None, foreign):  # no certificate; one from another CA
+        async with node_dialing(address, certs.ca, client).channel() as channel:
+            outcome = await handshake(channel, "mtls-refused", SigningKey.generate(), "127.0.0.1")
+        assert outcome.startswith("UNAVAILABLE"), outcome  # the TLS handshake failed
+    dialer = node_dialing(address, certs.ca, signed)
+    async with dialer.channel() as channel:
+        # The certificate opens the port; the key handshake still decides who the node is.
+        key = SigningKey.generate()
+        assert await handshake(channel, "mtls-node", key, dialer.server_name) == "welcome"
+        forged = await handshake(
+            channel, "mtls-forged", key, dialer.server_name, signer=SigningKey.generate()
+        )
+        assert forged.startswith("UNAUTHENTICATED"), forged
+
+
+def test_client_certificates_need_tls_and_come_with_their_key(
+    settings: Settings, certs: DevCertificates
+) -> None:
+    node = client_certificate(certs.ca.parent, "node")
+    other = client_certificate(certs.ca.parent, "other")
+    wrong: list[tuple[dict[str, Any], str]] = [
+        ({"client_cert_file": node.cert}, "both"),
+        ({"client_key_file": node.key}, "both"),
+        ({"client_cert_file": node.cert, "client_key_file": other.key}, "is not the key"),
+        ({"client_cert_file": node.cert, "client_key_file": node.key, "insecure": True}, "TLS"),
+    ]
+    for files, error in wrong:
+        node_settings = NodeSettings(**{"insecure": False, "ca_file": certs.ca, **files})
+        with pytest.raises(ConfigurationError, match=error):
+            node_channel_credentials(node_settings)
+    plaintext = settings.model_copy(
+        update={
+            "scheduler": settings.scheduler.model_copy(update={"node_client_ca_file": certs.ca})
+        }
+    )
+    with pytest.raises(ConfigurationError, match="NODE_CLIENT_CA_FILE needs TLS"):
+        SchedulerServer(plaintext)
+    not_a_ca = with_tls(settings, certs, node_client_ca_file=node.key)
+    with pytest.raises(ConfigurationError, match="NODE_CLIENT_CA_FILE"):
+        SchedulerServer(not_a_ca)

@@ -1,14 +1,38 @@
 import datetime
 
 from fleetwire.v1 import job_pb2 as _job_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Registration(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REGISTRATION_UNSPECIFIED: _ClassVar[Registration]
+    REGISTRATION_CREATED: _ClassVar[Registration]
+    REGISTRATION_UNCHANGED: _ClassVar[Registration]
+    REGISTRATION_REPLACED: _ClassVar[Registration]
+    REGISTRATION_REINSTATED: _ClassVar[Registration]
+
+class OperatorRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OPERATOR_ROLE_UNSPECIFIED: _ClassVar[OperatorRole]
+    OPERATOR_ROLE_VIEWER: _ClassVar[OperatorRole]
+    OPERATOR_ROLE_ADMIN: _ClassVar[OperatorRole]
+REGISTRATION_UNSPECIFIED: Registration
+REGISTRATION_CREATED: Registration
+REGISTRATION_UNCHANGED: Registration
+REGISTRATION_REPLACED: Registration
+REGISTRATION_REINSTATED: Registration
+OPERATOR_ROLE_UNSPECIFIED: OperatorRole
+OPERATOR_ROLE_VIEWER: OperatorRole
+OPERATOR_ROLE_ADMIN: OperatorRole
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
@@ -209,3 +233,275 @@ class RevokeNodeResponse(_message.Message):
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class RegisterNodeRequest(_message.Message):
+    __slots__ = ("node_id", "public_key", "replace", "networks")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    public_key: bytes
+    replace: bool
+    networks: _containers.RepeatedScalarFieldContainer[_job_pb2.Network]
+    def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., replace: _Optional[bool] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ...) -> None: ...
+
+class RegisterNodeResponse(_message.Message):
+    __slots__ = ("node_id", "key_id", "registration", "networks")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    key_id: str
+    registration: Registration
+    networks: _containers.RepeatedScalarFieldContainer[_job_pb2.Network]
+    def __init__(self, node_id: _Optional[str] = ..., key_id: _Optional[str] = ..., registration: _Optional[_Union[Registration, str]] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ...) -> None: ...
+
+class ListRegisteredNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RegisteredNode(_message.Message):
+    __slots__ = ("node_id", "key_id", "public_key", "revoked", "registered_at", "last_seen", "networks", "subclouds")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    SUBCLOUDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    key_id: str
+    public_key: bytes
+    revoked: bool
+    registered_at: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    networks: _containers.RepeatedScalarFieldContainer[_job_pb2.Network]
+    subclouds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., revoked: _Optional[bool] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ..., subclouds: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListRegisteredNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[RegisteredNode]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[RegisteredNode, _Mapping]]] = ...) -> None: ...
+
+class GrantNodeRequest(_message.Message):
+    __slots__ = ("node_id", "subcloud", "network", "withdraw")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBCLOUD_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAW_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    subcloud: str
+    network: _job_pb2.Network
+    withdraw: bool
+    def __init__(self, node_id: _Optional[str] = ..., subcloud: _Optional[str] = ..., network: _Optional[_Union[_job_pb2.Network, str]] = ..., withdraw: _Optional[bool] = ...) -> None: ...
+
+class GrantNodeResponse(_message.Message):
+    __slots__ = ("node_id", "changed")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    changed: bool
+    def __init__(self, node_id: _Optional[str] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class CreateApiKeyRequest(_message.Message):
+    __slots__ = ("tenant", "name")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    name: str
+    def __init__(self, tenant: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class CreateApiKeyResponse(_message.Message):
+    __slots__ = ("tenant", "key_id", "key")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    key_id: str
+    key: str
+    def __init__(self, tenant: _Optional[str] = ..., key_id: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class ListApiKeysRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ApiKeyView(_message.Message):
+    __slots__ = ("key_id", "tenant", "name", "created_at", "revoked_at")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    tenant: str
+    name: str
+    created_at: _timestamp_pb2.Timestamp
+    revoked_at: _timestamp_pb2.Timestamp
+    def __init__(self, key_id: _Optional[str] = ..., tenant: _Optional[str] = ..., name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListApiKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[ApiKeyView]
+    def __init__(self, keys: _Optional[_Iterable[_Union[ApiKeyView, _Mapping]]] = ...) -> None: ...
+
+class RevokeApiKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyResponse(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class PriorityClasses(_message.Message):
+    __slots__ = ("classes",)
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    classes: _containers.RepeatedScalarFieldContainer[_job_pb2.PriorityClass]
+    def __init__(self, classes: _Optional[_Iterable[_Union[_job_pb2.PriorityClass, str]]] = ...) -> None: ...
+
+class Networks(_message.Message):
+    __slots__ = ("networks",)
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    networks: _containers.RepeatedScalarFieldContainer[_job_pb2.Network]
+    def __init__(self, networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ...) -> None: ...
+
+class Subclouds(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TenantPolicy(_message.Message):
+    __slots__ = ("tenant", "priorities", "networks", "subclouds", "credit_limit_micro_credits")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITIES_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    SUBCLOUDS_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_LIMIT_MICRO_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    priorities: PriorityClasses
+    networks: Networks
+    subclouds: Subclouds
+    credit_limit_micro_credits: int
+    def __init__(self, tenant: _Optional[str] = ..., priorities: _Optional[_Union[PriorityClasses, _Mapping]] = ..., networks: _Optional[_Union[Networks, _Mapping]] = ..., subclouds: _Optional[_Union[Subclouds, _Mapping]] = ..., credit_limit_micro_credits: _Optional[int] = ...) -> None: ...
+
+class GetTenantPolicyRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class GetTenantPolicyResponse(_message.Message):
+    __slots__ = ("policy",)
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    policy: TenantPolicy
+    def __init__(self, policy: _Optional[_Union[TenantPolicy, _Mapping]] = ...) -> None: ...
+
+class UpdateTenantPolicyRequest(_message.Message):
+    __slots__ = ("policy", "update_mask")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    policy: TenantPolicy
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, policy: _Optional[_Union[TenantPolicy, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class UpdateTenantPolicyResponse(_message.Message):
+    __slots__ = ("policy",)
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    policy: TenantPolicy
+    def __init__(self, policy: _Optional[_Union[TenantPolicy, _Mapping]] = ...) -> None: ...
+
+class CreateOperatorKeyRequest(_message.Message):
+    __slots__ = ("name", "role")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: OperatorRole
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[OperatorRole, str]] = ...) -> None: ...
+
+class CreateOperatorKeyResponse(_message.Message):
+    __slots__ = ("name", "role", "key_id", "key")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: OperatorRole
+    key_id: str
+    key: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[OperatorRole, str]] = ..., key_id: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class ListOperatorKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class OperatorKeyView(_message.Message):
+    __slots__ = ("key_id", "name", "role", "created_at", "revoked_at")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    name: str
+    role: OperatorRole
+    created_at: _timestamp_pb2.Timestamp
+    revoked_at: _timestamp_pb2.Timestamp
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[_Union[OperatorRole, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListOperatorKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[OperatorKeyView]
+    def __init__(self, keys: _Optional[_Iterable[_Union[OperatorKeyView, _Mapping]]] = ...) -> None: ...
+
+class RevokeOperatorKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeOperatorKeyResponse(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class ListAuditEntriesRequest(_message.Message):
+    __slots__ = ("limit", "target")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    target: str
+    def __init__(self, limit: _Optional[int] = ..., target: _Optional[str] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("at", "actor", "action", "target", "detail_json")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    at: _timestamp_pb2.Timestamp
+    actor: str
+    action: str
+    target: str
+    detail_json: str
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., detail_json: _Optional[str] = ...) -> None: ...
+
+class ListAuditEntriesResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...

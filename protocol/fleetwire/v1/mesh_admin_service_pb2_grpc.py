@@ -90,6 +90,66 @@ class MeshAdminServiceStub:
                 request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeRequest.SerializeToString,
                 response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeResponse.FromString,
                 _registered_method=True)
+        self.RegisterNode = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/RegisterNode',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RegisterNodeRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RegisterNodeResponse.FromString,
+                _registered_method=True)
+        self.ListRegisteredNodes = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ListRegisteredNodes',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListRegisteredNodesRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListRegisteredNodesResponse.FromString,
+                _registered_method=True)
+        self.GrantNode = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/GrantNode',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/CreateApiKey',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ListApiKeys',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/RevokeApiKey',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.GetTenantPolicy = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/GetTenantPolicy',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetTenantPolicyRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetTenantPolicyResponse.FromString,
+                _registered_method=True)
+        self.UpdateTenantPolicy = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/UpdateTenantPolicy',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.UpdateTenantPolicyRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.UpdateTenantPolicyResponse.FromString,
+                _registered_method=True)
+        self.CreateOperatorKey = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/CreateOperatorKey',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateOperatorKeyRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateOperatorKeyResponse.FromString,
+                _registered_method=True)
+        self.ListOperatorKeys = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ListOperatorKeys',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListOperatorKeysRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListOperatorKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeOperatorKey = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/RevokeOperatorKey',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeOperatorKeyRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeOperatorKeyResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ListAuditEntries',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
@@ -180,6 +240,99 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterNode(self, request, context):
+        """Registers a node's public key without a request (the node owner sent it out of band,
+        `fleetwire keys show`) and grants it networks (default testnet only). A key already
+        registered for the id is kept (FAILED_PRECONDITION KEY_MISMATCH) unless `replace`: a
+        key rotation. A connected session keeps the key it proved (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegisteredNodes(self, request, context):
+        """Every registered node with its key and grants, by node id (viewer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantNode(self, request, context):
+        """Grants a node a subcloud or a network it may serve, or withdraws it; applies from the
+        node's next session. NOT_FOUND for an unknown node (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """Creates an API key for a tenant (the tenant is created if new). The key is in this
+        answer only; the mesh keeps its hash (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Tenants' API keys without their secrets (viewer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes an API key: bridges refuse it within their auth cache TTL. NOT_FOUND when no
+        live key has the id (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantPolicy(self, request, context):
+        """A tenant's policy: what it may use (viewer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenantPolicy(self, request, context):
+        """Changes a tenant's policy, the fields of update_mask (all set fields when empty) taken
+        from policy: a field in the mask but unset goes back to the mesh's default. Bridges
+        apply it within their auth cache TTL (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateOperatorKey(self, request, context):
+        """Creates an operator key with a role; the key is in this answer only (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperatorKeys(self, request, context):
+        """Operator keys without their secrets (viewer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOperatorKey(self, request, context):
+        """Revokes an operator key: schedulers refuse it within their admin cache TTL. NOT_FOUND
+        when no live key has the id (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEntries(self, request, context):
+        """The audit log, newest first: who did what to what, and when (viewer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +380,66 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeNode,
                     request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeRequest.FromString,
                     response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeResponse.SerializeToString,
+            ),
+            'RegisterNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterNode,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RegisterNodeRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RegisterNodeResponse.SerializeToString,
+            ),
+            'ListRegisteredNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegisteredNodes,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListRegisteredNodesRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListRegisteredNodesResponse.SerializeToString,
+            ),
+            'GrantNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantNode,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'GetTenantPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantPolicy,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetTenantPolicyRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetTenantPolicyResponse.SerializeToString,
+            ),
+            'UpdateTenantPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenantPolicy,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.UpdateTenantPolicyRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.UpdateTenantPolicyResponse.SerializeToString,
+            ),
+            'CreateOperatorKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOperatorKey,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateOperatorKeyRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateOperatorKeyResponse.SerializeToString,
+            ),
+            'ListOperatorKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperatorKeys,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListOperatorKeysRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListOperatorKeysResponse.SerializeToString,
+            ),
+            'RevokeOperatorKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOperatorKey,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeOperatorKeyRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeOperatorKeyResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +696,330 @@ class MeshAdminService:
             '/fleetwire.v1.MeshAdminService/RevokeNode',
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeRequest.SerializeToString,
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/RegisterNode',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.RegisterNodeRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.RegisterNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegisteredNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ListRegisteredNodes',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListRegisteredNodesRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListRegisteredNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/GrantNode',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/CreateApiKey',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateApiKeyRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ListApiKeys',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListApiKeysRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/RevokeApiKey',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/GetTenantPolicy',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetTenantPolicyRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.GetTenantPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenantPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/UpdateTenantPolicy',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.UpdateTenantPolicyRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.UpdateTenantPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOperatorKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/CreateOperatorKey',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateOperatorKeyRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateOperatorKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperatorKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ListOperatorKeys',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListOperatorKeysRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListOperatorKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOperatorKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/RevokeOperatorKey',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeOperatorKeyRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.RevokeOperatorKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ListAuditEntries',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,19 +2,19 @@
 // @generated from file fleetwire/v1/mesh_admin_service.proto (package fleetwire.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Job, JobError, Network, PriorityClass } from "./job_pb.ts";
 import { file_fleetwire_v1_job } from "./job_pb.ts";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file fleetwire/v1/mesh_admin_service.proto.
  */
 export const file_fleetwire_v1_mesh_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVmbGVldHdpcmUvdjEvbWVzaF9hZG1pbl9zZXJ2aWNlLnByb3RvEgxmbGVldHdpcmUudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCLRAgoITm9kZVZpZXcSDwoHbm9kZV9pZBgBIAEoCRIUCgxzY2hlZHVsZXJfaWQYAiABKAkSDgoGbW9kZWxzGAMgAygJEg4KBnJlZ2lvbhgEIAEoCRIRCglzdWJjbG91ZHMYBSADKAkSDQoFc2xvdHMYBiABKA0SEgoKZnJlZV9zbG90cxgHIAEoDRIUCgxydW5uaW5nX2pvYnMYCCABKA0SEAoIZHJhaW5pbmcYCSABKAgSFgoOcGVuYWx0eV9wb2ludHMYCiABKAESEAoIZXhjbHVkZWQYCyABKAgSFQoNcGVuYWx0aWVzXzI0aBgMIAEoDRIwCgxjb25uZWN0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoRTGlzdE5vZGVzUmVzcG9uc2USJQoFbm9kZXMYASADKAsyFi5mbGVldHdpcmUudjEuTm9kZVZpZXciFAoSUXVldWVEZXB0aHNSZXF1ZXN0IngKClJvdXRlRGVwdGgSDQoFcm91dGUYASABKAkSLQoIcHJpb3JpdHkYAiABKA4yGy5mbGVldHdpcmUudjEuUHJpb3JpdHlDbGFzcxIUCgx3YWl0aW5nX2pvYnMYAyABKAQSFgoOcXVldWVfbWVzc2FnZXMYBCABKAQiPwoTUXVldWVEZXB0aHNSZXNwb25zZRIoCgZkZXB0aHMYASADKAsyGC5mbGVldHdpcmUudjEuUm91dGVEZXB0aCInChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIjoKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEh8KBGpvYnMYASADKAsyES5mbGVldHdpcmUudjEuSm9iIikKF1JlcGxheURlYWRMZXR0ZXJSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSJaChhSZXBsYXlEZWFkTGV0dGVyUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYhIeChZwYXJrZWRfbWVzc2FnZV9yZW1vdmVkGAIgASgIIiEKD0pvYlRyYWlsUmVxdWVzdBIOCgZqb2JfaWQYASABKAkijgIKC0F0dGVtcHRWaWV3Eg8KB2F0dGVtcHQYASABKA0SDwoHbm9kZV9pZBgCIAEoCRIUCgxzY2hlZHVsZXJfaWQYAyABKAkSDwoHb3V0Y29tZRgEIAEoCRIxCg1kaXNwYXRjaGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoFZXJyb3IYCCABKAsyFi5mbGVldHdpcmUudjEuSm9iRXJyb3IidAoQSm9iVHJhaWxSZXNwb25zZRIeCgNqb2IYASABKAsyES5mbGVldHdpcmUudjEuSm9iEisKCGF0dGVtcHRzGAIgAygLMhkuZmxlZXR3aXJlLnYxLkF0dGVtcHRWaWV3EhMKC3JlcGxheWVkX2FzGAMgASgJIiQKEUdldEJhbGFuY2VSZXF1ZXN0Eg8KB2FjY291bnQYASABKAkiVQoSR2V0QmFsYW5jZVJlc3BvbnNlEg8KB2FjY291bnQYASABKAkSHQoVYmFsYW5jZV9taWNyb19jcmVkaXRzGAIgASgDEg8KB2VudHJpZXMYAyABKAQiGQoXTGlzdFBlbmRpbmdOb2Rlc1JlcXVlc3QirQEKC1BlbmRpbmdOb2RlEg8KB25vZGVfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIOCgZtb2RlbHMYBCADKAkSLgoKZmlyc3Rfc2VlbhgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zZWVuGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJEChhMaXN0UGVuZGluZ05vZGVzUmVzcG9uc2USKAoFbm9kZXMYASADKAsyGS5mbGVldHdpcmUudjEuUGVuZGluZ05vZGUiXgoSQXBwcm92ZU5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEicKCG5ldHdvcmtzGAMgAygOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmsiXwoTQXBwcm92ZU5vZGVSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRInCghuZXR3b3JrcxgDIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrIiQKEVJldm9rZU5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkiJQoSUmV2b2tlTm9kZVJlc3BvbnNlEg8KB25vZGVfaWQYASABKAkymwYKEE1lc2hBZG1pblNlcnZpY2USTAoJTGlzdE5vZGVzEh4uZmxlZXR3aXJlLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5mbGVldHdpcmUudjEuTGlzdE5vZGVzUmVzcG9uc2USUgoLUXVldWVEZXB0aHMSIC5mbGVldHdpcmUudjEuUXVldWVEZXB0aHNSZXF1ZXN0GiEuZmxlZXR3aXJlLnYxLlF1ZXVlRGVwdGhzUmVzcG9uc2USXgoPTGlzdERlYWRMZXR0ZXJzEiQuZmxlZXR3aXJlLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaJS5mbGVldHdpcmUudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USYQoQUmVwbGF5RGVhZExldHRlchIlLmZsZWV0d2lyZS52MS5SZXBsYXlEZWFkTGV0dGVyUmVxdWVzdBomLmZsZWV0d2lyZS52MS5SZXBsYXlEZWFkTGV0dGVyUmVzcG9uc2USSQoISm9iVHJhaWwSHS5mbGVldHdpcmUudjEuSm9iVHJhaWxSZXF1ZXN0Gh4uZmxlZXR3aXJlLnYxLkpvYlRyYWlsUmVzcG9uc2USTwoKR2V0QmFsYW5jZRIfLmZsZWV0d2lyZS52MS5HZXRCYWxhbmNlUmVxdWVzdBogLmZsZWV0d2lyZS52MS5HZXRCYWxhbmNlUmVzcG9uc2USYQoQTGlzdFBlbmRpbmdOb2RlcxIlLmZsZWV0d2lyZS52MS5MaXN0UGVuZGluZ05vZGVzUmVxdWVzdBomLmZsZWV0d2lyZS52MS5MaXN0UGVuZGluZ05vZGVzUmVzcG9uc2USUgoLQXBwcm92ZU5vZGUSIC5mbGVldHdpcmUudjEuQXBwcm92ZU5vZGVSZXF1ZXN0GiEuZmxlZXR3aXJlLnYxLkFwcHJvdmVOb2RlUmVzcG9uc2USTwoKUmV2b2tlTm9kZRIfLmZsZWV0d2lyZS52MS5SZXZva2VOb2RlUmVxdWVzdBogLmZsZWV0d2lyZS52MS5SZXZva2VOb2RlUmVzcG9uc2ViBnByb3RvMw", [file_fleetwire_v1_job, file_google_protobuf_timestamp]);
+  fileDesc("CiVmbGVldHdpcmUvdjEvbWVzaF9hZG1pbl9zZXJ2aWNlLnByb3RvEgxmbGVldHdpcmUudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCLRAgoITm9kZVZpZXcSDwoHbm9kZV9pZBgBIAEoCRIUCgxzY2hlZHVsZXJfaWQYAiABKAkSDgoGbW9kZWxzGAMgAygJEg4KBnJlZ2lvbhgEIAEoCRIRCglzdWJjbG91ZHMYBSADKAkSDQoFc2xvdHMYBiABKA0SEgoKZnJlZV9zbG90cxgHIAEoDRIUCgxydW5uaW5nX2pvYnMYCCABKA0SEAoIZHJhaW5pbmcYCSABKAgSFgoOcGVuYWx0eV9wb2ludHMYCiABKAESEAoIZXhjbHVkZWQYCyABKAgSFQoNcGVuYWx0aWVzXzI0aBgMIAEoDRIwCgxjb25uZWN0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoRTGlzdE5vZGVzUmVzcG9uc2USJQoFbm9kZXMYASADKAsyFi5mbGVldHdpcmUudjEuTm9kZVZpZXciFAoSUXVldWVEZXB0aHNSZXF1ZXN0IngKClJvdXRlRGVwdGgSDQoFcm91dGUYASABKAkSLQoIcHJpb3JpdHkYAiABKA4yGy5mbGVldHdpcmUudjEuUHJpb3JpdHlDbGFzcxIUCgx3YWl0aW5nX2pvYnMYAyABKAQSFgoOcXVldWVfbWVzc2FnZXMYBCABKAQiPwoTUXVldWVEZXB0aHNSZXNwb25zZRIoCgZkZXB0aHMYASADKAsyGC5mbGVldHdpcmUudjEuUm91dGVEZXB0aCInChZMaXN0RGVhZExldHRlcnNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNIjoKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEh8KBGpvYnMYASADKAsyES5mbGVldHdpcmUudjEuSm9iIikKF1JlcGxheURlYWRMZXR0ZXJSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSJaChhSZXBsYXlEZWFkTGV0dGVyUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYhIeChZwYXJrZWRfbWVzc2FnZV9yZW1vdmVkGAIgASgIIiEKD0pvYlRyYWlsUmVxdWVzdBIOCgZqb2JfaWQYASABKAkijgIKC0F0dGVtcHRWaWV3Eg8KB2F0dGVtcHQYASABKA0SDwoHbm9kZV9pZBgCIAEoCRIUCgxzY2hlZHVsZXJfaWQYAyABKAkSDwoHb3V0Y29tZRgEIAEoCRIxCg1kaXNwYXRjaGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoFZXJyb3IYCCABKAsyFi5mbGVldHdpcmUudjEuSm9iRXJyb3IidAoQSm9iVHJhaWxSZXNwb25zZRIeCgNqb2IYASABKAsyES5mbGVldHdpcmUudjEuSm9iEisKCGF0dGVtcHRzGAIgAygLMhkuZmxlZXR3aXJlLnYxLkF0dGVtcHRWaWV3EhMKC3JlcGxheWVkX2FzGAMgASgJIiQKEUdldEJhbGFuY2VSZXF1ZXN0Eg8KB2FjY291bnQYASABKAkiVQoSR2V0QmFsYW5jZVJlc3BvbnNlEg8KB2FjY291bnQYASABKAkSHQoVYmFsYW5jZV9taWNyb19jcmVkaXRzGAIgASgDEg8KB2VudHJpZXMYAyABKAQiGQoXTGlzdFBlbmRpbmdOb2Rlc1JlcXVlc3QirQEKC1BlbmRpbmdOb2RlEg8KB25vZGVfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIOCgZtb2RlbHMYBCADKAkSLgoKZmlyc3Rfc2VlbhgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zZWVuGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJEChhMaXN0UGVuZGluZ05vZGVzUmVzcG9uc2USKAoFbm9kZXMYASADKAsyGS5mbGVldHdpcmUudjEuUGVuZGluZ05vZGUiXgoSQXBwcm92ZU5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEicKCG5ldHdvcmtzGAMgAygOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmsiXwoTQXBwcm92ZU5vZGVSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRInCghuZXR3b3JrcxgDIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrIiQKEVJldm9rZU5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkiJQoSUmV2b2tlTm9kZVJlc3BvbnNlEg8KB25vZGVfaWQYASABKAkidAoTUmVnaXN0ZXJOb2RlUmVxdWVzdBIPCgdub2RlX2lkGAEgASgJEhIKCnB1YmxpY19rZXkYAiABKAwSDwoHcmVwbGFjZRgDIAEoCBInCghuZXR3b3JrcxgEIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrIpIBChRSZWdpc3Rlck5vZGVSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRIwCgxyZWdpc3RyYXRpb24YAyABKA4yGi5mbGVldHdpcmUudjEuUmVnaXN0cmF0aW9uEicKCG5ldHdvcmtzGAQgAygOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmsiHAoaTGlzdFJlZ2lzdGVyZWROb2Rlc1JlcXVlc3Qi9AEKDlJlZ2lzdGVyZWROb2RlEg8KB25vZGVfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEhIKCnB1YmxpY19rZXkYAyABKAwSDwoHcmV2b2tlZBgEIAEoCBIxCg1yZWdpc3RlcmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglsYXN0X3NlZW4YBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKCG5ldHdvcmtzGAcgAygOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmsSEQoJc3ViY2xvdWRzGAggAygJIkoKG0xpc3RSZWdpc3RlcmVkTm9kZXNSZXNwb25zZRIrCgVub2RlcxgBIAMoCzIcLmZsZWV0d2lyZS52MS5SZWdpc3RlcmVkTm9kZSJ8ChBHcmFudE5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkSEgoIc3ViY2xvdWQYAiABKAlIABIoCgduZXR3b3JrGAMgASgOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmtIABIQCgh3aXRoZHJhdxgEIAEoCEIHCgVncmFudCI1ChFHcmFudE5vZGVSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEg8KB2NoYW5nZWQYAiABKAgiMwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDAoEbmFtZRgCIAEoCSJDChRDcmVhdGVBcGlLZXlSZXNwb25zZRIOCgZ0ZW5hbnQYASABKAkSDgoGa2V5X2lkGAIgASgJEgsKA2tleRgDIAEoCSIkChJMaXN0QXBpS2V5c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJIpoBCgpBcGlLZXlWaWV3Eg4KBmtleV9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDAoEbmFtZRgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNMaXN0QXBpS2V5c1Jlc3BvbnNlEiYKBGtleXMYASADKAsyGC5mbGVldHdpcmUudjEuQXBpS2V5VmlldyIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSImChRSZXZva2VBcGlLZXlSZXNwb25zZRIOCgZrZXlfaWQYASABKAkiPwoPUHJpb3JpdHlDbGFzc2VzEiwKB2NsYXNzZXMYASADKA4yGy5mbGVldHdpcmUudjEuUHJpb3JpdHlDbGFzcyIzCghOZXR3b3JrcxInCghuZXR3b3JrcxgBIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrIhoKCVN1YmNsb3VkcxINCgVuYW1lcxgBIAMoCSLvAQoMVGVuYW50UG9saWN5Eg4KBnRlbmFudBgBIAEoCRIxCgpwcmlvcml0aWVzGAIgASgLMh0uZmxlZXR3aXJlLnYxLlByaW9yaXR5Q2xhc3NlcxIoCghuZXR3b3JrcxgDIAEoCzIWLmZsZWV0d2lyZS52MS5OZXR3b3JrcxIqCglzdWJjbG91ZHMYBCABKAsyFy5mbGVldHdpcmUudjEuU3ViY2xvdWRzEicKGmNyZWRpdF9saW1pdF9taWNyb19jcmVkaXRzGAUgASgDSACIAQFCHQobX2NyZWRpdF9saW1pdF9taWNyb19jcmVkaXRzIigKFkdldFRlbmFudFBvbGljeVJlcXVlc3QSDgoGdGVuYW50GAEgASgJIkUKF0dldFRlbmFudFBvbGljeVJlc3BvbnNlEioKBnBvbGljeRgBIAEoCzIaLmZsZWV0d2lyZS52MS5UZW5hbnRQb2xpY3kieAoZVXBkYXRlVGVuYW50UG9saWN5UmVxdWVzdBIqCgZwb2xpY3kYASABKAsyGi5mbGVldHdpcmUudjEuVGVuYW50UG9saWN5Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJIChpVcGRhdGVUZW5hbnRQb2xpY3lSZXNwb25zZRIqCgZwb2xpY3kYASABKAsyGi5mbGVldHdpcmUudjEuVGVuYW50UG9saWN5IlIKGENyZWF0ZU9wZXJhdG9yS2V5UmVxdWVzdBIMCgRuYW1lGAEgASgJEigKBHJvbGUYAiABKA4yGi5mbGVldHdpcmUudjEuT3BlcmF0b3JSb2xlInAKGUNyZWF0ZU9wZXJhdG9yS2V5UmVzcG9uc2USDAoEbmFtZRgBIAEoCRIoCgRyb2xlGAIgASgOMhouZmxlZXR3aXJlLnYxLk9wZXJhdG9yUm9sZRIOCgZrZXlfaWQYAyABKAkSCwoDa2V5GAQgASgJIhkKF0xpc3RPcGVyYXRvcktleXNSZXF1ZXN0IrkBCg9PcGVyYXRvcktleVZpZXcSDgoGa2V5X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSKAoEcm9sZRgDIAEoDjIaLmZsZWV0d2lyZS52MS5PcGVyYXRvclJvbGUSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRwoYTGlzdE9wZXJhdG9yS2V5c1Jlc3BvbnNlEisKBGtleXMYASADKAsyHS5mbGVldHdpcmUudjEuT3BlcmF0b3JLZXlWaWV3IioKGFJldm9rZU9wZXJhdG9yS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkiKwoZUmV2b2tlT3BlcmF0b3JLZXlSZXNwb25zZRIOCgZrZXlfaWQYASABKAkiOAoXTGlzdEF1ZGl0RW50cmllc1JlcXVlc3QSDQoFbGltaXQYASABKA0SDgoGdGFyZ2V0GAIgASgJIngKCkF1ZGl0RW50cnkSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAIgASgJEg4KBmFjdGlvbhgDIAEoCRIOCgZ0YXJnZXQYBCABKAkSEwoLZGV0YWlsX2pzb24YBSABKAkiRQoYTGlzdEF1ZGl0RW50cmllc1Jlc3BvbnNlEikKB2VudHJpZXMYASADKAsyGC5mbGVldHdpcmUudjEuQXVkaXRFbnRyeSqaAQoMUmVnaXN0cmF0aW9uEhwKGFJFR0lTVFJBVElPTl9VTlNQRUNJRklFRBAAEhgKFFJFR0lTVFJBVElPTl9DUkVBVEVEEAESGgoWUkVHSVNUUkFUSU9OX1VOQ0hBTkdFRBACEhkKFVJFR0lTVFJBVElPTl9SRVBMQUNFRBADEhsKF1JFR0lTVFJBVElPTl9SRUlOU1RBVEVEEAQqYAoMT3BlcmF0b3JSb2xlEh0KGU9QRVJBVE9SX1JPTEVfVU5TUEVDSUZJRUQQABIYChRPUEVSQVRPUl9ST0xFX1ZJRVdFUhABEhcKE09QRVJBVE9SX1JPTEVfQURNSU4QAjKJDwoQTWVzaEFkbWluU2VydmljZRJMCglMaXN0Tm9kZXMSHi5mbGVldHdpcmUudjEuTGlzdE5vZGVzUmVxdWVzdBofLmZsZWV0d2lyZS52MS5MaXN0Tm9kZXNSZXNwb25zZRJSCgtRdWV1ZURlcHRocxIgLmZsZWV0d2lyZS52MS5RdWV1ZURlcHRoc1JlcXVlc3QaIS5mbGVldHdpcmUudjEuUXVldWVEZXB0aHNSZXNwb25zZRJeCg9MaXN0RGVhZExldHRlcnMSJC5mbGVldHdpcmUudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBolLmZsZWV0d2lyZS52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZRJhChBSZXBsYXlEZWFkTGV0dGVyEiUuZmxlZXR3aXJlLnYxLlJlcGxheURlYWRMZXR0ZXJSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLlJlcGxheURlYWRMZXR0ZXJSZXNwb25zZRJJCghKb2JUcmFpbBIdLmZsZWV0d2lyZS52MS5Kb2JUcmFpbFJlcXVlc3QaHi5mbGVldHdpcmUudjEuSm9iVHJhaWxSZXNwb25zZRJPCgpHZXRCYWxhbmNlEh8uZmxlZXR3aXJlLnYxLkdldEJhbGFuY2VSZXF1ZXN0GiAuZmxlZXR3aXJlLnYxLkdldEJhbGFuY2VSZXNwb25zZRJhChBMaXN0UGVuZGluZ05vZGVzEiUuZmxlZXR3aXJlLnYxLkxpc3RQZW5kaW5nTm9kZXNSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLkxpc3RQZW5kaW5nTm9kZXNSZXNwb25zZRJSCgtBcHByb3ZlTm9kZRIgLmZsZWV0d2lyZS52MS5BcHByb3ZlTm9kZVJlcXVlc3QaIS5mbGVldHdpcmUudjEuQXBwcm92ZU5vZGVSZXNwb25zZRJPCgpSZXZva2VOb2RlEh8uZmxlZXR3aXJlLnYxLlJldm9rZU5vZGVSZXF1ZXN0GiAuZmxlZXR3aXJlLnYxLlJldm9rZU5vZGVSZXNwb25zZRJVCgxSZWdpc3Rlck5vZGUSIS5mbGVldHdpcmUudjEuUmVnaXN0ZXJOb2RlUmVxdWVzdBoiLmZsZWV0d2lyZS52MS5SZWdpc3Rlck5vZGVSZXNwb25zZRJqChNMaXN0UmVnaXN0ZXJlZE5vZGVzEiguZmxlZXR3aXJlLnYxLkxpc3RSZWdpc3RlcmVkTm9kZXNSZXF1ZXN0GikuZmxlZXR3aXJlLnYxLkxpc3RSZWdpc3RlcmVkTm9kZXNSZXNwb25zZRJMCglHcmFudE5vZGUSHi5mbGVldHdpcmUudjEuR3JhbnROb2RlUmVxdWVzdBofLmZsZWV0d2lyZS52MS5HcmFudE5vZGVSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5mbGVldHdpcmUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmZsZWV0d2lyZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJSCgtMaXN0QXBpS2V5cxIgLmZsZWV0d2lyZS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIS5mbGVldHdpcmUudjEuTGlzdEFwaUtleXNSZXNwb25zZRJVCgxSZXZva2VBcGlLZXkSIS5mbGVldHdpcmUudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBoiLmZsZWV0d2lyZS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJeCg9HZXRUZW5hbnRQb2xpY3kSJC5mbGVldHdpcmUudjEuR2V0VGVuYW50UG9saWN5UmVxdWVzdBolLmZsZWV0d2lyZS52MS5HZXRUZW5hbnRQb2xpY3lSZXNwb25zZRJnChJVcGRhdGVUZW5hbnRQb2xpY3kSJy5mbGVldHdpcmUudjEuVXBkYXRlVGVuYW50UG9saWN5UmVxdWVzdBooLmZsZWV0d2lyZS52MS5VcGRhdGVUZW5hbnRQb2xpY3lSZXNwb25zZRJkChFDcmVhdGVPcGVyYXRvcktleRImLmZsZWV0d2lyZS52MS5DcmVhdGVPcGVyYXRvcktleVJlcXVlc3QaJy5mbGVldHdpcmUudjEuQ3JlYXRlT3BlcmF0b3JLZXlSZXNwb25zZRJhChBMaXN0T3BlcmF0b3JLZXlzEiUuZmxlZXR3aXJlLnYxLkxpc3RPcGVyYXRvcktleXNSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLkxpc3RPcGVyYXRvcktleXNSZXNwb25zZRJkChFSZXZva2VPcGVyYXRvcktleRImLmZsZWV0d2lyZS52MS5SZXZva2VPcGVyYXRvcktleVJlcXVlc3QaJy5mbGVldHdpcmUudjEuUmV2b2tlT3BlcmF0b3JLZXlSZXNwb25zZRJhChBMaXN0QXVkaXRFbnRyaWVzEiUuZmxlZXR3aXJlLnYxLkxpc3RBdWRpdEVudHJpZXNSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLkxpc3RBdWRpdEVudHJpZXNSZXNwb25zZWIGcHJvdG8z", [file_fleetwire_v1_job, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * ListNodes's request.
@@ -721,6 +721,1056 @@ export const RevokeNodeResponseSchema: GenMessage<RevokeNodeResponse> = /*@__PUR
   messageDesc(file_fleetwire_v1_mesh_admin_service, 21);
 
 /**
+ * RegisterNode's request.
+ *
+ * @generated from message fleetwire.v1.RegisterNodeRequest
+ */
+export type RegisterNodeRequest = Message<"fleetwire.v1.RegisterNodeRequest"> & {
+  /**
+   * The node id (what the node sends as node_id in Hello).
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * Its raw ed25519 public key, 32 bytes.
+   *
+   * @generated from field: bytes public_key = 2;
+   */
+  publicKey: Uint8Array;
+
+  /**
+   * Replace another key registered for the id (a key rotation); also reinstates a revoked
+   * id.
+   *
+   * @generated from field: bool replace = 3;
+   */
+  replace: boolean;
+
+  /**
+   * Networks it may serve; empty: testnet only (mainnet earns credits).
+   *
+   * @generated from field: repeated fleetwire.v1.Network networks = 4;
+   */
+  networks: Network[];
+};
+
+/**
+ * Describes the message fleetwire.v1.RegisterNodeRequest.
+ * Use `create(RegisterNodeRequestSchema)` to create a new message.
+ */
+export const RegisterNodeRequestSchema: GenMessage<RegisterNodeRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 22);
+
+/**
+ * RegisterNode's response.
+ *
+ * @generated from message fleetwire.v1.RegisterNodeResponse
+ */
+export type RegisterNodeResponse = Message<"fleetwire.v1.RegisterNodeResponse"> & {
+  /**
+   * The node.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * Its key id (first 16 hex digits of SHA-256 of the public key).
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * What happened.
+   *
+   * @generated from field: fleetwire.v1.Registration registration = 3;
+   */
+  registration: Registration;
+
+  /**
+   * The networks granted.
+   *
+   * @generated from field: repeated fleetwire.v1.Network networks = 4;
+   */
+  networks: Network[];
+};
+
+/**
+ * Describes the message fleetwire.v1.RegisterNodeResponse.
+ * Use `create(RegisterNodeResponseSchema)` to create a new message.
+ */
+export const RegisterNodeResponseSchema: GenMessage<RegisterNodeResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 23);
+
+/**
+ * ListRegisteredNodes's request.
+ *
+ * @generated from message fleetwire.v1.ListRegisteredNodesRequest
+ */
+export type ListRegisteredNodesRequest = Message<"fleetwire.v1.ListRegisteredNodesRequest"> & {
+};
+
+/**
+ * Describes the message fleetwire.v1.ListRegisteredNodesRequest.
+ * Use `create(ListRegisteredNodesRequestSchema)` to create a new message.
+ */
+export const ListRegisteredNodesRequestSchema: GenMessage<ListRegisteredNodesRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 24);
+
+/**
+ * A registered node.
+ *
+ * @generated from message fleetwire.v1.RegisteredNode
+ */
+export type RegisteredNode = Message<"fleetwire.v1.RegisteredNode"> & {
+  /**
+   * The node.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * Its key id.
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * Its raw ed25519 public key.
+   *
+   * @generated from field: bytes public_key = 3;
+   */
+  publicKey: Uint8Array;
+
+  /**
+   * Whether its key is revoked.
+   *
+   * @generated from field: bool revoked = 4;
+   */
+  revoked: boolean;
+
+  /**
+   * When its key was registered.
+   *
+   * @generated from field: google.protobuf.Timestamp registered_at = 5;
+   */
+  registeredAt?: Timestamp | undefined;
+
+  /**
+   * When it last completed a handshake (unset: never).
+   *
+   * @generated from field: google.protobuf.Timestamp last_seen = 6;
+   */
+  lastSeen?: Timestamp | undefined;
+
+  /**
+   * Networks it was granted.
+   *
+   * @generated from field: repeated fleetwire.v1.Network networks = 7;
+   */
+  networks: Network[];
+
+  /**
+   * Subclouds it was granted.
+   *
+   * @generated from field: repeated string subclouds = 8;
+   */
+  subclouds: string[];
+};
+
+/**
+ * Describes the message fleetwire.v1.RegisteredNode.
+ * Use `create(RegisteredNodeSchema)` to create a new message.
+ */
+export const RegisteredNodeSchema: GenMessage<RegisteredNode> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 25);
+
+/**
+ * ListRegisteredNodes's response.
+ *
+ * @generated from message fleetwire.v1.ListRegisteredNodesResponse
+ */
+export type ListRegisteredNodesResponse = Message<"fleetwire.v1.ListRegisteredNodesResponse"> & {
+  /**
+   * By node id.
+   *
+   * @generated from field: repeated fleetwire.v1.RegisteredNode nodes = 1;
+   */
+  nodes: RegisteredNode[];
+};
+
+/**
+ * Describes the message fleetwire.v1.ListRegisteredNodesResponse.
+ * Use `create(ListRegisteredNodesResponseSchema)` to create a new message.
+ */
+export const ListRegisteredNodesResponseSchema: GenMessage<ListRegisteredNodesResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 26);
+
+/**
+ * GrantNode's request.
+ *
+ * @generated from message fleetwire.v1.GrantNodeRequest
+ */
+export type GrantNodeRequest = Message<"fleetwire.v1.GrantNodeRequest"> & {
+  /**
+   * The node.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * What it is granted.
+   *
+   * @generated from oneof fleetwire.v1.GrantNodeRequest.grant
+   */
+  grant: {
+    /**
+     * A subcloud (private pool) it may serve.
+     *
+     * @generated from field: string subcloud = 2;
+     */
+    value: string;
+    case: "subcloud";
+  } | {
+    /**
+     * A network it may serve.
+     *
+     * @generated from field: fleetwire.v1.Network network = 3;
+     */
+    value: Network;
+    case: "network";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * Withdraw the grant instead.
+   *
+   * @generated from field: bool withdraw = 4;
+   */
+  withdraw: boolean;
+};
+
+/**
+ * Describes the message fleetwire.v1.GrantNodeRequest.
+ * Use `create(GrantNodeRequestSchema)` to create a new message.
+ */
+export const GrantNodeRequestSchema: GenMessage<GrantNodeRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 27);
+
+/**
+ * GrantNode's response.
+ *
+ * @generated from message fleetwire.v1.GrantNodeResponse
+ */
+export type GrantNodeResponse = Message<"fleetwire.v1.GrantNodeResponse"> & {
+  /**
+   * The node.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * Whether anything changed (false: it was already so).
+   *
+   * @generated from field: bool changed = 2;
+   */
+  changed: boolean;
+};
+
+/**
+ * Describes the message fleetwire.v1.GrantNodeResponse.
+ * Use `create(GrantNodeResponseSchema)` to create a new message.
+ */
+export const GrantNodeResponseSchema: GenMessage<GrantNodeResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 28);
+
+/**
+ * CreateApiKey's request.
+ *
+ * @generated from message fleetwire.v1.CreateApiKeyRequest
+ */
+export type CreateApiKeyRequest = Message<"fleetwire.v1.CreateApiKeyRequest"> & {
+  /**
+   * The tenant (created if new).
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * A note to recognise the key by.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.CreateApiKeyRequest.
+ * Use `create(CreateApiKeyRequestSchema)` to create a new message.
+ */
+export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 29);
+
+/**
+ * CreateApiKey's response.
+ *
+ * @generated from message fleetwire.v1.CreateApiKeyResponse
+ */
+export type CreateApiKeyResponse = Message<"fleetwire.v1.CreateApiKeyResponse"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * The key's id (the part after `fwk_`, shown in lists and logs).
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * The key itself, `fwk_…`: shown once, never again.
+   *
+   * @generated from field: string key = 3;
+   */
+  key: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.CreateApiKeyResponse.
+ * Use `create(CreateApiKeyResponseSchema)` to create a new message.
+ */
+export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 30);
+
+/**
+ * ListApiKeys's request.
+ *
+ * @generated from message fleetwire.v1.ListApiKeysRequest
+ */
+export type ListApiKeysRequest = Message<"fleetwire.v1.ListApiKeysRequest"> & {
+  /**
+   * Only this tenant's keys; empty: every tenant's.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.ListApiKeysRequest.
+ * Use `create(ListApiKeysRequestSchema)` to create a new message.
+ */
+export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 31);
+
+/**
+ * An API key without its secret.
+ *
+ * @generated from message fleetwire.v1.ApiKeyView
+ */
+export type ApiKeyView = Message<"fleetwire.v1.ApiKeyView"> & {
+  /**
+   * Its id.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * Its tenant.
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
+
+  /**
+   * Its note.
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 4;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When it was revoked (unset: it is live).
+   *
+   * @generated from field: google.protobuf.Timestamp revoked_at = 5;
+   */
+  revokedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.ApiKeyView.
+ * Use `create(ApiKeyViewSchema)` to create a new message.
+ */
+export const ApiKeyViewSchema: GenMessage<ApiKeyView> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 32);
+
+/**
+ * ListApiKeys's response.
+ *
+ * @generated from message fleetwire.v1.ListApiKeysResponse
+ */
+export type ListApiKeysResponse = Message<"fleetwire.v1.ListApiKeysResponse"> & {
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated fleetwire.v1.ApiKeyView keys = 1;
+   */
+  keys: ApiKeyView[];
+};
+
+/**
+ * Describes the message fleetwire.v1.ListApiKeysResponse.
+ * Use `create(ListApiKeysResponseSchema)` to create a new message.
+ */
+export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 33);
+
+/**
+ * RevokeApiKey's request.
+ *
+ * @generated from message fleetwire.v1.RevokeApiKeyRequest
+ */
+export type RevokeApiKeyRequest = Message<"fleetwire.v1.RevokeApiKeyRequest"> & {
+  /**
+   * The key's id.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.RevokeApiKeyRequest.
+ * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
+ */
+export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 34);
+
+/**
+ * RevokeApiKey's response.
+ *
+ * @generated from message fleetwire.v1.RevokeApiKeyResponse
+ */
+export type RevokeApiKeyResponse = Message<"fleetwire.v1.RevokeApiKeyResponse"> & {
+  /**
+   * The key's id, now revoked.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.RevokeApiKeyResponse.
+ * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
+ */
+export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 35);
+
+/**
+ * Priority classes a tenant may use.
+ *
+ * @generated from message fleetwire.v1.PriorityClasses
+ */
+export type PriorityClasses = Message<"fleetwire.v1.PriorityClasses"> & {
+  /**
+   * The classes.
+   *
+   * @generated from field: repeated fleetwire.v1.PriorityClass classes = 1;
+   */
+  classes: PriorityClass[];
+};
+
+/**
+ * Describes the message fleetwire.v1.PriorityClasses.
+ * Use `create(PriorityClassesSchema)` to create a new message.
+ */
+export const PriorityClassesSchema: GenMessage<PriorityClasses> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 36);
+
+/**
+ * Networks a tenant may use.
+ *
+ * @generated from message fleetwire.v1.Networks
+ */
+export type Networks = Message<"fleetwire.v1.Networks"> & {
+  /**
+   * The networks.
+   *
+   * @generated from field: repeated fleetwire.v1.Network networks = 1;
+   */
+  networks: Network[];
+};
+
+/**
+ * Describes the message fleetwire.v1.Networks.
+ * Use `create(NetworksSchema)` to create a new message.
+ */
+export const NetworksSchema: GenMessage<Networks> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 37);
+
+/**
+ * Subclouds a tenant may submit to.
+ *
+ * @generated from message fleetwire.v1.Subclouds
+ */
+export type Subclouds = Message<"fleetwire.v1.Subclouds"> & {
+  /**
+   * The subclouds' names.
+   *
+   * @generated from field: repeated string names = 1;
+   */
+  names: string[];
+};
+
+/**
+ * Describes the message fleetwire.v1.Subclouds.
+ * Use `create(SubcloudsSchema)` to create a new message.
+ */
+export const SubcloudsSchema: GenMessage<Subclouds> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 38);
+
+/**
+ * What a tenant may use. An unset field is the mesh's default (the bridge's
+ * FLEETWIRE_BRIDGE_DEFAULT_* settings); a set but empty list allows nothing.
+ *
+ * @generated from message fleetwire.v1.TenantPolicy
+ */
+export type TenantPolicy = Message<"fleetwire.v1.TenantPolicy"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * Priority classes it may use.
+   *
+   * @generated from field: fleetwire.v1.PriorityClasses priorities = 2;
+   */
+  priorities?: PriorityClasses | undefined;
+
+  /**
+   * Networks it may submit to.
+   *
+   * @generated from field: fleetwire.v1.Networks networks = 3;
+   */
+  networks?: Networks | undefined;
+
+  /**
+   * Subclouds it may submit to.
+   *
+   * @generated from field: fleetwire.v1.Subclouds subclouds = 4;
+   */
+  subclouds?: Subclouds | undefined;
+
+  /**
+   * Micro-credits it may owe on mainnet: a mainnet job is refused (FAILED_PRECONDITION
+   * INSUFFICIENT_CREDIT) once its balance plus this is not positive.
+   *
+   * @generated from field: optional int64 credit_limit_micro_credits = 5;
+   */
+  creditLimitMicroCredits?: bigint | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.TenantPolicy.
+ * Use `create(TenantPolicySchema)` to create a new message.
+ */
+export const TenantPolicySchema: GenMessage<TenantPolicy> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 39);
+
+/**
+ * GetTenantPolicy's request.
+ *
+ * @generated from message fleetwire.v1.GetTenantPolicyRequest
+ */
+export type GetTenantPolicyRequest = Message<"fleetwire.v1.GetTenantPolicyRequest"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.GetTenantPolicyRequest.
+ * Use `create(GetTenantPolicyRequestSchema)` to create a new message.
+ */
+export const GetTenantPolicyRequestSchema: GenMessage<GetTenantPolicyRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 40);
+
+/**
+ * GetTenantPolicy's response.
+ *
+ * @generated from message fleetwire.v1.GetTenantPolicyResponse
+ */
+export type GetTenantPolicyResponse = Message<"fleetwire.v1.GetTenantPolicyResponse"> & {
+  /**
+   * Its policy as stored (unset fields: the mesh's default).
+   *
+   * @generated from field: fleetwire.v1.TenantPolicy policy = 1;
+   */
+  policy?: TenantPolicy | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.GetTenantPolicyResponse.
+ * Use `create(GetTenantPolicyResponseSchema)` to create a new message.
+ */
+export const GetTenantPolicyResponseSchema: GenMessage<GetTenantPolicyResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 41);
+
+/**
+ * UpdateTenantPolicy's request.
+ *
+ * @generated from message fleetwire.v1.UpdateTenantPolicyRequest
+ */
+export type UpdateTenantPolicyRequest = Message<"fleetwire.v1.UpdateTenantPolicyRequest"> & {
+  /**
+   * The tenant (created if new) and the new values.
+   *
+   * @generated from field: fleetwire.v1.TenantPolicy policy = 1;
+   */
+  policy?: TenantPolicy | undefined;
+
+  /**
+   * Which of priorities, networks, subclouds, credit_limit_micro_credits to change;
+   * empty: every field set in policy.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.UpdateTenantPolicyRequest.
+ * Use `create(UpdateTenantPolicyRequestSchema)` to create a new message.
+ */
+export const UpdateTenantPolicyRequestSchema: GenMessage<UpdateTenantPolicyRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 42);
+
+/**
+ * UpdateTenantPolicy's response.
+ *
+ * @generated from message fleetwire.v1.UpdateTenantPolicyResponse
+ */
+export type UpdateTenantPolicyResponse = Message<"fleetwire.v1.UpdateTenantPolicyResponse"> & {
+  /**
+   * The policy now.
+   *
+   * @generated from field: fleetwire.v1.TenantPolicy policy = 1;
+   */
+  policy?: TenantPolicy | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.UpdateTenantPolicyResponse.
+ * Use `create(UpdateTenantPolicyResponseSchema)` to create a new message.
+ */
+export const UpdateTenantPolicyResponseSchema: GenMessage<UpdateTenantPolicyResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 43);
+
+/**
+ * CreateOperatorKey's request.
+ *
+ * @generated from message fleetwire.v1.CreateOperatorKeyRequest
+ */
+export type CreateOperatorKeyRequest = Message<"fleetwire.v1.CreateOperatorKeyRequest"> & {
+  /**
+   * Who holds the key (a person or a service).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Its role.
+   *
+   * @generated from field: fleetwire.v1.OperatorRole role = 2;
+   */
+  role: OperatorRole;
+};
+
+/**
+ * Describes the message fleetwire.v1.CreateOperatorKeyRequest.
+ * Use `create(CreateOperatorKeyRequestSchema)` to create a new message.
+ */
+export const CreateOperatorKeyRequestSchema: GenMessage<CreateOperatorKeyRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 44);
+
+/**
+ * CreateOperatorKey's response.
+ *
+ * @generated from message fleetwire.v1.CreateOperatorKeyResponse
+ */
+export type CreateOperatorKeyResponse = Message<"fleetwire.v1.CreateOperatorKeyResponse"> & {
+  /**
+   * The holder.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The role.
+   *
+   * @generated from field: fleetwire.v1.OperatorRole role = 2;
+   */
+  role: OperatorRole;
+
+  /**
+   * The key's id.
+   *
+   * @generated from field: string key_id = 3;
+   */
+  keyId: string;
+
+  /**
+   * The key itself, `fwo_…`: shown once, never again.
+   *
+   * @generated from field: string key = 4;
+   */
+  key: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.CreateOperatorKeyResponse.
+ * Use `create(CreateOperatorKeyResponseSchema)` to create a new message.
+ */
+export const CreateOperatorKeyResponseSchema: GenMessage<CreateOperatorKeyResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 45);
+
+/**
+ * ListOperatorKeys's request.
+ *
+ * @generated from message fleetwire.v1.ListOperatorKeysRequest
+ */
+export type ListOperatorKeysRequest = Message<"fleetwire.v1.ListOperatorKeysRequest"> & {
+};
+
+/**
+ * Describes the message fleetwire.v1.ListOperatorKeysRequest.
+ * Use `create(ListOperatorKeysRequestSchema)` to create a new message.
+ */
+export const ListOperatorKeysRequestSchema: GenMessage<ListOperatorKeysRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 46);
+
+/**
+ * An operator key without its secret.
+ *
+ * @generated from message fleetwire.v1.OperatorKeyView
+ */
+export type OperatorKeyView = Message<"fleetwire.v1.OperatorKeyView"> & {
+  /**
+   * Its id.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * Its holder.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Its role.
+   *
+   * @generated from field: fleetwire.v1.OperatorRole role = 3;
+   */
+  role: OperatorRole;
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 4;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When it was revoked (unset: it is live).
+   *
+   * @generated from field: google.protobuf.Timestamp revoked_at = 5;
+   */
+  revokedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.OperatorKeyView.
+ * Use `create(OperatorKeyViewSchema)` to create a new message.
+ */
+export const OperatorKeyViewSchema: GenMessage<OperatorKeyView> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 47);
+
+/**
+ * ListOperatorKeys's response.
+ *
+ * @generated from message fleetwire.v1.ListOperatorKeysResponse
+ */
+export type ListOperatorKeysResponse = Message<"fleetwire.v1.ListOperatorKeysResponse"> & {
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated fleetwire.v1.OperatorKeyView keys = 1;
+   */
+  keys: OperatorKeyView[];
+};
+
+/**
+ * Describes the message fleetwire.v1.ListOperatorKeysResponse.
+ * Use `create(ListOperatorKeysResponseSchema)` to create a new message.
+ */
+export const ListOperatorKeysResponseSchema: GenMessage<ListOperatorKeysResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 48);
+
+/**
+ * RevokeOperatorKey's request.
+ *
+ * @generated from message fleetwire.v1.RevokeOperatorKeyRequest
+ */
+export type RevokeOperatorKeyRequest = Message<"fleetwire.v1.RevokeOperatorKeyRequest"> & {
+  /**
+   * The key's id.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.RevokeOperatorKeyRequest.
+ * Use `create(RevokeOperatorKeyRequestSchema)` to create a new message.
+ */
+export const RevokeOperatorKeyRequestSchema: GenMessage<RevokeOperatorKeyRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 49);
+
+/**
+ * RevokeOperatorKey's response.
+ *
+ * @generated from message fleetwire.v1.RevokeOperatorKeyResponse
+ */
+export type RevokeOperatorKeyResponse = Message<"fleetwire.v1.RevokeOperatorKeyResponse"> & {
+  /**
+   * The key's id, now revoked.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.RevokeOperatorKeyResponse.
+ * Use `create(RevokeOperatorKeyResponseSchema)` to create a new message.
+ */
+export const RevokeOperatorKeyResponseSchema: GenMessage<RevokeOperatorKeyResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 50);
+
+/**
+ * ListAuditEntries's request.
+ *
+ * @generated from message fleetwire.v1.ListAuditEntriesRequest
+ */
+export type ListAuditEntriesRequest = Message<"fleetwire.v1.ListAuditEntriesRequest"> & {
+  /**
+   * At most this many (1 to 1000; 0 means 100).
+   *
+   * @generated from field: uint32 limit = 1;
+   */
+  limit: number;
+
+  /**
+   * Only entries about this target (a node id, key id, tenant or job id); empty: all.
+   *
+   * @generated from field: string target = 2;
+   */
+  target: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.ListAuditEntriesRequest.
+ * Use `create(ListAuditEntriesRequestSchema)` to create a new message.
+ */
+export const ListAuditEntriesRequestSchema: GenMessage<ListAuditEntriesRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 51);
+
+/**
+ * One admin action.
+ *
+ * @generated from message fleetwire.v1.AuditEntry
+ */
+export type AuditEntry = Message<"fleetwire.v1.AuditEntry"> & {
+  /**
+   * When.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 1;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * Who: `operator:<name> (<key id>)` over the admin port, `cli:<user>` for the
+   * database-side bootstrap.
+   *
+   * @generated from field: string actor = 2;
+   */
+  actor: string;
+
+  /**
+   * What, e.g. `node.approve`, `api-key.create`, `tenant.policy`.
+   *
+   * @generated from field: string action = 3;
+   */
+  action: string;
+
+  /**
+   * To what.
+   *
+   * @generated from field: string target = 4;
+   */
+  target: string;
+
+  /**
+   * Details, a JSON object.
+   *
+   * @generated from field: string detail_json = 5;
+   */
+  detailJson: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.AuditEntry.
+ * Use `create(AuditEntrySchema)` to create a new message.
+ */
+export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 52);
+
+/**
+ * ListAuditEntries's response.
+ *
+ * @generated from message fleetwire.v1.ListAuditEntriesResponse
+ */
+export type ListAuditEntriesResponse = Message<"fleetwire.v1.ListAuditEntriesResponse"> & {
+  /**
+   * Newest first.
+   *
+   * @generated from field: repeated fleetwire.v1.AuditEntry entries = 1;
+   */
+  entries: AuditEntry[];
+};
+
+/**
+ * Describes the message fleetwire.v1.ListAuditEntriesResponse.
+ * Use `create(ListAuditEntriesResponseSchema)` to create a new message.
+ */
+export const ListAuditEntriesResponseSchema: GenMessage<ListAuditEntriesResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 53);
+
+/**
+ * What RegisterNode did.
+ *
+ * @generated from enum fleetwire.v1.Registration
+ */
+export enum Registration {
+  /**
+   * Not used.
+   *
+   * @generated from enum value: REGISTRATION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The id was new.
+   *
+   * @generated from enum value: REGISTRATION_CREATED = 1;
+   */
+  CREATED = 1,
+
+  /**
+   * The same key was already registered.
+   *
+   * @generated from enum value: REGISTRATION_UNCHANGED = 2;
+   */
+  UNCHANGED = 2,
+
+  /**
+   * Another key was registered; `replace` swapped it.
+   *
+   * @generated from enum value: REGISTRATION_REPLACED = 3;
+   */
+  REPLACED = 3,
+
+  /**
+   * The same key was revoked; registering it again reinstated it.
+   *
+   * @generated from enum value: REGISTRATION_REINSTATED = 4;
+   */
+  REINSTATED = 4,
+}
+
+/**
+ * Describes the enum fleetwire.v1.Registration.
+ */
+export const RegistrationSchema: GenEnum<Registration> = /*@__PURE__*/
+  enumDesc(file_fleetwire_v1_mesh_admin_service, 0);
+
+/**
+ * An operator's role on the admin surface.
+ *
+ * @generated from enum fleetwire.v1.OperatorRole
+ */
+export enum OperatorRole {
+  /**
+   * Not used.
+   *
+   * @generated from enum value: OPERATOR_ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Reads the mesh.
+   *
+   * @generated from enum value: OPERATOR_ROLE_VIEWER = 1;
+   */
+  VIEWER = 1,
+
+  /**
+   * Reads and acts.
+   *
+   * @generated from enum value: OPERATOR_ROLE_ADMIN = 2;
+   */
+  ADMIN = 2,
+}
+
+/**
+ * Describes the enum fleetwire.v1.OperatorRole.
+ */
+export const OperatorRoleSchema: GenEnum<OperatorRole> = /*@__PURE__*/
+  enumDesc(file_fleetwire_v1_mesh_admin_service, 1);
+
+/**
  * Operator views of the mesh and admin actions, served by every scheduler replica on its
  * admin port (default 50053, bound to 127.0.0.1), never on the node port. Every call needs
  * an operator key (`authorization: Bearer fwo_…`) whose role allows it: viewer reads,
@@ -836,6 +1886,135 @@ export const MeshAdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeNodeRequestSchema;
     output: typeof RevokeNodeResponseSchema;
+  },
+  /**
+   * Registers a node's public key without a request (the node owner sent it out of band,
+   * `fleetwire keys show`) and grants it networks (default testnet only). A key already
+   * registered for the id is kept (FAILED_PRECONDITION KEY_MISMATCH) unless `replace`: a
+   * key rotation. A connected session keeps the key it proved (admin).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.RegisterNode
+   */
+  registerNode: {
+    methodKind: "unary";
+    input: typeof RegisterNodeRequestSchema;
+    output: typeof RegisterNodeResponseSchema;
+  },
+  /**
+   * Every registered node with its key and grants, by node id (viewer).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ListRegisteredNodes
+   */
+  listRegisteredNodes: {
+    methodKind: "unary";
+    input: typeof ListRegisteredNodesRequestSchema;
+    output: typeof ListRegisteredNodesResponseSchema;
+  },
+  /**
+   * Grants a node a subcloud or a network it may serve, or withdraws it; applies from the
+   * node's next session. NOT_FOUND for an unknown node (admin).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.GrantNode
+   */
+  grantNode: {
+    methodKind: "unary";
+    input: typeof GrantNodeRequestSchema;
+    output: typeof GrantNodeResponseSchema;
+  },
+  /**
+   * Creates an API key for a tenant (the tenant is created if new). The key is in this
+   * answer only; the mesh keeps its hash (admin).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.CreateApiKey
+   */
+  createApiKey: {
+    methodKind: "unary";
+    input: typeof CreateApiKeyRequestSchema;
+    output: typeof CreateApiKeyResponseSchema;
+  },
+  /**
+   * Tenants' API keys without their secrets (viewer).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ListApiKeys
+   */
+  listApiKeys: {
+    methodKind: "unary";
+    input: typeof ListApiKeysRequestSchema;
+    output: typeof ListApiKeysResponseSchema;
+  },
+  /**
+   * Revokes an API key: bridges refuse it within their auth cache TTL. NOT_FOUND when no
+   * live key has the id (admin).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.RevokeApiKey
+   */
+  revokeApiKey: {
+    methodKind: "unary";
+    input: typeof RevokeApiKeyRequestSchema;
+    output: typeof RevokeApiKeyResponseSchema;
+  },
+  /**
+   * A tenant's policy: what it may use (viewer).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.GetTenantPolicy
+   */
+  getTenantPolicy: {
+    methodKind: "unary";
+    input: typeof GetTenantPolicyRequestSchema;
+    output: typeof GetTenantPolicyResponseSchema;
+  },
+  /**
+   * Changes a tenant's policy, the fields of update_mask (all set fields when empty) taken
+   * from policy: a field in the mask but unset goes back to the mesh's default. Bridges
+   * apply it within their auth cache TTL (admin).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.UpdateTenantPolicy
+   */
+  updateTenantPolicy: {
+    methodKind: "unary";
+    input: typeof UpdateTenantPolicyRequestSchema;
+    output: typeof UpdateTenantPolicyResponseSchema;
+  },
+  /**
+   * Creates an operator key with a role; the key is in this answer only (admin).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.CreateOperatorKey
+   */
+  createOperatorKey: {
+    methodKind: "unary";
+    input: typeof CreateOperatorKeyRequestSchema;
+    output: typeof CreateOperatorKeyResponseSchema;
+  },
+  /**
+   * Operator keys without their secrets (viewer).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ListOperatorKeys
+   */
+  listOperatorKeys: {
+    methodKind: "unary";
+    input: typeof ListOperatorKeysRequestSchema;
+    output: typeof ListOperatorKeysResponseSchema;
+  },
+  /**
+   * Revokes an operator key: schedulers refuse it within their admin cache TTL. NOT_FOUND
+   * when no live key has the id (admin).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.RevokeOperatorKey
+   */
+  revokeOperatorKey: {
+    methodKind: "unary";
+    input: typeof RevokeOperatorKeyRequestSchema;
+    output: typeof RevokeOperatorKeyResponseSchema;
+  },
+  /**
+   * The audit log, newest first: who did what to what, and when (viewer).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ListAuditEntries
+   */
+  listAuditEntries: {
+    methodKind: "unary";
+    input: typeof ListAuditEntriesRequestSchema;
+    output: typeof ListAuditEntriesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fleetwire_v1_mesh_admin_service, 0);
