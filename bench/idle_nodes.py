@@ -17,7 +17,7 @@ from fleetwire.rpc.options import CLIENT_OPTIONS
 from fleetwire.v1 import job_pb2, node_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 
-STREAMS_PER_CHANNEL = 100  # under the servers' 1,000 concurrent streams per connection
+STREAMS_PER_CHANNEL = 100  # the bench meshes allow 1,000 streams per connection
 HANDSHAKES_AT_ONCE = 50
 
 

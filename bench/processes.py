@@ -72,6 +72,9 @@ def isolated_env(namespace: str) -> dict[str, str]:
         # a channel per 100 nodes): under the default 32 today, but a benchmark measures the
         # path, not this guard.
         "FLEETWIRE_SCHEDULER_MAX_CONNECTIONS_PER_PEER": "100000",
+        # idle_nodes.py multiplexes 100 NodeStreams on one channel; the production cap (4)
+        # would queue all but 4 of them.
+        "FLEETWIRE_SCHEDULER_MAX_STREAMS_PER_CONNECTION": "1000",
         "FLEETWIRE_NODE_MODEL_PATH": str(MODEL_DIR),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",

@@ -31,7 +31,7 @@ from fleetwire.store.attempts import AttemptStore, OpenedAttempt
 from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
-from scheduler.finalisation import Finaliser
+from scheduler.finalisation import Finaliser, ResultVerdict
 from scheduler.matching import JobNeeds
 from scheduler.offences import Offences
 from scheduler.progress_relay import ProgressRelay
@@ -82,6 +82,12 @@ class Reservation:
 ACK = Verdict(Action.ACK)
 REQUEUE = Verdict(Action.REQUEUE)
 
+_RESULT_ENDINGS = {
+    ResultVerdict.FINALISED: Ending.SUCCEEDED,
+    ResultVerdict.MOVED_ON: Ending.SUCCEEDED,  # final already, or not ours to settle
+    ResultVerdict.BAD_SIGNATURE: Ending.BAD_SIGNATURE,
+    ResultVerdict.INVALID: Ending.INVALID_RESULT,
+}
 _NEXT_STATE = {
     Step.FAIL: JobState.FAILED,
     Step.RETRY_STAGED: JobState.RETRYING,
@@ -285,12 +291,10 @@ class Dispatcher:
         jid = uuid.UUID(job_id)
         reason = message = ""
         if isinstance(outcome, nodes_pb2.Result):
-            finalised = await self._finaliser.finalise(
-                session, jid, digest, envelope.spec.model, outcome
-            )
-            if finalised:
+            verdict = await self._finaliser.finalise(session, jid, digest, envelope.spec, outcome)
+            if verdict is ResultVerdict.FINALISED:
                 bound.info("job succeeded", node_id=session.node_id, attempt=attempt)
-            ending = Ending.BAD_SIGNATURE if finalised is None else Ending.SUCCEEDED
+            ending = _RESULT_ENDINGS[verdict]
         elif isinstance(outcome, nodes_pb2.Failure):
             reason, message = outcome.reason, outcome.message
             if outcome.reason == "CANCELLED":
@@ -312,8 +316,8 @@ class Dispatcher:
             reason=reason,
             message=message,
         )
-        if ending is Ending.BAD_SIGNATURE:
-            bound.warning("bad result signature; penalising node", node_id=session.node_id)
+        if ending in (Ending.BAD_SIGNATURE, Ending.INVALID_RESULT):
+            bound.warning("bad result; penalising node", node_id=session.node_id, why=ending.value)
         elif ending in (Ending.LOST, Ending.LEASE_EXPIRED):
             bound.warning("node lost mid-job; requeueing", node_id=session.node_id, why=reason)
         return await self._execute(decision, session.node_id, jid, attempt, bound)

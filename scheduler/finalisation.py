@@ -1,8 +1,18 @@
-"""A node's result becomes the job's final state: verified, stored and billed once."""
+"""A node's result becomes the job's final state: checked, verified, stored and billed once.
+
+The order is the cheap and certain first: every field is checked against the job's spec
+(``result_checks``: nothing a node sends reaches the coalesced statement unchecked), then
+the signature, then one statement finalises and bills every result verified meanwhile. The
+bill is for the token counts the spec allows, not for whatever the node signed.
+"""
 
 from __future__ import annotations
 
+import enum
+import time
 import uuid
+
+import structlog
 
 from fleetwire.domain.states import JobState
 from fleetwire.messaging.events import StateEvent
@@ -10,22 +20,42 @@ from fleetwire.process.coalescer import Coalescer
 from fleetwire.process.settings import SchedulerSettings
 from fleetwire.protocol import signing
 from fleetwire.store.attempts import AttemptStore, SignedOutcome
-from fleetwire.store.ledger import Prices
+from fleetwire.store.ledger import Bill, Prices
+from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from scheduler.offences import Offences
+from scheduler.penalties import Offence
 from scheduler.progress_relay import ProgressRelay
 from scheduler.registry import NodeSession
+from scheduler.result_checks import billable_usage, result_problem
+
+log = structlog.get_logger(__name__)
+
+
+class ResultVerdict(enum.Enum):
+    """What became of a result."""
+
+    FINALISED = "finalised"  # the job is SUCCEEDED with it (and billed)
+    MOVED_ON = "moved-on"  # it verified, but the job had moved on (a duplicate, a stale attempt)
+    BAD_SIGNATURE = "bad-signature"  # the signature does not verify
+    INVALID = "invalid"  # a field no honest node sends (checked, or refused by the database)
 
 
 class Finaliser:
-    """Verifies results and finalises the jobs they answer; results verified together are
-    finalised (and billed) in one statement."""
+    """Checks and verifies results and finalises the jobs they answer; results verified
+    together are finalised (and billed) in one statement."""
 
     def __init__(
-        self, settings: SchedulerSettings, attempts: AttemptStore, relay: ProgressRelay
+        self,
+        settings: SchedulerSettings,
+        attempts: AttemptStore,
+        relay: ProgressRelay,
+        offences: Offences,
     ) -> None:
         self._relay = relay
-        self._finalisations: Coalescer[tuple[uuid.UUID, SignedOutcome, int], bool] = Coalescer(
-            attempts.finalise_successes, name="finalisations"
+        self._offences = offences
+        self._finalisations: Coalescer[tuple[uuid.UUID, SignedOutcome, Bill], bool | None] = (
+            Coalescer(attempts.finalise_successes, name="finalisations")
         )
         self._prices = Prices(
             per_1k_prompt_tokens=settings.price_per_1k_prompt_tokens,
@@ -37,28 +67,39 @@ class Finaliser:
         session: NodeSession,
         job_id: uuid.UUID,
         digest: bytes,
-        model: str,
+        spec: job_pb2.JobSpec,
         result: nodes_pb2.Result,
-    ) -> bool | None:
-        """Verifies ``result`` against the node's key and the job's request digest and, if
-        it holds, makes the job SUCCEEDED. None: the signature does not verify; False: it
-        does, but the job had moved on (a duplicate or a superseded attempt)."""
+    ) -> ResultVerdict:
+        """Checks ``result`` against ``spec``, verifies it against the node's key and the
+        job's request digest and, if both hold, makes the job SUCCEEDED. An invalid result
+        is the caller's to settle (the node's offence); a usage claim above what the spec
+        allows is billed at the cap and charged here."""
+        problem = result_problem(result, spec, now_ms=int(time.time() * 1000))
+        if problem is not None:
+            log.warning(
+                "invalid result",
+                job_id=str(job_id),
+                attempt=result.attempt,
+                node_id=session.node_id,
+                problem=problem,
+            )
+            return ResultVerdict.INVALID
+        usage = result.usage
         facts = signing.ResultFacts(
             job_id=str(job_id),
             attempt=result.attempt,
             node_id=session.node_id,
-            model=model,
+            model=spec.model,
             request_digest=digest,
             output_digest=signing.output_digest(result.output),
-            prompt_tokens=result.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
             finished_at_unix_ms=result.finished_at_unix_ms,
         )
         if not signing.verify(session.public_key, signing.result_bytes(facts), result.signature):
-            return None
+            return ResultVerdict.BAD_SIGNATURE
+        billed = billable_usage(usage, spec)
         timings = result.timings
-        usage = result.usage
-        amount = self._prices.cost(usage.prompt_tokens, usage.completion_tokens)
         outcome = SignedOutcome(
             attempt=result.attempt,
             node_id=session.node_id,
@@ -77,9 +118,24 @@ class Finaliser:
             key_id=session.key_id,
             finished_at_ms=result.finished_at_unix_ms,
         )
-        finalised = await self._finalisations((job_id, outcome, amount))
-        if finalised:
-            self._relay.submit(str(job_id), StateEvent(JobState.SUCCEEDED))
-            if timings.time_to_first_token_ms:
-                session.recent_ttft_ms.append(timings.time_to_first_token_ms)
-        return finalised
+        bill = Bill.of(self._prices, billed.prompt_tokens, billed.completion_tokens, billed.source)
+        finalised = await self._finalisations((job_id, outcome, bill))
+        if finalised is None:
+            return ResultVerdict.INVALID
+        if billed.inflated:
+            log.warning(
+                "usage claim above what the spec allows; billed at the cap",
+                job_id=str(job_id),
+                node_id=session.node_id,
+                claimed=[usage.prompt_tokens, usage.completion_tokens],
+                billed=[billed.prompt_tokens, billed.completion_tokens],
+            )
+            await self._offences.charge(
+                session.node_id, Offence.INFLATED_USAGE, job_id, result.attempt
+            )
+        if not finalised:
+            return ResultVerdict.MOVED_ON
+        self._relay.submit(str(job_id), StateEvent(JobState.SUCCEEDED))
+        if timings.time_to_first_token_ms:
+            session.recent_ttft_ms.append(timings.time_to_first_token_ms)
+        return ResultVerdict.FINALISED

@@ -17,13 +17,18 @@ from fleetwire.store.attempts import AttemptStore
 from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
-from scheduler.finalisation import Finaliser
+from scheduler.finalisation import Finaliser, ResultVerdict
 from scheduler.offences import Offences
 from scheduler.penalties import Offence
 from scheduler.progress_relay import ProgressRelay
 from scheduler.registry import NodeRegistry, NodeSession
 
 log = structlog.get_logger(__name__)
+
+_ANNOUNCED_OFFENCES = {
+    ResultVerdict.BAD_SIGNATURE: Offence.BAD_SIGNATURE,
+    ResultVerdict.INVALID: Offence.INVALID_RESULT,
+}
 
 
 class NodeMessages:
@@ -139,19 +144,19 @@ class NodeMessages:
         await self._relay.caught_up(result.job_id)
         spec = job_pb2.JobSpec()
         spec.ParseFromString(bytes(row["spec"]))
-        finalised = await self._finaliser.finalise(
-            session, job_id, bytes(row["request_digest"]), spec.model, result
+        verdict = await self._finaliser.finalise(
+            session, job_id, bytes(row["request_digest"]), spec, result
         )
-        if finalised is None:
-            await self._offences.charge(
-                session.node_id, Offence.BAD_SIGNATURE, job_id, result.attempt
-            )
+        offence = _ANNOUNCED_OFFENCES.get(verdict)
+        if offence is not None:
+            # The job's redelivered message runs it again elsewhere.
+            await self._offences.charge(session.node_id, offence, job_id, result.attempt)
         log.info(
             "announced result",
             job_id=result.job_id,
             attempt=result.attempt,
             node_id=session.node_id,
-            finalised=bool(finalised),
+            verdict=verdict.value,
         )
 
     async def _dispatched_to(self, job_id: uuid.UUID, attempt: int, session: NodeSession) -> bool:

@@ -22,6 +22,10 @@ class Offence(StrEnum):
     UNEXPECTED_RESULT = (
         "UNEXPECTED_RESULT"  # result for a job/attempt it does not run (or a replay)
     )
+    INVALID_RESULT = "INVALID_RESULT"  # a field no honest node sends (NaN, NUL, too long)
+    INFLATED_USAGE = "INFLATED_USAGE"  # signed token counts above what the spec allows
+    OVERSIZED_PROGRESS = "OVERSIZED_PROGRESS"  # progress beyond what max_tokens can produce
+    NODE_CANCELLED = "NODE_CANCELLED"  # ended a job as CANCELLED that nobody cancelled
 
 
 POINTS: dict[Offence, float] = {
@@ -30,6 +34,10 @@ POINTS: dict[Offence, float] = {
     Offence.FAILURE: 1.0,
     Offence.BAD_SIGNATURE: 5.0,
     Offence.UNEXPECTED_RESULT: 5.0,
+    Offence.INVALID_RESULT: 5.0,
+    Offence.INFLATED_USAGE: 5.0,
+    Offence.OVERSIZED_PROGRESS: 5.0,
+    Offence.NODE_CANCELLED: 2.0,
 }
 
 

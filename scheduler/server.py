@@ -129,10 +129,10 @@ class SchedulerServer:
         )
         self._progress_relay = ProgressRelay(events)
         await self._progress_relay.start()
-        finaliser = Finaliser(settings.scheduler, attempts, self._progress_relay)
         offences = Offences(
             settings.scheduler, self.scheduler_id, self.penalties, PenaltyStore(self._pool)
         )
+        finaliser = Finaliser(settings.scheduler, attempts, self._progress_relay, offences)
         dispatcher = Dispatcher(
             settings.scheduler,
             self.scheduler_id,

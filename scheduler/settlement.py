@@ -20,6 +20,8 @@ class Ending(Enum):
 
     SUCCEEDED = "succeeded"  # the result verified; the job is final (or had moved on)
     BAD_SIGNATURE = "bad-signature"  # a result whose signature did not verify
+    INVALID_RESULT = "invalid-result"  # a result with a field no honest node sends
+    NODE_CANCELLED = "node-cancelled"  # the node ended it as CANCELLED; nobody had asked
     CANCELLED = "cancelled"  # aborted because the job was cancelled
     FAILED = "failed"  # the node's failure, not retryable (e.g. the context overran)
     FAILED_RETRYABLE = "failed-retryable"  # the node's failure, worth another attempt
@@ -71,6 +73,13 @@ class Settlement:
 # problem), and the offence.
 _RETRIES: dict[Ending, tuple[AttemptOutcome, str | None, bool, Offence | None]] = {
     Ending.BAD_SIGNATURE: (AttemptOutcome.FAILED, "BAD_SIGNATURE", True, Offence.BAD_SIGNATURE),
+    Ending.INVALID_RESULT: (
+        AttemptOutcome.FAILED,
+        "INVALID_RESULT",
+        False,
+        Offence.INVALID_RESULT,
+    ),
+    Ending.NODE_CANCELLED: (AttemptOutcome.FAILED, "NODE_CANCELLED", False, Offence.NODE_CANCELLED),
     Ending.FAILED_RETRYABLE: (AttemptOutcome.FAILED, None, True, Offence.FAILURE),
     Ending.REJECTED: (AttemptOutcome.REJECTED, "REJECTED", False, None),
     Ending.DISPATCH_TIMEOUT: (
@@ -109,6 +118,10 @@ def settle(
     outcome, fixed_reason, staged, offence = _RETRIES[ending]
     if ending is Ending.BAD_SIGNATURE:
         message = "result signature did not verify"
+    elif ending is Ending.INVALID_RESULT:
+        message = "the node's result failed the mesh's checks"
+    elif ending is Ending.NODE_CANCELLED:
+        message = "the node cancelled a job nobody cancelled"
     elif ending is Ending.REJECTED:
         message = reason
     elif ending is Ending.DISPATCH_TIMEOUT:

@@ -15,11 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
+import structlog
 
 from fleetwire.domain.states import JobState, predecessor_names
 from fleetwire.store.db import translating
 from fleetwire.store.jobs import clean_text
-from fleetwire.store.ledger import Prices
+from fleetwire.store.ledger import Bill, Prices
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +134,39 @@ class AttemptStore:
         (see ``fleetwire.store.ledger``), atomically. True only for the call that finalised it; a
         duplicate, a result of a superseded attempt, or one from a node the attempt was not
         dispatched to returns False and bills nothing."""
-        amount = prices.cost(outcome.prompt_tokens, outcome.completion_tokens) if prices else 0
-        (done,) = await self.finalise_successes([(job_id, outcome, amount)])
-        return done
+        bill = (
+            Bill.of(prices, outcome.prompt_tokens, outcome.completion_tokens) if prices else Bill(0)
+        )
+        (done,) = await self.finalise_successes([(job_id, outcome, bill)])
+        return bool(done)
+
+    async def finalise_successes(
+        self, items: Sequence[tuple[uuid.UUID, SignedOutcome, Bill]]
+    ) -> list[bool | None]:
+        """``finalise_success`` for many (job id, outcome, bill) at once: one statement
+        (data-modifying CTEs over the unnested results: the jobs, their attempts, the
+        ledger), one round trip instead of a six-step transaction per job. A job named twice
+        is finalised at most once (the second finds it SUCCEEDED).
+
+        One item PostgreSQL refuses as data (a value out of range, a byte sequence it cannot
+        store) does not fail the others: the batch is finalised again item by item, and the
+        refused item's answer is None (results are checked before they get here; this is
+        the second line)."""
+        try:
+            return list(await self._finalise_batch(items))
+        except asyncpg.DataError:
+            if len(items) == 1:
+                log.warning("result refused by the database", job_id=str(items[0][0]))
+                return [None]
+        answers: list[bool | None] = []
+        for item in items:
+            answers.extend(await self.finalise_successes([item]))
+        return answers
 
     @translating
-    async def finalise_successes(
-        self, items: Sequence[tuple[uuid.UUID, SignedOutcome, int]]
+    async def _finalise_batch(
+        self, items: Sequence[tuple[uuid.UUID, SignedOutcome, Bill]]
     ) -> list[bool]:
-        """``finalise_success`` for many (job id, outcome, amount to bill) at once: one
-        statement (data-modifying CTEs over the unnested results: the jobs, their attempts,
-        the ledger), one round trip instead of a six-step transaction per job. A job named
-        twice is finalised at most once (the second finds it SUCCEEDED)."""
         first: dict[uuid.UUID, int] = {}
         again: list[int] = []
         for index, (job_id, _, _) in enumerate(items):
@@ -155,9 +179,10 @@ class AttemptStore:
             "WITH input AS ("
             "  SELECT * FROM unnest($1::uuid[], $2::int[], $3::bytea[], $4::text[],"
             "  $5::bigint[], $6::bigint[], $7::text[], $8::bytea[], $9::bytea[], $10::text[],"
-            "  $11::bigint[], $12::text[], $13::bigint[]) AS i(job_id, attempt, output,"
-            "  finish_reason, prompt_tokens, completion_tokens, timings, signature,"
-            "  public_key, key_id, finished_at_ms, node_id, amount)"
+            "  $11::bigint[], $12::text[], $13::bigint[], $15::bigint[], $16::bigint[],"
+            "  $17::text[]) AS i(job_id, attempt, output, finish_reason, prompt_tokens,"
+            "  completion_tokens, timings, signature, public_key, key_id, finished_at_ms,"
+            "  node_id, amount, billed_prompt, billed_completion, usage_source)"
             "), job AS ("
             "  UPDATE jobs j SET state = 'SUCCEEDED', updated_at = now(), output = i.output,"
             "  finish_reason = i.finish_reason, prompt_tokens = i.prompt_tokens,"
@@ -172,13 +197,16 @@ class AttemptStore:
             # A node whose key was revoked has no say any more, even on a result it signed
             # before the revocation reached its session.
             "  AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = i.node_id AND n.revoked)"
-            "  RETURNING j.job_id, j.tenant_id, j.network, j.node_id, i.attempt, i.amount"
+            "  RETURNING j.job_id, j.tenant_id, j.network, j.node_id, i.attempt, i.amount,"
+            "  i.billed_prompt, i.billed_completion, i.usage_source"
             "), closed AS ("
             "  UPDATE attempts a SET outcome = 'SUCCEEDED', ended_at = now()"
             "  FROM job WHERE a.job_id = job.job_id AND a.attempt = job.attempt"
             "), billed AS ("
-            "  INSERT INTO ledger_entries (job_id, account, kind, amount)"
-            "  SELECT job.job_id, e.account, e.kind, e.amount FROM job"
+            "  INSERT INTO ledger_entries (job_id, account, kind, amount, prompt_tokens,"
+            "  completion_tokens, usage_source)"
+            "  SELECT job.job_id, e.account, e.kind, e.amount, job.billed_prompt,"
+            "  job.billed_completion, job.usage_source FROM job"
             "  LEFT JOIN nodes n ON n.node_id = job.node_id"
             "  CROSS JOIN LATERAL (VALUES"
             "    ('tenant:' || job.tenant_id, 'JOB_CHARGE', -job.amount),"
@@ -199,8 +227,11 @@ class AttemptStore:
             [o.key_id for _, o, _ in chosen],
             [o.finished_at_ms for _, o, _ in chosen],
             [o.node_id for _, o, _ in chosen],
-            [amount for _, _, amount in chosen],
+            [bill.amount for _, _, bill in chosen],
             predecessor_names(JobState.SUCCEEDED),
+            [bill.prompt_tokens for _, _, bill in chosen],
+            [bill.completion_tokens for _, _, bill in chosen],
+            [bill.usage_source for _, _, bill in chosen],
         )
         finalised = {row["job_id"] for row in rows}
         answers = [
@@ -208,7 +239,7 @@ class AttemptStore:
             for index, (job_id, _, _) in enumerate(items)
         ]
         for index in again:
-            (answers[index],) = await self.finalise_successes([items[index]])
+            (answers[index],) = await self._finalise_batch([items[index]])
         return answers
 
     @translating

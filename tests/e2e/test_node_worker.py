@@ -24,6 +24,7 @@ from tests.support.mesh_admin import listed_nodes
 
 
 def test_slots_follow_the_engines_concurrency(worker_mesh: WorkerMesh) -> None:
+    worker_mesh.wait_for_nodes(set(NODES), 60)  # a test before may have restarted one
     listed = listed_nodes(worker_mesh.admin_address, worker_mesh.operator_key, worker_mesh.ca_file)
     assert {node_id: listed[node_id].slots for node_id in NODES} == dict.fromkeys(NODES, SLOTS)
 

@@ -21,6 +21,7 @@ from fleetwire.process.settings import Settings
 from fleetwire.protocol.signing import key_id
 from fleetwire.store.attempts import AttemptStore, SignedOutcome
 from fleetwire.store.jobs import JobStore
+from fleetwire.store.ledger import Bill
 from fleetwire.store.nodes import NodeStore, Registration
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2, mesh_admin_service_pb2_grpc
 from scheduler.server import SchedulerServer
@@ -189,7 +190,7 @@ async def test_a_revoked_nodes_result_is_not_finalised(
         key_id=key_id(bytes(key.verify_key)),
         finished_at_ms=1,
     )
-    assert await attempts.finalise_successes([(row.job_id, outcome, 0)]) == [False]
+    assert await attempts.finalise_successes([(row.job_id, outcome, Bill(0))]) == [False]
 
 
 async def test_an_operator_approves_and_revokes_over_the_admin_port(

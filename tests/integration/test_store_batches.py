@@ -5,6 +5,8 @@ after the other would), unknown and foreign jobs answered None."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +18,7 @@ from fleetwire.messaging.topology import Topology
 from fleetwire.process.settings import Settings
 from fleetwire.store.attempts import AttemptStore, SignedOutcome
 from fleetwire.store.jobs import JobStore
+from fleetwire.store.ledger import Bill
 from fleetwire.v1 import job_pb2
 
 
@@ -108,10 +111,10 @@ async def test_finalise_successes_finalises_and_bills_each_job_once(
     await attempts.begin_attempts([(a, "node-1"), (b, "node-1"), (c, "node-1")], "sched-test")
     done = await attempts.finalise_successes(
         [
-            (a, outcome("node-1", "first"), 7),
-            (b, outcome("node-1", "second"), 9),
-            (a, outcome("node-1", "again"), 7),  # a duplicate in the same batch
-            (c, outcome("node-2", "not its node"), 5),  # attempt 1 was dispatched to node-1
+            (a, outcome("node-1", "first"), Bill(7)),
+            (b, outcome("node-1", "second"), Bill(9)),
+            (a, outcome("node-1", "again"), Bill(7)),  # a duplicate in the same batch
+            (c, outcome("node-2", "not its node"), Bill(5)),  # dispatched to node-1
         ]
     )
     assert done == [True, True, False, False]
@@ -138,3 +141,21 @@ async def test_finalise_successes_finalises_and_bills_each_job_once(
             (b, "NODE_EARNING", 9),
         ]
     )
+
+
+async def test_an_item_the_database_refuses_does_not_fail_its_batch(
+    store: JobStore, attempts: AttemptStore, settings: Settings
+) -> None:
+    """The second line behind the result checks: NaN timings or a NUL in a text column make
+    PostgreSQL refuse the coalesced statement; the batch is finalised again item by item and
+    only the refused item is answered None."""
+    a, b, c = [await queued_job(store, settings, job_pb2.NETWORK_MAINNET) for _ in range(3)]
+    await attempts.begin_attempts([(a, "node-1"), (b, "node-1"), (c, "node-1")], "sched-test")
+    poisoned = dataclasses.replace(outcome("node-1", "nan"), timings={"total_ms": math.nan})
+    nul = dataclasses.replace(outcome("node-1", "nul"), finish_reason="st\x00p")
+    done = await attempts.finalise_successes(
+        [(a, outcome("node-1", "fine"), Bill(7)), (b, poisoned, Bill(7)), (c, nul, Bill(7))]
+    )
+    assert done == [True, None, None]
+    states = [(await store.get_job(j) or {}).get("state") for j in (a, b, c)]
+    assert states == ["SUCCEEDED", "DISPATCHED", "DISPATCHED"]

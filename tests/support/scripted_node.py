@@ -41,6 +41,9 @@ class ScriptedNode:
     announce: list[tuple[str, int]] = field(default_factory=list)
     deliver_after_welcome: list[nodes_pb2.NodeStreamRequest] = field(default_factory=list)
     dispatches: list[nodes_pb2.Dispatch] = field(default_factory=list)
+    # How a dishonest node shapes its results: given the dispatch and the node, the Result
+    # to send instead of the honest one (``signed_result`` signs whatever counts it is given).
+    lie: Callable[[ScriptedNode, nodes_pb2.Dispatch], nodes_pb2.Result] | None = None
     # Every Result it wrote on the stream, so a test can replay one.
     results: list[nodes_pb2.Result] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -139,20 +142,27 @@ class ScriptedNode:
                 ),
             )
             return
-        result = self.signed_result(dispatch)
+        result = self.lie(self, dispatch) if self.lie else self.signed_result(dispatch)
         if answer == "bad-signature":
             result.signature = bytes(64)
         await self._send_outcome(call, nodes_pb2.NodeStreamRequest(result=result))
 
     def signed_result(
-        self, dispatch: nodes_pb2.Dispatch, *, job_id: str = "", attempt: int = 0
+        self,
+        dispatch: nodes_pb2.Dispatch,
+        *,
+        job_id: str = "",
+        attempt: int = 0,
+        output: str = "",
+        prompt_tokens: int = 3,
+        completion_tokens: int = 3,
     ) -> nodes_pb2.Result:
         """A Result for ``dispatch`` correctly signed with this node's key and id, or for
         ``job_id``/``attempt`` instead of the dispatch's (signed for those, so only the
         scheduler's bookkeeping can tell it was never asked for)."""
         job_id = job_id or dispatch.job_id
         attempt = attempt or dispatch.attempt
-        output = f"scripted output {attempt}"
+        output = output or f"scripted output {attempt}"
         finished = int(time.time() * 1000)
         facts = signing.ResultFacts(
             job_id=job_id,
@@ -161,8 +171,8 @@ class ScriptedNode:
             model=dispatch.spec.model,
             request_digest=bytes(dispatch.request_digest),
             output_digest=signing.output_digest(output),
-            prompt_tokens=3,
-            completion_tokens=3,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             finished_at_unix_ms=finished,
         )
         return nodes_pb2.Result(
@@ -170,7 +180,7 @@ class ScriptedNode:
             attempt=attempt,
             output=output,
             finish_reason="length",
-            usage=job_pb2.Usage(prompt_tokens=3, completion_tokens=3),
+            usage=job_pb2.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
             finished_at_unix_ms=finished,
             signature=signing.sign(self.key, signing.result_bytes(facts)),
         )

@@ -1,0 +1,121 @@
+"""Nodes that sign what they should not (issue 16): an inflating node is billed at most what
+the job's spec allows and penalised; results with fields no honest node sends are the
+liar's offence and never fail the honest jobs finishing with them. Scripted nodes sign
+correctly with their own keys, so only the mesh's checks can catch them; in-process
+scheduler, real RabbitMQ, Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import uuid
+from collections.abc import Callable
+
+import asyncpg
+
+from fleetwire.process.settings import Settings
+from fleetwire.store.ledger import Prices
+from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from scheduler.result_checks import PROMPT_TOKEN_SLACK
+from scheduler.server import SchedulerServer
+from tests.integration.test_bad_results import Ledger, spec, wait_state
+from tests.support.scripted_node import ScriptedNode, running
+
+Lie = Callable[[ScriptedNode, nodes_pb2.Dispatch], nodes_pb2.Result]
+
+
+async def test_an_inflating_node_is_billed_the_capped_counts_and_penalised(
+    jobs: job_service_pb2_grpc.JobServiceStub,
+    scheduler: SchedulerServer,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    def inflate(node: ScriptedNode, dispatch: nodes_pb2.Dispatch) -> nodes_pb2.Result:
+        return node.signed_result(dispatch, prompt_tokens=10**9, completion_tokens=10**12)
+
+    liar = ScriptedNode(
+        f"127.0.0.1:{scheduler.port}", "inflater-1", "scripted", lambda _n: "ok", lie=inflate
+    )
+    async with running(liar):
+        job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+        job = await wait_state(jobs, job_id, job_pb2.JOB_STATE_SUCCEEDED)
+    # The signed claim stays with the job (it is what the signature covers) ...
+    assert job.usage.completion_tokens == 10**12
+    # ... but the bill is for what a 3-token job with a 1-byte prompt can be.
+    rows = await pool.fetch(
+        "SELECT kind, amount, prompt_tokens, completion_tokens, usage_source"
+        " FROM ledger_entries WHERE job_id = $1 ORDER BY kind",
+        uuid.UUID(job_id),
+    )
+    prompt_cap, completion_cap = 1 + PROMPT_TOKEN_SLACK, 3
+    prices = Prices(
+        settings.scheduler.price_per_1k_prompt_tokens,
+        settings.scheduler.price_per_1k_completion_tokens,
+    )
+    cost = prices.cost(prompt_cap, completion_cap)
+    assert [tuple(r.values()) for r in rows] == [
+        ("JOB_CHARGE", -cost, prompt_cap, completion_cap, "capped"),
+        ("NODE_EARNING", cost, prompt_cap, completion_cap, "capped"),
+    ]
+    assert ("INFLATED_USAGE", job_id, 1) in await Ledger(settings).wait_penalties("inflater-1", 1)
+
+
+def _nan_timings(node: ScriptedNode, dispatch: nodes_pb2.Dispatch) -> nodes_pb2.Result:
+    result = node.signed_result(dispatch)
+    result.timings.total_ms = math.nan
+    return result
+
+
+def _nul_finish_reason(node: ScriptedNode, dispatch: nodes_pb2.Dispatch) -> nodes_pb2.Result:
+    result = node.signed_result(dispatch)
+    result.finish_reason = "st\x00p"
+    return result
+
+
+def _huge_count(node: ScriptedNode, dispatch: nodes_pb2.Dispatch) -> nodes_pb2.Result:
+    return node.signed_result(dispatch, completion_tokens=2**64 - 1)
+
+
+def _too_long(node: ScriptedNode, dispatch: nodes_pb2.Dispatch) -> nodes_pb2.Result:
+    return node.signed_result(dispatch, output="x" * 4096)  # 3 tokens cannot make 4 KiB
+
+
+# The first is caught only by the checks (PostgreSQL would store it); the others also by
+# the store's isolation of refused items, the second line.
+LIES: list[Lie] = [_too_long, _nan_timings, _nul_finish_reason, _huge_count]
+
+
+async def test_a_poisoning_result_leaves_the_honest_jobs_of_its_batch_succeeded(
+    jobs: job_service_pb2_grpc.JobServiceStub, scheduler: SchedulerServer, settings: Settings
+) -> None:
+    """A liar and an honest node share the load; every lie in turn. The liar's jobs are
+    retried and end on the honest node, the liar is charged INVALID_RESULT, and no job the
+    honest node ran first needed a second attempt."""
+    address = f"127.0.0.1:{scheduler.port}"
+    told = itertools.cycle(LIES)
+
+    def lie(node: ScriptedNode, dispatch: nodes_pb2.Dispatch) -> nodes_pb2.Result:
+        return next(told)(node, dispatch)
+
+    liar = ScriptedNode(address, "poisoner-1", "scripted", lambda _n: "ok", lie=lie)
+    honest = ScriptedNode(address, "honest-p1", "scripted", lambda _n: "ok")
+    async with running(liar), running(honest):
+        submitted = await asyncio.gather(
+            *(jobs.Submit(job_service_pb2.SubmitRequest(job=spec())) for _ in range(24))
+        )
+        ids = [s.job.job_id for s in submitted]
+        finished = [await wait_state(jobs, i, job_pb2.JOB_STATE_SUCCEEDED) for i in ids]
+    ledger = Ledger(settings)
+    assert all(job.signature.node_id == "honest-p1" for job in finished)
+    outcomes = {i: await ledger.outcomes(i) for i in ids}
+    for job_id, trail in outcomes.items():
+        if trail[0][1] == "honest-p1":
+            assert trail == [(1, "honest-p1", "SUCCEEDED")], (job_id, trail)
+        else:
+            assert trail[0] == (1, "poisoner-1", "FAILED"), (job_id, trail)
+    lied = sum(trail[0][1] == "poisoner-1" for trail in outcomes.values())
+    assert lied >= 1, "the liar got no job: the test proved nothing"
+    penalties = await ledger.wait_penalties("poisoner-1", lied)
+    assert {offence for offence, _, _ in penalties} == {"INVALID_RESULT"}
