@@ -43,6 +43,7 @@ from scheduler.registry import (
     NodeSession,
     Outcome,
 )
+from scheduler.result_checks import StreamTally, max_output_bytes
 from scheduler.settlement import (
     AttemptOutcome,
     Ending,
@@ -188,13 +189,20 @@ class Dispatcher:
             bound.info("job is final or unknown; dropping delivery")
             return ACK
         attempt, digest = opened.number, opened.request_digest
-        if attempt > self._settings.max_attempts:
-            # Attempts that ended without an outcome (a crash in between) count too.
-            decision = give_up(attempt, AttemptOutcome.LOST, "no attempt finished")
+        if opened.tries > self._settings.max_attempts:
+            # Attempts that ended without an outcome (a crash in between) count too; those a
+            # node rejected do not (one node rejecting eight times must not bury a job: its
+            # TTL bounds how long it goes round).
+            decision = give_up(opened.tries, AttemptOutcome.LOST, "no attempt finished")
             return await self._execute(decision, session.node_id, uuid.UUID(job_id), attempt, bound)
         await self._publish_state(job_id, JobState.DISPATCHED)
 
-        run = JobRun(job_id=job_id, attempt=attempt, session=session)
+        run = JobRun(
+            job_id=job_id,
+            attempt=attempt,
+            session=session,
+            stream=StreamTally(limit=max_output_bytes(envelope.spec)),
+        )
         session.runs[(job_id, attempt)] = run
         try:
             dispatch = nodes_pb2.Dispatch(
@@ -217,6 +225,7 @@ class Dispatcher:
             session.runs.pop((job_id, attempt), None)
         await self._relay.caught_up(job_id)
         if outcome is None:
+            run.cancel_requested = True
             with contextlib.suppress(Exception):  # best effort: the node may be gone
                 await session.send(
                     nodes_pb2.NodeStreamResponse(
@@ -233,14 +242,7 @@ class Dispatcher:
             )
             return await self._execute(decision, session.node_id, uuid.UUID(job_id), attempt, bound)
         return await self._settle(
-            session,
-            job_id,
-            attempt,
-            digest,
-            envelope,
-            outcome,
-            retries,
-            bound,
+            session, run, opened.tries, digest, envelope, outcome, retries, bound
         )
 
     async def _follow(self, run: JobRun, expires_at: datetime) -> Outcome | None:
@@ -278,8 +280,8 @@ class Dispatcher:
     async def _settle(
         self,
         session: NodeSession,
-        job_id: str,
-        attempt: int,
+        run: JobRun,
+        tries: int,
         digest: bytes,
         envelope: job_pb2.Job,
         outcome: Outcome,
@@ -288,17 +290,22 @@ class Dispatcher:
     ) -> Verdict:
         """Classifies how the attempt ended (verifying and finalising a result on the
         way), lets ``settlement.settle`` decide, and executes the decision."""
+        job_id, attempt = run.job_id, run.attempt
         jid = uuid.UUID(job_id)
         reason = message = ""
         if isinstance(outcome, nodes_pb2.Result):
-            verdict = await self._finaliser.finalise(session, jid, digest, envelope.spec, outcome)
+            verdict = await self._finaliser.finalise(
+                session, jid, digest, envelope.spec, outcome, streamed=run.stream
+            )
             if verdict is ResultVerdict.FINALISED:
                 bound.info("job succeeded", node_id=session.node_id, attempt=attempt)
             ending = _RESULT_ENDINGS[verdict]
         elif isinstance(outcome, nodes_pb2.Failure):
             reason, message = outcome.reason, outcome.message
-            if outcome.reason == "CANCELLED":
+            if outcome.reason == "CANCELLED" and run.cancel_requested:
                 ending = Ending.CANCELLED  # the job was already made CANCELLED by the bridge
+            elif outcome.reason == "CANCELLED":
+                ending = Ending.NODE_CANCELLED  # nobody asked: run it elsewhere
             else:
                 ending = Ending.FAILED_RETRYABLE if outcome.retryable else Ending.FAILED
         elif isinstance(outcome, nodes_pb2.Reject):
@@ -310,7 +317,8 @@ class Dispatcher:
             reason = outcome.reason
         decision = settle(
             ending,
-            attempt=attempt,
+            # A rejected attempt is not a try: the job goes round again whatever the count.
+            attempt=tries - 1 if ending is Ending.REJECTED else tries,
             stages_passed=retries,
             policy=self._retry_policy,
             reason=reason,

@@ -27,7 +27,7 @@ from scheduler.offences import Offences
 from scheduler.penalties import Offence
 from scheduler.progress_relay import ProgressRelay
 from scheduler.registry import NodeSession
-from scheduler.result_checks import billable_usage, result_problem
+from scheduler.result_checks import StreamTally, billable_usage, result_problem
 
 log = structlog.get_logger(__name__)
 
@@ -69,11 +69,14 @@ class Finaliser:
         digest: bytes,
         spec: job_pb2.JobSpec,
         result: nodes_pb2.Result,
+        *,
+        streamed: StreamTally | None = None,
     ) -> ResultVerdict:
         """Checks ``result`` against ``spec``, verifies it against the node's key and the
         job's request digest and, if both hold, makes the job SUCCEEDED. An invalid result
         is the caller's to settle (the node's offence); a usage claim above what the spec
-        allows is billed at the cap and charged here."""
+        allows is billed at the cap, and a stream (``streamed``) that is not the signed
+        output is charged here."""
         problem = result_problem(result, spec, now_ms=int(time.time() * 1000))
         if problem is not None:
             log.warning(
@@ -132,6 +135,11 @@ class Finaliser:
             )
             await self._offences.charge(
                 session.node_id, Offence.INFLATED_USAGE, job_id, result.attempt
+            )
+        if streamed is not None and streamed.matches(result.output) is False:
+            log.warning("streamed text is not the signed output", job_id=str(job_id))
+            await self._offences.charge(
+                session.node_id, Offence.STREAM_MISMATCH, job_id, result.attempt
             )
         if not finalised:
             return ResultVerdict.MOVED_ON

@@ -61,7 +61,7 @@ class NodeMessages:
             log.info("node draining", node_id=session.node_id)
             return
         if kind == "progress":
-            self._relay_progress(session, message.progress)
+            await self._relay_progress(session, message.progress)
             return
         body = getattr(message, kind) if kind else None
         if kind not in ("accept", "reject", "result", "failure") or body is None:
@@ -103,9 +103,28 @@ class NodeMessages:
             return
         run.resolve(body)
 
-    def _relay_progress(self, session: NodeSession, progress: nodes_pb2.Progress) -> None:
-        """Hands the chunk to the relay; the read loop does not wait for Redis."""
-        if session.run_of(progress.job_id, progress.attempt) is None:
+    async def _relay_progress(self, session: NodeSession, progress: nodes_pb2.Progress) -> None:
+        """Hands the chunk to the relay (the read loop does not wait for Redis), unless it
+        is more than the job's ``max_tokens`` can produce: then it is refused, and the node
+        charged once per attempt."""
+        run = session.run_of(progress.job_id, progress.attempt)
+        if run is None:
+            return
+        problem = run.stream.add(progress.sequence, progress.text)
+        if problem is not None:
+            if run.stream.refused == 1:
+                log.warning(
+                    "progress refused",
+                    node_id=session.node_id,
+                    job_id=progress.job_id,
+                    problem=problem,
+                )
+                await self._offences.charge(
+                    session.node_id,
+                    Offence.OVERSIZED_PROGRESS,
+                    _job_uuid(progress.job_id),
+                    progress.attempt,
+                )
             return
         self._relay.submit(
             progress.job_id,
@@ -181,6 +200,7 @@ class NodeMessages:
                     )
                 except Exception as err:
                     log.warning("cancel not sent", job_id=job_id, error=str(err))
+                run.cancel_requested = True
                 run.resolve(
                     nodes_pb2.Failure(job_id=job_id, attempt=run.attempt, reason="CANCELLED")
                 )

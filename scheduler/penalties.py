@@ -26,6 +26,10 @@ class Offence(StrEnum):
     INFLATED_USAGE = "INFLATED_USAGE"  # signed token counts above what the spec allows
     OVERSIZED_PROGRESS = "OVERSIZED_PROGRESS"  # progress beyond what max_tokens can produce
     NODE_CANCELLED = "NODE_CANCELLED"  # ended a job as CANCELLED that nobody cancelled
+    STREAM_MISMATCH = "STREAM_MISMATCH"  # the streamed text is not the signed output
+    REJECTED = (
+        "REJECTED"  # refused a dispatch: a point each, so only a rate above the decay adds up
+    )
 
 
 POINTS: dict[Offence, float] = {
@@ -38,6 +42,8 @@ POINTS: dict[Offence, float] = {
     Offence.INFLATED_USAGE: 5.0,
     Offence.OVERSIZED_PROGRESS: 5.0,
     Offence.NODE_CANCELLED: 2.0,
+    Offence.STREAM_MISMATCH: 5.0,
+    Offence.REJECTED: 1.0,
 }
 
 

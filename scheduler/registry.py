@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.matching import JobNeeds, NodeProfile, Standing, ineligibility, score
+from scheduler.result_checks import StreamTally
 
 Send = Callable[[nodes_pb2.NodeStreamResponse], Awaitable[None]]
 
@@ -45,6 +46,8 @@ class JobRun:
     accepted: asyncio.Future[None] = field(default_factory=asyncio.Future)
     started: bool = False  # the node sent Accept (``accepted`` also resolves on any outcome)
     outcome: asyncio.Future[Outcome] = field(default_factory=asyncio.Future)
+    stream: StreamTally = field(default_factory=lambda: StreamTally(limit=0))
+    cancel_requested: bool = False  # the mesh asked the node to stop (client cancel, TTL)
 
     def resolve(self, outcome: Outcome) -> None:
         if not self.accepted.done():
@@ -135,6 +138,7 @@ class NodeRegistry:
                 old.runs.pop(key, None)
                 old.reserved = max(0, old.reserved - 1)
             run.session = session
+            run.stream.gapped = True  # chunks sent into the broken stream are gone
             session.runs[key] = run
             session.reserved += 1
         self._changed()

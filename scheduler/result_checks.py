@@ -13,7 +13,7 @@ is an offence of its own.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
@@ -105,3 +105,37 @@ def billable_usage(usage: job_pb2.Usage, spec: job_pb2.JobSpec) -> BillableUsage
         completion_tokens=min(usage.completion_tokens, completion_cap),
         inflated=usage.prompt_tokens > prompt_cap or usage.completion_tokens > completion_cap,
     )
+
+
+@dataclass(slots=True)
+class StreamTally:
+    """What one attempt streamed: its size against what its ``max_tokens`` can produce, and
+    its text, to hold against the signed output at the end. Bounded by ``limit`` bytes."""
+
+    limit: int
+    parts: list[str] = field(default_factory=list)
+    size: int = 0
+    last_sequence: int = 0
+    gapped: bool = False  # a chunk was refused or missed: the text cannot be compared
+    refused: int = 0
+
+    def add(self, sequence: int, text: str) -> str | None:
+        """Counts the chunk in; the problem when it must be refused (not relayed)."""
+        problem = progress_problem(text, self.size, self.limit)
+        if problem is not None:
+            self.refused += 1
+            self.gapped = True
+            return problem
+        if sequence != self.last_sequence + 1:
+            self.gapped = True
+        self.last_sequence = sequence
+        self.size += len(text.encode())
+        self.parts.append(text)
+        return None
+
+    def matches(self, output: str) -> bool | None:
+        """Whether the streamed text is the signed output; None when it cannot be told
+        (nothing streamed, or chunks were refused or missed)."""
+        if self.gapped or not self.parts:
+            return None
+        return "".join(self.parts) == output

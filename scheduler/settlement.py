@@ -81,7 +81,7 @@ _RETRIES: dict[Ending, tuple[AttemptOutcome, str | None, bool, Offence | None]] 
     ),
     Ending.NODE_CANCELLED: (AttemptOutcome.FAILED, "NODE_CANCELLED", False, Offence.NODE_CANCELLED),
     Ending.FAILED_RETRYABLE: (AttemptOutcome.FAILED, None, True, Offence.FAILURE),
-    Ending.REJECTED: (AttemptOutcome.REJECTED, "REJECTED", False, None),
+    Ending.REJECTED: (AttemptOutcome.REJECTED, "REJECTED", False, Offence.REJECTED),
     Ending.DISPATCH_TIMEOUT: (
         AttemptOutcome.LOST,
         "DISPATCH_TIMEOUT",

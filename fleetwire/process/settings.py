@@ -396,8 +396,10 @@ class SchedulerSettings(_Group):
     penalty_threshold: float = Field(
         10.0,
         gt=0,
-        description="Penalty points at which a node is excluded (bad signature 5, unexpected "
-        "result 5, dispatch timeout 2, lease expired 2, failure 1; decaying 1 point/min).",
+        description="Penalty points at which a node is excluded (bad signature, unexpected or "
+        "invalid result, inflated usage, oversized progress, stream mismatch 5; dispatch "
+        "timeout, lease expired, a cancel nobody asked for 2; failure, reject 1; decaying "
+        "1 point/min).",
     )
     penalty_cooldown: Duration = Field(
         timedelta(minutes=1), description="How long an excluded node gets no work."

@@ -29,6 +29,12 @@ log = structlog.get_logger(__name__)
 class OpenedAttempt:
     number: int
     request_digest: bytes
+    rejected: int = 0  # earlier attempts a node rejected (they do not count as tries)
+
+    @property
+    def tries(self) -> int:
+        """This attempt's number among those that were not rejected."""
+        return self.number - self.rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +93,8 @@ class AttemptStore:
             "  node_id = i.node_id, updated_at = now(), error_reason = NULL,"
             "  error_message = NULL, publish_claim = NULL, publish_due_at = NULL"
             "  FROM input i WHERE j.job_id = i.job_id AND j.state = ANY($3)"
-            "  RETURNING j.job_id, j.attempts, j.request_digest, j.node_id"
+            "  RETURNING j.job_id, j.attempts, j.request_digest, j.node_id, (SELECT count(*)"
+            "  FROM attempts r WHERE r.job_id = j.job_id AND r.outcome = 'REJECTED') AS rejected"
             "), superseded AS ("
             "  UPDATE attempts a SET outcome = 'LOST', ended_at = now(),"
             "  error_reason = 'SUPERSEDED', error_message = 'redelivered to a new attempt'"
@@ -95,14 +102,16 @@ class AttemptStore:
             "), opened AS ("
             "  INSERT INTO attempts (job_id, attempt, node_id, scheduler_id, outcome)"
             "  SELECT job_id, attempts, node_id, $4, 'DISPATCHED' FROM job"
-            ") SELECT job_id, attempts, request_digest FROM job",
+            ") SELECT job_id, attempts, request_digest, rejected FROM job",
             [items[index][0] for index in first.values()],
             [items[index][1] for index in first.values()],
             predecessor_names(JobState.DISPATCHED),
             scheduler_id,
         )
         begun = {
-            row["job_id"]: OpenedAttempt(row["attempts"], bytes(row["request_digest"]))
+            row["job_id"]: OpenedAttempt(
+                row["attempts"], bytes(row["request_digest"]), int(row["rejected"])
+            )
             for row in rows
         }
         answers = [

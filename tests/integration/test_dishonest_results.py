@@ -1,6 +1,8 @@
 """Nodes that sign what they should not (issue 16): an inflating node is billed at most what
 the job's spec allows and penalised; results with fields no honest node sends are the
-liar's offence and never fail the honest jobs finishing with them. Scripted nodes sign
+liar's offence and never fail the honest jobs finishing with them; a cancel nobody asked
+for, rejects, oversized progress and a stream unlike the signed output strand nothing.
+Scripted nodes sign
 correctly with their own keys, so only the mesh's checks can catch them; in-process
 scheduler, real RabbitMQ, Redis and PostgreSQL."""
 
@@ -14,13 +16,15 @@ from collections.abc import Callable
 
 import asyncpg
 
+from fleetwire.messaging.events import ChunkEvent, JobEvents
 from fleetwire.process.settings import Settings
 from fleetwire.store.ledger import Prices
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
-from scheduler.result_checks import PROMPT_TOKEN_SLACK
+from scheduler.result_checks import MAX_CHUNK_BYTES, PROMPT_TOKEN_SLACK
 from scheduler.server import SchedulerServer
 from tests.integration.test_bad_results import Ledger, spec, wait_state
+from tests.support.eventually import eventually
 from tests.support.scripted_node import ScriptedNode, running
 
 Lie = Callable[[ScriptedNode, nodes_pb2.Dispatch], nodes_pb2.Result]
@@ -119,3 +123,100 @@ async def test_a_poisoning_result_leaves_the_honest_jobs_of_its_batch_succeeded(
     assert lied >= 1, "the liar got no job: the test proved nothing"
     penalties = await ledger.wait_penalties("poisoner-1", lied)
     assert {offence for offence, _, _ in penalties} == {"INVALID_RESULT"}
+
+
+async def test_a_cancel_nobody_asked_for_is_penalised_and_the_job_runs_elsewhere(
+    jobs: job_service_pb2_grpc.JobServiceStub, scheduler: SchedulerServer, settings: Settings
+) -> None:
+    """A node that ends a job as CANCELLED on its own no longer strands it: the job runs
+    on another node and the node is charged."""
+    address = f"127.0.0.1:{scheduler.port}"
+    ledger = Ledger(settings)
+    strander = ScriptedNode(address, "strander-1", "scripted", lambda _n: "cancelled")
+    honest = ScriptedNode(address, "honest-s1", "scripted", lambda _n: "ok")
+    async with running(strander):
+        job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+        assert (await ledger.wait_penalties("strander-1", 1))[0] == ("NODE_CANCELLED", job_id, 1)
+        async with running(honest):
+            job = await wait_state(jobs, job_id, job_pb2.JOB_STATE_SUCCEEDED)
+    assert job.signature.node_id == "honest-s1"
+    trail = await ledger.outcomes(job_id)
+    assert trail[0] == (1, "strander-1", "FAILED")
+    assert trail[-1][1:] == ("honest-s1", "SUCCEEDED")
+
+
+async def test_rejects_never_burn_a_jobs_attempts(
+    jobs: job_service_pb2_grpc.JobServiceStub,
+    scheduler: SchedulerServer,
+    settings: Settings,
+    pool: asyncpg.Pool,
+) -> None:
+    """One node rejecting the job more times than it has attempts does not dead-letter it."""
+    address = f"127.0.0.1:{scheduler.port}"
+    rejecter = ScriptedNode(address, "rejecter-1", "scripted", lambda _n: "reject")
+    honest = ScriptedNode(address, "honest-r1", "scripted", lambda _n: "ok")
+    enough = settings.scheduler.max_attempts + 2
+    async with running(rejecter):
+        job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+
+        async def rejected() -> bool:
+            count = await pool.fetchval(
+                "SELECT count(*) FROM attempts WHERE job_id = $1 AND outcome = 'REJECTED'",
+                uuid.UUID(job_id),
+            )
+            return int(count) >= enough
+
+        await eventually(rejected, within=30, what=f"{enough} rejects")
+        async with running(honest):
+            job = await wait_state(jobs, job_id, job_pb2.JOB_STATE_SUCCEEDED)
+    assert job.signature.node_id == "honest-r1"
+
+
+async def test_oversized_progress_is_refused_and_penalised_once(
+    jobs: job_service_pb2_grpc.JobServiceStub,
+    scheduler: SchedulerServer,
+    settings: Settings,
+    events: JobEvents,
+) -> None:
+    """Progress beyond what the job's max_tokens can produce is not relayed; the node is
+    charged once for the attempt, however many chunks it sends; the job still finishes."""
+    flooder = ScriptedNode(
+        f"127.0.0.1:{scheduler.port}",
+        "flooder-1",
+        "scripted",
+        lambda _n: "ok",
+        stream=lambda _d: ["fine", "x" * (MAX_CHUNK_BYTES + 1), "y" * 4000, "z" * 4000],
+    )
+    async with running(flooder):
+        job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+        await wait_state(jobs, job_id, job_pb2.JOB_STATE_SUCCEEDED)
+    ledger = Ledger(settings)
+    assert await ledger.wait_penalties("flooder-1", 1) == [("OVERSIZED_PROGRESS", job_id, 1)]
+    relayed = [
+        e.text for _, e in await events.read(job_id, "0", block=None) if isinstance(e, ChunkEvent)
+    ]
+    assert relayed == ["fine"]
+
+
+async def test_a_stream_that_is_not_the_signed_output_is_caught(
+    jobs: job_service_pb2_grpc.JobServiceStub, scheduler: SchedulerServer, settings: Settings
+) -> None:
+    address = f"127.0.0.1:{scheduler.port}"
+    # The scripted result's output is "scripted output <attempt>".
+    honest = ScriptedNode(
+        address,
+        "streamer-ok",
+        "scripted",
+        lambda _n: "ok",
+        stream=lambda _d: ["scripted ", "output 1"],
+    )
+    liar = ScriptedNode(
+        address, "streamer-liar", "scripted", lambda _n: "ok", stream=lambda _d: ["something else"]
+    )
+    ledger = Ledger(settings)
+    for node in (honest, liar):
+        async with running(node):
+            job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+            await wait_state(jobs, job_id, job_pb2.JOB_STATE_SUCCEEDED)
+    assert await ledger.wait_penalties("streamer-liar", 1) == [("STREAM_MISMATCH", job_id, 1)]
+    assert await ledger.penalties("streamer-ok") == []

@@ -21,7 +21,7 @@ from fleetwire.v1 import job_pb2, node_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 
 # A script maps the dispatch count (1-based, over the node's life) to an answer.
-Answer = str  # "fail-retryable" | "fail-final" | "bad-signature" | "ok"
+Answer = str  # "ok" | "fail-retryable" | "fail-final" | "bad-signature" | "reject" | "cancelled"
 
 
 @dataclass
@@ -44,6 +44,8 @@ class ScriptedNode:
     # How a dishonest node shapes its results: given the dispatch and the node, the Result
     # to send instead of the honest one (``signed_result`` signs whatever counts it is given).
     lie: Callable[[ScriptedNode, nodes_pb2.Dispatch], nodes_pb2.Result] | None = None
+    # Progress texts to stream before the outcome (none by default).
+    stream: Callable[[nodes_pb2.Dispatch], list[str]] | None = None
     # Every Result it wrote on the stream, so a test can replay one.
     results: list[nodes_pb2.Result] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -121,6 +123,12 @@ class ScriptedNode:
     async def _answer(self, call: grpc.aio.StreamStreamCall, dispatch: nodes_pb2.Dispatch) -> None:  # type: ignore[type-arg]
         self.dispatches.append(dispatch)
         answer = self.script(len(self.dispatches))
+        if answer == "reject":
+            reject = nodes_pb2.Reject(
+                job_id=dispatch.job_id, attempt=dispatch.attempt, reason="SCRIPTED_REJECT"
+            )
+            await self._write(call, nodes_pb2.NodeStreamRequest(reject=reject))
+            return
         await self._write(
             call,
             nodes_pb2.NodeStreamRequest(
@@ -128,6 +136,21 @@ class ScriptedNode:
             ),
         )
         await asyncio.sleep(self.work_time)
+        for sequence, text in enumerate(self.stream(dispatch) if self.stream else (), start=1):
+            progress = nodes_pb2.Progress(
+                job_id=dispatch.job_id,
+                attempt=dispatch.attempt,
+                sequence=sequence,
+                text=text,
+                token_count=1,
+            )
+            await self._write(call, nodes_pb2.NodeStreamRequest(progress=progress))
+        if answer == "cancelled":  # a cancel nobody asked for
+            failure = nodes_pb2.Failure(
+                job_id=dispatch.job_id, attempt=dispatch.attempt, reason="CANCELLED"
+            )
+            await self._send_outcome(call, nodes_pb2.NodeStreamRequest(failure=failure))
+            return
         if answer.startswith("fail"):
             await self._send_outcome(
                 call,

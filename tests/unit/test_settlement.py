@@ -84,8 +84,9 @@ def test_a_deadline_that_passed_while_running_expires_the_job() -> None:
                 reason="REJECTED",
                 message="busy",
                 attempt_outcome=AttemptOutcome.REJECTED,
+                offence=Offence.REJECTED,
             ),
-            id="rejected: straight back, no offence",
+            id="rejected: straight back, a point (only a rate of them adds up)",
         ),
         pytest.param(
             Ending.DISPATCH_TIMEOUT,
