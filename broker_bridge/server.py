@@ -15,6 +15,7 @@ from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
 from broker_bridge.final_notices import FinalNotices
 from broker_bridge.idempotency import RequestLocks
+from broker_bridge.node_keys import NodeKeys
 from broker_bridge.outbox import Outbox
 from broker_bridge.service import JobService
 from broker_bridge.unsettled import UnsettledRows
@@ -31,6 +32,7 @@ from fleetwire.rpc.tls import server_tls
 from fleetwire.store.batches import BatchStore
 from fleetwire.store.db import open_pool
 from fleetwire.store.jobs import JobStore
+from fleetwire.store.nodes import NodeStore
 from fleetwire.store.outbox import OutboxStore
 from fleetwire.store.tenants import TenantStore
 from fleetwire.v1 import job_service_pb2, job_service_pb2_grpc
@@ -129,7 +131,11 @@ class BridgeServer:
         )
         auth = Authenticator(TenantStore(self._pool), self._settings.bridge)
         servicer = JobService(
-            desk, batches, auth, WatchSlots(self._settings.bridge.max_watches_per_tenant)
+            desk,
+            batches,
+            auth,
+            WatchSlots(self._settings.bridge.max_watches_per_tenant),
+            NodeKeys(NodeStore(self._pool)),
         )
         address = f"{self._settings.bridge.host}:{self._settings.bridge.port}"
         serving = await start_server(

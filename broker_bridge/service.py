@@ -15,6 +15,7 @@ import structlog
 from broker_bridge.auth import Authenticator, Caller
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
+from broker_bridge.node_keys import NodeKeys
 from broker_bridge.watch_slots import WatchSlots
 from fleetwire.domain.errors import DeadlineExceeded
 from fleetwire.messaging.topology import HEADER_REQUEST_ID
@@ -35,8 +36,14 @@ def trace_id_of(context: Context) -> str:
 
 class JobService(job_service_pb2_grpc.JobServiceServicer):
     def __init__(
-        self, desk: JobDesk, batches: BatchDesk, auth: Authenticator, watches: WatchSlots
+        self,
+        desk: JobDesk,
+        batches: BatchDesk,
+        auth: Authenticator,
+        watches: WatchSlots,
+        node_keys: NodeKeys,
     ) -> None:
+        self._node_keys = node_keys
         self._desk = desk
         self._batches = batches
         self._auth = auth
@@ -119,3 +126,9 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         async with self._watches.held(caller.tenant_id):
             async for event in self._batches.watch(request.batch_id, tenant_id=caller.tenant_id):
                 yield event
+
+    async def ListNodeKeys(  # noqa: N802
+        self, request: job_service_pb2.ListNodeKeysRequest, context: Context
+    ) -> job_service_pb2.ListNodeKeysResponse:
+        await self._enter(context, "ListNodeKeys")
+        return await self._node_keys.list(request.node_id)

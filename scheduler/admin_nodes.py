@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from typing import cast
 
 from fleetwire.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from fleetwire.domain.validation import NODE_ID
 from fleetwire.messaging.topology import NETWORK_NAMES, SUBCLOUD_NAME
-from fleetwire.protocol.signing import key_id
+from fleetwire.protocol.signing import acceptable_public_key, key_id
 from fleetwire.store.nodes import NodeStore, Registration
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2
 from scheduler.admin_gate import AdminGate, Context
-from scheduler.node_service import NODE_ID
 
 _REGISTRATION = {
     Registration.CREATED: mesh_admin_service_pb2.REGISTRATION_CREATED,
@@ -94,9 +94,14 @@ class NodeAdmin:
     ) -> mesh_admin_service_pb2.RegisterNodeResponse:
         operator = await self._gate.authorize(context, "RegisterNode")
         node_id = _node_id(request.node_id)
-        if len(request.public_key) != 32:
+        if not acceptable_public_key(request.public_key):
             raise InvalidArgument(
-                [FieldViolation("public_key", "a raw ed25519 public key: 32 bytes")]
+                [
+                    FieldViolation(
+                        "public_key",
+                        "a raw ed25519 public key: 32 bytes, a canonical point not of small order",
+                    )
+                ]
             )
         names = network_names("networks", request.networks)
         outcome = await self._nodes.register(node_id, request.public_key, replace=request.replace)

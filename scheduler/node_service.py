@@ -9,7 +9,6 @@ than the lease ends the session; its jobs go back to the queue.
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import time
 import uuid
@@ -29,6 +28,7 @@ from fleetwire.domain.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from fleetwire.domain.validation import NODE_ID
 from fleetwire.messaging.topology import SUBCLOUD_NAME, Topology
 from fleetwire.process.settings import SchedulerSettings
 from fleetwire.protocol import signing
@@ -48,7 +48,6 @@ log = structlog.get_logger(__name__)
 Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
 HANDSHAKE_TIMEOUT = 10.0
 PEER_FULL_RETRY = timedelta(seconds=5)
-NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 MessageHandler = Callable[[NodeSession, nodes_pb2.NodeStreamRequest], Awaitable[None]]
 
@@ -181,8 +180,12 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         hello = first.hello
         if not NODE_ID.match(hello.node_id):
             raise Unauthenticated("node_id must be 1-64 characters of [a-z0-9-]")
-        if len(hello.public_key) != 32:
-            raise Unauthenticated("public_key must be a raw 32-byte ed25519 key")
+        if not signing.acceptable_public_key(hello.public_key):
+            raise Unauthenticated(
+                "public_key must be a raw 32-byte ed25519 key: a canonical point not of "
+                "small order",
+                reason="WEAK_KEY",
+            )
         _check_subclouds(hello)
         check_hello(hello, self._limits)
         public_key = bytes(hello.public_key)

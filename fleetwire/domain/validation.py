@@ -33,6 +33,7 @@ MAX_GPU_MEMORY_MIB = 1 << 22  # 4 TiB: anything larger is a unit mistake
 # GPU classes and regions: short plain names. Subclouds are stricter (SUBCLOUD_NAME): a
 # subcloud is a routing-key word, and two names must never share a queue.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")  # what a node calls itself in Hello
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")  # "v1", "sha256:ab12..."
 
 # The ranges google/protobuf/duration.proto and timestamp.proto define.

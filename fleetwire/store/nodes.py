@@ -256,6 +256,17 @@ class NodeStore:
         )
 
     @translating
+    async def key_history(self, node_id: str) -> list[asyncpg.Record]:
+        """Every key ``node_id`` has had, newest first (``node_keys``, migration 0014)."""
+        return list(
+            await self._pool.fetch(
+                "SELECT key_id, public_key, valid_from, valid_until, revoked_at FROM node_keys"
+                " WHERE node_id = $1 ORDER BY valid_from DESC, key_id",
+                node_id,
+            )
+        )
+
+    @translating
     async def all_grants(self) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
         """Every node's granted (networks, subclouds), by node id."""
         grants: dict[str, tuple[set[str], set[str]]] = {}

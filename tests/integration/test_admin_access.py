@@ -31,6 +31,7 @@ from tests.integration.bridge_kit import (
 from tests.support.eventually import eventually
 
 Admin: TypeAlias = MeshAdminServiceStub
+STRONG_KEY = bytes(SigningKey.generate().verify_key)
 
 
 async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
@@ -93,6 +94,11 @@ async def test_nodes_are_registered_granted_listed_and_revoked(admin: Admin) -> 
     [
         (admin_pb2.RegisterNodeRequest(node_id="Bad Id", public_key=bytes(32)), "node_id"),
         (admin_pb2.RegisterNodeRequest(node_id="short-key", public_key=b"x"), "public_key"),
+        # The identity point: small order, one signature would verify for many messages.
+        (
+            admin_pb2.RegisterNodeRequest(node_id="weak-key", public_key=bytes([1] + [0] * 31)),
+            "public_key",
+        ),
         (
             admin_pb2.RegisterNodeRequest(
                 node_id="n", public_key=bytes(32), networks=[cast(Any, 7)]

@@ -43,7 +43,7 @@ from fleetwire_client.models import (
 )
 from fleetwire_client.retry import NO_RETRIES, RetryPolicy
 from fleetwire_client.sync_client import Client
-from fleetwire_client.verification import verify_job
+from fleetwire_client.verification import verify_job, verify_job_with_keys
 
 __version__ = "0.1.0"
 
@@ -79,4 +79,5 @@ __all__ = [
     "VerificationError",
     "WatchEvent",
     "verify_job",
+    "verify_job_with_keys",
 ]

@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from fleetwire.v1.job_service_pb2 import NodeKey
 from fleetwire_client.errors import Unavailable, error_from_rpc
 from fleetwire_client.job_requests import (
     CHANNEL_OPTIONS,
@@ -33,6 +34,7 @@ from fleetwire_client.models import (
 from fleetwire_client.retry import RetryPolicy
 from fleetwire_client.sync_client import DEFAULT_TIMEOUT
 from fleetwire_client.transport import channel_credentials
+from fleetwire_client.verification import NodeKeyCache, verify_job_with_keys
 
 T = TypeVar("T")
 
@@ -61,6 +63,7 @@ class AsyncClient:
         else:
             self._channel = grpc.aio.secure_channel(self.address, secure, options=CHANNEL_OPTIONS)
         self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+        self._node_keys = NodeKeyCache()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -189,6 +192,23 @@ class AsyncClient:
             if isinstance(event, JobResult) and event.terminal:
                 return event
         return await self.status(job_id)
+
+    async def node_keys(self, node_id: str, *, timeout: float | None = None) -> list[NodeKey]:
+        """Every key the mesh registered for ``node_id``, newest first (ListNodeKeys)."""
+        request = job_service_pb2.ListNodeKeysRequest(node_id=node_id)
+        return list((await self._unary(self._stub.ListNodeKeys, request, timeout)).keys)
+
+    async def verify(self, job: JobResult, *, timeout: float | None = None) -> bool:
+        """``Client.verify``: the job's signature checked with the mesh's key for its node."""
+        signature = job.message.signature
+        if not job.succeeded or not signature.signature:
+            return False
+        now = time.monotonic()
+        keys = self._node_keys.get(signature.node_id, signature.key_id, now)
+        if keys is None:
+            keys = await self.node_keys(signature.node_id, timeout=timeout)
+            self._node_keys.put(signature.node_id, keys, now)
+        return verify_job_with_keys(job.message, keys)
 
     async def _unary(
         self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from fleetwire.v1.job_service_pb2 import NodeKey
 from fleetwire_client.errors import Unavailable, error_from_rpc
 from fleetwire_client.job_requests import (
     CHANNEL_OPTIONS,
@@ -35,6 +36,7 @@ from fleetwire_client.models import (
 )
 from fleetwire_client.retry import RetryPolicy
 from fleetwire_client.transport import channel_credentials
+from fleetwire_client.verification import NodeKeyCache, verify_job_with_keys
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
@@ -71,6 +73,7 @@ class Client:
         else:
             self._channel = grpc.secure_channel(self.address, secure, options=CHANNEL_OPTIONS)
         self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+        self._node_keys = NodeKeyCache()
 
     def __enter__(self) -> Client:
         return self
@@ -207,6 +210,25 @@ class Client:
             if isinstance(event, JobResult) and event.terminal:
                 return event
         return self.status(job_id)
+
+    def node_keys(self, node_id: str, *, timeout: float | None = None) -> list[NodeKey]:
+        """Every key the mesh registered for ``node_id``, newest first (ListNodeKeys)."""
+        request = job_service_pb2.ListNodeKeysRequest(node_id=node_id)
+        return list(self._unary(self._stub.ListNodeKeys, request, timeout).keys)
+
+    def verify(self, job: JobResult, *, timeout: float | None = None) -> bool:
+        """Offline check of ``job``'s signature with the key the mesh registered for its
+        node (not the key the job names): fetched once and reused for KEY_RECHECK_S;
+        False also for a result signed after its key was revoked."""
+        signature = job.message.signature
+        if not job.succeeded or not signature.signature:
+            return False
+        now = time.monotonic()
+        keys = self._node_keys.get(signature.node_id, signature.key_id, now)
+        if keys is None:
+            keys = self.node_keys(signature.node_id, timeout=timeout)
+            self._node_keys.put(signature.node_id, keys, now)
+        return verify_job_with_keys(job.message, keys)
 
     def _unary(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
         total = self._timeout if timeout is None else timeout

@@ -7,8 +7,10 @@ digest it was sent the same way; the scheduler and every client verify a finishe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fleetwire.protocol import signing
-from fleetwire.v1 import job_pb2
+from fleetwire.v1 import job_pb2, job_service_pb2
 
 
 def request_facts(job_id: str, spec: job_pb2.JobSpec) -> signing.RequestFacts:
@@ -63,3 +65,25 @@ def verify_job(job: job_pb2.Job, public_key: bytes | str | None = None) -> bool:
     key = public_key_bytes(public_key) if public_key is not None else job.signature.public_key
     message = signing.result_bytes(result_facts_of(job))
     return signing.verify(bytes(key), message, bytes(job.signature.signature))
+
+
+def verify_job_with_keys(job: job_pb2.Job, keys: Sequence[job_service_pb2.NodeKey]) -> bool:
+    """``verify_job`` with the key the mesh registered for the signing node
+    (``JobService.ListNodeKeys``): True only when the job's ``signature.key_id`` names one
+    of ``keys``, that key is the one the id is computed from, the signature verifies with
+    it, and the result was signed before the key was revoked (if it was). A key replaced by
+    a rotation stays good for what it signed: the session that proved it may finish its
+    jobs. ``finished_at_unix_ms`` is the node's signed clock: a revocation bounds what a
+    stolen key can still sign only as far as the mesh is trusted to have refused later
+    results (it does: docs/security.md)."""
+    wanted = job.signature.key_id
+    for key in keys:
+        public = bytes(key.public_key)
+        if key.key_id != wanted or signing.key_id(public) != wanted:
+            continue
+        if key.HasField("revoked_at"):
+            revoked_ms = key.revoked_at.ToMilliseconds()
+            if job.signature.finished_at_unix_ms >= revoked_ms:
+                return False
+        return verify_job(job, public)
+    return False

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -146,13 +147,26 @@ def key_id(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()[:16]
 
 
+def acceptable_public_key(public_key: bytes) -> bool:
+    """Whether ``public_key`` is a key the mesh registers: 32 bytes encoding a point on the
+    curve, canonically, that is not of small order (libsodium's
+    ``crypto_core_ed25519_is_valid_point``). A small-order key would let one signature
+    verify for many messages; libsodium's verify refuses such keys anyway, other
+    libraries may not."""
+    if len(public_key) != 32:
+        return False
+    return bool(crypto_core_ed25519_is_valid_point(public_key))
+
+
 def sign(signing_key: SigningKey, message: bytes) -> bytes:
     """The detached 64-byte ed25519 signature of ``message``."""
     return bytes(signing_key.sign(message).signature)
 
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """True only when ``signature`` is a valid ed25519 signature of ``message``."""
+    """True only when ``signature`` is a valid ed25519 signature of ``message`` by the
+    rules of libsodium's ``crypto_sign_verify_detached`` (docs/signing.md, "Acceptance"):
+    S below the group order, R and the key canonical and not of small order."""
     try:
         VerifyKey(public_key).verify(message, signature)
     except (BadSignatureError, ValueError, TypeError):

@@ -88,6 +88,11 @@ class JobServiceStub:
                 request_serializer=fleetwire_dot_v1_dot_job__service__pb2.WatchBatchRequest.SerializeToString,
                 response_deserializer=fleetwire_dot_v1_dot_job__service__pb2.WatchBatchResponse.FromString,
                 _registered_method=True)
+        self.ListNodeKeys = channel.unary_unary(
+                '/fleetwire.v1.JobService/ListNodeKeys',
+                request_serializer=fleetwire_dot_v1_dot_job__service__pb2.ListNodeKeysRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_job__service__pb2.ListNodeKeysResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -189,6 +194,21 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodeKeys(self, request, context):
+        """Every key the mesh has registered for a node, newest first, with when each was valid:
+        what a client needs to verify a result offline with a key it did not get from the
+        node (`fleetwire_client.verify_with_mesh_key`). A result counts when its
+        ResultSignature.key_id names a key here, the signature verifies with that key, and the
+        result was signed (finished_at_unix_ms) between valid_from and the earlier of
+        valid_until and revoked_at. public_key and valid_from of a key id never change and
+        may be cached for good; valid_until and revoked_at appear later, so re-read them
+        (after KEY_RECHECK, a few minutes) before trusting a cached key for new results.
+        Errors: INVALID_ARGUMENT (not a node id), NOT_FOUND (no key was ever registered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +246,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchBatch,
                     request_deserializer=fleetwire_dot_v1_dot_job__service__pb2.WatchBatchRequest.FromString,
                     response_serializer=fleetwire_dot_v1_dot_job__service__pb2.WatchBatchResponse.SerializeToString,
+            ),
+            'ListNodeKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodeKeys,
+                    request_deserializer=fleetwire_dot_v1_dot_job__service__pb2.ListNodeKeysRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_job__service__pb2.ListNodeKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +461,33 @@ class JobService:
             '/fleetwire.v1.JobService/WatchBatch',
             fleetwire_dot_v1_dot_job__service__pb2.WatchBatchRequest.SerializeToString,
             fleetwire_dot_v1_dot_job__service__pb2.WatchBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodeKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.JobService/ListNodeKeys',
+            fleetwire_dot_v1_dot_job__service__pb2.ListNodeKeysRequest.SerializeToString,
+            fleetwire_dot_v1_dot_job__service__pb2.ListNodeKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwire/v1/job_service.proto.
  */
 export const file_fleetwire_v1_job_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5mbGVldHdpcmUvdjEvam9iX3NlcnZpY2UucHJvdG8SDGZsZWV0d2lyZS52MSIzCg1TdWJtaXRSZXF1ZXN0EiIKA2pvYhgBIAEoCzIVLmZsZWV0d2lyZS52MS5Kb2JTcGVjIjAKDlN1Ym1pdFJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLmZsZWV0d2lyZS52MS5Kb2IiHwoNU3RhdHVzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiMAoOU3RhdHVzUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYiI2CgxXYXRjaFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIlIKClRva2VuQ2h1bmsSEAoIc2VxdWVuY2UYASABKAQSDAoEdGV4dBgCIAEoCRITCgt0b2tlbl9jb3VudBgDIAEoDRIPCgdhdHRlbXB0GAQgASgNImUKDVdhdGNoUmVzcG9uc2USIAoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYkgAEikKBWNodW5rGAIgASgLMhguZmxlZXR3aXJlLnYxLlRva2VuQ2h1bmtIAEIHCgVldmVudCIvCg1DYW5jZWxSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiMAoOQ2FuY2VsUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYiJUChJTdWJtaXRCYXRjaFJlcXVlc3QSIwoEam9icxgBIAMoCzIVLmZsZWV0d2lyZS52MS5Kb2JTcGVjEhkKEWNsaWVudF9yZXF1ZXN0X2lkGAIgASgJIjkKE1N1Ym1pdEJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mbGVldHdpcmUudjEuQmF0Y2gi3wEKBUJhdGNoEhAKCGJhdGNoX2lkGAEgASgJEg0KBXRvdGFsGAIgASgNEg4KBnF1ZXVlZBgDIAEoDRIPCgdydW5uaW5nGAQgASgNEhEKCXN1Y2NlZWRlZBgFIAEoDRIOCgZmYWlsZWQYBiABKA0SDwoHZXhwaXJlZBgHIAEoDRIRCgljYW5jZWxsZWQYCCABKA0SDAoEZG9uZRgJIAEoCBIPCgdqb2JfaWRzGAogAygJEi4KCmNyZWF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiYKEkJhdGNoU3RhdHVzUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI5ChNCYXRjaFN0YXR1c1Jlc3BvbnNlEiIKBWJhdGNoGAEgASgLMhMuZmxlZXR3aXJlLnYxLkJhdGNoIiUKEVdhdGNoQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIlgKEldhdGNoQmF0Y2hSZXNwb25zZRIiCgViYXRjaBgBIAEoCzITLmZsZWV0d2lyZS52MS5CYXRjaBIeCgNqb2IYAiABKAsyES5mbGVldHdpcmUudjEuSm9iMpoECgpKb2JTZXJ2aWNlEkMKBlN1Ym1pdBIbLmZsZWV0d2lyZS52MS5TdWJtaXRSZXF1ZXN0GhwuZmxlZXR3aXJlLnYxLlN1Ym1pdFJlc3BvbnNlEkMKBlN0YXR1cxIbLmZsZWV0d2lyZS52MS5TdGF0dXNSZXF1ZXN0GhwuZmxlZXR3aXJlLnYxLlN0YXR1c1Jlc3BvbnNlEkIKBVdhdGNoEhouZmxlZXR3aXJlLnYxLldhdGNoUmVxdWVzdBobLmZsZWV0d2lyZS52MS5XYXRjaFJlc3BvbnNlMAESQwoGQ2FuY2VsEhsuZmxlZXR3aXJlLnYxLkNhbmNlbFJlcXVlc3QaHC5mbGVldHdpcmUudjEuQ2FuY2VsUmVzcG9uc2USUgoLU3VibWl0QmF0Y2gSIC5mbGVldHdpcmUudjEuU3VibWl0QmF0Y2hSZXF1ZXN0GiEuZmxlZXR3aXJlLnYxLlN1Ym1pdEJhdGNoUmVzcG9uc2USUgoLQmF0Y2hTdGF0dXMSIC5mbGVldHdpcmUudjEuQmF0Y2hTdGF0dXNSZXF1ZXN0GiEuZmxlZXR3aXJlLnYxLkJhdGNoU3RhdHVzUmVzcG9uc2USUQoKV2F0Y2hCYXRjaBIfLmZsZWV0d2lyZS52MS5XYXRjaEJhdGNoUmVxdWVzdBogLmZsZWV0d2lyZS52MS5XYXRjaEJhdGNoUmVzcG9uc2UwAWIGcHJvdG8z", [file_fleetwire_v1_job, file_google_protobuf_timestamp]);
+  fileDesc("Ch5mbGVldHdpcmUvdjEvam9iX3NlcnZpY2UucHJvdG8SDGZsZWV0d2lyZS52MSIzCg1TdWJtaXRSZXF1ZXN0EiIKA2pvYhgBIAEoCzIVLmZsZWV0d2lyZS52MS5Kb2JTcGVjIjAKDlN1Ym1pdFJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLmZsZWV0d2lyZS52MS5Kb2IiHwoNU3RhdHVzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiMAoOU3RhdHVzUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYiI2CgxXYXRjaFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIlIKClRva2VuQ2h1bmsSEAoIc2VxdWVuY2UYASABKAQSDAoEdGV4dBgCIAEoCRITCgt0b2tlbl9jb3VudBgDIAEoDRIPCgdhdHRlbXB0GAQgASgNImUKDVdhdGNoUmVzcG9uc2USIAoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYkgAEikKBWNodW5rGAIgASgLMhguZmxlZXR3aXJlLnYxLlRva2VuQ2h1bmtIAEIHCgVldmVudCIvCg1DYW5jZWxSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiMAoOQ2FuY2VsUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYiJUChJTdWJtaXRCYXRjaFJlcXVlc3QSIwoEam9icxgBIAMoCzIVLmZsZWV0d2lyZS52MS5Kb2JTcGVjEhkKEWNsaWVudF9yZXF1ZXN0X2lkGAIgASgJIjkKE1N1Ym1pdEJhdGNoUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mbGVldHdpcmUudjEuQmF0Y2gi3wEKBUJhdGNoEhAKCGJhdGNoX2lkGAEgASgJEg0KBXRvdGFsGAIgASgNEg4KBnF1ZXVlZBgDIAEoDRIPCgdydW5uaW5nGAQgASgNEhEKCXN1Y2NlZWRlZBgFIAEoDRIOCgZmYWlsZWQYBiABKA0SDwoHZXhwaXJlZBgHIAEoDRIRCgljYW5jZWxsZWQYCCABKA0SDAoEZG9uZRgJIAEoCBIPCgdqb2JfaWRzGAogAygJEi4KCmNyZWF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiYKEkJhdGNoU3RhdHVzUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoCSI5ChNCYXRjaFN0YXR1c1Jlc3BvbnNlEiIKBWJhdGNoGAEgASgLMhMuZmxlZXR3aXJlLnYxLkJhdGNoIiUKEVdhdGNoQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIlgKEldhdGNoQmF0Y2hSZXNwb25zZRIiCgViYXRjaBgBIAEoCzITLmZsZWV0d2lyZS52MS5CYXRjaBIeCgNqb2IYAiABKAsyES5mbGVldHdpcmUudjEuSm9iIiYKE0xpc3ROb2RlS2V5c1JlcXVlc3QSDwoHbm9kZV9pZBgBIAEoCSK+AQoHTm9kZUtleRIOCgZrZXlfaWQYASABKAkSEgoKcHVibGljX2tleRgCIAEoDBIuCgp2YWxpZF9mcm9tGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt2YWxpZF91bnRpbBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTAoUTGlzdE5vZGVLZXlzUmVzcG9uc2USDwoHbm9kZV9pZBgBIAEoCRIjCgRrZXlzGAIgAygLMhUuZmxlZXR3aXJlLnYxLk5vZGVLZXky8QQKCkpvYlNlcnZpY2USQwoGU3VibWl0EhsuZmxlZXR3aXJlLnYxLlN1Ym1pdFJlcXVlc3QaHC5mbGVldHdpcmUudjEuU3VibWl0UmVzcG9uc2USQwoGU3RhdHVzEhsuZmxlZXR3aXJlLnYxLlN0YXR1c1JlcXVlc3QaHC5mbGVldHdpcmUudjEuU3RhdHVzUmVzcG9uc2USQgoFV2F0Y2gSGi5mbGVldHdpcmUudjEuV2F0Y2hSZXF1ZXN0GhsuZmxlZXR3aXJlLnYxLldhdGNoUmVzcG9uc2UwARJDCgZDYW5jZWwSGy5mbGVldHdpcmUudjEuQ2FuY2VsUmVxdWVzdBocLmZsZWV0d2lyZS52MS5DYW5jZWxSZXNwb25zZRJSCgtTdWJtaXRCYXRjaBIgLmZsZWV0d2lyZS52MS5TdWJtaXRCYXRjaFJlcXVlc3QaIS5mbGVldHdpcmUudjEuU3VibWl0QmF0Y2hSZXNwb25zZRJSCgtCYXRjaFN0YXR1cxIgLmZsZWV0d2lyZS52MS5CYXRjaFN0YXR1c1JlcXVlc3QaIS5mbGVldHdpcmUudjEuQmF0Y2hTdGF0dXNSZXNwb25zZRJRCgpXYXRjaEJhdGNoEh8uZmxlZXR3aXJlLnYxLldhdGNoQmF0Y2hSZXF1ZXN0GiAuZmxlZXR3aXJlLnYxLldhdGNoQmF0Y2hSZXNwb25zZTABElUKDExpc3ROb2RlS2V5cxIhLmZsZWV0d2lyZS52MS5MaXN0Tm9kZUtleXNSZXF1ZXN0GiIuZmxlZXR3aXJlLnYxLkxpc3ROb2RlS2V5c1Jlc3BvbnNlYgZwcm90bzM", [file_fleetwire_v1_job, file_google_protobuf_timestamp]);
 
 /**
  * Submit's request.
@@ -494,6 +494,104 @@ export const WatchBatchResponseSchema: GenMessage<WatchBatchResponse> = /*@__PUR
   messageDesc(file_fleetwire_v1_job_service, 15);
 
 /**
+ * ListNodeKeys's request.
+ *
+ * @generated from message fleetwire.v1.ListNodeKeysRequest
+ */
+export type ListNodeKeysRequest = Message<"fleetwire.v1.ListNodeKeysRequest"> & {
+  /**
+   * The node (ResultSignature.node_id).
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.ListNodeKeysRequest.
+ * Use `create(ListNodeKeysRequestSchema)` to create a new message.
+ */
+export const ListNodeKeysRequestSchema: GenMessage<ListNodeKeysRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_job_service, 16);
+
+/**
+ * A key a node had.
+ *
+ * @generated from message fleetwire.v1.NodeKey
+ */
+export type NodeKey = Message<"fleetwire.v1.NodeKey"> & {
+  /**
+   * Its id (first 16 hex digits of SHA-256 of the public key).
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * The raw 32-byte ed25519 public key.
+   *
+   * @generated from field: bytes public_key = 2;
+   */
+  publicKey: Uint8Array;
+
+  /**
+   * When the mesh registered it.
+   *
+   * @generated from field: google.protobuf.Timestamp valid_from = 3;
+   */
+  validFrom?: Timestamp | undefined;
+
+  /**
+   * When another key replaced it (a rotation); unset while it is the node's key.
+   *
+   * @generated from field: google.protobuf.Timestamp valid_until = 4;
+   */
+  validUntil?: Timestamp | undefined;
+
+  /**
+   * When it was revoked; unset when it was not.
+   *
+   * @generated from field: google.protobuf.Timestamp revoked_at = 5;
+   */
+  revokedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.NodeKey.
+ * Use `create(NodeKeySchema)` to create a new message.
+ */
+export const NodeKeySchema: GenMessage<NodeKey> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_job_service, 17);
+
+/**
+ * ListNodeKeys's response.
+ *
+ * @generated from message fleetwire.v1.ListNodeKeysResponse
+ */
+export type ListNodeKeysResponse = Message<"fleetwire.v1.ListNodeKeysResponse"> & {
+  /**
+   * The node.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * Its keys, newest first.
+   *
+   * @generated from field: repeated fleetwire.v1.NodeKey keys = 2;
+   */
+  keys: NodeKey[];
+};
+
+/**
+ * Describes the message fleetwire.v1.ListNodeKeysResponse.
+ * Use `create(ListNodeKeysResponseSchema)` to create a new message.
+ */
+export const ListNodeKeysResponseSchema: GenMessage<ListNodeKeysResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_job_service, 18);
+
+/**
  * The public front door of the mesh, served by the broker bridge (default port 50051).
  *
  * Errors use canonical gRPC status codes with google.rpc details in the
@@ -614,6 +712,24 @@ export const JobService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchBatchRequestSchema;
     output: typeof WatchBatchResponseSchema;
+  },
+  /**
+   * Every key the mesh has registered for a node, newest first, with when each was valid:
+   * what a client needs to verify a result offline with a key it did not get from the
+   * node (`fleetwire_client.verify_with_mesh_key`). A result counts when its
+   * ResultSignature.key_id names a key here, the signature verifies with that key, and the
+   * result was signed (finished_at_unix_ms) between valid_from and the earlier of
+   * valid_until and revoked_at. public_key and valid_from of a key id never change and
+   * may be cached for good; valid_until and revoked_at appear later, so re-read them
+   * (after KEY_RECHECK, a few minutes) before trusting a cached key for new results.
+   * Errors: INVALID_ARGUMENT (not a node id), NOT_FOUND (no key was ever registered).
+   *
+   * @generated from rpc fleetwire.v1.JobService.ListNodeKeys
+   */
+  listNodeKeys: {
+    methodKind: "unary";
+    input: typeof ListNodeKeysRequestSchema;
+    output: typeof ListNodeKeysResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fleetwire_v1_job_service, 0);
