@@ -18,6 +18,7 @@ from fleetwire_tools.admin_port import (
     console,
     err_console,
     network_values,
+    print_key_rows,
     printable,
     stamp,
 )
@@ -65,17 +66,9 @@ def api_keys_list(
         }
         for k in reply.keys
     ]
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    for row in rows:
-        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
-        console.print(
-            f"{row['key_id']}  {row['tenant']:24} {state}  {printable(str(row['name']))}",
-            soft_wrap=True,
-            markup=False,
-            highlight=False,
-        )
+    print_key_rows(
+        rows, as_json, lambda row, state: f"{row['tenant']:24} {state}  {printable(row['name'])}"
+    )
 
 
 @api_keys_app.command("revoke")

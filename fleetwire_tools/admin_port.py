@@ -5,7 +5,9 @@ status and end the command with exit code 1."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import grpc
@@ -77,3 +79,18 @@ def stamp(timestamp: Any) -> str | None:
     if not timestamp.seconds and not timestamp.nanos:
         return None
     return str(timestamp.ToDatetime().isoformat(timespec="seconds"))
+
+
+def print_key_rows(
+    rows: list[dict[str, Any]], as_json: bool, line: Callable[[dict[str, Any], str], str]
+) -> None:
+    """Key listings (API keys, operator keys): JSON, or one plain line per key made by
+    ``line(row, state)`` after the key id (names are printed as text, never as markup)."""
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        console.print(
+            f"{row['key_id']}  {line(row, state)}", soft_wrap=True, markup=False, highlight=False
+        )

@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 
 from fleetwire.v1 import mesh_admin_service_pb2 as admin_pb2
-from fleetwire_tools.admin_port import Address, Json, admin_call, console, err_console, stamp
+from fleetwire_tools.admin_port import (
+    Address,
+    Json,
+    admin_call,
+    console,
+    err_console,
+    print_key_rows,
+    stamp,
+)
 
 operators_app = typer.Typer(
     help="Operators' keys for the admin port (MeshAdminService).", no_args_is_help=True
@@ -96,17 +104,7 @@ def operators_list(address: Address = None, as_json: Json = False) -> None:
         }
         for k in reply.keys
     ]
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    for row in rows:
-        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
-        console.print(
-            f"{row['key_id']}  {row['name']:24} {row['role']:7} {state}",
-            soft_wrap=True,
-            markup=False,
-            highlight=False,
-        )
+    print_key_rows(rows, as_json, lambda row, state: f"{row['name']:24} {row['role']:7} {state}")
 
 
 @operators_app.command("revoke")

@@ -148,7 +148,7 @@ async def cleanup_namespace(run_id: str) -> None:
     try:
         connection = await aiormq.connect(settings.rabbitmq.url.get_secret_value())
         channel = await connection.channel()
-        for queue in await _queues_of(run_id):
+        for queue in await broker_queue_names(f"{run_id}."):
             await channel.queue_delete(queue)
         for exchange in ("jobs", "dlx", "retry"):
             await channel.exchange_delete(f"{run_id}.{exchange}")
@@ -165,8 +165,9 @@ async def cleanup_namespace(run_id: str) -> None:
         pass
 
 
-async def _queues_of(namespace: str) -> list[str]:
-    """Names of the broker's queues in ``namespace`` (via rabbitmqctl when present)."""
+async def broker_queue_names(prefix: str) -> list[str]:
+    """The broker's queue names starting with ``prefix``, read with rabbitmqctl (empty when
+    it is not there): declaring a queue to see whether it exists would renew its expiry."""
     try:
         process = await asyncio.create_subprocess_exec(
             "rabbitmqctl",
@@ -180,7 +181,7 @@ async def _queues_of(namespace: str) -> list[str]:
         out, _ = await asyncio.wait_for(process.communicate(), 30)
     except (OSError, TimeoutError):
         return []
-    return [q for q in out.decode().split() if q.startswith(f"{namespace}.")]
+    return [q for q in out.decode().split() if q.startswith(prefix)]
 
 
 @pytest.fixture(scope="session")

@@ -336,3 +336,16 @@ def test_second_sigterm_hands_running_jobs_back(worker_mesh: WorkerMesh) -> None
     assert history[0]["node_id"] == node
     assert history[0]["error_reason"] == "NODE_SHUTDOWN", history
     assert history[-1]["outcome"] == "SUCCEEDED"
+
+
+# -- last: nothing honest was taken for a lie ---------------------------------------------
+
+LIES = ("INVALID_RESULT", "INFLATED_USAGE", "OVERSIZED_PROGRESS", "STREAM_MISMATCH")
+
+
+def test_the_honest_nodes_were_never_charged_with_a_lie(worker_mesh: WorkerMesh) -> None:
+    """After every job of both node-worker modules (long ignore-eos runs, cancels, key
+    rotation, a scheduler restart) the real vLLM nodes were never taken for liars: the
+    result, usage and progress checks make no false offences (docs/trust.md)."""
+    charged = worker_mesh.offences(NODES)
+    assert [row for row in charged if row["offence"] in LIES] == [], charged

@@ -92,6 +92,22 @@ class WorkerMesh(LiveMesh):
     def node_log(self, node_id: str) -> str:
         return (self.log_dir / f"{node_id}.log").read_text(errors="replace")
 
+    def offences(self, node_ids: tuple[str, ...]) -> list[asyncpg.Record]:
+        """Every penalty charged to ``node_ids``, oldest first."""
+
+        async def fetch() -> list[asyncpg.Record]:
+            if self._conn is None:
+                self._conn = await asyncpg.connect(self.dsn)
+            return list(
+                await self._conn.fetch(
+                    "SELECT node_id, offence, job_id, attempt FROM node_penalties"
+                    " WHERE node_id = ANY($1::text[]) ORDER BY id",
+                    list(node_ids),
+                )
+            )
+
+        return self._loop.run_until_complete(fetch())
+
     def attempts(self, job_id: str) -> list[asyncpg.Record]:
         """The job's attempts, over one connection kept for the module (a new connection
         per poll is slow enough on a loaded machine to let a job finish unobserved)."""

@@ -101,7 +101,7 @@ async def test_nodes_are_registered_granted_listed_and_revoked(admin: Admin) -> 
         ),
         (
             admin_pb2.RegisterNodeRequest(
-                node_id="n", public_key=bytes(32), networks=[cast(Any, 7)]
+                node_id="n", public_key=STRONG_KEY, networks=[cast(Any, 7)]
             ),
             "networks",
         ),

@@ -14,25 +14,14 @@ import aiormq.abc
 
 from fleetwire.messaging.topology import Topology
 from fleetwire.process.settings import Settings
+from tests.conftest import broker_queue_names
 from tests.support.eventually import eventually
 
 EXPIRES = timedelta(seconds=1.5)
 
 
 async def broker_queues(prefix: str) -> set[str]:
-    """The broker's queue names starting with ``prefix``, read with rabbitmqctl: declaring a
-    queue to see whether it exists would renew its expiry."""
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl",
-        "list_queues",
-        "name",
-        "-q",
-        "--no-table-headers",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 30)
-    return {name for name in out.decode().split() if name.startswith(prefix)}
+    return set(await broker_queue_names(prefix))
 
 
 async def test_an_unused_route_queue_expires_and_one_in_use_does_not(

@@ -13,7 +13,8 @@ import {
   type Job,
   type JobSpec,
 } from "./gen/fleetwire/v1/job_pb.ts";
-import { JobService, type TokenChunk } from "./gen/fleetwire/v1/job_service_pb.ts";
+import { JobService, type NodeKey, type TokenChunk } from "./gen/fleetwire/v1/job_service_pb.ts";
+import { verifyJobWithKeys } from "./signing.ts";
 import { Code, FleetwireError } from "./errors.ts";
 
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
@@ -75,10 +76,14 @@ export function isTerminal(state: JobState): boolean {
  * like the Python clients, closed after a minute idle). Call ``close()`` when done: an open
  * connection keeps Node's event loop alive.
  */
+/** How long a client trusts the keys it fetched for a node before asking again. */
+const KEY_RECHECK_MS = 5 * 60 * 1000;
+
 export class FleetwireClient {
   private readonly rpc: Client<typeof JobService>;
   private readonly sessions: Http2SessionManager;
   private readonly timeoutMs: number;
+  private readonly nodeKeyCache = new Map<string, { at: number; keys: NodeKey[] }>();
 
   constructor(options: ClientOptions = {}) {
     const address = options.address ?? process.env.FLEETWIRE_ADDRESS ?? DEFAULT_ADDRESS;
@@ -165,6 +170,32 @@ export class FleetwireClient {
       if (event.kind === "state" && isTerminal(event.job.state)) return event.job;
     }
     return this.status(jobId);
+  }
+
+  /** Every key the mesh registered for a node, newest first (ListNodeKeys). */
+  async nodeKeys(nodeId: string): Promise<NodeKey[]> {
+    try {
+      return (await this.rpc.listNodeKeys({ nodeId }, { timeoutMs: this.timeoutMs })).keys;
+    } catch (err) {
+      throw FleetwireError.from(err);
+    }
+  }
+
+  /**
+   * Offline check of a finished job's signature with the key the mesh registered for its
+   * node (not the key the job names); the keys are fetched once per node and again after
+   * five minutes or for a key id not seen yet.
+   */
+  async verify(job: Job): Promise<boolean> {
+    const sig = job.signature;
+    if (!sig || sig.signature.length === 0) return false;
+    const cached = this.nodeKeyCache.get(sig.nodeId);
+    let keys = cached && Date.now() - cached.at < KEY_RECHECK_MS ? cached.keys : undefined;
+    if (!keys?.some((key) => key.keyId === sig.keyId)) {
+      keys = await this.nodeKeys(sig.nodeId);
+      this.nodeKeyCache.set(sig.nodeId, { at: Date.now(), keys });
+    }
+    return verifyJobWithKeys(job, keys);
   }
 
   private async unary(call: () => Promise<{ job?: Job }>): Promise<Job> {

@@ -3,6 +3,13 @@ export { FleetwireClient, isTerminal, DEFAULT_ADDRESS } from "./client.ts";
 export type { ClientOptions, JobSpecInit, WatchEvent } from "./client.ts";
 export { Code, FleetwireError } from "./errors.ts";
 export type { FieldViolation } from "./errors.ts";
-export { keyId, requestBytes, resultBytes, verifyJob, verifySignature } from "./signing.ts";
+export {
+  keyId,
+  requestBytes,
+  resultBytes,
+  verifyJob,
+  verifyJobWithKeys,
+  verifySignature,
+} from "./signing.ts";
 export * from "./gen/fleetwire/v1/job_pb.ts";
 export * from "./gen/fleetwire/v1/job_service_pb.ts";

@@ -12,6 +12,7 @@ import { createHash } from "node:crypto";
 import * as ed from "@noble/ed25519";
 import type { Job, JobSpec } from "./gen/fleetwire/v1/job_pb.ts";
 import { JobState } from "./gen/fleetwire/v1/job_pb.ts";
+import type { NodeKey } from "./gen/fleetwire/v1/job_service_pb.ts";
 
 export const REQUEST_TAG = "fleetwire.request.v1";
 export const RESULT_TAG = "fleetwire.result.v1";
@@ -150,4 +151,24 @@ export async function verifyJob(job: Job, publicKey?: Uint8Array | string): Prom
     publicKey === undefined ? sig.publicKey : typeof publicKey === "string" ? fromHex(publicKey) : publicKey;
   if (key.length !== 32) throw new Error(`an ed25519 public key has 32 bytes, got ${key.length}`);
   return verifySignature(key, resultBytes(job), sig.signature);
+}
+
+/**
+ * ``verifyJob`` with the key the mesh registered for the signing node
+ * (``JobService.ListNodeKeys``; docs/signing.md, "Keys from the mesh"): true only when the
+ * job's ``keyId`` names one of ``keys``, that key hashes to that id, the signature verifies
+ * with it, and the result was signed before the key was revoked (if it was).
+ */
+export async function verifyJobWithKeys(job: Job, keys: NodeKey[]): Promise<boolean> {
+  const sig = job.signature;
+  if (!sig) return false;
+  for (const key of keys) {
+    if (key.keyId !== sig.keyId || keyId(key.publicKey) !== sig.keyId) continue;
+    if (key.revokedAt) {
+      const revokedMs = key.revokedAt.seconds * 1000n + BigInt(Math.floor(key.revokedAt.nanos / 1e6));
+      if (sig.finishedAtUnixMs >= revokedMs) return false;
+    }
+    return verifyJob(job, key.publicKey);
+  }
+  return false;
 }

@@ -78,6 +78,11 @@ test("submit, stream tokens, status and verify the signature", { skip }, async (
   const other = Object.entries(NODE_KEYS).find(([node]) => node !== job.signature?.nodeId);
   assert.ok(other);
   assert.equal(await verifyJob(job, other[1]), false);
+  // With the key the mesh registered for the node, fetched by the client itself.
+  const keys = await client.nodeKeys(job.signature!.nodeId);
+  assert.ok(keys.some((key) => key.keyId === job.signature!.keyId));
+  assert.equal(await client.verify(job), true);
+  assert.equal(await client.verify(tampered), false);
 });
 
 test("cancel a running job", { skip }, async () => {
