@@ -68,7 +68,8 @@ def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
     console.print(
         f"[bold]fleetwire demo[/]: starting scheduler, bridge and {nodes} vLLM node(s) "
         f"(logs in .cache/demo-logs/); dev profile: TLS with the local CA in {DEV_CERT_DIR}/, "
-        "nodes registered on first use"
+        "nodes registered on first use, tenants unrestricted (urgent, any subcloud, no "
+        "credit check)"
     )
     mesh.start()
     # The bridge comes up while the client dials: retry UNAVAILABLE for up to ~30 s.

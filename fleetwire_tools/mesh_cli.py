@@ -52,7 +52,8 @@ def up(
             f"[bold]fleetwire up[/]: scheduler, bridge and {nodes} node(s). Ctrl-C stops.\n"
             f"dev profile: TLS with the local CA in {DEV_CERT_DIR}/ (made by `fleetwire "
             f"certs`; clients pass --cacert {DEV_CERT_DIR / 'ca.pem'} or set "
-            "FLEETWIRE_CA_FILE), and nodes registered on first use. Not for production.\n"
+            "FLEETWIRE_CA_FILE), nodes registered on first use, and tenants unrestricted "
+            "(urgent, any subcloud, no credit check). Not for production.\n"
             f"API key of the tenant 'dev' in {DEV_API_KEY_FILE}: "
             f"export FLEETWIRE_API_KEY=$(cat {DEV_API_KEY_FILE})"
         )
