@@ -34,7 +34,13 @@ from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from node.capabilities import detect_gpus, model_version_of
 from node.config import NodeProfile
-from node.dialer import Dialer, HandshakeRefused, awaits_approval, refused_for_good
+from node.dialer import (
+    Dialer,
+    HandshakeRefused,
+    awaits_approval,
+    excluded_for,
+    refused_for_good,
+)
 from node.progress import Send
 from node.runner import JobRunner, RunningJob, TokenFlush
 from node.runtime import Runtime
@@ -166,10 +172,15 @@ class NodeAgent:
                     delay = 0.5
                 except (grpc.RpcError, ConnectionError, OSError) as err:
                     details = err.details() if isinstance(err, grpc.aio.AioRpcError) else ""
+                    excluded = excluded_for(err) if isinstance(err, grpc.RpcError) else None
                     if isinstance(err, grpc.RpcError) and awaits_approval(err):
                         # Admission takes an operator: keep asking, at the longest back-off.
                         log.warning("waiting for an operator's approval", detail=details)
                         delay = self._settings.reconnect_max_delay.total_seconds()
+                    elif excluded is not None:
+                        # The scheduler said for how long; dial again when that is over.
+                        log.warning("excluded by the scheduler", detail=details, seconds=excluded)
+                        delay = excluded
                     elif isinstance(err, grpc.RpcError) and refused_for_good(err):
                         raise HandshakeRefused(str(details or err)) from err
                     else:

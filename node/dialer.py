@@ -8,7 +8,7 @@ import grpc
 
 from fleetwire.process.settings import NodeSettings
 from fleetwire.rpc.options import CLIENT_OPTIONS
-from fleetwire.rpc.status import reason_of
+from fleetwire.rpc.status import reason_of, retry_delay_of
 from fleetwire.rpc.tls import node_channel_credentials, node_server_name
 
 
@@ -43,6 +43,14 @@ def awaits_approval(err: grpc.RpcError) -> bool:
         "NODE_PENDING",
         "ADMISSION_FULL",
     )
+
+
+def excluded_for(err: grpc.RpcError) -> float | None:
+    """Seconds the scheduler excludes this node for its offences (NODE_EXCLUDED, with the
+    time left), or None when the refusal is something else."""
+    if isinstance(err, grpc.aio.AioRpcError) and reason_of(err) == "NODE_EXCLUDED":
+        return retry_delay_of(err) or 60.0
+    return None
 
 
 def refused_for_good(err: grpc.RpcError) -> bool:

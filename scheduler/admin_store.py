@@ -37,7 +37,7 @@ class AdminStore:
     @translating
     async def penalties_24h(self) -> dict[str, int]:
         rows = await self._pool.fetch(
-            "SELECT node_id, count(*) AS n FROM node_penalties"
+            "SELECT node_id, sum(count) AS n FROM node_penalties"
             " WHERE created_at > now() - interval '24 hours' GROUP BY node_id"
         )
         return {r["node_id"]: int(r["n"]) for r in rows}

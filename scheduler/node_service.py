@@ -24,6 +24,7 @@ from fleetwire.domain.errors import (
     FieldViolation,
     FleetwireError,
     InvalidArgument,
+    NodeExcluded,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
@@ -66,10 +67,12 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         presence: NodePresence,
         server_names: Callable[[], frozenset[str]],
         mesh_models: Collection[str],
+        excluded_for: Callable[[str], float] = lambda _node_id: 0.0,
     ) -> None:
         """``server_names`` gives the names of the certificate this scheduler presents now
         ({""} in plaintext): the only names a node's handshake may be signed for."""
         self._settings = settings
+        self._excluded_for = excluded_for
         self._server_names = server_names
         self._mesh_models = frozenset(mesh_models)
         self._limits = ClaimLimits(
@@ -214,6 +217,13 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         if not signing.verify(public_key, signed, answer.auth.signature):
             raise Unauthenticated("challenge signature does not verify")
         await self._check_registration(hello, public_key)
+        excluded_for = self._excluded_for(hello.node_id)
+        if excluded_for > 0:
+            raise NodeExcluded(
+                f"node {hello.node_id} is excluded for its offences for another "
+                f"{excluded_for:.0f} s",
+                retry_delay=timedelta(seconds=excluded_for),
+            )
         trusted = self._settings.trust_node_claims
         subclouds = None if trusted else await self._store.granted_subclouds(hello.node_id)
         networks = None if trusted else await self._store.granted_networks(hello.node_id)

@@ -89,5 +89,68 @@ class PenaltyBox:
     def is_excluded(self, node_id: str) -> bool:
         return bool(self._current(node_id).excluded_until)
 
+    def excluded_for(self, node_id: str) -> float:
+        """Seconds left of the node's exclusion; 0 when it is not excluded."""
+        until = self._current(node_id).excluded_until
+        return max(0.0, until - self.clock()) if until else 0.0
+
     def points(self, node_id: str) -> float:
         return self._current(node_id).points
+
+
+RECORDS_PER_WINDOW = 5
+RECORD_WINDOW_S = 10.0
+
+
+@dataclass
+class _Tally:
+    started: float
+    written: int = 0
+    unwritten: int = 0
+    points: float = 0.0
+
+
+@dataclass
+class RecordThrottle:
+    """Which offences get a penalty row of their own: per node and offence, the first
+    ``per_window`` of each ``window`` seconds (with their job and attempt); the rest of the
+    window are only counted, and ``due`` hands them out as one summed row when the window
+    is over. A node sending offences as fast as it can costs the database at most
+    ``per_window`` + 1 rows per offence and window. No I/O here."""
+
+    per_window: int = RECORDS_PER_WINDOW
+    window: float = RECORD_WINDOW_S
+    clock: Callable[[], float] = time.monotonic
+    _tallies: dict[tuple[str, Offence], _Tally] = field(default_factory=dict)
+
+    def admit(self, node_id: str, offence: Offence) -> bool:
+        """True: write this offence as a row now; False: it was counted for later."""
+        now = self.clock()
+        tally = self._tallies.get((node_id, offence))
+        if tally is None or now - tally.started >= self.window:
+            if tally is not None and tally.unwritten:
+                return self._count(tally, offence)  # ``due`` has not taken it yet
+            tally = self._tallies[(node_id, offence)] = _Tally(started=now)
+        if tally.written < self.per_window:
+            tally.written += 1
+            return True
+        return self._count(tally, offence)
+
+    @staticmethod
+    def _count(tally: _Tally, offence: Offence) -> bool:
+        tally.unwritten += 1
+        tally.points += POINTS[offence]
+        return False
+
+    def due(self, *, everything: bool = False) -> list[tuple[str, Offence, int, float]]:
+        """(node, offence, count, points) of the counted offences of every window that is
+        over (``everything``: of every window, e.g. at shutdown); their windows close."""
+        now = self.clock()
+        rows = []
+        for key, tally in list(self._tallies.items()):
+            if not everything and now - tally.started < self.window:
+                continue
+            if tally.unwritten:
+                rows.append((key[0], key[1], tally.unwritten, tally.points))
+            del self._tallies[key]
+        return rows

@@ -25,10 +25,13 @@ class PenaltyStore:
         attempt: int | None,
         excluded_until: datetime | None,
         scheduler_id: str,
+        count: int = 1,
     ) -> None:
+        """One row: one offence (with its job and attempt), or ``count`` of the same kind
+        summed (``points`` is their total)."""
         await self._pool.execute(
             "INSERT INTO node_penalties (node_id, offence, points, job_id, attempt,"
-            " excluded_until, scheduler_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            " excluded_until, scheduler_id, count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             node_id,
             offence,
             points,
@@ -36,4 +39,5 @@ class PenaltyStore:
             attempt,
             excluded_until,
             scheduler_id,
+            count,
         )

@@ -144,15 +144,27 @@ class NodeRegistry:
         self._changed()
 
     async def remove(
-        self, session: NodeSession, reason: str, *, lease_expired: bool = False
+        self,
+        session: NodeSession,
+        reason: str,
+        *,
+        lease_expired: bool = False,
+        keep_runs: bool = True,
     ) -> None:
         """Forgets ``session`` (if still current). Its runs wait ``reconnect_grace`` for the
         node to come back with them (a broken stream), or are Lost at once (lease ran out,
-        or no grace)."""
-        self.discard(session, reason, lease_expired=lease_expired)
+        no grace, or ``keep_runs`` false: the node will not be welcome back in time)."""
+        self.discard(session, reason, lease_expired=lease_expired, keep_runs=keep_runs)
         await self._notify()
 
-    def discard(self, session: NodeSession, reason: str, *, lease_expired: bool = False) -> None:
+    def discard(
+        self,
+        session: NodeSession,
+        reason: str,
+        *,
+        lease_expired: bool = False,
+        keep_runs: bool = True,
+    ) -> None:
         """``remove`` without waking the reservers: callable where nothing can be awaited
         (a done-callback of the stream's task). Once per session; later calls do nothing."""
         if session.ended:
@@ -162,7 +174,7 @@ class NodeRegistry:
             del self._sessions[session.node_id]
             self._changed()
         runs = [run for run in session.runs.values() if not run.outcome.done()]
-        if runs and self._reconnect_grace > 0 and not lease_expired:
+        if runs and keep_runs and self._reconnect_grace > 0 and not lease_expired:
             parked = self._orphans.setdefault(session.node_id, {})
             for run in runs:
                 parked[(run.job_id, run.attempt)] = run

@@ -98,6 +98,7 @@ class SchedulerServer:
         self._progress_relay: ProgressRelay | None = None
         self._publisher: JobPublisher | None = None
         self._reaper: DeadlineReaper | None = None
+        self._offences: Offences | None = None
         self.penalties = PenaltyBox(
             threshold=settings.scheduler.penalty_threshold,
             cooldown=settings.scheduler.penalty_cooldown.total_seconds(),
@@ -130,8 +131,14 @@ class SchedulerServer:
         self._progress_relay = ProgressRelay(events)
         await self._progress_relay.start()
         offences = Offences(
-            settings.scheduler, self.scheduler_id, self.penalties, PenaltyStore(self._pool)
+            settings.scheduler,
+            self.scheduler_id,
+            self.penalties,
+            PenaltyStore(self._pool),
+            self.registry,
         )
+        offences.start()
+        self._offences = offences
         finaliser = Finaliser(settings.scheduler, attempts, self._progress_relay, offences)
         dispatcher = Dispatcher(
             settings.scheduler,
@@ -201,6 +208,7 @@ class SchedulerServer:
             presence,
             server_names=self._server_names,
             mesh_models=settings.mesh.models,
+            excluded_for=self.penalties.excluded_for,
         )
 
         # Two ports: nodes dial the node port from anywhere; operators use the admin port,
@@ -280,6 +288,9 @@ class SchedulerServer:
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)
+        if self._offences is not None:  # no stream or dispatcher is left to charge
+            await self._offences.stop()
+            self._offences = None
         if self._progress_relay is not None:  # no node stream is left to feed it
             await self._progress_relay.stop(grace)
             self._progress_relay = None

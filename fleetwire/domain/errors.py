@@ -113,6 +113,18 @@ class BackendUnavailable(FleetwireError):
         self.retry_delay = retry_delay
 
 
+class NodeExcluded(FleetwireError):
+    """A node's offences exclude it from this scheduler for a while; it may dial again
+    after ``retry_delay`` (docs/trust.md)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "NODE_EXCLUDED"
+
+    def __init__(self, message: str, *, retry_delay: timedelta) -> None:
+        super().__init__(message)
+        self.retry_delay = retry_delay
+
+
 class RouteUnavailable(FleetwireError):
     """RabbitMQ returned the job as unroutable: no queue serves its route."""
 

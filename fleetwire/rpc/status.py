@@ -15,6 +15,7 @@ from fleetwire.domain.errors import (
     BackendUnavailable,
     FleetwireError,
     InvalidArgument,
+    NodeExcluded,
     ResourceExhausted,
 )
 
@@ -59,7 +60,7 @@ def status_for(error: FleetwireError) -> status_pb2.Status:
                 )
             )
         )
-    if isinstance(error, ResourceExhausted | BackendUnavailable):
+    if isinstance(error, ResourceExhausted | BackendUnavailable | NodeExcluded):
         delay = duration_pb2.Duration()
         delay.FromTimedelta(error.retry_delay)
         details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
@@ -84,3 +85,17 @@ def reason_of(error: grpc.aio.AioRpcError) -> str:
         if detail.Unpack(info):
             return str(info.reason)
     return ""
+
+
+def retry_delay_of(error: grpc.aio.AioRpcError) -> float | None:
+    """The ``google.rpc.RetryInfo`` delay a fleetwire server sent with ``error``, in
+    seconds, or None."""
+    try:
+        status = rpc_status.from_call(cast(grpc.Call, error))
+    except ValueError:
+        return None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.ToTimedelta().total_seconds())
+    return None

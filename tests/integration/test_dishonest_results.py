@@ -9,12 +9,14 @@ scheduler, real RabbitMQ, Redis and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import uuid
 from collections.abc import Callable
 
 import asyncpg
+import grpc
 
 from fleetwire.messaging.events import ChunkEvent, JobEvents
 from fleetwire.process.settings import Settings
@@ -25,6 +27,7 @@ from scheduler.result_checks import MAX_CHUNK_BYTES, PROMPT_TOKEN_SLACK
 from scheduler.server import SchedulerServer
 from tests.integration.test_bad_results import Ledger, spec, wait_state
 from tests.support.eventually import eventually
+from tests.support.handshake import handshake
 from tests.support.scripted_node import ScriptedNode, running
 
 Lie = Callable[[ScriptedNode, nodes_pb2.Dispatch], nodes_pb2.Result]
@@ -220,3 +223,32 @@ async def test_a_stream_that_is_not_the_signed_output_is_caught(
             await wait_state(jobs, job_id, job_pb2.JOB_STATE_SUCCEEDED)
     assert await ledger.wait_penalties("streamer-liar", 1) == [("STREAM_MISMATCH", job_id, 1)]
     assert await ledger.penalties("streamer-ok") == []
+
+
+async def test_an_excluded_nodes_stream_is_closed_and_it_is_told_why(
+    scheduler: SchedulerServer, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """A node flooding the mesh with results it was never asked for is excluded at the
+    threshold: its stream ends there (nothing more it sends is read), a redial is refused
+    UNAVAILABLE NODE_EXCLUDED with the time left as RetryInfo, and the flood left a handful
+    of penalty rows, not one per message."""
+    address = f"127.0.0.1:{scheduler.port}"
+    flooder = ScriptedNode(address, f"flooder-{uuid.uuid4().hex[:6]}", "scripted", lambda _n: "ok")
+    async with running(flooder):
+        fake = nodes_pb2.Dispatch(job_id=str(uuid.uuid4()), attempt=1)
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError):
+            for _ in range(200):
+                await flooder.send(nodes_pb2.NodeStreamRequest(result=flooder.signed_result(fake)))
+
+        async def gone() -> bool:
+            return scheduler.registry.get(flooder.node_id) is None
+
+        await eventually(gone, within=10, what="the excluded node's session to end")
+    async with grpc.aio.insecure_channel(address) as channel:
+        refusal = await handshake(channel, flooder.node_id, flooder.key)
+    assert refusal.startswith("UNAVAILABLE NODE_EXCLUDED"), refusal
+    rows = await pool.fetch(
+        "SELECT offence, count FROM node_penalties WHERE node_id = $1", flooder.node_id
+    )
+    assert 2 <= len(rows) <= 10, rows
+    assert {r["offence"] for r in rows} == {"UNEXPECTED_RESULT"}

@@ -74,3 +74,21 @@ def test_internal_tells_the_client_only_the_trace_id() -> None:
     status = status_for(Internal("trace-123"))
     assert status.code == code_pb2.INTERNAL
     assert status.message == "internal error; the server logged it under trace id trace-123"
+
+
+def test_an_excluded_node_is_told_how_long() -> None:
+    """NODE_EXCLUDED carries RetryInfo: the node agent waits that long before dialling."""
+    from datetime import timedelta
+
+    from google.rpc import error_details_pb2
+
+    from fleetwire.domain.errors import NodeExcluded
+
+    status = status_for(NodeExcluded("excluded", retry_delay=timedelta(seconds=42)))
+    assert status.code == code_pb2.UNAVAILABLE
+    infos = []
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            infos.append(info.retry_delay.seconds)
+    assert infos == [42]

@@ -3,7 +3,7 @@ cooldown."""
 
 from __future__ import annotations
 
-from scheduler.penalties import POINTS, Offence, PenaltyBox
+from scheduler.penalties import POINTS, Offence, PenaltyBox, RecordThrottle
 
 
 class FakeClock:
@@ -50,3 +50,22 @@ def test_offences_in_quick_succession_exclude() -> None:
 
 def test_every_offence_has_points() -> None:
     assert set(POINTS) == set(Offence)
+
+
+def test_records_are_throttled_per_node_offence_and_window() -> None:
+    """The first few offences of a window get a row each; the rest are one summed row once
+    the window is over, so a flood costs a bounded number of rows."""
+    now = [0.0]
+    throttle = RecordThrottle(per_window=3, window=10.0, clock=lambda: now[0])
+    admitted = [throttle.admit("n", Offence.UNEXPECTED_RESULT) for _ in range(50)]
+    assert admitted == [True] * 3 + [False] * 47
+    assert throttle.admit("other", Offence.UNEXPECTED_RESULT), "per node"
+    assert throttle.admit("n", Offence.BAD_SIGNATURE), "per offence"
+    assert throttle.due() == [], "the window is not over"
+    now[0] = 10.0
+    assert throttle.due() == [("n", Offence.UNEXPECTED_RESULT, 47, 47 * 5.0)]
+    assert throttle.admit("n", Offence.UNEXPECTED_RESULT), "a new window writes again"
+    throttle.admit("n", Offence.UNEXPECTED_RESULT)
+    throttle.admit("n", Offence.UNEXPECTED_RESULT)
+    throttle.admit("n", Offence.UNEXPECTED_RESULT)
+    assert throttle.due(everything=True) == [("n", Offence.UNEXPECTED_RESULT, 1, 5.0)]
