@@ -28,6 +28,7 @@ from scheduler.penalties import Offence
 from scheduler.progress_relay import ProgressRelay
 from scheduler.registry import NodeSession
 from scheduler.result_checks import StreamTally, billable_usage, result_problem
+from scheduler.token_counts import TokenCounter
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +52,9 @@ class Finaliser:
         attempts: AttemptStore,
         relay: ProgressRelay,
         offences: Offences,
+        counter: TokenCounter | None = None,
     ) -> None:
+        self._counter = counter
         self._relay = relay
         self._offences = offences
         self._finalisations: Coalescer[tuple[uuid.UUID, SignedOutcome, Bill], bool | None] = (
@@ -101,7 +104,9 @@ class Finaliser:
         )
         if not signing.verify(session.public_key, signing.result_bytes(facts), result.signature):
             return ResultVerdict.BAD_SIGNATURE
-        billed = billable_usage(usage, spec)
+        counted = self._counter.counted(spec, result.output) if self._counter else None
+        billed = billable_usage(usage, spec, counted)
+        matched = streamed.matches(result.output) if streamed is not None else None
         timings = result.timings
         outcome = SignedOutcome(
             attempt=result.attempt,
@@ -120,6 +125,7 @@ class Finaliser:
             public_key=session.public_key,
             key_id=session.key_id,
             finished_at_ms=result.finished_at_unix_ms,
+            stream_check=None if matched is None else ("MATCHED" if matched else "MISMATCHED"),
         )
         bill = Bill.of(self._prices, billed.prompt_tokens, billed.completion_tokens, billed.source)
         finalised = await self._finalisations((job_id, outcome, bill))
@@ -136,7 +142,7 @@ class Finaliser:
             await self._offences.charge(
                 session.node_id, Offence.INFLATED_USAGE, job_id, result.attempt
             )
-        if streamed is not None and streamed.matches(result.output) is False:
+        if matched is False:
             log.warning("streamed text is not the signed output", job_id=str(job_id))
             await self._offences.charge(
                 session.node_id, Offence.STREAM_MISMATCH, job_id, result.attempt

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from scheduler.token_counts import PROMPT_SLACK, Counted
 
 MAX_BYTES_PER_TOKEN = 32
 """Most UTF-8 bytes one generated token can add to the text (a long merged token, or a
@@ -93,28 +94,41 @@ def progress_problem(text: str, streamed_bytes: int, spec_max_bytes: int) -> str
 
 @dataclass(frozen=True, slots=True)
 class BillableUsage:
-    """The token counts a job is billed for, and whether the node claimed more."""
+    """The token counts a job is billed for, where they came from, and whether the node
+    claimed more than the mesh allows."""
 
     prompt_tokens: int
     completion_tokens: int
-    inflated: bool  # the claim exceeded what the spec allows
+    inflated: bool  # the claim exceeded the spec's caps or the mesh's own count
+    counted: bool = False  # the mesh's tokenizer counted (``token_counts``)
 
     @property
     def source(self) -> str:
         """Which counts the bill used (``ledger_entries.usage_source``)."""
-        return "capped" if self.inflated else "claimed"
+        if self.inflated:
+            return "capped"
+        return "counted" if self.counted else "claimed"
 
 
-def billable_usage(usage: job_pb2.Usage, spec: job_pb2.JobSpec) -> BillableUsage:
-    """The node's signed counts, each capped by what ``spec`` allows: completion tokens by
-    ``max_tokens``, prompt tokens by the prompt's length. A job is never billed above its
-    spec, whatever the node signed."""
+def billable_usage(
+    usage: job_pb2.Usage, spec: job_pb2.JobSpec, counted: Counted | None = None
+) -> BillableUsage:
+    """The counts to bill: never above what ``spec`` allows (completion tokens by
+    ``max_tokens``, prompt tokens by the prompt's length); with the mesh's own ``counted``
+    (the model's tokenizer), the prompt is billed as the mesh counted it and a completion
+    claim above what the output can have come from is cut to that bound. A job is never
+    billed above its spec, whatever the node signed."""
     prompt_cap, completion_cap = max_prompt_tokens(spec), spec.sampling.max_tokens
-    return BillableUsage(
-        prompt_tokens=min(usage.prompt_tokens, prompt_cap),
-        completion_tokens=min(usage.completion_tokens, completion_cap),
-        inflated=usage.prompt_tokens > prompt_cap or usage.completion_tokens > completion_cap,
-    )
+    prompt = min(usage.prompt_tokens, prompt_cap)
+    completion = min(usage.completion_tokens, completion_cap)
+    inflated = usage.prompt_tokens > prompt_cap or usage.completion_tokens > completion_cap
+    if counted is not None:
+        if counted.prompt_tokens is not None:
+            inflated |= usage.prompt_tokens > counted.prompt_tokens + PROMPT_SLACK
+            prompt = min(counted.prompt_tokens, prompt_cap)
+        inflated |= usage.completion_tokens > counted.completion_bound
+        completion = min(completion, counted.completion_bound)
+    return BillableUsage(prompt, completion, inflated, counted=counted is not None)
 
 
 @dataclass(slots=True)

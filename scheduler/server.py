@@ -56,6 +56,7 @@ from scheduler.progress_relay import ProgressRelay
 from scheduler.registry import NodeRegistry
 from scheduler.replay import DeadLetterReplay
 from scheduler.replay_store import ReplayStore
+from scheduler.token_counts import TokenCounter
 
 log = structlog.get_logger(__name__)
 
@@ -139,7 +140,13 @@ class SchedulerServer:
         )
         offences.start()
         self._offences = offences
-        finaliser = Finaliser(settings.scheduler, attempts, self._progress_relay, offences)
+        finaliser = Finaliser(
+            settings.scheduler,
+            attempts,
+            self._progress_relay,
+            offences,
+            TokenCounter(settings.scheduler.tokenizers),
+        )
         dispatcher = Dispatcher(
             settings.scheduler,
             self.scheduler_id,

@@ -42,6 +42,8 @@ def job_from_row(row: Mapping[str, Any]) -> job_pb2.Job:
         sig.public_key = bytes(row["public_key"])
         sig.signature = bytes(row["signature"])
         sig.attempt = row["signed_attempt"]
+        if row.get("stream_check"):
+            job.stream_check = job_pb2.StreamCheck.Value(f"STREAM_CHECK_{row['stream_check']}")
         sig.request_digest = bytes(row["request_digest"])
         sig.output_digest = output_digest(output)
         sig.finished_at_unix_ms = row["finished_at_ms"]

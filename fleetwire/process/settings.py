@@ -404,6 +404,12 @@ class SchedulerSettings(_Group):
     penalty_cooldown: Duration = Field(
         timedelta(minutes=1), description="How long an excluded node gets no work."
     )
+    tokenizers: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Model name to the directory of its tokenizer.json (JSON object): the "
+        "mesh counts prompt tokens and bounds completion tokens itself for these models "
+        "instead of billing a node's signed counts up to the caps (docs/trust.md).",
+    )
     price_per_1k_prompt_tokens: int = Field(
         100, ge=0, description="Micro-credits a mainnet job is charged per 1,000 prompt tokens."
     )

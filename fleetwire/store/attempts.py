@@ -52,6 +52,7 @@ class SignedOutcome:
     public_key: bytes
     key_id: str
     finished_at_ms: int
+    stream_check: str | None = None  # MATCHED / MISMATCHED; None: not compared
 
 
 class AttemptStore:
@@ -189,15 +190,17 @@ class AttemptStore:
             "  SELECT * FROM unnest($1::uuid[], $2::int[], $3::bytea[], $4::text[],"
             "  $5::bigint[], $6::bigint[], $7::text[], $8::bytea[], $9::bytea[], $10::text[],"
             "  $11::bigint[], $12::text[], $13::bigint[], $15::bigint[], $16::bigint[],"
-            "  $17::text[]) AS i(job_id, attempt, output, finish_reason, prompt_tokens,"
-            "  completion_tokens, timings, signature, public_key, key_id, finished_at_ms,"
-            "  node_id, amount, billed_prompt, billed_completion, usage_source)"
+            "  $17::text[], $18::text[]) AS i(job_id, attempt, output, finish_reason,"
+            "  prompt_tokens, completion_tokens, timings, signature, public_key, key_id,"
+            "  finished_at_ms, node_id, amount, billed_prompt, billed_completion, usage_source,"
+            "  stream_check)"
             "), job AS ("
             "  UPDATE jobs j SET state = 'SUCCEEDED', updated_at = now(), output = i.output,"
             "  finish_reason = i.finish_reason, prompt_tokens = i.prompt_tokens,"
             "  completion_tokens = i.completion_tokens, timings = i.timings::jsonb,"
             "  signature = i.signature, public_key = i.public_key, key_id = i.key_id,"
-            "  signed_attempt = i.attempt, finished_at_ms = i.finished_at_ms"
+            "  signed_attempt = i.attempt, finished_at_ms = i.finished_at_ms,"
+            "  stream_check = i.stream_check"
             "  FROM input i"
             # node_id: the attempt's node (begin_attempts), so a node cannot finalise an
             # attempt dispatched to another, even with a valid signature of its own.
@@ -241,6 +244,7 @@ class AttemptStore:
             [bill.prompt_tokens for _, _, bill in chosen],
             [bill.completion_tokens for _, _, bill in chosen],
             [bill.usage_source for _, _, bill in chosen],
+            [o.stream_check for _, o, _ in chosen],
         )
         finalised = {row["job_id"] for row in rows}
         answers = [

@@ -122,6 +122,13 @@ def test_sync_client_submits_streams_tokens_and_verifies(
     assert "".join(t.text for t in tokens) == final.output
     assert sum(t.token_count for t in tokens) == final.completion_tokens
     _check_signed(live_mesh, final)
+    assert final.stream_matched is True, "the scheduler held the stream against the output"
+    with Client(
+        live_mesh.bridge_address, ca_file=live_mesh.ca_file, api_key=api_keys["sdk-tenant-a"]
+    ) as client:
+        # With the key the mesh registered for the node, not the one the job names.
+        assert client.verify(final)
+        assert not client.verify(_tampered(final, output=final.output + " (edited)"))
 
     # The key is what names the tenant: another tenant does not see the job at all, and a
     # key the mesh never issued is refused.

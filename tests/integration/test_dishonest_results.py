@@ -14,9 +14,11 @@ import itertools
 import math
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import grpc
+from tokenizers import Tokenizer
 
 from fleetwire.messaging.events import ChunkEvent, JobEvents
 from fleetwire.process.settings import Settings
@@ -25,10 +27,12 @@ from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.result_checks import MAX_CHUNK_BYTES, PROMPT_TOKEN_SLACK
 from scheduler.server import SchedulerServer
+from tests.integration.bridge_kit import running_bridge, stub_of, with_bridge
 from tests.integration.test_bad_results import Ledger, spec, wait_state
 from tests.support.eventually import eventually
 from tests.support.handshake import handshake
 from tests.support.scripted_node import ScriptedNode, running
+from tests.support.tokenizer import write_tokenizer
 
 Lie = Callable[[ScriptedNode, nodes_pb2.Dispatch], nodes_pb2.Result]
 
@@ -217,12 +221,17 @@ async def test_a_stream_that_is_not_the_signed_output_is_caught(
         address, "streamer-liar", "scripted", lambda _n: "ok", stream=lambda _d: ["something else"]
     )
     ledger = Ledger(settings)
+    checks = []
     for node in (honest, liar):
         async with running(node):
             job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
             await wait_state(jobs, job_id, job_pb2.JOB_STATE_SUCCEEDED)
+            # Watch's last message is the job in its final state, with the verdict.
+            last = [r async for r in jobs.Watch(job_service_pb2.WatchRequest(job_id=job_id))][-1]
+            checks.append(last.job.stream_check)
     assert await ledger.wait_penalties("streamer-liar", 1) == [("STREAM_MISMATCH", job_id, 1)]
     assert await ledger.penalties("streamer-ok") == []
+    assert checks == [job_pb2.STREAM_CHECK_MATCHED, job_pb2.STREAM_CHECK_MISMATCHED]
 
 
 async def test_an_excluded_nodes_stream_is_closed_and_it_is_told_why(
@@ -252,3 +261,56 @@ async def test_an_excluded_nodes_stream_is_closed_and_it_is_told_why(
     )
     assert 2 <= len(rows) <= 10, rows
     assert {r["offence"] for r in rows} == {"UNEXPECTED_RESULT"}
+
+
+async def test_with_the_models_tokenizer_the_bill_is_the_meshs_count(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """With FLEETWIRE_SCHEDULER_TOKENIZERS the prompt is billed as the mesh counts it and a
+    completion claim above what the output can have come from is cut to that bound, even
+    within max_tokens: a 90-token claim for the 3 words of the scripted output."""
+    group = settings.scheduler.model_copy(
+        update={
+            "port": 0,
+            "admin_port": 0,
+            "scheduler_id": f"counts-{uuid.uuid4().hex[:6]}",
+            "tokenizers": {"scripted": write_tokenizer(tmp_path / "tok")},
+        }
+    )
+    server = SchedulerServer(settings.model_copy(update={"scheduler": group}))
+    await server.start()
+
+    def overclaim(node: ScriptedNode, dispatch: nodes_pb2.Dispatch) -> nodes_pb2.Result:
+        return node.signed_result(dispatch, prompt_tokens=2, completion_tokens=90)
+
+    liar = ScriptedNode(
+        f"127.0.0.1:{server.port}",
+        f"counted-{uuid.uuid4().hex[:6]}",
+        "scripted",
+        lambda _n: "ok",
+        lie=overclaim,
+    )
+    try:
+        async with (
+            running_bridge(with_bridge(settings)) as bridge,
+            stub_of(bridge) as jobs,
+            running(liar),
+        ):
+            job = spec()
+            job.sampling.max_tokens = 100
+            job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=job))).job.job_id
+            await wait_state(jobs, job_id, job_pb2.JOB_STATE_SUCCEEDED)
+    finally:
+        await server.stop(grace=1)
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tok" / "tokenizer.json"))
+    prompt = len(tokenizer.encode(job.prompt, add_special_tokens=True).ids)
+    bound = 2 * len(tokenizer.encode("scripted output 1", add_special_tokens=False).ids) + 8
+    row = await pool.fetchrow(
+        "SELECT prompt_tokens, completion_tokens, usage_source FROM ledger_entries"
+        " WHERE job_id = $1 AND kind = 'JOB_CHARGE'",
+        uuid.UUID(job_id),
+    )
+    assert row is not None
+    assert tuple(row.values()) == (prompt, bound, "capped")
+    assert bound < 90
+    assert ("INFLATED_USAGE", job_id, 1) in await Ledger(settings).wait_penalties(liar.node_id, 1)

@@ -180,6 +180,18 @@ class JobResult:
             finished_at_unix_ms=sig.finished_at_unix_ms,
         )
 
+    @property
+    def stream_matched(self) -> bool | None:
+        """Whether the tokens streamed for the successful attempt are its signed output:
+        True, False (the node was charged; ``output`` is the signed text), or None when
+        the mesh could not compare (nothing streamed, a gap, a reconnect)."""
+        check = self.message.stream_check
+        if check == job_pb2.STREAM_CHECK_MATCHED:
+            return True
+        if check == job_pb2.STREAM_CHECK_MISMATCHED:
+            return False
+        return None
+
     def verify(self, public_key: bytes | str | None = None) -> bool:
         """Offline check of the node's ed25519 signature (docs/signing.md): True only when
         SUCCEEDED and the signature covers this job id, spec, output, token counts, attempt,

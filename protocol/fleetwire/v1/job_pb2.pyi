@@ -45,6 +45,12 @@ class Network(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NETWORK_UNSPECIFIED: _ClassVar[Network]
     NETWORK_MAINNET: _ClassVar[Network]
     NETWORK_TESTNET: _ClassVar[Network]
+
+class StreamCheck(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STREAM_CHECK_UNSPECIFIED: _ClassVar[StreamCheck]
+    STREAM_CHECK_MATCHED: _ClassVar[StreamCheck]
+    STREAM_CHECK_MISMATCHED: _ClassVar[StreamCheck]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_DISPATCHED: JobState
@@ -68,6 +74,9 @@ INFERENCE_MODE_BATCH: InferenceMode
 NETWORK_UNSPECIFIED: Network
 NETWORK_MAINNET: Network
 NETWORK_TESTNET: Network
+STREAM_CHECK_UNSPECIFIED: StreamCheck
+STREAM_CHECK_MATCHED: StreamCheck
+STREAM_CHECK_MISMATCHED: StreamCheck
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "seed", "stop", "max_tokens", "ignore_eos")
@@ -189,7 +198,7 @@ class JobError(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "spec", "output", "finish_reason", "usage", "timings", "signature", "error", "attempts", "created_at", "updated_at", "expires_at", "replay_of")
+    __slots__ = ("job_id", "state", "spec", "output", "finish_reason", "usage", "timings", "signature", "error", "attempts", "created_at", "updated_at", "expires_at", "replay_of", "stream_check")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +213,7 @@ class Job(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REPLAY_OF_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CHECK_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     spec: JobSpec
@@ -218,4 +228,5 @@ class Job(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
     replay_of: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., output: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., signature: _Optional[_Union[ResultSignature, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replay_of: _Optional[str] = ...) -> None: ...
+    stream_check: StreamCheck
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., output: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., signature: _Optional[_Union[ResultSignature, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replay_of: _Optional[str] = ..., stream_check: _Optional[_Union[StreamCheck, str]] = ...) -> None: ...
