@@ -74,7 +74,7 @@ class AdminGate:
         if key is None:
             raise Unauthenticated(
                 "the admin surface needs an operator key: send 'authorization: Bearer fwo_…' "
-                "(`fleetwire admin operators create`)",
+                "(`fleetwire admin operators create`; the first one: `… operators bootstrap`)",
                 reason="OPERATOR_KEY_MISSING",
             )
         if operator_key_id_of(key) is None and key_id_of(key) is not None:
