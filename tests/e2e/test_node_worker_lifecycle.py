@@ -32,8 +32,7 @@ from tests.e2e.worker_mesh import (
     SLOTS,
     WorkerMesh,
     client_of,
-    long_spec,
-    running_on,
+    start_long_job,
 )
 from tests.support.eventually import eventually_sync
 from tests.support.job_client import JobClient, make_spec
@@ -150,8 +149,7 @@ def test_key_rotation_keeps_the_job_in_flight(worker_mesh: WorkerMesh) -> None:
         )
     client = client_of(worker_mesh)
     try:
-        job_id = client.submit(long_spec("Rotate under me", 1500)).job_id
-        node = running_on(worker_mesh, job_id)
+        job_id, node = start_long_job(worker_mesh, client, "Rotate under me", 1500)
         since = {n: worker_mesh.connected_since(n) for n in NODES}
         worker_mesh.mesh.child(node).process.send_signal(signal.SIGHUP)
         job = client.wait(job_id, timeout=180)
@@ -192,8 +190,7 @@ def _cancel_midway(worker_mesh: WorkerMesh, client: JobClient) -> tuple[str, str
     """Starts a 2,000-token job, cancels it once it runs: (node, the node's log line for
     it), or None when the node had streamed every token before the cancel reached it (a
     starved machine can delay the cancel by seconds; such a try proves nothing)."""
-    job_id = client.submit(long_spec("never ending", 2000)).job_id
-    node = running_on(worker_mesh, job_id)
+    job_id, node = start_long_job(worker_mesh, client, "never ending", 2000)
     client.cancel(job_id, "enough")
     assert client.status(job_id).state == job_pb2.JOB_STATE_CANCELLED
 
@@ -245,8 +242,7 @@ def test_scheduler_restart_mid_job_nodes_reconnect_and_the_job_succeeds_once(
     ends SUCCEEDED exactly once."""
     client = client_of(worker_mesh)
     try:
-        job_id = client.submit(long_spec("survive the scheduler", 1500)).job_id
-        node = running_on(worker_mesh, job_id)
+        job_id, node = start_long_job(worker_mesh, client, "survive the scheduler", 1500)
         before = {n: worker_mesh.connected_since(n) for n in NODES}
         old = worker_mesh.mesh.child("scheduler")
         os.killpg(old.process.pid, signal.SIGKILL)
@@ -281,8 +277,7 @@ def test_scheduler_restart_mid_job_nodes_reconnect_and_the_job_succeeds_once(
 def test_sigterm_mid_job_finishes_it_and_exits_zero(worker_mesh: WorkerMesh) -> None:
     client = client_of(worker_mesh)
     try:
-        job_id = client.submit(long_spec("finish me first", 1200)).job_id
-        node = running_on(worker_mesh, job_id)
+        job_id, node = start_long_job(worker_mesh, client, "finish me first", 1200)
         process = worker_mesh.mesh.child(node).process
         process.send_signal(signal.SIGTERM)
         job = client.wait(job_id, timeout=180)
@@ -311,8 +306,7 @@ def test_sigterm_mid_job_finishes_it_and_exits_zero(worker_mesh: WorkerMesh) -> 
 def test_second_sigterm_hands_running_jobs_back(worker_mesh: WorkerMesh) -> None:
     client = client_of(worker_mesh)
     try:
-        job_id = client.submit(long_spec("hand me back", 1500)).job_id
-        node = running_on(worker_mesh, job_id)
+        job_id, node = start_long_job(worker_mesh, client, "hand me back", 1500)
         process = worker_mesh.mesh.child(node).process
         drains = worker_mesh.node_log(node).count(DRAINING)
         process.send_signal(signal.SIGTERM)

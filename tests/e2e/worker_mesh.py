@@ -210,17 +210,34 @@ def long_spec(prompt: str, tokens: int) -> job_pb2.JobSpec:
     return spec
 
 
-def running_on(mesh: WorkerMesh, job_id: str) -> str:
+def running_on(mesh: WorkerMesh, job_id: str) -> str | None:
     """The node running the job, as soon as it has accepted it (its attempt is RUNNING in
-    PostgreSQL). Read from the database rather than Status or Watch: on a loaded machine the
-    job would otherwise be half done before the test acts."""
+    PostgreSQL); None when it finished before it was seen running. Read from the database
+    rather than Status or Watch: on a loaded machine the job would otherwise be half done
+    before the test acts."""
 
-    def running_node() -> str | None:
+    def running_node() -> str | bool:
         attempts = mesh.attempts(job_id)
         if attempts and attempts[-1]["outcome"] == "SUCCEEDED":
-            pytest.fail("the job finished before the test could act on it")
+            return True  # too late to act on it
         if attempts and attempts[-1]["outcome"] == "RUNNING":
             return str(attempts[-1]["node_id"])
-        return None
+        return False
 
-    return eventually_sync(running_node, within=120, interval=0.02, what="the job to start")
+    seen = eventually_sync(running_node, within=120, interval=0.02, what="the job to start")
+    return seen if isinstance(seen, str) else None
+
+
+def start_long_job(
+    mesh: WorkerMesh, client: JobClient, prompt: str, tokens: int, *, tries: int = 3
+) -> tuple[str, str]:
+    """Submits a long ignore-eos job and returns (job id, node) once it runs. A job that
+    finished before the test could see it running proves nothing (on a starved machine the
+    Submit answer can arrive seconds late while the node generates): another is submitted,
+    up to ``tries`` times."""
+    for attempt in range(1, tries + 1):
+        job_id = client.submit(long_spec(f"{prompt} ({attempt})", tokens)).job_id
+        node = running_on(mesh, job_id)
+        if node is not None:
+            return job_id, node
+    pytest.fail(f"in {tries} tries every {tokens}-token job finished before it was seen running")
