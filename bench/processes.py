@@ -63,6 +63,8 @@ def isolated_env(namespace: str) -> dict[str, str]:
         "FLEETWIRE_BRIDGE_PORT": str(free_port()),
         "FLEETWIRE_SCHEDULER_PORT": str(free_port()),
         "FLEETWIRE_SCHEDULER_ADMIN_PORT": str(free_port()),
+        "FLEETWIRE_BRIDGE_METRICS_PORT": "0",
+        "FLEETWIRE_SCHEDULER_METRICS_PORT": "0",
         "FLEETWIRE_MODELS": f'["tiny-llama", "{BENCH_MODEL}", "{IDLE_MODEL}"]',
         "FLEETWIRE_BRIDGE_TENANT_RATE": "1000000",
         "FLEETWIRE_BRIDGE_TENANT_BURST": "1000000",

@@ -15,6 +15,7 @@ from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
 from broker_bridge.final_notices import FinalNotices
 from broker_bridge.idempotency import RequestLocks
+from broker_bridge.metrics import BridgeMetrics
 from broker_bridge.node_keys import NodeKeys
 from broker_bridge.outbox import Outbox
 from broker_bridge.service import JobService
@@ -26,6 +27,7 @@ from fleetwire.messaging.events import JobEvents, connect_redis
 from fleetwire.messaging.publisher import JobPublisher
 from fleetwire.messaging.topology import Topology
 from fleetwire.process.lifecycle import wait_for_stop_signal
+from fleetwire.process.metrics import MetricsEndpoint
 from fleetwire.process.settings import Settings
 from fleetwire.rpc.server import start_server
 from fleetwire.rpc.tls import server_tls
@@ -67,6 +69,8 @@ class BridgeServer:
         self._finals: FinalNotices | None = None
         self._outbox: Outbox | None = None
         self.port = 0
+        self.metrics = MetricsEndpoint("bridge")
+        self.metrics_port = 0
         self.tls = server_tls(settings.tls, server="bridge")
 
     async def start(self) -> None:
@@ -136,6 +140,7 @@ class BridgeServer:
             auth,
             WatchSlots(self._settings.bridge.max_watches_per_tenant),
             NodeKeys(NodeStore(self._pool)),
+            BridgeMetrics(self.metrics.registry),
         )
         address = f"{self._settings.bridge.host}:{self._settings.bridge.port}"
         serving = await start_server(
@@ -146,6 +151,10 @@ class BridgeServer:
         )
         self._server, self.port = serving.server, serving.port
         log.info("bridge serving", address=address, port=self.port, tls=self.tls is not None)
+        bridge = self._settings.bridge
+        self.metrics_port = self.metrics.start(
+            bridge.metrics_host, bridge.metrics_port, self._settings.tls
+        )
         if not self._settings.bridge.require_api_key:
             log.warning(
                 "ANONYMOUS MODE: FLEETWIRE_BRIDGE_REQUIRE_API_KEY is false; calls without an "
@@ -177,6 +186,7 @@ class BridgeServer:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        self.metrics.stop()
         log.info("bridge stopped")
 
 

@@ -6,8 +6,9 @@ trace id and tenant bound to the log context, so every log line of the call carr
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeAlias
 
 import structlog
@@ -15,9 +16,10 @@ import structlog
 from broker_bridge.auth import Authenticator, Caller
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
+from broker_bridge.metrics import BridgeMetrics
 from broker_bridge.node_keys import NodeKeys
 from broker_bridge.watch_slots import WatchSlots
-from fleetwire.domain.errors import DeadlineExceeded
+from fleetwire.domain.errors import DeadlineExceeded, FleetwireError
 from fleetwire.messaging.topology import HEADER_REQUEST_ID
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
@@ -42,7 +44,9 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         auth: Authenticator,
         watches: WatchSlots,
         node_keys: NodeKeys,
+        metrics: BridgeMetrics,
     ) -> None:
+        self._metrics = metrics
         self._node_keys = node_keys
         self._desk = desk
         self._batches = batches
@@ -65,7 +69,9 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.SubmitRequest, context: Context
     ) -> job_service_pb2.SubmitResponse:
         caller, trace_id = await self._enter(context, "Submit", echo=False)
-        job = await self._desk.submit(request.job, caller=caller, trace_id=trace_id)
+        with self._counting_refusals():
+            job = await self._desk.submit(request.job, caller=caller, trace_id=trace_id)
+        self._metrics.accepted(job.spec)
         # Sent before a SYNC wait: a client whose deadline runs out still has the job id.
         await context.send_initial_metadata(
             ((HEADER_REQUEST_ID, trace_id), (JOB_ID_METADATA, job.job_id))
@@ -107,10 +113,21 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.SubmitBatchRequest, context: Context
     ) -> job_service_pb2.SubmitBatchResponse:
         caller, trace_id = await self._enter(context, "SubmitBatch")
-        batch = await self._batches.submit(
-            list(request.jobs), request.client_request_id, caller=caller, trace_id=trace_id
-        )
+        with self._counting_refusals():
+            batch = await self._batches.submit(
+                list(request.jobs), request.client_request_id, caller=caller, trace_id=trace_id
+            )
+        for spec in request.jobs:
+            self._metrics.accepted(spec)
         return job_service_pb2.SubmitBatchResponse(batch=batch)
+
+    @contextlib.contextmanager
+    def _counting_refusals(self) -> Iterator[None]:
+        try:
+            yield
+        except FleetwireError as err:
+            self._metrics.refusal(err.code.name, err.reason)
+            raise
 
     async def BatchStatus(  # noqa: N802
         self, request: job_service_pb2.BatchStatusRequest, context: Context

@@ -33,6 +33,7 @@ from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.finalisation import Finaliser, ResultVerdict
 from scheduler.matching import JobNeeds
+from scheduler.metrics import SchedulerMetrics
 from scheduler.offences import Offences
 from scheduler.progress_relay import ProgressRelay
 from scheduler.registry import (
@@ -111,7 +112,9 @@ class Dispatcher:
         relay: ProgressRelay,
         finaliser: Finaliser,
         offences: Offences,
+        metrics: SchedulerMetrics,
     ) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._retry_policy = RetryPolicy(
             max_attempts=settings.max_attempts, stages=len(settings.retry_delays)
@@ -347,6 +350,7 @@ class Dispatcher:
             return ACK
         if decision.step is Step.EXPIRE:
             await self._end(str(job_id), JobState.EXPIRED, decision.reason, decision.message)
+            self._metrics.finished.labels("EXPIRED", decision.reason).inc()
             return ACK
         state = _NEXT_STATE[decision.step]
         moved = await self._attempts.end_attempt(
@@ -360,6 +364,8 @@ class Dispatcher:
         if not moved:
             return ACK  # the job moved on meanwhile: nothing to retry or record
         await self._publish_state(str(job_id), state)
+        if state in (JobState.FAILED, JobState.DEAD_LETTERED):
+            self._metrics.finished.labels(state.value, decision.reason).inc()
         if decision.step is Step.FAIL:
             bound.info("job failed", reason=decision.reason)
             return ACK

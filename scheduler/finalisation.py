@@ -23,6 +23,7 @@ from fleetwire.store.attempts import AttemptStore, SignedOutcome
 from fleetwire.store.ledger import Bill, Prices
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from scheduler.metrics import SchedulerMetrics
 from scheduler.offences import Offences
 from scheduler.penalties import Offence
 from scheduler.progress_relay import ProgressRelay
@@ -52,8 +53,10 @@ class Finaliser:
         attempts: AttemptStore,
         relay: ProgressRelay,
         offences: Offences,
+        metrics: SchedulerMetrics,
         counter: TokenCounter | None = None,
     ) -> None:
+        self._metrics = metrics
         self._counter = counter
         self._relay = relay
         self._offences = offences
@@ -150,6 +153,9 @@ class Finaliser:
         if not finalised:
             return ResultVerdict.MOVED_ON
         self._relay.submit(str(job_id), StateEvent(JobState.SUCCEEDED))
+        self._metrics.finished.labels("SUCCEEDED", "").inc()
+        self._metrics.duration.observe(timings.total_ms / 1000)
+        self._metrics.first_token.observe(timings.time_to_first_token_ms / 1000)
         if timings.time_to_first_token_ms:
             session.recent_ttft_ms.append(timings.time_to_first_token_ms)
         return ResultVerdict.FINALISED

@@ -17,6 +17,7 @@ import structlog
 
 from fleetwire.domain.errors import BackendUnavailable
 from fleetwire.process.settings import SchedulerSettings
+from scheduler.metrics import SchedulerMetrics
 from scheduler.penalties import POINTS, Offence, PenaltyBox, RecordThrottle
 from scheduler.penalty_store import PenaltyStore
 from scheduler.registry import NodeRegistry
@@ -38,7 +39,9 @@ class Offences:
         penalty_store: PenaltyStore,
         registry: NodeRegistry | None = None,
         throttle: RecordThrottle | None = None,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._scheduler_id = scheduler_id
         self._penalties = penalties
@@ -65,6 +68,8 @@ class Offences:
         """Adds the offence to the node's standing and records it; past the threshold the
         node gets no work for the cooldown and its live session ends."""
         excluded = self._penalties.penalise(node_id, offence)
+        if self._metrics is not None:
+            self._metrics.offences.labels(offence.value).inc()
         until = datetime.now(UTC) + self._settings.penalty_cooldown if excluded else None
         if excluded:
             log.warning("node excluded", node_id=node_id, offence=offence.value, until=until)

@@ -20,6 +20,7 @@ from fleetwire.messaging.events import JobEvents, connect_redis
 from fleetwire.messaging.publisher import JobPublisher
 from fleetwire.messaging.topology import Topology
 from fleetwire.process.lifecycle import wait_for_stop_signal
+from fleetwire.process.metrics import MetricsEndpoint
 from fleetwire.process.settings import Settings
 from fleetwire.rpc.server import start_server
 from fleetwire.rpc.tls import client_ca, server_tls
@@ -46,6 +47,7 @@ from scheduler.deadline_store import DeadlineStore
 from scheduler.dispatcher import Dispatcher
 from scheduler.finalisation import Finaliser
 from scheduler.key_watch import KeyWatch
+from scheduler.metrics import SchedulerMetrics
 from scheduler.node_messages import NodeMessages
 from scheduler.node_service import NodeService
 from scheduler.offences import Offences
@@ -110,6 +112,8 @@ class SchedulerServer:
             reconnect_grace=settings.scheduler.reconnect_grace.total_seconds(),
         )
         self.port = 0
+        self.metrics = MetricsEndpoint("scheduler")
+        self.metrics_port = 0
 
     def _server_names(self) -> frozenset[str]:
         return self.tls.names if self.tls is not None else frozenset({""})
@@ -131,12 +135,14 @@ class SchedulerServer:
         )
         self._progress_relay = ProgressRelay(events)
         await self._progress_relay.start()
+        metrics = SchedulerMetrics(self.metrics.registry, self.registry)
         offences = Offences(
             settings.scheduler,
             self.scheduler_id,
             self.penalties,
             PenaltyStore(self._pool),
             self.registry,
+            metrics=metrics,
         )
         offences.start()
         self._offences = offences
@@ -145,6 +151,7 @@ class SchedulerServer:
             attempts,
             self._progress_relay,
             offences,
+            metrics,
             TokenCounter(settings.scheduler.tokenizers),
         )
         dispatcher = Dispatcher(
@@ -157,6 +164,7 @@ class SchedulerServer:
             self._progress_relay,
             finaliser,
             offences,
+            metrics,
         )
         node_messages = NodeMessages(
             store, attempts, self.registry, self._progress_relay, finaliser, offences
@@ -267,6 +275,8 @@ class SchedulerServer:
             node_mtls=self._node_client_ca is not None,
             scheduler_id=self.scheduler_id,
         )
+        group = settings.scheduler
+        self.metrics_port = self.metrics.start(group.metrics_host, group.metrics_port, settings.tls)
 
     async def wait(self) -> None:
         if self._server is not None:
@@ -309,6 +319,7 @@ class SchedulerServer:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        self.metrics.stop()
         log.info("scheduler stopped")
 
 

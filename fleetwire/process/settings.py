@@ -232,6 +232,15 @@ class BridgeSettings(_Group):
         timedelta(seconds=5),
         description="How long a stopping bridge lets in-flight calls finish.",
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of the Prometheus metrics endpoint (this machine)."
+    )
+    metrics_port: int = Field(
+        9461,
+        ge=0,
+        description="Port of the Prometheus metrics endpoint (/metrics; HTTPS with the "
+        "server's certificate unless FLEETWIRE_TLS_INSECURE); 0: any free port.",
+    )
     default_priorities: list[str] | None = Field(
         default_factory=lambda: ["normal", "bulk", "test"],
         description="Priority classes a tenant whose policy names none may use (JSON list; "
@@ -403,6 +412,15 @@ class SchedulerSettings(_Group):
     )
     penalty_cooldown: Duration = Field(
         timedelta(minutes=1), description="How long an excluded node gets no work."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of the Prometheus metrics endpoint (this machine)."
+    )
+    metrics_port: int = Field(
+        9462,
+        ge=0,
+        description="Port of the Prometheus metrics endpoint (/metrics; HTTPS with the "
+        "server's certificate unless FLEETWIRE_TLS_INSECURE); 0: any free port.",
     )
     tokenizers: dict[str, Path] = Field(
         default_factory=dict,
