@@ -170,8 +170,11 @@ async def _serve(agent: NodeAgent, key_file: Path, grace: float) -> int:
             await asyncio.gather(*tasks, return_exceptions=True)
         return 0
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        # The engines stop after this returns; a stop signal then must not kill the process
+        # with its default action (exit -15 in the middle of the engines' shutdown).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: log.info("already stopping"))
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 def main(make_runtimes: MakeRuntimes = vllm_runtimes) -> None:

@@ -292,8 +292,12 @@ def test_sigterm_mid_job_finishes_it_and_exits_zero(worker_mesh: WorkerMesh) -> 
     log = worker_mesh.node_log(node)
     assert "stop requested; draining" in log
     assert "session drained; closing the stream" in log
+    _restart(worker_mesh, node)  # for the next test
+
+
+def _restart(worker_mesh: WorkerMesh, node: str) -> None:
+    """Starts the exited node again and waits until it is connected (for the next test)."""
     worker_mesh.mesh.children.remove(worker_mesh.mesh.child(node))
-    # Bring it back for the next test.
     since = worker_mesh.connected_since(node)
     worker_mesh.start_node(node)
     worker_mesh.wait_until(
@@ -304,29 +308,40 @@ def test_sigterm_mid_job_finishes_it_and_exits_zero(worker_mesh: WorkerMesh) -> 
 
 
 def test_second_sigterm_hands_running_jobs_back(worker_mesh: WorkerMesh) -> None:
-    client = client_of(worker_mesh)
-    try:
-        job_id, node = start_long_job(worker_mesh, client, "hand me back", 1500)
-        process = worker_mesh.mesh.child(node).process
-        drains = worker_mesh.node_log(node).count(DRAINING)
-        process.send_signal(signal.SIGTERM)
-        # The node handled the first signal (two sent before it runs its handler may arrive
-        # as one): it logged that it drains.
-        worker_mesh.wait_until(
-            f"{node} to start draining",
-            lambda: worker_mesh.node_log(node).count(DRAINING) > drains,
-            60,
-        )
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(90)
-        job = client.wait(job_id, timeout=180)
-    finally:
-        client.close()
-    history = worker_mesh.attempts(job_id)
-    assert code == 0
+    """A second SIGTERM while draining hands the running job back: it ends on the other
+    node. A try whose job the node finished between the two signals (on a starved machine
+    the test sees a job running late) proves nothing and is made again."""
+    for _ in range(3):
+        client = client_of(worker_mesh)
+        try:
+            job_id, node = start_long_job(worker_mesh, client, "hand me back", 2000)
+            process = worker_mesh.mesh.child(node).process
+            drains = worker_mesh.node_log(node).count(DRAINING)
+            process.send_signal(signal.SIGTERM)
+            # The node handled the first signal (two sent before it runs its handler may
+            # arrive as one): it logged that it drains.
+            worker_mesh.wait_until(
+                f"{node} to start draining",
+                lambda node=node, drains=drains: (
+                    worker_mesh.node_log(node).count(DRAINING) > drains
+                ),
+                60,
+            )
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(90)
+            job = client.wait(job_id, timeout=180)
+        finally:
+            client.close()
+        history = worker_mesh.attempts(job_id)
+        _restart(worker_mesh, node)
+        assert code == 0, "a stop signal never kills the node, not even during shutdown"
+        if [a["outcome"] for a in history] != ["SUCCEEDED"]:
+            break
+    else:
+        pytest.fail("in three tries the node finished its job before the second SIGTERM")
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED, (job.error, history)
     assert job.signature.node_id != node
-    assert job.usage.completion_tokens == 1500
+    assert job.usage.completion_tokens == 2000
     assert history[0]["node_id"] == node
     assert history[0]["error_reason"] == "NODE_SHUTDOWN", history
     assert history[-1]["outcome"] == "SUCCEEDED"
