@@ -199,6 +199,10 @@ class Dispatcher:
             decision = give_up(opened.tries, AttemptOutcome.LOST, "no attempt finished")
             return await self._execute(decision, session.node_id, uuid.UUID(job_id), attempt, bound)
         await self._publish_state(job_id, JobState.DISPATCHED)
+        ttl = envelope.spec.ttl.ToTimedelta()
+        if attempt == 1 and ttl:  # accepted at expires_at - ttl (the bridge applied the TTL)
+            waited = datetime.now(UTC) - (expires_at - ttl)
+            self._metrics.queue_wait.observe(max(0.0, waited.total_seconds()))
 
         run = JobRun(
             job_id=job_id,
@@ -373,7 +377,9 @@ class Dispatcher:
             bound.warning("job dead-lettered", attempts=attempt, last_error=decision.last_error)
             return Verdict(Action.DEAD_LETTER, reason=decision.last_error)
         if decision.step is Step.REQUEUE:
+            self._metrics.retries.labels("0").inc()
             return REQUEUE
+        self._metrics.retries.labels(str(decision.stage + 1)).inc()
         bound.info("retrying after a delay", stage=decision.stage + 1, reason=decision.reason)
         return Verdict(Action.RETRY_STAGE, stage=decision.stage, reason=decision.reason)
 

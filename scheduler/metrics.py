@@ -37,6 +37,19 @@ class SchedulerMetrics:
             buckets=SECONDS,
             registry=registry,
         )
+        self.queue_wait = Histogram(
+            "fleetwire_queue_wait_seconds",
+            "Acceptance to first dispatch of a job (its queue wait).",
+            buckets=SECONDS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "fleetwire_retries_total",
+            "Jobs sent round again, by retry stage (0: straight back to the queue, e.g. a "
+            "node lost or a reject; 1..n: through that delayed stage).",
+            ["stage"],
+            registry=registry,
+        )
         connected = Gauge(
             "fleetwire_nodes_connected",
             "Nodes with a live NodeStream on this replica.",

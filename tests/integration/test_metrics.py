@@ -77,6 +77,28 @@ async def test_the_counters_follow_a_job_and_an_offence(
         >= value(before_scheduler, "fleetwire_jobs_finished_total", **succeeded) + 1
     )
     assert value(after_scheduler, "fleetwire_job_duration_seconds_count") >= 1
+    assert (
+        value(after_scheduler, "fleetwire_queue_wait_seconds_count")
+        >= value(before_scheduler, "fleetwire_queue_wait_seconds_count") + 1
+    )
+
+
+async def test_a_retry_is_counted_by_stage(
+    scheduler: SchedulerServer, jobs: job_service_pb2_grpc.JobServiceStub
+) -> None:
+    """A retryable failure sends the job through the first delayed stage; then it succeeds."""
+    before = value(scrape(scheduler.metrics_port), "fleetwire_retries_total", stage="1")
+    node = ScriptedNode(
+        f"127.0.0.1:{scheduler.port}",
+        f"retry-metrics-{uuid.uuid4().hex[:6]}",
+        "scripted",
+        lambda n: "fail-retryable" if n == 1 else "ok",
+    )
+    async with running(node):
+        job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+        await wait_state(jobs, job_id, job_pb2.JOB_STATE_SUCCEEDED)
+    after = value(scrape(scheduler.metrics_port), "fleetwire_retries_total", stage="1")
+    assert after == before + 1
 
 
 async def test_a_refused_submit_is_counted_by_reason(
