@@ -26,7 +26,7 @@ setup: venv services tools model  ## install everything and start the services
 venv:  ## create .venv and install fleetwire with the right vLLM build
 	@scripts/ensure-venv.sh
 
-services:  ## install/start RabbitMQ, Redis and PostgreSQL when not running
+services:  ## install/start RabbitMQ, Redis and PostgreSQL when not running; install Prometheus (tests)
 	@scripts/ensure-services.sh
 
 tools: venv  ## install buf (npm) and check grpcurl

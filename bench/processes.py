@@ -66,6 +66,10 @@ def isolated_env(namespace: str) -> dict[str, str]:
         "FLEETWIRE_BRIDGE_METRICS_PORT": "0",
         "FLEETWIRE_SCHEDULER_METRICS_PORT": "0",
         "FLEETWIRE_MODELS": f'["tiny-llama", "{BENCH_MODEL}", "{IDLE_MODEL}"]',
+        # The peers have no validation jobs either; in production about
+        # FLEETWIRE_SCHEDULER_VALIDATION_SHARE more node work (docs/trust.md).
+        "FLEETWIRE_SCHEDULER_VALIDATION_SHARE": "0",
+        "FLEETWIRE_SCHEDULER_VALIDATION_BURST": "0",
         "FLEETWIRE_BRIDGE_TENANT_RATE": "1000000",
         "FLEETWIRE_BRIDGE_TENANT_BURST": "1000000",
         "FLEETWIRE_BRIDGE_MAX_QUEUE_DEPTH": "1000000",

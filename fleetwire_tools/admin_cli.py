@@ -28,16 +28,28 @@ mesh_app = typer.Typer(
 
 @mesh_app.command("nodes")
 def nodes(address: Address = None, as_json: Json = False) -> None:
-    """Connected nodes: scheduler, load, penalties."""
+    """Connected nodes: scheduler, load, penalties, reputation from validation jobs."""
     reply = admin_call(address, "ListNodes", mesh_admin_service_pb2.ListNodesRequest())
     if as_json:
         print_json(reply)
         return
-    table = Table("node", "scheduler", "models", "region", "slots free/all", "running", "penalties")
+    table = Table(
+        "node",
+        "scheduler",
+        "models",
+        "region",
+        "slots free/all",
+        "running",
+        "penalties",
+        "reputation (validations right/wrong)",
+    )
     for n in reply.nodes:
         standing = f"{n.penalty_points:.1f} pts, {n.penalties_24h}/24h"
         if n.excluded:
             standing += " [red]excluded[/]"
+        trust = f"{n.reputation:.2f} ({n.validations_passed}/{n.validations_wrong})"
+        if n.on_probation:
+            trust += " [red]probation[/]"
         table.add_row(
             n.node_id,
             n.scheduler_id,
@@ -46,6 +58,7 @@ def nodes(address: Address = None, as_json: Json = False) -> None:
             f"{n.free_slots}/{n.slots}",
             str(n.running_jobs),
             standing + (" draining" if n.draining else ""),
+            trust,
         )
     console.print(table)
 

@@ -169,6 +169,20 @@ def nodes_revoke(node_id: str, address: Address = None) -> None:
     typer.echo(json.dumps({"node_id": node_id, "revoked": True}))
 
 
+@nodes_app.command("validate")
+def nodes_validate(
+    node_id: str,
+    jobs: Annotated[int, typer.Option("--jobs", help="Validation jobs to send (1 to 100).")] = 5,
+    address: Address = None,
+) -> None:
+    """Send NODE_ID validation jobs now (it must be connected to the scheduler of the admin
+    port); `fleetwire admin mesh nodes` shows how it answered."""
+    reply = admin_call(
+        address, "ValidateNode", admin_pb2.ValidateNodeRequest(node_id=node_id, jobs=jobs)
+    )
+    typer.echo(json.dumps({"node_id": node_id, "owed": reply.owed}))
+
+
 @nodes_app.command("list")
 def nodes_list(address: Address = None, as_json: Json = False) -> None:
     """List registered nodes: keys, state, grants."""

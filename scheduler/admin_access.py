@@ -16,6 +16,7 @@ from fleetwire.store.tenants import TENANT_PATTERN, TenantLimits, TenantStore
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2
 from scheduler.admin_gate import AdminGate, Context, actor_of
 from scheduler.admin_nodes import network_value
+from scheduler.validation_store import VALIDATION_TENANT
 
 _ROLES = {
     mesh_admin_service_pb2.OPERATOR_ROLE_VIEWER: Role.VIEWER,
@@ -152,6 +153,12 @@ class AccessAdmin:
     ) -> mesh_admin_service_pb2.CreateApiKeyResponse:
         operator = await self._gate.authorize(context, "CreateApiKey")
         tenant = _tenant(request.tenant)
+        if tenant == VALIDATION_TENANT:
+            # Its jobs are the validation challenges: a key would let whoever holds it read
+            # the prompts and their agreed answers.
+            raise InvalidArgument(
+                [FieldViolation("tenant", f"{VALIDATION_TENANT} is the mesh's own tenant")]
+            )
         if len(request.name) > 200:
             raise InvalidArgument([FieldViolation("name", "at most 200 characters")])
         issued = await self._tenants.create_key(tenant, name=request.name)

@@ -28,6 +28,7 @@ POLICY: dict[str, Role] = {
     "ListPendingNodes": Role.VIEWER,
     "ApproveNode": Role.ADMIN,
     "RevokeNode": Role.ADMIN,
+    "ValidateNode": Role.ADMIN,
     "RegisterNode": Role.ADMIN,
     "ListRegisteredNodes": Role.VIEWER,
     "GrantNode": Role.ADMIN,

@@ -14,6 +14,9 @@ from fleetwire.protocol.signing import acceptable_public_key, key_id
 from fleetwire.store.nodes import NodeStore, Registration
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2
 from scheduler.admin_gate import AdminGate, Context
+from scheduler.validation import ValidationIssuer
+
+MAX_VALIDATIONS_ASKED = 100
 
 _REGISTRATION = {
     Registration.CREATED: mesh_admin_service_pb2.REGISTRATION_CREATED,
@@ -44,11 +47,12 @@ def _node_id(node_id: str) -> str:
 
 
 class NodeAdmin:
-    """ListPendingNodes, ApproveNode, RevokeNode, RegisterNode, ListRegisteredNodes and
-    GrantNode (mixed into MeshAdminService)."""
+    """ListPendingNodes, ApproveNode, RevokeNode, RegisterNode, ListRegisteredNodes,
+    GrantNode and ValidateNode (mixed into MeshAdminService)."""
 
     _gate: AdminGate
     _nodes: NodeStore
+    _validation: ValidationIssuer
 
     async def ListPendingNodes(  # noqa: N802 - gRPC method name
         self, request: mesh_admin_service_pb2.ListPendingNodesRequest, context: Context
@@ -180,6 +184,21 @@ class NodeAdmin:
         action = "node.withdraw" if request.withdraw else "node.grant"
         await self._gate.audit(operator, action, node_id, what)
         return mesh_admin_service_pb2.GrantNodeResponse(node_id=node_id, changed=changed)
+
+    async def ValidateNode(  # noqa: N802
+        self, request: mesh_admin_service_pb2.ValidateNodeRequest, context: Context
+    ) -> mesh_admin_service_pb2.ValidateNodeResponse:
+        operator = await self._gate.authorize(context, "ValidateNode")
+        node_id = _node_id(request.node_id)
+        if not 1 <= request.jobs <= MAX_VALIDATIONS_ASKED:
+            raise InvalidArgument([FieldViolation("jobs", f"must be 1 to {MAX_VALIDATIONS_ASKED}")])
+        owed = self._validation.owe(node_id, request.jobs)
+        if owed is None:
+            raise FailedPrecondition(
+                f"node {node_id} is not connected to this scheduler", reason="NODE_NOT_CONNECTED"
+            )
+        await self._gate.audit(operator, "node.validate", node_id, {"jobs": request.jobs})
+        return mesh_admin_service_pb2.ValidateNodeResponse(owed=owed)
 
     async def RevokeNode(  # noqa: N802
         self, request: mesh_admin_service_pb2.RevokeNodeRequest, context: Context

@@ -28,6 +28,9 @@ from scheduler.admin_store import AdminStore
 from scheduler.penalties import PenaltyBox
 from scheduler.presence import NodePresence
 from scheduler.replay import DeadLetterReplay
+from scheduler.validation import ValidationIssuer
+from scheduler.validation_rules import Record, reputation
+from scheduler.validation_store import Standing
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +77,9 @@ class MeshAdminService(
         operators: OperatorStore,
         nodes: NodeStore,
         tenants: TenantStore,
+        validation: ValidationIssuer,
     ) -> None:
+        self._validation = validation
         self._nodes = nodes
         self._tenants = tenants
         self._gate = gate
@@ -91,9 +96,12 @@ class MeshAdminService(
     ) -> mesh_admin_service_pb2.ListNodesResponse:
         await self._gate.authorize(context, "ListNodes")
         penalties = await self._store.penalties_24h()
+        entries = await self._presence.all_nodes()
+        standings = await self._validation.standings([e["node_id"] for e in entries])
         views = []
-        for entry in await self._presence.all_nodes():
+        for entry in entries:
             node_id = entry["node_id"]
+            standing = standings.get(node_id, Standing(Record()))
             view = mesh_admin_service_pb2.NodeView(
                 node_id=node_id,
                 scheduler_id=entry.get("scheduler_id", ""),
@@ -108,6 +116,10 @@ class MeshAdminService(
                 penalty_points=self._penalties.points(node_id),
                 excluded=self._penalties.is_excluded(node_id),
                 penalties_24h=penalties.get(node_id, 0),
+                reputation=reputation(standing.record),
+                validations_passed=standing.passed,
+                validations_wrong=standing.wrong,
+                on_probation=self._validation.on_probation(node_id),
             )
             view.connected_at.CopyFrom(_timestamp(entry.get("connected_at", "0")))
             view.last_seen.CopyFrom(_timestamp(entry.get("last_seen", "0")))

@@ -170,9 +170,25 @@ class Dispatcher:
                 bound.info("no free slot; deferring")
             await asyncio.sleep(self._settings.defer_delay.total_seconds())
             return REQUEUE
+        session.dispatched += 1
         reservation = Reservation(session)
         try:
             return await self._attempt(reservation, envelope, expires_at, trace_id, retries, bound)
+        finally:
+            await self._registry.release(reservation.session)
+
+    async def run_reserved(
+        self, session: NodeSession, envelope: job_pb2.Job, trace_id: str
+    ) -> None:
+        """Runs one attempt of the job on ``session``, whose slot the caller took with
+        ``NodeRegistry.reserve_on``, and gives the slot back: how the mesh's validation jobs
+        reach the node they check. The node sees the same Dispatch as for any job; what
+        becomes of the job after the attempt is the caller's (no queue to retry it through)."""
+        expires_at = envelope.expires_at.ToDatetime(tzinfo=UTC)
+        bound = log.bind(job_id=envelope.job_id, trace_id=trace_id, validation=True)
+        reservation = Reservation(session)
+        try:
+            await self._attempt(reservation, envelope, expires_at, trace_id, 0, bound, queued=False)
         finally:
             await self._registry.release(reservation.session)
 
@@ -184,6 +200,8 @@ class Dispatcher:
         trace_id: str,
         retries: int,
         bound: structlog.typing.FilteringBoundLogger,
+        *,
+        queued: bool = True,
     ) -> Verdict:
         job_id = envelope.job_id
         session = reservation.session
@@ -200,7 +218,9 @@ class Dispatcher:
             return await self._execute(decision, session.node_id, uuid.UUID(job_id), attempt, bound)
         await self._publish_state(job_id, JobState.DISPATCHED)
         ttl = envelope.spec.ttl.ToTimedelta()
-        if attempt == 1 and ttl:  # accepted at expires_at - ttl (the bridge applied the TTL)
+        if (
+            queued and attempt == 1 and ttl
+        ):  # accepted at expires_at - ttl (the bridge applied the TTL)
             waited = datetime.now(UTC) - (expires_at - ttl)
             self._metrics.queue_wait.observe(max(0.0, waited.total_seconds()))
 

@@ -7,7 +7,8 @@ required region, is a member of the job's subcloud — and a node that belongs t
 is reserved for them: it takes no public jobs. Pure logic, no I/O.
 
 Score (higher wins): the share of the node's slots that are free (spreads load), plus a
-small bonus for a fast recent time to first token, minus its penalty points.
+small bonus for a fast recent time to first token, minus its penalty points, plus its
+reputation from validation jobs (``scheduler.validation_rules``) above or below neutral.
 """
 
 from __future__ import annotations
@@ -100,14 +101,16 @@ class Standing:
     free_slots: int
     penalty_points: float = 0.0
     recent_ttft_ms: list[float] = field(default_factory=list)
+    reputation: float = 0.5  # scheduler.validation_rules.reputation; 0.5: nothing known
 
 
 def score(standing: Standing) -> float:
     """Free share of slots (0..1), up to +0.2 for a fast recent time to first token, minus
-    0.1 per penalty point."""
+    0.1 per penalty point, plus or minus up to 0.25 for reputation (0.5 is neutral)."""
     free_share = standing.free_slots / standing.slots if standing.slots else 0.0
     ttft_bonus = 0.0
     if standing.recent_ttft_ms:
         mean = sum(standing.recent_ttft_ms) / len(standing.recent_ttft_ms)
         ttft_bonus = 0.2 / (1.0 + mean / 100.0)
-    return free_share + ttft_bonus - 0.1 * standing.penalty_points
+    trust = 0.5 * (standing.reputation - 0.5)
+    return free_share + ttft_bonus - 0.1 * standing.penalty_points + trust

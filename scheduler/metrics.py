@@ -1,14 +1,115 @@
-"""The scheduler's metrics: jobs finished by state, offences, node results' timings, and
-the nodes and slots of this replica (read when scraped). ``fleetwire.process.metrics``
-serves them."""
+"""The scheduler's metrics: jobs finished by state, offences, validations, node results'
+timings, the nodes and slots of this replica (read when scraped), and the mesh's state as
+the census last read it (``scheduler.census``: queue depths, jobs waiting, eligible slots
+per route, excluded nodes, ledger totals). ``fleetwire.process.metrics`` serves them."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from scheduler.census_store import LedgerTotals
 from scheduler.registry import NodeRegistry
 
 SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+VALIDATION_OUTCOMES = ("pass", "wrong", "undecided", "unanswered")
+"""``fleetwire_validations_total{outcome}``: a validation answer judged right, judged
+wrong, not judged (no two answers agree yet), or a validation job the node did not
+answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueReading:
+    """Ready messages of one queue: ``queue`` is its name without the namespace
+    (``jobs.mainnet.tiny-llama``, ``retry.1-60000ms``, ``dead``, ``dead-letters``), ``kind``
+    one of ``route``, ``retry``, ``dead``, ``dead_letters``."""
+
+    queue: str
+    kind: str
+    ready: int
+
+
+@dataclass(frozen=True, slots=True)
+class CensusReading:
+    """One pass of the census. A source that could not be read is None, and its series
+    are left out of the scrape rather than shown stale."""
+
+    route_slots: Mapping[str, int] = field(default_factory=dict)
+    nodes_excluded: int = 0
+    queues: tuple[QueueReading, ...] | None = None
+    waiting: Mapping[tuple[str, str], int] | None = None  # (route, priority) -> jobs
+    ledger: LedgerTotals | None = None
+
+
+class CensusCollector(Collector):
+    """Exposes the latest ``CensusReading``. The census replaces the reading whole from the
+    event loop; a scrape (another thread) reads whichever reading is current, never half
+    of one. Nothing is exposed before the first pass."""
+
+    def __init__(self) -> None:
+        self._reading: CensusReading | None = None
+
+    def update(self, reading: CensusReading) -> None:
+        self._reading = reading
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(_families(None))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        return iter(_families(self._reading))
+
+
+def _families(reading: CensusReading | None) -> list[GaugeMetricFamily]:
+    queues = GaugeMetricFamily(
+        "fleetwire_queue_messages",
+        "Messages in the mesh's queues: route queues in use, retry stages, dead (being "
+        "recorded) and dead-letters (DEAD_LETTERED jobs' messages). Ready only: unacked "
+        "counts need RabbitMQ's management plugin.",
+        labels=["queue", "kind", "state"],
+    )
+    waiting = GaugeMetricFamily(
+        "fleetwire_jobs_waiting",
+        "Jobs QUEUED or RETRYING (PostgreSQL), by route and priority class, for every route "
+        "with waiting jobs or served by this replica.",
+        labels=["route", "priority"],
+    )
+    slots = GaugeMetricFamily(
+        "fleetwire_route_slots",
+        "Slots of this replica's nodes that may take a route's jobs (connected, not "
+        "draining, not excluded), for the routes of fleetwire_jobs_waiting.",
+        labels=["route"],
+    )
+    excluded = GaugeMetricFamily(
+        "fleetwire_nodes_excluded",
+        "Connected nodes this replica excludes from matching (penalty points over the threshold).",
+    )
+    ledger = GaugeMetricFamily(
+        "fleetwire_ledger_micro_credits",
+        "Sums over all ledger entries in micro-credits: debits (charges, as a positive "
+        "number) and credits (earnings). Double entry keeps them equal.",
+        labels=["side"],
+    )
+    entries = GaugeMetricFamily("fleetwire_ledger_entries", "Ledger entries written.")
+    families = [queues, waiting, slots, excluded, ledger, entries]
+    if reading is None:
+        return families
+    excluded.add_metric([], reading.nodes_excluded)
+    for route, count in sorted(reading.route_slots.items()):
+        slots.add_metric([route], count)
+    for q in reading.queues or ():
+        queues.add_metric([q.queue, q.kind, "ready"], q.ready)
+    for (route, priority), jobs in sorted((reading.waiting or {}).items()):
+        waiting.add_metric([route, priority], jobs)
+    if reading.ledger is not None:
+        ledger.add_metric(["debit"], reading.ledger.debits)
+        ledger.add_metric(["credit"], reading.ledger.credits)
+        entries.add_metric([], reading.ledger.entries)
+    return families
 
 
 class SchedulerMetrics:
@@ -25,6 +126,15 @@ class SchedulerMetrics:
             ["offence"],
             registry=registry,
         )
+        self.validations = Counter(
+            "fleetwire_validations_total",
+            "Validation answers this replica judged, by outcome: pass, wrong, undecided "
+            "(not judged yet), unanswered (the validation job failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in VALIDATION_OUTCOMES:  # known and few: each series exists from 0
+            self.validations.labels(outcome)
         self.duration = Histogram(
             "fleetwire_job_duration_seconds",
             "Accept to result of finalised jobs, as the node timed it.",
@@ -64,3 +174,5 @@ class SchedulerMetrics:
         )
         slots.labels("total").set_function(lambda: sum(s.slots for s in nodes.sessions))
         slots.labels("free").set_function(lambda: sum(s.free_slots for s in nodes.sessions))
+        self.census = CensusCollector()
+        registry.register(self.census)

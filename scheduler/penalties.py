@@ -30,6 +30,7 @@ class Offence(StrEnum):
     REJECTED = (
         "REJECTED"  # refused a dispatch: a point each, so only a rate above the decay adds up
     )
+    WRONG_ANSWER = "WRONG_ANSWER"  # a validation job answered unlike the nodes that agreed
 
 
 POINTS: dict[Offence, float] = {
@@ -44,6 +45,7 @@ POINTS: dict[Offence, float] = {
     Offence.NODE_CANCELLED: 2.0,
     Offence.STREAM_MISMATCH: 5.0,
     Offence.REJECTED: 1.0,
+    Offence.WRONG_ANSWER: 10.0,
 }
 
 

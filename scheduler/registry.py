@@ -75,6 +75,7 @@ class NodeSession:
     profile: NodeProfile = field(default_factory=lambda: NodeProfile(frozenset(), {}))
     recent_ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     ended: bool = False  # forgotten by the registry: its stream is over
+    dispatched: int = 0  # tenant jobs dispatched to it (what earns it validation jobs)
     close: Callable[[], object] | None = None  # ends the stream (set by the node service)
 
     @property
@@ -97,9 +98,13 @@ class NodeRegistry:
         penalty_points: Callable[[str], float] = lambda _node_id: 0.0,
         *,
         reconnect_grace: float = 0.0,
+        reputation: Callable[[str], float] = lambda _node_id: 0.5,
+        on_probation: Callable[[str], bool] = lambda _node_id: False,
     ) -> None:
         self._excluded = excluded
         self._penalty_points = penalty_points
+        self._reputation = reputation
+        self._on_probation = on_probation
         self._reconnect_grace = reconnect_grace
         self._sessions: dict[str, NodeSession] = {}
         # Runs of nodes whose stream broke, waiting ``reconnect_grace`` for them to return.
@@ -213,13 +218,15 @@ class NodeRegistry:
         return any(route in s.routes for s in self._sessions.values())
 
     def eligible(self, route: str, needs: JobNeeds | None) -> list[NodeSession]:
-        """Nodes on ``route`` that may run the job (free slot or not)."""
+        """Nodes on ``route`` that may run the job (free slot or not); a node on probation
+        runs only the mesh's validation jobs (``reserve_on``)."""
         return [
             s
             for s in self._sessions.values()
             if route in s.routes
             and not s.draining
             and not self._excluded(s.node_id)
+            and not self._on_probation(s.node_id)
             and (needs is None or ineligibility(s.profile, needs) is None)
         ]
 
@@ -232,6 +239,8 @@ class NodeRegistry:
             reason = ineligibility(s.profile, needs)
             if reason is None and self._excluded(s.node_id):
                 reason = "EXCLUDED"
+            if reason is None and self._on_probation(s.node_id):
+                reason = "PROBATION"
             if reason is None and s.draining:
                 reason = "DRAINING"
             if reason is not None:
@@ -244,6 +253,7 @@ class NodeRegistry:
             free_slots=s.free_slots,
             penalty_points=self._penalty_points(s.node_id),
             recent_ttft_ms=list(s.recent_ttft_ms),
+            reputation=self._reputation(s.node_id),
         )
 
     def _pick(self, route: str, needs: JobNeeds | None) -> NodeSession | None:
@@ -271,6 +281,16 @@ class NodeRegistry:
                         await self._capacity_changed.wait()
                 except TimeoutError:
                     return None
+
+    def reserve_on(self, session: NodeSession) -> bool:
+        """Takes a slot on this very session, if it is live and has one free (how the
+        mesh's validation jobs reach the node they check). Give it back with ``release``."""
+        if session.ended or self._sessions.get(session.node_id) is not session:
+            return False
+        if not session.free_slots:
+            return False
+        session.reserved += 1
+        return True
 
     async def release(self, session: NodeSession) -> None:
         session.reserved = max(0, session.reserved - 1)

@@ -7,6 +7,10 @@
 # not installed -> apt-get install it (Debian/Ubuntu), then start it. Idempotent; when all
 # three already answer it only probes them (well under a second).
 #
+# Also installs, with apt-get, the Prometheus server and promtool (Debian package
+# prometheus) that tests/integration/test_prometheus.py starts against a test mesh. Only
+# installed, never started here: the test runs its own, on a port and data dir of its own.
+#
 # Environment:
 #   FLEETWIRE_SERVICE_TIMEOUT  seconds to wait for each service to answer (default 90)
 #
@@ -108,6 +112,7 @@ pg_version() {
 
 rabbitmq_installed() { command -v rabbitmq-server >/dev/null 2>&1 && command -v rabbitmqctl >/dev/null 2>&1; }
 redis_installed() { command -v redis-server >/dev/null 2>&1; }
+prometheus_installed() { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; }
 postgres_installed() { command -v pg_ctlcluster >/dev/null 2>&1 && [[ -n $(pg_version) ]]; }
 
 apt_install() {
@@ -235,6 +240,14 @@ main() {
 
   ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 
+  # Without its Recommends (prometheus-node-exporter, a daemon the tests do not need).
+  local prometheus_state="already installed"
+  if ! prometheus_installed; then
+    prometheus_state="installed"
+    apt_install --no-install-recommends prometheus
+    prometheus_installed || die "prometheus or promtool is missing after apt-get install prometheus"
+  fi
+
   # Start what does not answer (the package may have started it during install), then wait
   # for all of them. RabbitMQ is started last because start_rabbitmq already waits for it.
   for svc in redis postgres rabbitmq; do
@@ -267,6 +280,7 @@ main() {
   for svc in rabbitmq redis postgres; do
     log "${label[$svc]}: ${state[$svc]}"
   done
+  log "prometheus: $prometheus_state (not started; the tests start their own)"
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

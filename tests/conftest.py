@@ -97,6 +97,10 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
         "FLEETWIRE_SCHEDULER_RECONNECT_GRACE": "3",
         "FLEETWIRE_SCHEDULER_REAP_INTERVAL": "0.5",
         "FLEETWIRE_SCHEDULER_REAP_GRACE": "2",
+        # No validation jobs unless a test asks for them (tests/integration/test_validation.py
+        # and the e2e validation test): the others count the jobs their nodes are sent.
+        "FLEETWIRE_SCHEDULER_VALIDATION_SHARE": "0",
+        "FLEETWIRE_SCHEDULER_VALIDATION_BURST": "0",
         "FLEETWIRE_MODELS": '["tiny-llama", "scripted"]',
         "FLEETWIRE_NODE_MODEL_PATH": str(MODEL_DIR),
         "FLEETWIRE_NODE_KEY_FILE": str(key_file),

@@ -422,11 +422,67 @@ class SchedulerSettings(_Group):
         description="Port of the Prometheus metrics endpoint (/metrics; HTTPS with the "
         "server's certificate unless FLEETWIRE_TLS_INSECURE); 0: any free port.",
     )
+    metrics_poll_interval: Duration = Field(
+        timedelta(seconds=15),
+        gt=timedelta(0),
+        description="How often the metrics of the mesh's state are read: queue depths "
+        "(RabbitMQ), jobs waiting and ledger totals (PostgreSQL), excluded nodes.",
+    )
     tokenizers: dict[str, Path] = Field(
         default_factory=dict,
         description="Model name to the directory of its tokenizer.json (JSON object): the "
         "mesh counts prompt tokens and bounds completion tokens itself for these models "
         "instead of billing a node's signed counts up to the caps (docs/trust.md).",
+    )
+    validation_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Chance that a tenant job dispatched to a node earns it a validation "
+        "(blind) job too: a prompt with a known temperature-0 answer, paid from the mesh's "
+        "own account (docs/trust.md); 0 turns validation off.",
+    )
+    validation_burst: int = Field(
+        3,
+        ge=0,
+        description="Validation jobs a node with fewer judged answers than this gets as soon "
+        "as it connects (a newly approved node is checked before it earns a reputation).",
+    )
+    validation_max_tokens: int = Field(
+        24, ge=4, description="Most tokens a validation job asks for (each asks 8 to this)."
+    )
+    validation_ttl: Duration = Field(
+        timedelta(minutes=5), description="TTL of a validation job, as a tenant would set it."
+    )
+    validation_agreement: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Two answers agree when they are equal or share a prefix of at least this "
+        "share of the longer one (greedy decoding that diverges late on other hardware still "
+        "agrees; other text does not).",
+    )
+    validation_max_answers: int = Field(
+        4,
+        ge=2,
+        description="Nodes asked a challenge before it is given up as UNRESOLVED (no two "
+        "agreed) and judges nobody.",
+    )
+    probation_interval: Duration = Field(
+        timedelta(seconds=30),
+        description="How often a node on probation (reputation below the floor after a wrong "
+        "answer: no tenant work) gets a validation job to earn its way back.",
+    )
+    reputation_floor: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Reputation below which a node that answered a validation job wrongly "
+        "gets no tenant jobs, only validation jobs (probation).",
+    )
+    reputation_half_life: Duration = Field(
+        timedelta(days=1),
+        description="Half-life of validation outcomes and offence points in a node's reputation.",
     )
     price_per_1k_prompt_tokens: int = Field(
         100, ge=0, description="Micro-credits a mainnet job is charged per 1,000 prompt tokens."

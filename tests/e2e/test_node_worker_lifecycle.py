@@ -347,9 +347,44 @@ def test_second_sigterm_hands_running_jobs_back(worker_mesh: WorkerMesh) -> None
     assert history[-1]["outcome"] == "SUCCEEDED"
 
 
+# -- validation jobs on real engines -------------------------------------------------------
+
+VALIDATIONS_PER_NODE = 28
+
+
+def test_validation_jobs_find_no_fault_with_honest_vllm_nodes(worker_mesh: WorkerMesh) -> None:
+    """An operator asks both vLLM nodes for validation jobs: the two engines agree on every
+    temperature-0 challenge they both answer, so over 50 judged answers none is WRONG and
+    both nodes' reputations rise (docs/trust.md: zero false offences)."""
+    worker_mesh.wait_for_nodes(set(NODES), timeout=NODE_START_TIMEOUT)
+    before = worker_mesh.verdicts(NODES)
+    for node in NODES:
+        worker_mesh.cli("admin", "nodes", "validate", node, "--jobs", str(VALIDATIONS_PER_NODE))
+
+    def judged() -> dict[str, int] | None:
+        now = worker_mesh.verdicts(NODES)
+        done = sum(now.values()) - sum(before.values())
+        return now if done >= 50 else None
+
+    verdicts = eventually_sync(judged, within=300, what="the validation answers judged")
+    assert sum(verdicts.values()) - sum(before.values()) >= 50
+    assert verdicts.get("WRONG", 0) == 0, verdicts
+    views = json.loads(worker_mesh.cli("admin", "mesh", "nodes", "--json").stdout)["nodes"]
+    for view in views:
+        if view["node_id"] in NODES:
+            assert view["reputation"] > 0.7, view
+            assert not view.get("on_probation"), view
+
+
 # -- last: nothing honest was taken for a lie ---------------------------------------------
 
-LIES = ("INVALID_RESULT", "INFLATED_USAGE", "OVERSIZED_PROGRESS", "STREAM_MISMATCH")
+LIES = (
+    "INVALID_RESULT",
+    "INFLATED_USAGE",
+    "OVERSIZED_PROGRESS",
+    "STREAM_MISMATCH",
+    "WRONG_ANSWER",
+)
 
 
 def test_the_honest_nodes_were_never_charged_with_a_lie(worker_mesh: WorkerMesh) -> None:

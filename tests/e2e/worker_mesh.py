@@ -108,6 +108,21 @@ class WorkerMesh(LiveMesh):
 
         return self._loop.run_until_complete(fetch())
 
+    def verdicts(self, node_ids: tuple[str, ...]) -> dict[str, int]:
+        """How the nodes' validation answers were judged: PASS and WRONG counts together."""
+
+        async def fetch() -> dict[str, int]:
+            if self._conn is None:
+                self._conn = await asyncpg.connect(self.dsn)
+            rows = await self._conn.fetch(
+                "SELECT verdict, count(*) AS n FROM validation_answers"
+                " WHERE node_id = ANY($1::text[]) AND verdict IS NOT NULL GROUP BY verdict",
+                list(node_ids),
+            )
+            return {r["verdict"]: r["n"] for r in rows}
+
+        return self._loop.run_until_complete(fetch())
+
     def attempts(self, job_id: str) -> list[asyncpg.Record]:
         """The job's attempts, over one connection kept for the module (a new connection
         per poll is slow enough on a loaded machine to let a job finish unobserved)."""

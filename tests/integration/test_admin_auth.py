@@ -46,6 +46,7 @@ REQUESTS: dict[str, Any] = {
     "GrantNode": mesh_admin_service_pb2.GrantNodeRequest(
         node_id="admin-auth-none", subcloud="none"
     ),
+    "ValidateNode": mesh_admin_service_pb2.ValidateNodeRequest(node_id="admin-auth-none", jobs=1),
     "CreateApiKey": mesh_admin_service_pb2.CreateApiKeyRequest(tenant="admin-auth-none"),
     "ListApiKeys": mesh_admin_service_pb2.ListApiKeysRequest(tenant="admin-auth-none"),
     "RevokeApiKey": mesh_admin_service_pb2.RevokeApiKeyRequest(key_id="000000000000"),

@@ -7,11 +7,15 @@ from __future__ import annotations
 import urllib.request
 import uuid
 
+import aiormq
+import asyncpg
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker_bridge.server import BridgeServer
+from fleetwire.messaging.topology import Topology
+from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.server import SchedulerServer
@@ -112,3 +116,48 @@ async def test_a_refused_submit_is_counted_by_reason(
         await jobs.Submit(job_service_pb2.SubmitRequest(job=bad))
     after = value(scrape(bridge.metrics_port), "fleetwire_admission_refusals_total", **labels)
     assert after == before + 1
+
+
+async def test_the_census_reports_queues_waiting_jobs_and_the_ledger(
+    scheduler: SchedulerServer,
+    jobs: job_service_pb2_grpc.JobServiceStub,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    amqp_channel: aiormq.abc.AbstractChannel,
+) -> None:
+    """What the census reads matches RabbitMQ and PostgreSQL: a job waits on a route no
+    node serves (no eligible slot there), the dead letters and the ledger's totals."""
+    stranded = spec()
+    stranded.model = "tiny-llama"  # no node serves it in these tests
+    job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=stranded))).job.job_id
+    try:
+        assert scheduler.census is not None
+        await scheduler.census.poll()
+        now = scrape(scheduler.metrics_port)
+    finally:
+        await jobs.Cancel(job_service_pb2.CancelRequest(job_id=job_id))
+    route = "mainnet.tiny-llama"
+    assert value(now, "fleetwire_jobs_waiting", route=route, priority="normal") >= 1
+    assert ("fleetwire_jobs_waiting", (("priority", "urgent"), ("route", route))) in now
+    assert ("fleetwire_route_slots", (("route", route),)) in now
+    assert value(now, "fleetwire_route_slots", route=route) == 0
+    topology = Topology(settings.mesh.namespace)
+    for queue, name, kind in (
+        (topology.route_queue(route), f"jobs.{route}", "route"),
+        (topology.dead_letters_queue, "dead-letters", "dead_letters"),
+    ):
+        ok = await amqp_channel.queue_declare(queue, passive=True)  # nothing consumes them
+        ready = value(now, "fleetwire_queue_messages", queue=name, kind=kind, state="ready")
+        assert ready == ok.message_count, queue
+    stage = topology.retry_stage(0, int(settings.scheduler.retry_delays[0].total_seconds() * 1000))
+    retry_labels = (("kind", "retry"), ("queue", stage.split(".", 1)[1]), ("state", "ready"))
+    assert ("fleetwire_queue_messages", retry_labels) in now
+    debits, credits = await pool.fetchrow(
+        "SELECT coalesce(sum(-amount) FILTER (WHERE amount < 0), 0),"
+        " coalesce(sum(amount) FILTER (WHERE amount > 0), 0) FROM ledger_entries"
+    )
+    assert value(now, "fleetwire_ledger_micro_credits", side="debit") == debits
+    assert value(now, "fleetwire_ledger_micro_credits", side="credit") == credits
+    assert ("fleetwire_nodes_excluded", ()) in now
+    for outcome in ("pass", "wrong", "undecided", "unanswered"):  # from 0
+        assert ("fleetwire_validations_total", (("outcome", outcome),)) in now

@@ -12,6 +12,7 @@ from fleetwire.domain.errors import ConfigurationError
 from fleetwire.v1 import job_pb2
 from scheduler.result_checks import billable_usage
 from scheduler.token_counts import COMPLETION_FACTOR, COMPLETION_SLACK, TokenCounter
+from tests.conftest import MODEL_DIR
 from tests.support.tokenizer import write_tokenizer
 
 
@@ -40,12 +41,54 @@ def test_a_model_without_a_tokenizer_is_not_counted(tokenizer_dir: Path) -> None
     assert TokenCounter({"m": tokenizer_dir}).counted(job_pb2.JobSpec(model="other"), "x") is None
 
 
-def test_a_chat_keeps_the_cap_for_its_prompt(tokenizer_dir: Path) -> None:
+def test_a_chat_without_a_template_keeps_the_cap_for_its_prompt(tokenizer_dir: Path) -> None:
     chat = spec(prompt="")
     chat.messages.append(job_pb2.ChatMessage(role="user", content="the fleet"))
     counted = TokenCounter({"m": tokenizer_dir}).counted(chat, "signed results")
     assert counted is not None
     assert counted.prompt_tokens is None
+
+
+def test_a_chat_is_counted_as_the_engine_renders_it() -> None:
+    """The tiny model's chat template, rendered by the mesh, gives the count of Hugging
+    Face's apply_chat_template (what the node's vLLM tokenizer runs)."""
+    from transformers import AutoTokenizer
+
+    chat = job_pb2.JobSpec(model="tiny-llama", sampling=job_pb2.SamplingParams(max_tokens=8))
+    for role, content in (
+        ("system", "Be brief."),
+        ("user", "Name a river."),
+        ("assistant", "The Nile."),
+        ("user", "Another?"),
+    ):
+        chat.messages.append(job_pb2.ChatMessage(role=role, content=content))
+    counted = TokenCounter({"tiny-llama": MODEL_DIR}).counted(chat, "The Amazon.")
+    assert counted is not None
+    reference = AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    text = reference.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in chat.messages],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert counted.prompt_tokens == len(reference.encode(text, add_special_tokens=False))
+
+
+def test_a_template_that_refuses_the_messages_leaves_the_cap(tmp_path: Path) -> None:
+    directory = write_tokenizer(tmp_path / "tok")
+    (directory / "chat_template.jinja").write_text(
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    chat = spec(prompt="")
+    chat.messages.append(job_pb2.ChatMessage(role="user", content="the fleet"))
+    counter = TokenCounter({"m": directory})
+    counted = counter.counted(chat, "x")
+    assert counted is not None
+    assert counted.prompt_tokens is not None
+    chat.messages[0].role = "system"
+    refused = counter.counted(chat, "x")
+    assert refused is not None
+    assert refused.prompt_tokens is None
 
 
 def test_the_bill_uses_the_meshs_counts(tokenizer_dir: Path) -> None:

@@ -39,7 +39,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeView(_message.Message):
-    __slots__ = ("node_id", "scheduler_id", "models", "region", "subclouds", "slots", "free_slots", "running_jobs", "draining", "penalty_points", "excluded", "penalties_24h", "connected_at", "last_seen")
+    __slots__ = ("node_id", "scheduler_id", "models", "region", "subclouds", "slots", "free_slots", "running_jobs", "draining", "penalty_points", "excluded", "penalties_24h", "connected_at", "last_seen", "reputation", "validations_passed", "validations_wrong", "on_probation")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,10 @@ class NodeView(_message.Message):
     PENALTIES_24H_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    REPUTATION_FIELD_NUMBER: _ClassVar[int]
+    VALIDATIONS_PASSED_FIELD_NUMBER: _ClassVar[int]
+    VALIDATIONS_WRONG_FIELD_NUMBER: _ClassVar[int]
+    ON_PROBATION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     scheduler_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -68,7 +72,11 @@ class NodeView(_message.Message):
     penalties_24h: int
     connected_at: _timestamp_pb2.Timestamp
     last_seen: _timestamp_pb2.Timestamp
-    def __init__(self, node_id: _Optional[str] = ..., scheduler_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., region: _Optional[str] = ..., subclouds: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., free_slots: _Optional[int] = ..., running_jobs: _Optional[int] = ..., draining: _Optional[bool] = ..., penalty_points: _Optional[float] = ..., excluded: _Optional[bool] = ..., penalties_24h: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    reputation: float
+    validations_passed: int
+    validations_wrong: int
+    on_probation: bool
+    def __init__(self, node_id: _Optional[str] = ..., scheduler_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., region: _Optional[str] = ..., subclouds: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., free_slots: _Optional[int] = ..., running_jobs: _Optional[int] = ..., draining: _Optional[bool] = ..., penalty_points: _Optional[float] = ..., excluded: _Optional[bool] = ..., penalties_24h: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reputation: _Optional[float] = ..., validations_passed: _Optional[int] = ..., validations_wrong: _Optional[int] = ..., on_probation: _Optional[bool] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -505,3 +513,17 @@ class ListAuditEntriesResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
+class ValidateNodeRequest(_message.Message):
+    __slots__ = ("node_id", "jobs")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    jobs: int
+    def __init__(self, node_id: _Optional[str] = ..., jobs: _Optional[int] = ...) -> None: ...
+
+class ValidateNodeResponse(_message.Message):
+    __slots__ = ("owed",)
+    OWED_FIELD_NUMBER: _ClassVar[int]
+    owed: int
+    def __init__(self, owed: _Optional[int] = ...) -> None: ...

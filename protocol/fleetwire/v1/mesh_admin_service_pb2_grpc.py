@@ -105,6 +105,11 @@ class MeshAdminServiceStub:
                 request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeRequest.SerializeToString,
                 response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeResponse.FromString,
                 _registered_method=True)
+        self.ValidateNode = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ValidateNode',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ValidateNodeRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ValidateNodeResponse.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/fleetwire.v1.MeshAdminService/CreateApiKey',
                 request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.CreateApiKeyRequest.SerializeToString,
@@ -265,6 +270,16 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ValidateNode(self, request, context):
+        """Owes a connected node `jobs` validation jobs now, on top of those it earns: each goes
+        into a free slot of the node, one at a time, and is judged like any (docs/trust.md).
+        Errors: INVALID_ARGUMENT (jobs not 1 to 100), FAILED_PRECONDITION (reason
+        NODE_NOT_CONNECTED: not connected to this replica) (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateApiKey(self, request, context):
         """Creates an API key for a tenant (the tenant is created if new). The key is in this
         answer only; the mesh keeps its hash (admin).
@@ -395,6 +410,11 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.GrantNode,
                     request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeRequest.FromString,
                     response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeResponse.SerializeToString,
+            ),
+            'ValidateNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateNode,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ValidateNodeRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ValidateNodeResponse.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
@@ -777,6 +797,33 @@ class MeshAdminService:
             '/fleetwire.v1.MeshAdminService/GrantNode',
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeRequest.SerializeToString,
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.GrantNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ValidateNode',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ValidateNodeRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ValidateNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
