@@ -16,12 +16,12 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup venv services tools model demo up test test-fast test-ts pytest proto lint typecheck bench clean
+.PHONY: help setup venv services tools browser model demo up test test-fast test-ts pytest proto lint typecheck bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: venv services tools model  ## install everything and start the services
+setup: venv services tools browser model  ## install everything and start the services
 
 venv:  ## create .venv and install fleetwire with the right vLLM build
 	@scripts/ensure-venv.sh
@@ -31,6 +31,9 @@ services:  ## install/start RabbitMQ, Redis and PostgreSQL when not running; ins
 
 tools: venv  ## install buf (npm) and check grpcurl
 	@scripts/ensure-tools.sh
+
+browser:  ## install Debian's Chromium (the console's browser test) when missing
+	@scripts/ensure-browser.sh
 
 model: venv  ## build the tiny random-weight model (offline, deterministic)
 	@$(FW) make-model --out $(MODEL_DIR)
@@ -46,7 +49,7 @@ test: setup lint typecheck pytest  ## everything CI runs: lint, types, all tests
 pytest:
 	@$(PY) -m pytest tests
 
-test-fast: venv services  ## unit and integration tests only (no vLLM)
+test-fast: venv services browser  ## unit and integration tests only (no vLLM)
 	@$(PY) -m pytest tests/unit tests/integration
 
 test-ts: tools  ## TypeScript client: offline tests; against a mesh too when FLEETWIRE_ADDRESS is set

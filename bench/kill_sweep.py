@@ -31,7 +31,7 @@ most) and reads the row of the table from PostgreSQL:
 The process logs are kept (and their folder printed) when a run finds a stuck, doubled or
 untold job, a told job not SUCCEEDED, a request that failed or a try that ran into its
 deadline (or with ``--keep-logs``); otherwise they are removed with the rest. Each try
-carries ``x-request-id: <client_request_id>.<try>``, the ``trace_id`` of the bridge's log
+carries ``x-request-id: <client_request_id>.<try>``, the ``request_id`` of the bridge's log
 lines about it.
 """
 

@@ -72,8 +72,8 @@ async def until_answered(
 ) -> Any | None:
     """Calls ``call`` until it answers, as a retrying client does (same request id);
     None after a non-retryable error (recorded). Each try carries ``x-request-id``
-    ``<request id>.<try>``, so the bridge's log lines of a try can be found (its
-    ``trace_id``)."""
+    ``<request id>.<try>``, so the bridge's log lines of a try can be found (their
+    ``request_id``)."""
     started = time.monotonic()
     tries = told.tries.setdefault(request_id, [])
     while True:

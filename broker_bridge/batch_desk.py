@@ -31,6 +31,7 @@ from fleetwire.domain.validation import MAX_REQUEST_ID_BYTES
 from fleetwire.messaging.publisher import JobMessage, JobPublisher
 from fleetwire.messaging.topology import Topology
 from fleetwire.process.settings import Settings
+from fleetwire.process.tracing import tracer
 from fleetwire.store.batches import BatchStore, NewBatch
 from fleetwire.store.jobs import JobStore, NewJob
 from fleetwire.v1 import job_pb2, job_service_pb2
@@ -135,7 +136,8 @@ class BatchDesk:
                     )
                 ]
             )
-        valid = self._validated(specs)
+        with tracer().start_as_current_span("validate", attributes={"fleetwire.jobs": len(specs)}):
+            valid = self._validated(specs)
         digest = hashlib.sha256(b"".join(submit_digest(s) for s in valid)).digest()
         if not request_id:
             return await self._accept(valid, digest, None, caller, trace_id)
@@ -185,16 +187,17 @@ class BatchDesk:
             )
             for index, spec in enumerate(specs)
         ]
-        await self._admission.check_tenant(specs, caller)
-        per_route: Counter[tuple[str, int]] = Counter(
-            (row.route_key, spec.priority) for (row, _), spec in zip(made, specs, strict=True)
-        )
-        for (route_key, priority), count in per_route.items():
-            await self._admission.check_queue(route_key, priority, adding=count)
-        await self._admission.check_backlog(caller.tenant_id, adding=len(made))
-        await self._admission.take(
-            caller.tenant_id, rate=caller.rate_per_second, burst=caller.burst, cost=len(made)
-        )
+        with tracer().start_as_current_span("admit"):
+            await self._admission.check_tenant(specs, caller)
+            per_route: Counter[tuple[str, int]] = Counter(
+                (row.route_key, spec.priority) for (row, _), spec in zip(made, specs, strict=True)
+            )
+            for (route_key, priority), count in per_route.items():
+                await self._admission.check_queue(route_key, priority, adding=count)
+            await self._admission.check_backlog(caller.tenant_id, adding=len(made))
+            await self._admission.take(
+                caller.tenant_id, rate=caller.rate_per_second, burst=caller.burst, cost=len(made)
+            )
         rows: list[NewJob] = [row for row, _ in made]
         batch = NewBatch(
             batch_id=batch_id,
@@ -205,8 +208,12 @@ class BatchDesk:
             jobs=rows,
         )
         try:
-            if not await self._batches.insert_batch(batch):
-                return None
+            with tracer().start_as_current_span(
+                "insert",
+                attributes={"fleetwire.batch_id": str(batch_id), "fleetwire.jobs": len(rows)},
+            ):
+                if not await self._batches.insert_batch(batch):
+                    return None
         except BackendUnavailable:
             # The batch may have been committed with only the reply lost.
             self._forget(batch_id, [message for _, message in made])

@@ -34,6 +34,7 @@ from fleetwire.messaging.publisher import JobMessage, JobPublisher
 from fleetwire.messaging.topology import NETWORK_NAMES, Topology
 from fleetwire.process.coalescer import Coalescer
 from fleetwire.process.settings import Settings
+from fleetwire.process.tracing import tracer
 from fleetwire.protocol.facts import request_facts
 from fleetwire.protocol.signing import request_digest
 from fleetwire.store.jobs import JobStore, NewJob
@@ -100,9 +101,22 @@ def new_job(
     return row, message
 
 
+def job_attributes(row: NewJob) -> dict[str, str]:
+    """Span attributes naming the job a span is about (its id; the rest bounded)."""
+    return {
+        "fleetwire.job_id": str(row.job_id),
+        "fleetwire.route": row.route_key,
+        "fleetwire.model": row.model,
+        "fleetwire.priority": row.priority,
+        "fleetwire.network": row.network,
+    }
+
+
 def queued_job(row: NewJob, spec: job_pb2.JobSpec, now: datetime) -> job_pb2.Job:
     """The accepted job as Submit answers it (built from what was written)."""
-    accepted = job_pb2.Job(job_id=str(row.job_id), state=job_pb2.JOB_STATE_QUEUED, spec=spec)
+    accepted = job_pb2.Job(
+        job_id=str(row.job_id), state=job_pb2.JOB_STATE_QUEUED, spec=spec, trace_id=row.trace_id
+    )
     accepted.created_at.FromDatetime(now)
     accepted.updated_at.FromDatetime(now)
     accepted.expires_at.FromDatetime(row.expires_at)
@@ -152,8 +166,11 @@ class JobDesk:
         means no job (but see ``UnsettledRows`` for a bridge that dies first). With a
         client request id, returns the existing job when the tenant used the id before
         (same spec; FAILED_PRECONDITION otherwise), also when another replica is accepting
-        it at this moment; a job found unpublished (its writer died) is published first."""
-        spec = self.validate(spec)
+        it at this moment; a job found unpublished (its writer died) is published first.
+        Spans of the call's trace: ``validate``, ``admit``, ``insert`` and the publisher's
+        ``publish``."""
+        with tracer().start_as_current_span("validate"):
+            spec = self.validate(spec)
         request_id = spec.client_request_id
         if not request_id:
             accepted = await self._admit_and_accept(spec, caller, trace_id)
@@ -206,15 +223,17 @@ class JobDesk:
             now=now,
             publish_lease=self._outbox.lease,
         )
-        await self._admission.check_tenant([spec], caller)
-        await self._admission.check_queue(row.route_key, spec.priority)
-        await self._admission.check_backlog(caller.tenant_id)
-        await self._admission.take(
-            caller.tenant_id, rate=caller.rate_per_second, burst=caller.burst
-        )
+        with tracer().start_as_current_span("admit", attributes={"fleetwire.route": row.route_key}):
+            await self._admission.check_tenant([spec], caller)
+            await self._admission.check_queue(row.route_key, spec.priority)
+            await self._admission.check_backlog(caller.tenant_id)
+            await self._admission.take(
+                caller.tenant_id, rate=caller.rate_per_second, burst=caller.burst
+            )
         try:
-            if not await self._store.insert_job(row):
-                return None
+            with tracer().start_as_current_span("insert", attributes=job_attributes(row)):
+                if not await self._store.insert_job(row):
+                    return None
         except BackendUnavailable:
             # The row may have been committed with only the reply lost.
             self._forget_unpublished(row)

@@ -30,6 +30,7 @@ from fleetwire.process.lifecycle import wait_for_stop_signal
 from fleetwire.process.metrics import MetricsEndpoint
 from fleetwire.process.settings import Settings
 from fleetwire.rpc.server import start_server
+from fleetwire.rpc.telemetry import GrpcServerMetrics
 from fleetwire.rpc.tls import server_tls
 from fleetwire.store.batches import BatchStore
 from fleetwire.store.db import open_pool
@@ -70,6 +71,7 @@ class BridgeServer:
         self._outbox: Outbox | None = None
         self.port = 0
         self.metrics = MetricsEndpoint("bridge")
+        self._grpc_metrics = GrpcServerMetrics(self.metrics.registry)
         self.metrics_port = 0
         self.tls = server_tls(settings.tls, server="bridge")
 
@@ -148,6 +150,7 @@ class BridgeServer:
             [SERVICE_NAME],
             lambda server: job_service_pb2_grpc.add_JobServiceServicer_to_server(servicer, server),
             self.tls,
+            metrics=self._grpc_metrics,
         )
         self._server, self.port = serving.server, serving.port
         log.info("bridge serving", address=address, port=self.port, tls=self.tls is not None)
@@ -204,7 +207,9 @@ async def run_bridge(settings: Settings) -> None:
 def main() -> None:
     from fleetwire.process.logs import configure_logging
     from fleetwire.process.settings import load_settings
+    from fleetwire.process.tracing import configure_tracing
 
     settings = load_settings()
     configure_logging(level=settings.mesh.log_level, json=settings.mesh.log_json, process="bridge")
+    configure_tracing(settings.tracing, service="fleetwire-bridge")
     asyncio.run(run_bridge(settings))

@@ -1,17 +1,21 @@
 """The JobService servicer: protobuf in, domain call, protobuf out; errors mapped once.
 
-Every call is first resolved to a tenant (``authorization`` metadata) and runs with its
-trace id and tenant bound to the log context, so every log line of the call carries them.
+Every call is first resolved to a tenant (``authorization`` metadata) and runs in its
+trace (the server span ``fleetwire.rpc.telemetry`` made: the caller's W3C ``traceparent``
+continued, or a new trace) with its tenant and the caller's ``x-request-id`` bound to the
+log context, so every log line of the call carries them and its trace id. The answer's
+initial metadata says which trace served the call (``traceresponse``, W3C format); a job
+accepted by Submit belongs to that trace, and ``Job.trace_id`` names it ever after.
 """
 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeAlias
 
 import structlog
+from opentelemetry import trace
 
 from broker_bridge.auth import Authenticator, Caller
 from broker_bridge.batch_desk import BatchDesk
@@ -21,19 +25,22 @@ from broker_bridge.node_keys import NodeKeys
 from broker_bridge.watch_slots import WatchSlots
 from fleetwire.domain.errors import DeadlineExceeded, FleetwireError
 from fleetwire.messaging.topology import HEADER_REQUEST_ID
+from fleetwire.process.tracing import TRACERESPONSE, current_trace_id, traceparent_of
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 JOB_ID_METADATA = "x-fleetwire-job-id"
+MAX_REQUEST_ID_CHARS = 128
 
 Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type stubs
 
 
-def trace_id_of(context: Context) -> str:
-    """The caller's ``x-request-id`` metadata, or a new id."""
+def request_id_of(context: Context) -> str:
+    """The caller's ``x-request-id`` metadata (its own correlation id, at most 128
+    characters), or ""."""
     for key, value in context.invocation_metadata() or ():
         if key == HEADER_REQUEST_ID and isinstance(value, str) and value:
-            return value[:128]
-    return uuid.uuid4().hex
+            return value[:MAX_REQUEST_ID_CHARS]
+    return ""
 
 
 class JobService(job_service_pb2_grpc.JobServiceServicer):
@@ -56,11 +63,15 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
     async def _enter(
         self, context: Context, method: str, *, echo: bool = True
     ) -> tuple[Caller, str]:
-        """Binds the trace id to the log context, echoes it, and authenticates."""
-        trace_id = trace_id_of(context)
-        structlog.contextvars.bind_contextvars(trace_id=trace_id, rpc=method)
+        """Binds the call to the log context, says which trace serves it, authenticates;
+        returns the caller and the call's trace id."""
+        trace_id = current_trace_id()  # of the call's server span
+        structlog.contextvars.bind_contextvars(rpc=method)
+        request_id = request_id_of(context)
+        if request_id:
+            structlog.contextvars.bind_contextvars(request_id=request_id)
         if echo:
-            await context.send_initial_metadata(((HEADER_REQUEST_ID, trace_id),))
+            await context.send_initial_metadata(((TRACERESPONSE, traceparent_of()),))
         caller = await self._auth.caller(context.invocation_metadata() or ())
         structlog.contextvars.bind_contextvars(tenant=caller.tenant_id)
         return caller, trace_id
@@ -72,9 +83,10 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         with self._counting_refusals():
             job = await self._desk.submit(request.job, caller=caller, trace_id=trace_id)
         self._metrics.accepted(job.spec)
+        trace.get_current_span().set_attribute("fleetwire.job_id", job.job_id)
         # Sent before a SYNC wait: a client whose deadline runs out still has the job id.
         await context.send_initial_metadata(
-            ((HEADER_REQUEST_ID, trace_id), (JOB_ID_METADATA, job.job_id))
+            ((TRACERESPONSE, traceparent_of()), (JOB_ID_METADATA, job.job_id))
         )
         if job.spec.mode == job_pb2.INFERENCE_MODE_SYNC:
             try:

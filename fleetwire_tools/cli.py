@@ -32,6 +32,7 @@ from fleetwire_tools.key_cli import keys_app
 from fleetwire_tools.mesh_cli import up
 from fleetwire_tools.operator_cli import operators_app
 from fleetwire_tools.registry_cli import nodes_app
+from fleetwire_tools.top_cli import top
 
 if TYPE_CHECKING:
     pass
@@ -46,6 +47,7 @@ admin_app.add_typer(api_keys_app, name="keys")
 admin_app.add_typer(mesh_app, name="mesh")
 admin_app.add_typer(operators_app, name="operators")
 admin_app.add_typer(tenants_app, name="tenants")
+admin_app.command("top")(top)
 app.add_typer(admin_app, name="admin")
 app.command()(up)
 
@@ -78,6 +80,13 @@ def bridge() -> None:
 def scheduler() -> None:
     """Run one scheduler (NodeService, default port 50052)."""
     _exec_module("scheduler")
+
+
+@app.command("console")
+def console_server() -> None:
+    """Run the operators' web console (HTTPS, default https://localhost:9460/), which calls
+    a scheduler's admin port (FLEETWIRE_CONSOLE_*) with each operator's own key."""
+    _exec_module("console")
 
 
 @app.command()
@@ -424,11 +433,15 @@ def demo(
     nodes: int = 2,
     jobs: int = 6,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all results.")] = 300,
+    keep: Annotated[
+        bool, typer.Option(help="Keep the mesh and its console running after the results.")
+    ] = False,
 ) -> None:
-    """Start a local mesh, run jobs of several priorities, print verified results, stop."""
+    """Start a local mesh (and its console), run jobs of several priorities, print verified
+    results, stop."""
     from fleetwire_tools.demo import run_demo
 
-    raise typer.Exit(run_demo(nodes=nodes, jobs=jobs, timeout=timeout, console=console))
+    raise typer.Exit(run_demo(nodes=nodes, jobs=jobs, timeout=timeout, console=console, keep=keep))
 
 
 if __name__ == "__main__":

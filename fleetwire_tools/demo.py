@@ -22,6 +22,7 @@ from fleetwire_client import (
     RetryPolicy,
     Unavailable,
 )
+from fleetwire_tools.dev_console import console_env, dev_operator_key, where_lines
 from fleetwire_tools.supervisor import DEV_CERT_DIR, LocalMesh, dev_api_key, dev_profile_env
 
 PROMPTS = [
@@ -52,26 +53,39 @@ async def _fresh_database(dsn: str) -> None:
         await admin.close()
 
 
-def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
-    """Returns the process exit code: 0 when every job SUCCEEDED with a valid signature."""
+def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console, keep: bool = False) -> int:
+    """Returns the process exit code: 0 when every job SUCCEEDED with a valid signature.
+    ``keep``: the mesh and its console go on running after the results until Ctrl-C."""
     settings = load_settings()
     tls = dev_profile_env()
     env = {**demo_env(settings), **tls}
     asyncio.run(_fresh_database(env["FLEETWIRE_POSTGRES_DSN"]))
     api_key = dev_api_key(env["FLEETWIRE_POSTGRES_DSN"], key_file=None)
+    operator_key = dev_operator_key(env["FLEETWIRE_POSTGRES_DSN"], key_file=None)
+    env |= console_env(settings, tls["FLEETWIRE_CA_FILE"])
     mesh = LocalMesh(
         nodes=nodes,
         env=env,
         key_dir=Path(".cache/demo-keys"),
         log_dir=Path(".cache/demo-logs"),
+        console=True,
     )
     console.print(
-        f"[bold]fleetwire demo[/]: starting scheduler, bridge and {nodes} vLLM node(s) "
+        f"[bold]fleetwire demo[/]: starting scheduler, bridge, {nodes} vLLM node(s) and the "
+        "console "
         f"(logs in .cache/demo-logs/); dev profile: TLS with the local CA in {DEV_CERT_DIR}/, "
         "nodes registered on first use, tenants unrestricted (urgent, any subcloud, no "
         "credit check)"
     )
     mesh.start()
+    for line in where_lines(settings, [mesh.node_metrics_port(i) for i in range(1, nodes + 1)]):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"console login (an admin operator key of this demo's mesh): {operator_key}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     # The bridge comes up while the client dials: retry UNAVAILABLE for up to ~30 s.
     client = Client(
         f"127.0.0.1:{settings.bridge.port}",
@@ -111,11 +125,26 @@ def run_demo(*, nodes: int, jobs: int, timeout: float, console: Console) -> int:
             if job.error_reason:
                 console.print(f"    error: {job.error_reason}: {job.error_message}")
         console.print("[bold green]all results verified[/]" if ok else "[bold red]demo failed[/]")
+        if keep:
+            _linger(mesh, console, settings)
         return 0 if ok else 1
     finally:
         client.close()
         console.print("stopping the mesh…")
         mesh.stop()
+
+
+def _linger(mesh: LocalMesh, console: Console, settings: Settings) -> None:
+    """Keeps the mesh running for the console until Ctrl-C (or a process dying)."""
+    console.print(
+        f"the mesh keeps running: its jobs are on the console "
+        f"(https://localhost:{settings.console.port}/); Ctrl-C stops"
+    )
+    try:
+        while not mesh.failed():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
 
 
 def _raise_if_failed(mesh: LocalMesh) -> None:

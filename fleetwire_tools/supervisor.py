@@ -1,8 +1,9 @@
 """Runs a local mesh as child processes (``fleetwire up`` and ``fleetwire demo``).
 
 Children are ordinary processes (vLLM cannot start inside a daemonic one). Stop order:
-nodes first (they drain), then the scheduler, then the bridge; each gets SIGTERM and, after
-its grace period, SIGKILL. Ctrl-C stops everything the same way.
+the console (when started), the nodes (they drain), then the scheduler, then the bridge;
+each gets SIGTERM and, after its grace period, SIGKILL. Ctrl-C stops everything the same
+way.
 
 Each child runs in a session of its own (a Ctrl-C in the terminal reaches the supervisor
 only, which stops the children in that order) and is bound to the supervisor by
@@ -64,6 +65,9 @@ def dev_api_key(dsn: str, key_file: Path | None = DEV_API_KEY_FILE) -> str:
     return key
 
 
+NODE_METRICS_PORT = 9463
+"""FLEETWIRE_NODE_METRICS_PORT's default: the first node's; the others count up."""
+
 OPEN_TENANT_DEFAULTS = {
     # A one-team mesh: every tenant may use every class and subcloud, and mainnet without
     # credit. Production keeps the bridge's defaults (no urgent, no subcloud, no debt).
@@ -112,6 +116,8 @@ class LocalMesh:
     log_dir: Path | None = None
     # The node agents' module: ``node`` (vLLM), or a benchmark's (``bench.bench_node``).
     node_module: str = "node"
+    # The operators' web console too (``python -m console``): the dev profile's meshes.
+    console: bool = False
     children: list[Child] = field(default_factory=list)
 
     def _spawn(self, name: str, module: str, extra_env: Mapping[str, str]) -> Child:
@@ -134,18 +140,28 @@ class LocalMesh:
     def start(self) -> None:
         self._spawn("scheduler", "scheduler", {})
         self._spawn("bridge", "broker_bridge", {})
+        if self.console:
+            self._spawn("console", "console", {})
         for i in range(1, self.nodes + 1):
-            self.start_node(f"node-{i}")
+            self.start_node(f"node-{i}", metrics_port=self.node_metrics_port(i))
 
-    def start_node(self, node_id: str) -> Child:
-        return self._spawn(
-            node_id,
-            self.node_module,
-            {
-                "FLEETWIRE_NODE_NODE_ID": node_id,
-                "FLEETWIRE_NODE_KEY_FILE": str(self.key_dir / f"{node_id}.key"),
-            },
+    def start_node(self, node_id: str, *, metrics_port: int | None = None) -> Child:
+        extra = {
+            "FLEETWIRE_NODE_NODE_ID": node_id,
+            "FLEETWIRE_NODE_KEY_FILE": str(self.key_dir / f"{node_id}.key"),
+        }
+        if metrics_port is not None:
+            extra["FLEETWIRE_NODE_METRICS_PORT"] = str(metrics_port)
+        return self._spawn(node_id, self.node_module, extra)
+
+    def node_metrics_port(self, index: int) -> int:
+        """The metrics port of the ``index``-th node (from 1): one each from
+        FLEETWIRE_NODE_METRICS_PORT (9463) up; 0 (any free port) stays 0."""
+        configured = self.env.get("FLEETWIRE_NODE_METRICS_PORT") or os.environ.get(
+            "FLEETWIRE_NODE_METRICS_PORT", ""
         )
+        base = int(configured) if configured else NODE_METRICS_PORT
+        return 0 if base == 0 else base + index - 1
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)
@@ -155,11 +171,13 @@ class LocalMesh:
         return [c for c in self.children if c.process.poll() is not None]
 
     def stop(self, grace: float = 20.0) -> None:
+        # The console first: it only calls the scheduler's admin port.
+        groups = ("console", "node", "scheduler", "bridge")
         order = sorted(
             self.children,
-            key=lambda c: 0 if c.name.startswith("node") else 1 if c.name == "scheduler" else 2,
+            key=lambda c: next((i for i, g in enumerate(groups) if c.name.startswith(g)), 0),
         )
-        for group in ("node", "scheduler", "bridge"):
+        for group in groups:
             members = [c for c in order if c.name.startswith(group)]
             for c in members:
                 if c.process.poll() is None:

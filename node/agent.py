@@ -29,6 +29,7 @@ from nacl.signing import SigningKey
 
 from fleetwire.messaging.topology import NETWORK_NAMES
 from fleetwire.process.settings import NodeSettings
+from fleetwire.process.tracing import attached
 from fleetwire.protocol import signing
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
@@ -41,6 +42,7 @@ from node.dialer import (
     excluded_for,
     refused_for_good,
 )
+from node.metrics import NodeMetrics
 from node.progress import Send
 from node.runner import JobRunner, RunningJob, TokenFlush
 from node.runtime import Runtime
@@ -66,6 +68,7 @@ class NodeAgent:
         profile: NodeProfile,
         *,
         gpus: list[nodes_pb2.GpuInfo] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._key = key
@@ -80,6 +83,7 @@ class NodeAgent:
                 window=settings.token_flush.total_seconds(),
                 max_tokens=settings.token_flush_tokens,
             ),
+            metrics,
         )
         self._jobs: dict[tuple[str, int], RunningJob] = {}
         self._draining = asyncio.Event()
@@ -98,6 +102,8 @@ class NodeAgent:
         self._current_send: Send | None = None
         self._undelivered: list[nodes_pb2.NodeStreamRequest] = []
         self._dialer = Dialer(settings)
+        if metrics is not None:
+            metrics.watch(lambda: self.slots, self._active, lambda: self.sessions)
 
     @property
     def public_key(self) -> bytes:
@@ -431,7 +437,8 @@ class NodeAgent:
         job = self._jobs.get((cancel.job_id, cancel.attempt))
         if job is None:
             return
-        log.info("cancel requested", job_id=cancel.job_id, reason=cancel.reason)
+        with attached(job.trace):
+            log.info("cancel requested", job_id=cancel.job_id, reason=cancel.reason)
         job.cancelled = True
         runtime = self._runtimes.get(job.model)
         if runtime is not None:

@@ -31,10 +31,12 @@ import structlog
 from fleetwire.domain.errors import ConfigurationError
 from fleetwire.domain.keys import load_or_create_key, next_key_path, promote_next_key
 from fleetwire.process import lifeline
+from fleetwire.process.metrics import MetricsEndpoint
 from fleetwire.process.settings import NodeSettings, Settings
 from node.agent import NodeAgent
 from node.config import NodeProfile, load_profile
 from node.dialer import HandshakeRefused
+from node.metrics import NodeMetrics, start_endpoint
 from node.runtime import Runtime
 from node.vllm_runtime import VllmRuntime
 
@@ -98,14 +100,18 @@ async def run_node(settings: Settings, make_runtimes: MakeRuntimes = vllm_runtim
         region=profile.region,
         subclouds=list(profile.subclouds),
     )
+    endpoint = MetricsEndpoint("node")
+    metrics = NodeMetrics(endpoint.registry)
+    start_endpoint(endpoint, s)
     try:
         await asyncio.gather(*(runtime.start() for runtime in runtimes.values()))
-        agent = NodeAgent(s, key, runtimes, profile)
+        agent = NodeAgent(s, key, runtimes, profile, metrics=metrics)
         return await _serve(agent, s.key_file, s.drain_grace.total_seconds())
     finally:
         await asyncio.gather(
             *(runtime.stop() for runtime in runtimes.values()), return_exceptions=True
         )
+        endpoint.stop()
         log.info("node stopped")
 
 
@@ -181,11 +187,13 @@ def main(make_runtimes: MakeRuntimes = vllm_runtimes) -> None:
     """``python -m node``: the agent on vLLM engines (``make_runtimes`` for a benchmark's)."""
     from fleetwire.process.logs import configure_logging
     from fleetwire.process.settings import load_settings
+    from fleetwire.process.tracing import configure_tracing
 
     settings = load_settings()
     configure_logging(
         level=settings.mesh.log_level, json=settings.mesh.log_json, process=settings.node.node_id
     )
+    configure_tracing(settings.tracing, service="fleetwire-node", instance=settings.node.node_id)
     try:
         code = asyncio.run(run_node(settings, make_runtimes))
     except ConfigurationError as err:

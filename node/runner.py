@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 
 import structlog
 from nacl.signing import SigningKey
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 
 from fleetwire.protocol import signing
 from fleetwire.protocol.facts import request_facts
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
+from node.job_trace import note_final, run_span
+from node.metrics import NodeMetrics
 from node.progress import ProgressBatcher, Send
 from node.runtime import (
     GenerationRequest,
@@ -50,6 +54,8 @@ class RunningJob:
     cancelled: bool = False
     hand_back: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Its ``run`` span's context, once running: a cancel is logged in the job's trace.
+    trace: Context = field(default_factory=Context, repr=False)
 
 
 class ContextOverrun(enum.Enum):
@@ -105,11 +111,13 @@ class JobRunner:
         key: SigningKey,
         runtimes: Mapping[str, Runtime],
         flush: TokenFlush | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._node_id = node_id
         self.key = key
         self._runtimes = runtimes
         self._flush = flush or TokenFlush()
+        self._metrics = metrics
 
     def digest_matches(self, dispatch: nodes_pb2.Dispatch) -> bool:
         """The node signs only what it recomputed itself from the spec it received."""
@@ -118,7 +126,15 @@ class JobRunner:
 
     async def run(self, job: RunningJob, dispatch: nodes_pb2.Dispatch, send: Send) -> None:
         """Generates, streams Progress, and ends with exactly one Result or Failure, sent
-        after every Progress of the job."""
+        after every Progress of the job; all of it in the job's ``run`` span (its log lines
+        carry the job's trace id)."""
+        with run_span(dispatch, self._node_id) as span:
+            job.trace = otel_context.get_current()
+            note_final(span, await self._run(job, dispatch, send))
+
+    async def _run(
+        self, job: RunningJob, dispatch: nodes_pb2.Dispatch, send: Send
+    ) -> nodes_pb2.NodeStreamRequest:
         progress = ProgressBatcher(
             job.job_id,
             job.attempt,
@@ -131,7 +147,10 @@ class JobRunner:
             await progress.close()
         finally:
             await progress.stop()
+        if self._metrics is not None:
+            self._metrics.ended(dispatch.spec.model, final)
         await send(final)
+        return final
 
     async def _generate(
         self, job: RunningJob, dispatch: nodes_pb2.Dispatch, progress: ProgressBatcher

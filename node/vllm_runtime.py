@@ -340,9 +340,14 @@ class VllmRuntime:
             # The CPU backend runs float32 best, and has no CUDA graphs to capture.
             dtype="float32" if on_cpu else "auto",
             enforce_eager=on_cpu,
-            disable_log_stats=True,
+            disable_log_stats=True,  # no stats in the log every 10 s; Prometheus only:
         )
-        into.append(AsyncLLM.from_engine_args(args))
+        from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+        # The engine's own metrics (vllm:*) in prometheus-client's default registry, which
+        # node.metrics serves on the node's metrics port. vLLM keeps one set per process: a
+        # node serving several models shows the engine built last.
+        into.append(AsyncLLM.from_engine_args(args, stat_loggers=[PrometheusStatLogger]))
 
 
 def _shutdown_engine(holder: list[AsyncLLM]) -> None:

@@ -41,6 +41,12 @@ POLICY: dict[str, Role] = {
     "ListOperatorKeys": Role.VIEWER,
     "RevokeOperatorKey": Role.ADMIN,
     "ListAuditEntries": Role.VIEWER,
+    "WhoAmI": Role.VIEWER,
+    "ListJobs": Role.VIEWER,
+    "JobThroughput": Role.VIEWER,
+    "ListNodeKeyHistory": Role.VIEWER,
+    "ListTenants": Role.VIEWER,
+    "ListLedgerAccounts": Role.VIEWER,
 }
 _MAX_CACHED = 10_000
 

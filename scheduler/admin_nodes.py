@@ -14,6 +14,7 @@ from fleetwire.protocol.signing import acceptable_public_key, key_id
 from fleetwire.store.nodes import NodeStore, Registration
 from fleetwire.v1 import job_pb2, mesh_admin_service_pb2
 from scheduler.admin_gate import AdminGate, Context
+from scheduler.admin_store import AdminStore
 from scheduler.validation import ValidationIssuer
 
 MAX_VALIDATIONS_ASKED = 100
@@ -52,6 +53,7 @@ class NodeAdmin:
 
     _gate: AdminGate
     _nodes: NodeStore
+    _store: AdminStore
     _validation: ValidationIssuer
 
     async def ListPendingNodes(  # noqa: N802 - gRPC method name
@@ -139,6 +141,8 @@ class NodeAdmin:
     ) -> mesh_admin_service_pb2.ListRegisteredNodesResponse:
         await self._gate.authorize(context, "ListRegisteredNodes")
         grants = await self._nodes.all_grants()
+        offences = await self._store.offences_24h()
+        exclusions = await self._store.exclusions()
         views = []
         for record in await self._nodes.list_nodes():
             networks, subclouds = grants.get(record.node_id, (frozenset(), frozenset()))
@@ -153,6 +157,12 @@ class NodeAdmin:
             view.registered_at.FromDatetime(record.registered_at)
             if record.last_seen_at is not None:
                 view.last_seen.FromDatetime(record.last_seen_at)
+            if record.node_id in exclusions:
+                view.excluded_until.FromDatetime(exclusions[record.node_id])
+            view.offences_24h.extend(
+                mesh_admin_service_pb2.OffenceCount(offence=o, count=n)
+                for o, n in offences.get(record.node_id, [])
+            )
             views.append(view)
         return mesh_admin_service_pb2.ListRegisteredNodesResponse(nodes=views)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiormq
@@ -25,6 +25,7 @@ from scheduler.admin_access import AccessAdmin
 from scheduler.admin_gate import AdminGate, Context
 from scheduler.admin_nodes import NodeAdmin
 from scheduler.admin_store import AdminStore
+from scheduler.admin_views import ViewsAdmin, offence_counts
 from scheduler.penalties import PenaltyBox
 from scheduler.presence import NodePresence
 from scheduler.replay import DeadLetterReplay
@@ -63,7 +64,7 @@ def _timestamp(epoch: str) -> Any:
 
 
 class MeshAdminService(
-    NodeAdmin, AccessAdmin, mesh_admin_service_pb2_grpc.MeshAdminServiceServicer
+    NodeAdmin, AccessAdmin, ViewsAdmin, mesh_admin_service_pb2_grpc.MeshAdminServiceServicer
 ):
     def __init__(
         self,
@@ -96,6 +97,8 @@ class MeshAdminService(
     ) -> mesh_admin_service_pb2.ListNodesResponse:
         await self._gate.authorize(context, "ListNodes")
         penalties = await self._store.penalties_24h()
+        offences = await self._store.offences_24h()
+        exclusions = await self._store.exclusions()
         entries = await self._presence.all_nodes()
         standings = await self._validation.standings([e["node_id"] for e in entries])
         views = []
@@ -121,10 +124,23 @@ class MeshAdminService(
                 validations_wrong=standing.wrong,
                 on_probation=self._validation.on_probation(node_id),
             )
+            view.offences_24h.extend(offence_counts(offences.get(node_id, [])))
+            until = self._excluded_until(node_id, exclusions.get(node_id))
+            if until is not None:
+                view.excluded_until.FromDatetime(until)
             view.connected_at.CopyFrom(_timestamp(entry.get("connected_at", "0")))
             view.last_seen.CopyFrom(_timestamp(entry.get("last_seen", "0")))
             views.append(view)
         return mesh_admin_service_pb2.ListNodesResponse(nodes=views)
+
+    def _excluded_until(self, node_id: str, recorded: datetime | None) -> datetime | None:
+        """The later of this replica's exclusion of the node and the latest one recorded by
+        any replica; None when neither holds now."""
+        left = self._penalties.excluded_for(node_id)
+        local = datetime.now(UTC) + timedelta(seconds=left) if left else None
+        if local is None or (recorded is not None and recorded > local):
+            return recorded
+        return local
 
     async def QueueDepths(  # noqa: N802
         self, request: mesh_admin_service_pb2.QueueDepthsRequest, context: Context
@@ -226,4 +242,5 @@ class MeshAdminService(
             job=job_from_row(job),
             attempts=views,
             replayed_as=str(replayed_as) if replayed_as else "",
+            tenant=job["tenant_id"],
         )

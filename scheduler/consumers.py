@@ -30,9 +30,11 @@ from fleetwire.messaging.topology import (
     HEADER_RETRIES,
     Topology,
 )
+from fleetwire.process.tracing import attached
 from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
 from scheduler.dispatcher import REQUEUE, Action, Dispatcher, Verdict
+from scheduler.job_spans import delivery_context
 
 log = structlog.get_logger(__name__)
 
@@ -245,7 +247,13 @@ class QueueConsumers:
         return self._publisher
 
     async def _on_dead_letter(self, message: aiormq.abc.DeliveredMessage) -> None:
-        """Records a dead-lettered job (expired in its queue, or rejected) once, then acks."""
+        """Records a dead-lettered job (expired in its queue, or rejected) once, then acks;
+        in the job's trace (its log lines carry the trace id)."""
+        headers = message.header.properties.headers or {}
+        with attached(delivery_context(headers)):
+            await self._record_dead_letter(message)
+
+    async def _record_dead_letter(self, message: aiormq.abc.DeliveredMessage) -> None:
         try:
             envelope = job_pb2.Job()
             envelope.ParseFromString(message.body)

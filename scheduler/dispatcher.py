@@ -7,6 +7,13 @@ by ``scheduler.settlement`` and only executed here.
 The delivery stays unacked until the job is final in PostgreSQL (or handed back), so a
 scheduler that dies at any point leaves the message to be redelivered; the guarded updates
 of the store make the redelivery finalise nothing twice.
+
+Tracing: a delivery is handled in the job's trace, continued from the message's
+``traceparent`` (the bridge's ``publish`` span). Its first dispatch records ``queue wait``
+(from acceptance, a start time of the past, to that dispatch); each attempt is a
+``dispatch`` span (from the Dispatch sent to the attempt settled) whose ``traceparent``
+the Dispatch carries, so the node's ``run`` span is its child, as are the result's
+``verify`` and ``finalise`` (``scheduler.finalisation``).
 """
 
 from __future__ import annotations
@@ -14,24 +21,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Any
 
 import aiormq.abc
 import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from fleetwire.domain.errors import BackendUnavailable
 from fleetwire.domain.states import JobState
 from fleetwire.messaging.events import JobEvents, StateEvent
-from fleetwire.messaging.topology import HEADER_REQUEST_ID, HEADER_RETRIES
+from fleetwire.messaging.topology import HEADER_RETRIES
 from fleetwire.process.coalescer import Coalescer
 from fleetwire.process.settings import SchedulerSettings
+from fleetwire.process.tracing import attached, current_trace_id, traceparent_of, within_trace
 from fleetwire.store.attempts import AttemptStore, OpenedAttempt
 from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.finalisation import Finaliser, ResultVerdict
+from scheduler.job_spans import delivery_context, dispatch_span, note_ending, record_queue_wait
 from scheduler.matching import JobNeeds
 from scheduler.metrics import SchedulerMetrics
 from scheduler.offences import Offences
@@ -135,14 +148,20 @@ class Dispatcher:
     # -- deliveries -------------------------------------------------------------------
 
     async def handle_delivery(self, route: str, message: aiormq.abc.DeliveredMessage) -> Verdict:
+        """Runs the delivered job in its trace (log lines carry its trace id)."""
         envelope = job_pb2.Job()
         envelope.ParseFromString(message.body)
-        job_id = envelope.job_id
         headers = message.header.properties.headers or {}
-        trace_id = str(headers.get(HEADER_REQUEST_ID, ""))
+        with attached(delivery_context(headers)):
+            return await self._deliver(route, envelope, headers)
+
+    async def _deliver(
+        self, route: str, envelope: job_pb2.Job, headers: Mapping[str, Any]
+    ) -> Verdict:
+        job_id = envelope.job_id
         retries = headers.get(HEADER_RETRIES, 0)
         retries = retries if isinstance(retries, int) else 0
-        bound = log.bind(job_id=job_id, trace_id=trace_id, route=route)
+        bound = log.bind(job_id=job_id, route=route)
 
         if self._registry.runs_job(job_id):
             # A duplicate of a delivery we are running right now (a double publish, or a
@@ -173,7 +192,7 @@ class Dispatcher:
         session.dispatched += 1
         reservation = Reservation(session)
         try:
-            return await self._attempt(reservation, envelope, expires_at, trace_id, retries, bound)
+            return await self._attempt(reservation, envelope, expires_at, retries, bound)
         finally:
             await self._registry.release(reservation.session)
 
@@ -183,12 +202,14 @@ class Dispatcher:
         """Runs one attempt of the job on ``session``, whose slot the caller took with
         ``NodeRegistry.reserve_on``, and gives the slot back: how the mesh's validation jobs
         reach the node they check. The node sees the same Dispatch as for any job; what
-        becomes of the job after the attempt is the caller's (no queue to retry it through)."""
+        becomes of the job after the attempt is the caller's (no queue to retry it through).
+        The attempt's spans join trace ``trace_id`` (the job row's)."""
         expires_at = envelope.expires_at.ToDatetime(tzinfo=UTC)
-        bound = log.bind(job_id=envelope.job_id, trace_id=trace_id, validation=True)
         reservation = Reservation(session)
         try:
-            await self._attempt(reservation, envelope, expires_at, trace_id, 0, bound, queued=False)
+            with attached(within_trace(trace_id)):
+                bound = log.bind(job_id=envelope.job_id, validation=True)
+                await self._attempt(reservation, envelope, expires_at, 0, bound, queued=False)
         finally:
             await self._registry.release(reservation.session)
 
@@ -197,7 +218,6 @@ class Dispatcher:
         reservation: Reservation,
         envelope: job_pb2.Job,
         expires_at: datetime,
-        trace_id: str,
         retries: int,
         bound: structlog.typing.FilteringBoundLogger,
         *,
@@ -209,7 +229,7 @@ class Dispatcher:
         if opened is None:
             bound.info("job is final or unknown; dropping delivery")
             return ACK
-        attempt, digest = opened.number, opened.request_digest
+        attempt = opened.number
         if opened.tries > self._settings.max_attempts:
             # Attempts that ended without an outcome (a crash in between) count too; those a
             # node rejected do not (one node rejecting eight times must not bury a job: its
@@ -221,14 +241,31 @@ class Dispatcher:
         if (
             queued and attempt == 1 and ttl
         ):  # accepted at expires_at - ttl (the bridge applied the TTL)
-            waited = datetime.now(UTC) - (expires_at - ttl)
-            self._metrics.queue_wait.observe(max(0.0, waited.total_seconds()))
+            accepted_at, now = expires_at - ttl, datetime.now(UTC)
+            self._metrics.queue_wait.observe(max(0.0, (now - accepted_at).total_seconds()))
+            record_queue_wait(job_id, accepted_at, now)
+        with dispatch_span(job_id, attempt, session.node_id, envelope.spec.model):
+            return await self._dispatch(reservation, envelope, opened, expires_at, retries, bound)
 
+    async def _dispatch(
+        self,
+        reservation: Reservation,
+        envelope: job_pb2.Job,
+        opened: OpenedAttempt,
+        expires_at: datetime,
+        retries: int,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> Verdict:
+        """Sends the Dispatch (its traceparent: the current ``dispatch`` span), follows the
+        attempt and settles it."""
+        job_id, session = envelope.job_id, reservation.session
+        attempt, digest = opened.number, opened.request_digest
         run = JobRun(
             job_id=job_id,
             attempt=attempt,
             session=session,
             stream=StreamTally(limit=max_output_bytes(envelope.spec)),
+            trace=otel_context.get_current(),
         )
         session.runs[(job_id, attempt)] = run
         try:
@@ -237,7 +274,8 @@ class Dispatcher:
                 attempt=attempt,
                 spec=envelope.spec,
                 request_digest=digest,
-                trace_id=trace_id,
+                trace_id=current_trace_id(),
+                traceparent=traceparent_of(),
             )
             dispatch.deadline.FromDatetime(expires_at)
             await session.send(nodes_pb2.NodeStreamResponse(dispatch=dispatch))
@@ -267,6 +305,7 @@ class Dispatcher:
                 stages_passed=retries,
                 policy=self._retry_policy,
             )
+            note_ending(Ending.DEADLINE_PASSED)
             return await self._execute(decision, session.node_id, uuid.UUID(job_id), attempt, bound)
         return await self._settle(
             session, run, opened.tries, digest, envelope, outcome, retries, bound
@@ -281,6 +320,7 @@ class Dispatcher:
             )
         except TimeoutError:
             return DispatchTimedOut()
+        trace.get_current_span().add_event("accepted")
         if run.started and not run.outcome.done():
             # A result already in hand makes the job final next: RUNNING would be a write
             # nobody can observe (DISPATCHED -> SUCCEEDED is a legal move).
@@ -342,6 +382,7 @@ class Dispatcher:
         else:
             ending = Ending.LEASE_EXPIRED if outcome.lease_expired else Ending.LOST
             reason = outcome.reason
+        note_ending(ending, reason)
         decision = settle(
             ending,
             # A rejected attempt is not a try: the job goes round again whatever the count.

@@ -4,6 +4,10 @@ The order is the cheap and certain first: every field is checked against the job
 (``result_checks``: nothing a node sends reaches the coalesced statement unchecked), then
 the signature, then one statement finalises and bills every result verified meanwhile. The
 bill is for the token counts the spec allows, not for whatever the node signed.
+
+Two spans of the job's trace, children of the current one (the attempt's ``dispatch``):
+``verify`` (the checks and the signature) and ``finalise`` (the statement, the offences of a
+result that verified but claimed too much, the SUCCEEDED event).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import time
 import uuid
 
 import structlog
+from opentelemetry.trace import Span, Status, StatusCode
 
 from fleetwire.domain.states import JobState
 from fleetwire.messaging.events import StateEvent
 from fleetwire.process.coalescer import Coalescer
 from fleetwire.process.settings import SchedulerSettings
+from fleetwire.process.tracing import tracer
 from fleetwire.protocol import signing
 from fleetwire.store.attempts import AttemptStore, SignedOutcome
 from fleetwire.store.ledger import Bill, Prices
@@ -83,6 +89,26 @@ class Finaliser:
         is the caller's to settle (the node's offence); a usage claim above what the spec
         allows is billed at the cap, and a stream (``streamed``) that is not the signed
         output is charged here."""
+        attributes: dict[str, str | int] = {
+            "fleetwire.job_id": str(job_id),
+            "fleetwire.attempt": result.attempt,
+        }
+        with tracer().start_as_current_span("verify", attributes=attributes) as span:
+            verdict = self._verify(session, job_id, digest, spec, result)
+            if verdict is not None:
+                return _noted(span, verdict)
+        with tracer().start_as_current_span("finalise", attributes=attributes) as span:
+            return _noted(span, await self._finalise(session, job_id, spec, result, streamed))
+
+    def _verify(
+        self,
+        session: NodeSession,
+        job_id: uuid.UUID,
+        digest: bytes,
+        spec: job_pb2.JobSpec,
+        result: nodes_pb2.Result,
+    ) -> ResultVerdict | None:
+        """INVALID or BAD_SIGNATURE when the result fails a check; None when it holds."""
         problem = result_problem(result, spec, now_ms=int(time.time() * 1000))
         if problem is not None:
             log.warning(
@@ -107,6 +133,18 @@ class Finaliser:
         )
         if not signing.verify(session.public_key, signing.result_bytes(facts), result.signature):
             return ResultVerdict.BAD_SIGNATURE
+        return None
+
+    async def _finalise(
+        self,
+        session: NodeSession,
+        job_id: uuid.UUID,
+        spec: job_pb2.JobSpec,
+        result: nodes_pb2.Result,
+        streamed: StreamTally | None,
+    ) -> ResultVerdict:
+        """Makes the job SUCCEEDED with a verified result (and bills it) unless it moved on."""
+        usage = result.usage
         counted = self._counter.counted(spec, result.output) if self._counter else None
         billed = billable_usage(usage, spec, counted)
         matched = streamed.matches(result.output) if streamed is not None else None
@@ -159,3 +197,11 @@ class Finaliser:
         if timings.time_to_first_token_ms:
             session.recent_ttft_ms.append(timings.time_to_first_token_ms)
         return ResultVerdict.FINALISED
+
+
+def _noted(span: Span, verdict: ResultVerdict) -> ResultVerdict:
+    """Records the verdict on its span; INVALID and BAD_SIGNATURE are errors."""
+    span.set_attribute("fleetwire.verdict", verdict.value)
+    if verdict in (ResultVerdict.INVALID, ResultVerdict.BAD_SIGNATURE):
+        span.set_status(Status(StatusCode.ERROR, verdict.value))
+    return verdict

@@ -13,6 +13,7 @@ import uuid
 import structlog
 
 from fleetwire.messaging.events import ChunkEvent
+from fleetwire.process.tracing import attached, within_trace
 from fleetwire.store.attempts import AttemptStore
 from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
@@ -113,12 +114,13 @@ class NodeMessages:
         problem = run.stream.add(progress.sequence, progress.text)
         if problem is not None:
             if run.stream.refused == 1:
-                log.warning(
-                    "progress refused",
-                    node_id=session.node_id,
-                    job_id=progress.job_id,
-                    problem=problem,
-                )
+                with attached(run.trace):
+                    log.warning(
+                        "progress refused",
+                        node_id=session.node_id,
+                        job_id=progress.job_id,
+                        problem=problem,
+                    )
                 await self._offences.charge(
                     session.node_id,
                     Offence.OVERSIZED_PROGRESS,
@@ -160,23 +162,26 @@ class NodeMessages:
         row = await self._store.get_job(job_id)
         if row is None:
             return
-        await self._relay.caught_up(result.job_id)
-        spec = job_pb2.JobSpec()
-        spec.ParseFromString(bytes(row["spec"]))
-        verdict = await self._finaliser.finalise(
-            session, job_id, bytes(row["request_digest"]), spec, result
-        )
-        offence = _ANNOUNCED_OFFENCES.get(verdict)
-        if offence is not None:
-            # The job's redelivered message runs it again elsewhere.
-            await self._offences.charge(session.node_id, offence, job_id, result.attempt)
-        log.info(
-            "announced result",
-            job_id=result.job_id,
-            attempt=result.attempt,
-            node_id=session.node_id,
-            verdict=verdict.value,
-        )
+        # No delivery carries the job's context here: its verify and finalise spans join
+        # the job's trace (by the row's trace id) under a parent the trace does not hold.
+        with attached(within_trace(row["trace_id"] or "")):
+            await self._relay.caught_up(result.job_id)
+            spec = job_pb2.JobSpec()
+            spec.ParseFromString(bytes(row["spec"]))
+            verdict = await self._finaliser.finalise(
+                session, job_id, bytes(row["request_digest"]), spec, result
+            )
+            offence = _ANNOUNCED_OFFENCES.get(verdict)
+            if offence is not None:
+                # The job's redelivered message runs it again elsewhere.
+                await self._offences.charge(session.node_id, offence, job_id, result.attempt)
+            log.info(
+                "announced result",
+                job_id=result.job_id,
+                attempt=result.attempt,
+                node_id=session.node_id,
+                verdict=verdict.value,
+            )
 
     async def _dispatched_to(self, job_id: uuid.UUID, attempt: int, session: NodeSession) -> bool:
         """Whether attempt ``attempt`` of the job was dispatched to the session's node."""
@@ -189,7 +194,8 @@ class NodeMessages:
         """Asks the node running ``job_id`` (if it is ours) to abort it."""
         for session in self._registry.sessions:
             for run in session.runs_of_job(job_id):
-                log.info("cancelling on node", job_id=job_id, node_id=session.node_id)
+                with attached(run.trace):
+                    log.info("cancelling on node", job_id=job_id, node_id=session.node_id)
                 try:
                     await session.send(
                         nodes_pb2.NodeStreamResponse(
@@ -199,7 +205,8 @@ class NodeMessages:
                         )
                     )
                 except Exception as err:
-                    log.warning("cancel not sent", job_id=job_id, error=str(err))
+                    with attached(run.trace):
+                        log.warning("cancel not sent", job_id=job_id, error=str(err))
                 run.cancel_requested = True
                 run.resolve(
                     nodes_pb2.Failure(job_id=job_id, attempt=run.attempt, reason="CANCELLED")

@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry.context import Context
+
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from scheduler.matching import JobNeeds, NodeProfile, Standing, ineligibility, score
 from scheduler.result_checks import StreamTally
@@ -48,6 +50,9 @@ class JobRun:
     outcome: asyncio.Future[Outcome] = field(default_factory=asyncio.Future)
     stream: StreamTally = field(default_factory=lambda: StreamTally(limit=0))
     cancel_requested: bool = False  # the mesh asked the node to stop (client cancel, TTL)
+    # The attempt's trace context (its dispatch span): what is done for it elsewhere (a
+    # cancel, a refused chunk) is logged in the job's trace.
+    trace: Context = field(default_factory=Context)
 
     def resolve(self, outcome: Outcome) -> None:
         if not self.accepted.done():

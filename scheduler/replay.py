@@ -22,6 +22,7 @@ from fleetwire.domain.errors import BackendUnavailable, FailedPrecondition, NotF
 from fleetwire.domain.states import JobState
 from fleetwire.messaging.events import JobEvents
 from fleetwire.messaging.publisher import JobMessage, JobPublisher
+from fleetwire.process.tracing import current_trace_id
 from fleetwire.protocol.facts import request_facts
 from fleetwire.protocol.signing import request_digest
 from fleetwire.store.jobs import JobStore, NewJob
@@ -96,7 +97,10 @@ class DeadLetterReplay:
         """Replays ``job_id`` and returns the new job. NotFound for an unknown job;
         FailedPrecondition (JOB_NOT_DEAD_LETTERED) for a job in another state and
         (ALREADY_REPLAYED, naming the replacement) for one replayed before; BackendUnavailable
-        or RouteUnavailable when the new job could not be published (nothing replayed)."""
+        or RouteUnavailable when the new job could not be published (nothing replayed).
+        The new job belongs to the current trace (the admin call's server span) when there
+        is one, else to ``trace_id``."""
+        trace_id = current_trace_id() or trace_id
         now = datetime.now(UTC)
         record = await self._replays.replay(
             job_id, lambda original: replacement_row(original, trace_id=trace_id, now=now)

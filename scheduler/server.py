@@ -24,6 +24,7 @@ from fleetwire.process.lifecycle import wait_for_stop_signal
 from fleetwire.process.metrics import MetricsEndpoint
 from fleetwire.process.settings import Settings
 from fleetwire.rpc.server import start_server
+from fleetwire.rpc.telemetry import GrpcServerMetrics
 from fleetwire.rpc.tls import client_ca, server_tls
 from fleetwire.store.attempts import AttemptStore
 from fleetwire.store.db import open_pool
@@ -124,6 +125,8 @@ class SchedulerServer:
         self.validation: ValidationIssuer | None = None
         self.port = 0
         self.metrics = MetricsEndpoint("scheduler")
+        # Both ports' calls, told apart by the service label.
+        self._grpc_metrics = GrpcServerMetrics(self.metrics.registry)
         self.metrics_port = 0
 
     def _server_names(self) -> frozenset[str]:
@@ -262,6 +265,7 @@ class SchedulerServer:
             max_streams_per_connection=settings.scheduler.max_streams_per_connection,
             connection_idle=settings.scheduler.connection_idle,
             client_ca=self._node_client_ca,
+            metrics=self._grpc_metrics,
         )
         self._server, self.port = serving.server, serving.port
         admin_address = f"{settings.scheduler.admin_host}:{settings.scheduler.admin_port}"
@@ -273,6 +277,7 @@ class SchedulerServer:
             ),
             self.tls,
             client_ca=self._admin_client_ca,
+            metrics=self._grpc_metrics,
         )
         self._admin_server, self.admin_port = admin_serving.server, admin_serving.port
         await self._consumers.start()
@@ -380,9 +385,15 @@ async def run_scheduler(settings: Settings) -> None:
 def main() -> None:
     from fleetwire.process.logs import configure_logging
     from fleetwire.process.settings import load_settings
+    from fleetwire.process.tracing import configure_tracing
 
     settings = load_settings()
     configure_logging(
         level=settings.mesh.log_level, json=settings.mesh.log_json, process="scheduler"
+    )
+    configure_tracing(
+        settings.tracing,
+        service="fleetwire-scheduler",
+        instance=settings.scheduler.scheduler_id or f"{socket.gethostname()}-{os.getpid()}",
     )
     asyncio.run(run_scheduler(settings))

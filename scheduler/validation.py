@@ -42,6 +42,7 @@ from fleetwire.domain.states import JobState
 from fleetwire.messaging.topology import NETWORK_NAMES, Topology
 from fleetwire.process.background import BackgroundTask
 from fleetwire.process.settings import SchedulerSettings
+from fleetwire.process.tracing import new_trace_id
 from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
 from scheduler.challenges import challenge_spec
@@ -239,7 +240,7 @@ class ValidationIssuer:
             network=_NETWORK_OF_NAME[network_name],
             subcloud=subcloud,
             route_key=self._topology.route_key(network_name, model, subcloud),
-            trace_id=uuid.uuid4().hex,
+            trace_id=new_trace_id(),
             max_answers=settings.validation_max_answers,
             new_spec=lambda: challenge_spec(
                 model,
@@ -276,7 +277,7 @@ class ValidationIssuer:
     async def _run_one(self, session: NodeSession, asked: Asked) -> None:
         node_id = session.node_id
         if self._registry.reserve_on(session):
-            await self._dispatcher.run_reserved(session, asked.envelope(), uuid.uuid4().hex)
+            await self._dispatcher.run_reserved(session, asked.envelope(), asked.trace_id)
             judgement = await self._store.answer(
                 asked,
                 node_id,

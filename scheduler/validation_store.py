@@ -32,6 +32,7 @@ class Asked:
     spec: job_pb2.JobSpec
     expires_at: datetime
     fresh: bool  # a new challenge: nobody answered it yet
+    trace_id: str = ""  # the job's W3C trace id (its row's)
 
     def envelope(self) -> job_pb2.Job:
         """The job as a delivery would carry it."""
@@ -146,7 +147,7 @@ class ValidationStore:
                 node_id,
                 job_id,
             )
-        return Asked(row["challenge_id"], job_id, spec, expires_at, bool(row["fresh"]))
+        return Asked(row["challenge_id"], job_id, spec, expires_at, bool(row["fresh"]), trace_id)
 
     @translating
     async def answer(

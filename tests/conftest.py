@@ -89,6 +89,8 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
         "FLEETWIRE_SCHEDULER_ADMIN_PORT": str(free_port()),
         "FLEETWIRE_BRIDGE_METRICS_PORT": "0",
         "FLEETWIRE_SCHEDULER_METRICS_PORT": "0",
+        "FLEETWIRE_CONSOLE_PORT": "0",
+        "FLEETWIRE_NODE_METRICS_PORT": "0",
         # Generous: two vLLM engines busy-wait on these 2 cores, and a starved node process
         # once went 6 s without a heartbeat reaching the scheduler (a lost lease mid-drain).
         "FLEETWIRE_SCHEDULER_LEASE": "15",

@@ -47,6 +47,8 @@ def job_from_row(row: Mapping[str, Any]) -> job_pb2.Job:
         sig.request_digest = bytes(row["request_digest"])
         sig.output_digest = output_digest(output)
         sig.finished_at_unix_ms = row["finished_at_ms"]
+    if row.get("trace_id"):
+        job.trace_id = row["trace_id"]
     if row.get("replay_of") is not None:
         job.replay_of = str(row["replay_of"])
     if row["error_reason"]:

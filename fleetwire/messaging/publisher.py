@@ -1,6 +1,9 @@
 """Publishes jobs to RabbitMQ: persistent, prioritised, expiring, mandatory, and confirmed
 before the caller answers. Shared by the bridge (Submit) and the scheduler (dead-letter
-replay), so a job enters the mesh the same way whoever creates it."""
+replay), so a job enters the mesh the same way whoever creates it.
+
+Each publication is a ``publish`` span (PRODUCER) of the job's trace, and the message's
+``traceparent`` header names it: the scheduler's spans of the job are its children."""
 
 from __future__ import annotations
 
@@ -14,17 +17,18 @@ import aiormq
 import aiormq.abc
 import structlog
 from aiormq.exceptions import PublishError
+from opentelemetry.trace import SpanKind
 
 from fleetwire.domain.errors import BackendUnavailable, RouteUnavailable
 from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
 from fleetwire.messaging.topology import (
     HEADER_EXPIRES_AT_MS,
     HEADER_JOB_ID,
-    HEADER_REQUEST_ID,
     PRIORITY_OF_CLASS,
     ROUTE_REDECLARE_INTERVAL,
     Topology,
 )
+from fleetwire.process.tracing import in_trace_of_job, trace_carrier, tracer
 from fleetwire.v1 import job_pb2
 
 log = structlog.get_logger(__name__)
@@ -38,7 +42,7 @@ class JobMessage:
     priority: int
     ttl: timedelta
     expires_at_ms: int
-    trace_id: str
+    trace_id: str  # the job's W3C trace id (its row's ``trace_id``)
 
     @classmethod
     def of(
@@ -100,7 +104,27 @@ class JobPublisher:
 
     async def publish(self, message: JobMessage) -> None:
         """Returns once RabbitMQ confirmed the message. Raises RouteUnavailable when it was
-        returned as unroutable and BackendUnavailable when the broker did not confirm."""
+        returned as unroutable and BackendUnavailable when the broker did not confirm.
+
+        The ``publish`` span is a child of the current span when that is in the job's trace
+        (Submit), else of an unknown parent in the job's trace (the outbox relay publishing
+        a row whose writer died, a replay)."""
+        with tracer().start_as_current_span(
+            "publish",
+            context=in_trace_of_job(message.trace_id),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": self._topology.jobs_exchange,
+                "messaging.rabbitmq.destination.routing_key": message.route_key,
+                "messaging.message.id": message.job_id,
+                "fleetwire.job_id": message.job_id,
+            },
+        ):
+            await self._publish(message)
+
+    async def _publish(self, message: JobMessage) -> None:
         try:
             await self.ensure_route(message.route_key)
             channel = await self._ready_channel()
@@ -121,8 +145,8 @@ class JobPublisher:
                     timestamp=datetime.now(UTC),
                     headers={
                         HEADER_JOB_ID: message.job_id,
-                        HEADER_REQUEST_ID: message.trace_id,
                         HEADER_EXPIRES_AT_MS: message.expires_at_ms,
+                        **trace_carrier(),  # traceparent: this publish span
                     },
                 ),
             )

@@ -64,7 +64,14 @@ NETWORK_NAMES: dict[int, str] = {
 }
 
 HEADER_JOB_ID = "x-fleetwire-job-id"
+# The caller's own request id (gRPC metadata; logged as ``request_id``). Messages of bridges
+# from before tracing carried the trace id under this name; a scheduler still reads it from
+# a message without ``traceparent``.
 HEADER_REQUEST_ID = "x-request-id"
+# W3C Trace Context, as OpenTelemetry's AMQP instrumentations carry it: the job's trace,
+# its parent the bridge's ``publish`` span; kept when a message goes through a retry stage.
+HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
 HEADER_EXPIRES_AT_MS = "x-fleetwire-expires-at-ms"
 HEADER_RETRIES = "x-fleetwire-retries"
 HEADER_LAST_ERROR = "x-fleetwire-last-error"

@@ -87,6 +87,22 @@ class NodeSettings(_Group):
         "that the agent (and a scheduler or database on the same machine) runs before the "
         "engine's busy-waiting threads. 0: leave them as they are.",
     )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address of the node's Prometheus metrics endpoint (its own and its "
+        "engines' vLLM metrics); plaintext only on a loopback address.",
+    )
+    metrics_port: int = Field(
+        9463, ge=0, description="Port of the node's metrics endpoint (/metrics); 0: any free port."
+    )
+    metrics_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain the metrics endpoint serves HTTPS with (with "
+        "FLEETWIRE_NODE_METRICS_KEY_FILE); needed on an address other than loopback.",
+    )
+    metrics_key_file: Path | None = Field(
+        None, description="PEM private key of FLEETWIRE_NODE_METRICS_CERT_FILE."
+    )
     token_flush: Duration = Field(
         timedelta(milliseconds=50),
         ge=timedelta(0),

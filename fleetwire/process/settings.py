@@ -23,9 +23,11 @@ from fleetwire.messaging.topology import (
 )
 from fleetwire.process.node_settings import NodeSettings
 from fleetwire.process.settings_base import Duration, _Group, _group
+from fleetwire.process.tracing_settings import TracingSettings
 
 __all__ = [
     "BridgeSettings",
+    "ConsoleSettings",
     "Duration",
     "MeshSettings",
     "NodeSettings",
@@ -35,6 +37,7 @@ __all__ = [
     "SchedulerSettings",
     "Settings",
     "TlsSettings",
+    "TracingSettings",
     "load_settings",
 ]
 
@@ -516,6 +519,77 @@ class SchedulerSettings(_Group):
     )
 
 
+class ConsoleSettings(_Group):
+    """The operators' web console: an HTTPS server of its own that reads and acts through
+    a scheduler's admin port with the logged-in operator's key."""
+
+    model_config = _group("FLEETWIRE_CONSOLE_")
+
+    host: str = Field(
+        "127.0.0.1", description="Listen address of the console (this machine unless set)."
+    )
+    port: int = Field(
+        9460,
+        ge=0,
+        description="HTTPS port of the console (plain HTTP only with FLEETWIRE_TLS_INSECURE); "
+        "0: any free port.",
+    )
+    admin_address: str = Field(
+        "127.0.0.1:50053",
+        description="A scheduler's admin port (host:port) the console calls for every page "
+        "and action.",
+    )
+    admin_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates the admin port's certificate must chain to; unset: "
+        "the system's trust store.",
+    )
+    admin_client_cert_file: Path | None = Field(
+        None,
+        description="PEM client certificate the console presents to an admin port that "
+        "wants mTLS (FLEETWIRE_SCHEDULER_ADMIN_CLIENT_CA_FILE); set with "
+        "FLEETWIRE_CONSOLE_ADMIN_CLIENT_KEY_FILE, or neither.",
+    )
+    admin_client_key_file: Path | None = Field(
+        None, description="PEM private key of FLEETWIRE_CONSOLE_ADMIN_CLIENT_CERT_FILE."
+    )
+    admin_insecure: bool = Field(
+        False,
+        description="Call the admin port in plaintext (a scheduler with "
+        "FLEETWIRE_TLS_INSECURE). Tests on one machine only; logged as a warning at start.",
+    )
+    admin_timeout: Duration = Field(
+        timedelta(seconds=5),
+        gt=timedelta(0),
+        description="Deadline of each admin call a page or action makes.",
+    )
+    session_idle: Duration = Field(
+        timedelta(minutes=30),
+        gt=timedelta(0),
+        description="A console session unused this long ends (the operator logs in again).",
+    )
+    session_lifetime: Duration = Field(
+        timedelta(hours=12),
+        gt=timedelta(0),
+        description="A console session ends this long after its login, however busy.",
+    )
+    max_sessions: int = Field(
+        1000,
+        ge=1,
+        description="Sessions kept at most; a login beyond ends the least recently used.",
+    )
+    refresh_interval: Duration = Field(
+        timedelta(seconds=5),
+        gt=timedelta(0),
+        description="How often the overview's live parts (queues, throughput, nodes) are "
+        "sent again (server-sent events).",
+    )
+    stop_grace: Duration = Field(
+        timedelta(seconds=3),
+        description="How long a stopping console lets open requests finish.",
+    )
+
+
 class Settings(BaseModel):
     """All groups together; build once in ``__main__`` and pass down. A plain model: only
     the groups read the environment, each under its own prefix."""
@@ -528,6 +602,8 @@ class Settings(BaseModel):
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     node: NodeSettings = Field(default_factory=NodeSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @model_validator(mode="after")
     def _route_queues_outlive_their_jobs(self) -> Settings:

@@ -9,8 +9,9 @@ wraps every async method handler it resolves (our services, health, reflection) 
   ``fleetwire.domain.validation.time_field_violations``);
 - a ``FleetwireError`` raised by a handler becomes its canonical status with details
   (``grpc_errors.status_for``);
-- any other exception is logged with the call's trace id and becomes INTERNAL carrying only
-  that trace id: the exception's text never reaches the client.
+- any other exception is logged with the call's trace id (W3C, of the call's span) and
+  becomes INTERNAL carrying only that trace id: the exception's text never reaches the
+  client.
 
 Why the deserializers are wrapped and not merely the handlers: grpc.aio decodes a unary
 request *before* the handler runs, and a deserializer that raises ends the call as UNKNOWN
@@ -37,7 +38,7 @@ from google.protobuf.message import Message
 
 from fleetwire.domain.errors import FleetwireError, Internal, InvalidArgument
 from fleetwire.domain.validation import time_field_violations
-from fleetwire.messaging.topology import HEADER_REQUEST_ID
+from fleetwire.process.tracing import current_trace_id
 from fleetwire.rpc.options import SERVER_OPTIONS
 from fleetwire.rpc.status import abort_with
 from fleetwire.rpc.wire_faults import decode_fault
@@ -48,10 +49,15 @@ Decoder = Callable[[bytes], Any]
 Behavior = Callable[[Any, Any], Any]
 
 
-def edge_server(options: Sequence[tuple[str, Any]] = SERVER_OPTIONS) -> grpc.aio.Server:
+def edge_server(
+    options: Sequence[tuple[str, Any]] = SERVER_OPTIONS,
+    *,
+    outer: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
     """A grpc.aio server with the project's options and ``ErrorEdge``: how every fleetwire
-    server is built."""
-    return grpc.aio.server(options=list(options), interceptors=(ErrorEdge(),))
+    server is built. ``outer`` interceptors wrap the edge (they see the status it mapped):
+    ``start_server`` puts its telemetry there."""
+    return grpc.aio.server(options=list(options), interceptors=(*outer, ErrorEdge()))
 
 
 class ErrorEdge(grpc.aio.ServerInterceptor):
@@ -192,20 +198,21 @@ async def _end_with(context: Any, err: Exception, method: str) -> None:
     if isinstance(err, FleetwireError):
         await abort_with(context, err)
         return
-    trace_id = _trace_id(context)
+    trace_id = _trace_id()
     log.error("unexpected error", rpc=method, trace_id=trace_id, exc_info=err)
     if context.done():  # the status is already out: nothing more can be said
         return
     await abort_with(context, Internal(trace_id))
 
 
-def _trace_id(context: Any) -> str:
-    """The call's trace id: as bound to the log context by the servicer, else the caller's
-    ``x-request-id``, else a new one (so the log line and the client's message agree)."""
+def _trace_id() -> str:
+    """The call's trace id: its span's (``fleetwire.rpc.telemetry``: the caller's W3C trace,
+    or the one the server started), else one bound to the log context, else a new one — so
+    the log line and the client's message agree."""
+    current = current_trace_id()
+    if current:
+        return current
     bound = structlog.contextvars.get_contextvars().get("trace_id")
     if isinstance(bound, str) and bound:
         return bound
-    for key, value in context.invocation_metadata() or ():
-        if key == HEADER_REQUEST_ID and isinstance(value, str) and value:
-            return value[:128]
     return uuid.uuid4().hex

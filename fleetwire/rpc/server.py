@@ -1,7 +1,8 @@
 """How every fleetwire gRPC server is started: the edge (``edge.edge_server``: options,
-checked decoding, mapped errors), the services, health checking (SERVING for each service
-and for the server as a whole) and reflection (for grpcurl), on one address, over TLS
-(``tls.ServerTls``) unless plaintext was asked for."""
+checked decoding, mapped errors) inside the telemetry (``telemetry.ServerTelemetry``: a
+span per call, ``fleetwire_grpc_server_*`` metrics), the services, health checking (SERVING
+for each service and for the server as a whole) and reflection (for grpcurl), on one
+address, over TLS (``tls.ServerTls``) unless plaintext was asked for."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fleetwire.rpc.edge import edge_server
 from fleetwire.rpc.options import SERVER_OPTIONS
+from fleetwire.rpc.telemetry import GrpcServerMetrics, ServerTelemetry
 from fleetwire.rpc.tls import ServerTls
 
 
@@ -33,12 +35,14 @@ async def start_server(
     max_streams_per_connection: int | None = None,
     connection_idle: timedelta | None = None,
     client_ca: bytes | None = None,
+    metrics: GrpcServerMetrics | None = None,
 ) -> Serving:
     """Builds the server, lets ``add_services`` register the servicers of ``services``
     (full names), binds ``address`` (TLS with ``tls``, plaintext with None; with
     ``client_ca`` clients must present a certificate chaining to it) and starts; health
     says SERVING once it serves. ``connection_idle``: a connection without an open call
-    for this long is closed."""
+    for this long is closed. ``metrics``: where its calls are counted and timed (the
+    process's registry); every call is traced either way."""
     options = list(SERVER_OPTIONS)
     if max_streams_per_connection is not None:
         options = [o for o in options if o[0] != "grpc.max_concurrent_streams"]
@@ -46,13 +50,14 @@ async def start_server(
     if connection_idle is not None:
         idle_ms = max(1, int(connection_idle.total_seconds() * 1000))
         options.append(("grpc.max_connection_idle_ms", idle_ms))
-    server = edge_server(options)
+    served = (*services, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    if metrics is not None:
+        metrics.expect(served)
+    server = edge_server(options, outer=(ServerTelemetry(metrics),))
     add_services(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable_server_reflection(served, server)
     if tls is None:
         port = server.add_insecure_port(address)
     else:

@@ -11,9 +11,11 @@ import json
 import os
 import re
 import signal
+import urllib.request
 
 import pytest
 from nacl.signing import SigningKey
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleetwire.domain.keys import load_key
 from fleetwire.process.settings import NodeSettings
@@ -352,6 +354,21 @@ def test_second_sigterm_hands_running_jobs_back(worker_mesh: WorkerMesh) -> None
 VALIDATIONS_PER_NODE = 28
 
 
+def node_metrics(mesh: WorkerMesh, node: str) -> dict[str, dict[tuple[str, ...], float]]:
+    """The node's /metrics (the port its last start logged): family -> label values -> value."""
+    ports = re.findall(r"metrics serving\s+component=node port=(\d+)", mesh.node_log(node))
+    assert ports, f"{node} logged no metrics port"
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports[-1]}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    families: dict[str, dict[tuple[str, ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in (family.name, f"{family.name}_total"):
+                values = tuple(v for k, v in sorted(sample.labels.items()) if k != "engine")
+                families.setdefault(family.name, {})[values] = sample.value
+    return families
+
+
 def test_validation_jobs_find_no_fault_with_honest_vllm_nodes(worker_mesh: WorkerMesh) -> None:
     """An operator asks both vLLM nodes for validation jobs: the two engines agree on every
     temperature-0 challenge they both answer, so over 50 judged answers none is WRONG and
@@ -369,6 +386,12 @@ def test_validation_jobs_find_no_fault_with_honest_vllm_nodes(worker_mesh: Worke
     verdicts = eventually_sync(judged, within=300, what="the validation answers judged")
     assert sum(verdicts.values()) - sum(before.values()) >= 50
     assert verdicts.get("WRONG", 0) == 0, verdicts
+    for node in NODES:
+        # The node's metrics endpoint: its jobs, and its vLLM engine's own metrics.
+        families = node_metrics(worker_mesh, node)
+        assert families["fleetwire_node_jobs"][("tiny-llama", "succeeded")] >= 10
+        assert "vllm:num_requests_running" in families
+        assert sum(families["vllm:generation_tokens"].values()) > 0
     views = json.loads(worker_mesh.cli("admin", "mesh", "nodes", "--json").stdout)["nodes"]
     for view in views:
         if view["node_id"] in NODES:

@@ -282,7 +282,7 @@ async def test_engine_dies_with_a_node_agent_killed_while_it_starts(
 async def test_fleetwire_up_killed_leaves_none_of_its_processes(
     parents: Parents, run_id: str, tmp_path: Path
 ) -> None:
-    """``fleetwire up`` killed with SIGKILL takes its scheduler, bridge and node with it
+    """``fleetwire up`` killed with SIGKILL takes its scheduler, bridge, node and console with it
     (a bench node: no engine to wait for; the node tests above cover the engines)."""
     namespace = f"{run_id}u"
     # A bench node (bench/ is not installed: importable from the checkout).
@@ -316,7 +316,7 @@ async def test_fleetwire_up_killed_leaves_none_of_its_processes(
         await eventually(mesh_up, 120, "the mesh to come up")
         tree = parents.tree(up)
         services = {r.cmdline.rsplit(" -m ", 1)[-1] for r in tree}
-        assert {"scheduler", "broker_bridge", "bench.bench_node"} <= services, [
+        assert {"scheduler", "broker_bridge", "bench.bench_node", "console"} <= services, [
             str(r) for r in tree
         ]
         await kill_and_expect_gone(up, tree)

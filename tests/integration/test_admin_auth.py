@@ -60,6 +60,14 @@ REQUESTS: dict[str, Any] = {
     "ListOperatorKeys": mesh_admin_service_pb2.ListOperatorKeysRequest(),
     "RevokeOperatorKey": mesh_admin_service_pb2.RevokeOperatorKeyRequest(key_id="000000000000"),
     "ListAuditEntries": mesh_admin_service_pb2.ListAuditEntriesRequest(limit=1),
+    "WhoAmI": mesh_admin_service_pb2.WhoAmIRequest(),
+    "ListJobs": mesh_admin_service_pb2.ListJobsRequest(page_size=1),
+    "JobThroughput": mesh_admin_service_pb2.JobThroughputRequest(minutes=1),
+    "ListNodeKeyHistory": mesh_admin_service_pb2.ListNodeKeyHistoryRequest(
+        node_id="admin-auth-none"
+    ),
+    "ListTenants": mesh_admin_service_pb2.ListTenantsRequest(limit=1),
+    "ListLedgerAccounts": mesh_admin_service_pb2.ListLedgerAccountsRequest(limit=1),
 }
 
 

@@ -1,5 +1,6 @@
-"""The bridge process logs JSON lines (FLEETWIRE_LOG_JSON) carrying the caller's trace id
-and tenant on every line of a call."""
+"""The bridge process logs JSON lines (FLEETWIRE_LOG_JSON) carrying the call's W3C trace id
+(the caller's traceparent continued), the caller's request id and the tenant on every line
+of a call."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ async def test_json_logs_carry_the_trace_id(mesh_env: dict[str, str]) -> None:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    trace_id = f"trace-{uuid.uuid4().hex}"
+    trace_id, request_id = uuid.uuid4().hex, f"request-{uuid.uuid4().hex}"
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), 30)
@@ -35,7 +36,10 @@ async def test_json_logs_carry_the_trace_id(mesh_env: dict[str, str]) -> None:
             job = (
                 await jobs.Submit(
                     job_service_pb2.SubmitRequest(job=spec()),
-                    metadata=(("x-request-id", trace_id),),
+                    metadata=(
+                        ("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"),
+                        ("x-request-id", request_id),
+                    ),
                 )
             ).job
             await jobs.Cancel(job_service_pb2.CancelRequest(job_id=job.job_id))
@@ -46,6 +50,8 @@ async def test_json_logs_carry_the_trace_id(mesh_env: dict[str, str]) -> None:
     accepted = [line for line in lines if line.get("event") == "job accepted"]
     assert accepted, stderr.decode()[-2000:]
     assert accepted[0]["trace_id"] == trace_id
+    assert job.trace_id == trace_id
+    assert accepted[0]["request_id"] == request_id
     assert accepted[0]["tenant"] == "anonymous"
     assert accepted[0]["job_id"] == job.job_id
     assert accepted[0]["process"] == "bridge"

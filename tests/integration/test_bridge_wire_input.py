@@ -183,14 +183,14 @@ def broken_caller(*_args: Any, **_kwargs: Any) -> Any:
 async def _status(jobs: job_service_pb2_grpc.JobServiceStub, trace_id: str) -> None:
     await jobs.Status(
         job_service_pb2.StatusRequest(job_id=str(uuid.uuid4())),
-        metadata=(("x-request-id", trace_id),),
+        metadata=(("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"),),
     )
 
 
 async def _watch(jobs: job_service_pb2_grpc.JobServiceStub, trace_id: str) -> None:
     async for _ in jobs.Watch(
         job_service_pb2.WatchRequest(job_id=str(uuid.uuid4())),
-        metadata=(("x-request-id", trace_id),),
+        metadata=(("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"),),
     ):
         pass
 
@@ -201,7 +201,7 @@ async def test_a_server_fault_is_internal_with_its_text_only_in_the_log(
     monkeypatch: pytest.MonkeyPatch,
     rpc: Callable[[job_service_pb2_grpc.JobServiceStub, str], Any],
 ) -> None:
-    trace_id = f"trace-{uuid.uuid4().hex}"
+    trace_id = uuid.uuid4().hex  # the caller's W3C trace, continued by the bridge
     monkeypatch.setattr(Authenticator, "caller", broken_caller)
     with capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as caught:
         await rpc(jobs, trace_id)

@@ -14,7 +14,7 @@ from broker_bridge.server import BridgeServer
 from fleetwire.domain.errors import RouteUnavailable
 from fleetwire.messaging.amqp import AmqpLink
 from fleetwire.messaging.publisher import JobMessage, JobPublisher
-from fleetwire.messaging.topology import HEADER_JOB_ID, HEADER_REQUEST_ID, Topology
+from fleetwire.messaging.topology import HEADER_JOB_ID, HEADER_TRACEPARENT, Topology
 from fleetwire.process.settings import Settings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
@@ -60,9 +60,10 @@ async def test_submitted_job_carries_priority_expiration_persistence(
 ) -> None:
     topology = Topology(settings.mesh.namespace)
     queue = topology.route_queue(topology.route_key("testnet", "tiny-llama"))
+    trace_id, client_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     response = await jobs.Submit(
         job_service_pb2.SubmitRequest(job=spec(priority, ttl_s=321)),
-        metadata=(("x-request-id", "trace-123"),),
+        metadata=(("traceparent", f"00-{trace_id}-{client_span}-01"),),
     )
     assert response.job.state == job_pb2.JOB_STATE_QUEUED
     messages = await drain_queue(amqp_channel, queue)
@@ -74,7 +75,11 @@ async def test_submitted_job_carries_priority_expiration_persistence(
     assert props.message_id == response.job.job_id
     assert props.headers is not None
     assert props.headers[HEADER_JOB_ID] == response.job.job_id
-    assert props.headers[HEADER_REQUEST_ID] == "trace-123"
+    # The job's trace, the caller's continued; the parent named is the bridge's publish span.
+    assert response.job.trace_id == trace_id
+    version, header_trace, parent, flags = str(props.headers[HEADER_TRACEPARENT]).split("-")
+    assert (version, header_trace, flags) == ("00", trace_id, "01")
+    assert parent != client_span
     envelope = job_pb2.Job()
     envelope.ParseFromString(messages[0].body)
     assert envelope.job_id == response.job.job_id

@@ -147,12 +147,12 @@ async def test_an_admin_fault_is_internal_with_its_text_only_in_the_log(
     async def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("secret text")
 
-    trace_id = f"trace-{uuid.uuid4().hex}"
+    trace_id = uuid.uuid4().hex  # the caller's W3C trace, continued by the admin port
     monkeypatch.setattr(AdminStore, "dead_letters", broken)
     with capture_logs() as logs, pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.ListDeadLetters(
             mesh_admin_service_pb2.ListDeadLettersRequest(),
-            metadata=(("x-request-id", trace_id),),
+            metadata=(("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"),),
         )
     monkeypatch.undo()
 

@@ -22,6 +22,7 @@ from fleetwire_client.job_requests import (
     call_metadata,
     resolve_address,
     spec_of,
+    trace_metadata,
 )
 from fleetwire_client.models import (
     BatchEvent,
@@ -83,11 +84,16 @@ class AsyncClient:
             raise Unavailable(f"{self.address} not ready after {timeout}s") from err
 
     async def submit(
-        self, job: JobRequest | job_pb2.JobSpec | str, *, timeout: float | None = None
+        self,
+        job: JobRequest | job_pb2.JobSpec | str,
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
     ) -> JobResult:
         """As ``Client.submit``."""
         request = job_service_pb2.SubmitRequest(job=spec_of(job))
-        return JobResult((await self._unary(self._stub.Submit, request, timeout)).job)
+        extra = trace_metadata(traceparent)
+        return JobResult((await self._unary(self._stub.Submit, request, timeout, extra)).job)
 
     async def submit_batch(
         self,
@@ -95,10 +101,13 @@ class AsyncClient:
         *,
         client_request_id: str | None = None,
         timeout: float | None = None,
+        traceparent: str | None = None,
     ) -> BatchProgress:
         """As ``Client.submit_batch``: one SubmitBatch call, all jobs or none, idempotent."""
         request = batch_request(jobs, client_request_id)
-        return BatchProgress((await self._unary(self._stub.SubmitBatch, request, timeout)).batch)
+        extra = trace_metadata(traceparent)
+        batch = (await self._unary(self._stub.SubmitBatch, request, timeout, extra)).batch
+        return BatchProgress(batch)
 
     async def batch_status(self, batch_id: str, *, timeout: float | None = None) -> BatchProgress:
         """As ``Client.batch_status``."""
@@ -211,15 +220,20 @@ class AsyncClient:
         return verify_job_with_keys(job.message, keys)
 
     async def _unary(
-        self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None
+        self,
+        method: Callable[..., Awaitable[T]],
+        request: Any,
+        timeout: float | None,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> T:
+        metadata = (*self._metadata, *extra)
         total = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + total
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await method(request, timeout=_left(deadline), metadata=self._metadata)
+                return await method(request, timeout=_left(deadline), metadata=metadata)
             except grpc.RpcError as err:
                 error = error_from_rpc(err)
             delay = self._retry.delay_before_retry(attempt, error, time_left=_left(deadline))

@@ -1,4 +1,5 @@
-"""Building requests: the job spec, call metadata (API key) and channel options.
+"""Building requests: the job spec, call metadata (API key, trace context) and channel
+options.
 
 Shared by the sync and async clients so both send byte-identical requests.
 """
@@ -37,6 +38,25 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 def resolve_address(address: str | None) -> str:
     """``address``, else ``$FLEETWIRE_ADDRESS``, else the bridge's default port locally."""
     return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def trace_metadata(traceparent: str | None = None) -> tuple[tuple[str, str], ...]:
+    """W3C trace context for a Submit: ``traceparent`` as given, else the caller's current
+    OpenTelemetry span's (when ``opentelemetry-api`` is installed — it is not a dependency —
+    through its configured propagator), else nothing: the bridge then starts the job's
+    trace. Either way the job's trace id comes back as ``JobResult.trace_id``."""
+    if traceparent:
+        return ((TRACE_HEADERS[0], traceparent),)
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return ()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple((key, carrier[key]) for key in TRACE_HEADERS if carrier.get(key))
 
 
 def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:

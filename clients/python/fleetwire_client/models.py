@@ -146,6 +146,12 @@ class JobResult:
         return int(self.message.attempts)
 
     @property
+    def trace_id(self) -> str:
+        """The job's W3C trace id (32 hex digits): the trace of the Submit that accepted it,
+        the one its log lines on every process carry."""
+        return str(self.message.trace_id)
+
+    @property
     def error_reason(self) -> str:
         return str(self.message.error.reason)
 

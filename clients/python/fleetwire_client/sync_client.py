@@ -25,6 +25,7 @@ from fleetwire_client.job_requests import (
     call_metadata,
     resolve_address,
     spec_of,
+    trace_metadata,
 )
 from fleetwire_client.models import (
     BatchEvent,
@@ -93,13 +94,20 @@ class Client:
             raise Unavailable(f"{self.address} not ready after {timeout}s") from err
 
     def submit(
-        self, job: JobRequest | job_pb2.JobSpec | str, *, timeout: float | None = None
+        self,
+        job: JobRequest | job_pb2.JobSpec | str,
+        *,
+        timeout: float | None = None,
+        traceparent: str | None = None,
     ) -> JobResult:
         """Submits one job and returns it as accepted (QUEUED or later; terminal for
         ``Mode.SYNC``). An answer means the job is stored and queued; an error means it was
-        not accepted, except DeadlineExceeded, after which it may still run."""
+        not accepted, except DeadlineExceeded, after which it may still run. The job joins
+        the trace ``traceparent`` names, else the caller's current OpenTelemetry span's
+        (``trace_metadata``), else one the bridge starts; ``JobResult.trace_id`` says which."""
         request = job_service_pb2.SubmitRequest(job=spec_of(job))
-        return JobResult(self._unary(self._stub.Submit, request, timeout).job)
+        extra = trace_metadata(traceparent)
+        return JobResult(self._unary(self._stub.Submit, request, timeout, extra).job)
 
     def submit_batch(
         self,
@@ -107,13 +115,16 @@ class Client:
         *,
         client_request_id: str | None = None,
         timeout: float | None = None,
+        traceparent: str | None = None,
     ) -> BatchProgress:
         """Submits every job in one SubmitBatch call under a new batch id: all of them are
         accepted or none (a refusal cancels what was already published, and raises). A retry
         is idempotent: the batch carries ``client_request_id`` (a fresh UUID unless given),
-        and the same id returns the original batch. Members must not carry their own id."""
+        and the same id returns the original batch. Members must not carry their own id.
+        Its jobs share one trace, as for ``submit``."""
         request = batch_request(jobs, client_request_id)
-        return BatchProgress(self._unary(self._stub.SubmitBatch, request, timeout).batch)
+        extra = trace_metadata(traceparent)
+        return BatchProgress(self._unary(self._stub.SubmitBatch, request, timeout, extra).batch)
 
     def batch_status(self, batch_id: str, *, timeout: float | None = None) -> BatchProgress:
         """The batch's aggregate progress. NotFound for an unknown (or another tenant's) id."""
@@ -230,14 +241,21 @@ class Client:
             self._node_keys.put(signature.node_id, keys, now)
         return verify_job_with_keys(job.message, keys)
 
-    def _unary(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+    def _unary(
+        self,
+        method: Callable[..., T],
+        request: Any,
+        timeout: float | None,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> T:
+        metadata = (*self._metadata, *extra)
         total = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + total
         attempt = 0
         while True:
             attempt += 1
             try:
-                return method(request, timeout=_left(deadline), metadata=self._metadata)
+                return method(request, timeout=_left(deadline), metadata=metadata)
             except grpc.RpcError as err:
                 error = error_from_rpc(err)
             delay = self._retry.delay_before_retry(attempt, error, time_left=_left(deadline))

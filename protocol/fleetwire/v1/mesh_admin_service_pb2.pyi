@@ -1,6 +1,7 @@
 import datetime
 
 from fleetwire.v1 import job_pb2 as _job_pb2
+from fleetwire.v1 import job_service_pb2 as _job_service_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -39,7 +40,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeView(_message.Message):
-    __slots__ = ("node_id", "scheduler_id", "models", "region", "subclouds", "slots", "free_slots", "running_jobs", "draining", "penalty_points", "excluded", "penalties_24h", "connected_at", "last_seen", "reputation", "validations_passed", "validations_wrong", "on_probation")
+    __slots__ = ("node_id", "scheduler_id", "models", "region", "subclouds", "slots", "free_slots", "running_jobs", "draining", "penalty_points", "excluded", "penalties_24h", "connected_at", "last_seen", "reputation", "validations_passed", "validations_wrong", "on_probation", "excluded_until", "offences_24h")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +59,8 @@ class NodeView(_message.Message):
     VALIDATIONS_PASSED_FIELD_NUMBER: _ClassVar[int]
     VALIDATIONS_WRONG_FIELD_NUMBER: _ClassVar[int]
     ON_PROBATION_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    OFFENCES_24H_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     scheduler_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -76,7 +79,17 @@ class NodeView(_message.Message):
     validations_passed: int
     validations_wrong: int
     on_probation: bool
-    def __init__(self, node_id: _Optional[str] = ..., scheduler_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., region: _Optional[str] = ..., subclouds: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., free_slots: _Optional[int] = ..., running_jobs: _Optional[int] = ..., draining: _Optional[bool] = ..., penalty_points: _Optional[float] = ..., excluded: _Optional[bool] = ..., penalties_24h: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reputation: _Optional[float] = ..., validations_passed: _Optional[int] = ..., validations_wrong: _Optional[int] = ..., on_probation: _Optional[bool] = ...) -> None: ...
+    excluded_until: _timestamp_pb2.Timestamp
+    offences_24h: _containers.RepeatedCompositeFieldContainer[OffenceCount]
+    def __init__(self, node_id: _Optional[str] = ..., scheduler_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., region: _Optional[str] = ..., subclouds: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., free_slots: _Optional[int] = ..., running_jobs: _Optional[int] = ..., draining: _Optional[bool] = ..., penalty_points: _Optional[float] = ..., excluded: _Optional[bool] = ..., penalties_24h: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reputation: _Optional[float] = ..., validations_passed: _Optional[int] = ..., validations_wrong: _Optional[int] = ..., on_probation: _Optional[bool] = ..., excluded_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., offences_24h: _Optional[_Iterable[_Union[OffenceCount, _Mapping]]] = ...) -> None: ...
+
+class OffenceCount(_message.Message):
+    __slots__ = ("offence", "count")
+    OFFENCE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    offence: str
+    count: int
+    def __init__(self, offence: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -159,14 +172,16 @@ class AttemptView(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., node_id: _Optional[str] = ..., scheduler_id: _Optional[str] = ..., outcome: _Optional[str] = ..., dispatched_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[_job_pb2.JobError, _Mapping]] = ...) -> None: ...
 
 class JobTrailResponse(_message.Message):
-    __slots__ = ("job", "attempts", "replayed_as")
+    __slots__ = ("job", "attempts", "replayed_as", "tenant")
     JOB_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_AS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     attempts: _containers.RepeatedCompositeFieldContainer[AttemptView]
     replayed_as: str
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptView, _Mapping]]] = ..., replayed_as: _Optional[str] = ...) -> None: ...
+    tenant: str
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[AttemptView, _Mapping]]] = ..., replayed_as: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class GetBalanceRequest(_message.Message):
     __slots__ = ("account",)
@@ -271,7 +286,7 @@ class ListRegisteredNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RegisteredNode(_message.Message):
-    __slots__ = ("node_id", "key_id", "public_key", "revoked", "registered_at", "last_seen", "networks", "subclouds")
+    __slots__ = ("node_id", "key_id", "public_key", "revoked", "registered_at", "last_seen", "networks", "subclouds", "excluded_until", "offences_24h")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +295,8 @@ class RegisteredNode(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     SUBCLOUDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    OFFENCES_24H_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     key_id: str
     public_key: bytes
@@ -288,7 +305,9 @@ class RegisteredNode(_message.Message):
     last_seen: _timestamp_pb2.Timestamp
     networks: _containers.RepeatedScalarFieldContainer[_job_pb2.Network]
     subclouds: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., revoked: _Optional[bool] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ..., subclouds: _Optional[_Iterable[str]] = ...) -> None: ...
+    excluded_until: _timestamp_pb2.Timestamp
+    offences_24h: _containers.RepeatedCompositeFieldContainer[OffenceCount]
+    def __init__(self, node_id: _Optional[str] = ..., key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., revoked: _Optional[bool] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ..., subclouds: _Optional[_Iterable[str]] = ..., excluded_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., offences_24h: _Optional[_Iterable[_Union[OffenceCount, _Mapping]]] = ...) -> None: ...
 
 class ListRegisteredNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -527,3 +546,179 @@ class ValidateNodeResponse(_message.Message):
     OWED_FIELD_NUMBER: _ClassVar[int]
     owed: int
     def __init__(self, owed: _Optional[int] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WhoAmIResponse(_message.Message):
+    __slots__ = ("name", "key_id", "role")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    key_id: str
+    role: OperatorRole
+    def __init__(self, name: _Optional[str] = ..., key_id: _Optional[str] = ..., role: _Optional[_Union[OperatorRole, str]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("tenant", "states", "node_id", "created_after", "created_before", "page_size", "page_token")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    states: _containers.RepeatedScalarFieldContainer[_job_pb2.JobState]
+    node_id: str
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, tenant: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_job_pb2.JobState, str]]] = ..., node_id: _Optional[str] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class JobSummary(_message.Message):
+    __slots__ = ("job_id", "tenant", "state", "model", "network", "priority", "route", "attempts", "node_id", "created_at", "updated_at", "error", "replay_of", "validation", "signed")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_OF_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    tenant: str
+    state: _job_pb2.JobState
+    model: str
+    network: _job_pb2.Network
+    priority: _job_pb2.PriorityClass
+    route: str
+    attempts: int
+    node_id: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    error: _job_pb2.JobError
+    replay_of: str
+    validation: bool
+    signed: bool
+    def __init__(self, job_id: _Optional[str] = ..., tenant: _Optional[str] = ..., state: _Optional[_Union[_job_pb2.JobState, str]] = ..., model: _Optional[str] = ..., network: _Optional[_Union[_job_pb2.Network, str]] = ..., priority: _Optional[_Union[_job_pb2.PriorityClass, str]] = ..., route: _Optional[str] = ..., attempts: _Optional[int] = ..., node_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[_Union[_job_pb2.JobError, _Mapping]] = ..., replay_of: _Optional[str] = ..., validation: _Optional[bool] = ..., signed: _Optional[bool] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobSummary]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class JobThroughputRequest(_message.Message):
+    __slots__ = ("minutes",)
+    MINUTES_FIELD_NUMBER: _ClassVar[int]
+    minutes: int
+    def __init__(self, minutes: _Optional[int] = ...) -> None: ...
+
+class ThroughputMinute(_message.Message):
+    __slots__ = ("start", "succeeded", "failed", "expired", "cancelled", "dead_lettered")
+    START_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
+    succeeded: int
+    failed: int
+    expired: int
+    cancelled: int
+    dead_lettered: int
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., expired: _Optional[int] = ..., cancelled: _Optional[int] = ..., dead_lettered: _Optional[int] = ...) -> None: ...
+
+class JobThroughputResponse(_message.Message):
+    __slots__ = ("minutes",)
+    MINUTES_FIELD_NUMBER: _ClassVar[int]
+    minutes: _containers.RepeatedCompositeFieldContainer[ThroughputMinute]
+    def __init__(self, minutes: _Optional[_Iterable[_Union[ThroughputMinute, _Mapping]]] = ...) -> None: ...
+
+class ListNodeKeyHistoryRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class ListNodeKeyHistoryResponse(_message.Message):
+    __slots__ = ("node_id", "keys")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    keys: _containers.RepeatedCompositeFieldContainer[_job_service_pb2.NodeKey]
+    def __init__(self, node_id: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_job_service_pb2.NodeKey, _Mapping]]] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class TenantView(_message.Message):
+    __slots__ = ("tenant", "created_at", "balance_micro_credits", "ledger_entries", "live_api_keys", "waiting_jobs", "policy")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_MICRO_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LIVE_API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    created_at: _timestamp_pb2.Timestamp
+    balance_micro_credits: int
+    ledger_entries: int
+    live_api_keys: int
+    waiting_jobs: int
+    policy: TenantPolicy
+    def __init__(self, tenant: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., balance_micro_credits: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., live_api_keys: _Optional[int] = ..., waiting_jobs: _Optional[int] = ..., policy: _Optional[_Union[TenantPolicy, _Mapping]] = ...) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants",)
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantView]
+    def __init__(self, tenants: _Optional[_Iterable[_Union[TenantView, _Mapping]]] = ...) -> None: ...
+
+class ListLedgerAccountsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class LedgerAccount(_message.Message):
+    __slots__ = ("account", "balance_micro_credits", "entries", "last_entry_at")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_MICRO_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ENTRY_AT_FIELD_NUMBER: _ClassVar[int]
+    account: str
+    balance_micro_credits: int
+    entries: int
+    last_entry_at: _timestamp_pb2.Timestamp
+    def __init__(self, account: _Optional[str] = ..., balance_micro_credits: _Optional[int] = ..., entries: _Optional[int] = ..., last_entry_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListLedgerAccountsResponse(_message.Message):
+    __slots__ = ("accounts", "total_charged_micro_credits", "total_earned_micro_credits", "entries")
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CHARGED_MICRO_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_EARNED_MICRO_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    accounts: _containers.RepeatedCompositeFieldContainer[LedgerAccount]
+    total_charged_micro_credits: int
+    total_earned_micro_credits: int
+    entries: int
+    def __init__(self, accounts: _Optional[_Iterable[_Union[LedgerAccount, _Mapping]]] = ..., total_charged_micro_credits: _Optional[int] = ..., total_earned_micro_credits: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...

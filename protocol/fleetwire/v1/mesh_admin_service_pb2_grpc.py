@@ -155,6 +155,36 @@ class MeshAdminServiceStub:
                 request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
                 response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesResponse.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/WhoAmI',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ListJobs',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.JobThroughput = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/JobThroughput',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobThroughputRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobThroughputResponse.FromString,
+                _registered_method=True)
+        self.ListNodeKeyHistory = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ListNodeKeyHistory',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListNodeKeyHistoryRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListNodeKeyHistoryResponse.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ListTenants',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.ListLedgerAccounts = channel.unary_unary(
+                '/fleetwire.v1.MeshAdminService/ListLedgerAccounts',
+                request_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListLedgerAccountsRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListLedgerAccountsResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
@@ -348,6 +378,60 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhoAmI(self, request, context):
+        """Who is calling: the holder, id and role of the operator key sent (viewer). The console
+        asks it when an operator logs in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Jobs, newest first, by tenant, state, node and creation time, one page at a time
+        (viewer). Errors: INVALID_ARGUMENT (a malformed tenant or node id, page_size above 500,
+        created_after not before created_before, a page_token that is not this RPC's or was
+        made for other filters).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobThroughput(self, request, context):
+        """Jobs that reached a terminal state in each of the last `minutes` minutes, by state, for
+        the whole mesh (PostgreSQL): throughput and failure rate over time (viewer). Errors:
+        INVALID_ARGUMENT (minutes above 1440).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNodeKeyHistory(self, request, context):
+        """Every key the mesh ever registered for a node, rotated and revoked ones too, newest
+        first: what a result's signature is verified with, rather than the key the result
+        names (viewer). Errors: INVALID_ARGUMENT (not a node id), NOT_FOUND (no key was ever
+        registered for it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Tenants by id, each with its ledger balance, live API keys, waiting jobs and policy
+        (viewer). Errors: INVALID_ARGUMENT (limit above 1000).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLedgerAccounts(self, request, context):
+        """The credit ledger by account (tenants' and node owners'), with its totals: charges and
+        earnings sum to zero when it balances (viewer). Errors: INVALID_ARGUMENT (limit above
+        1000).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -460,6 +544,36 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEntries,
                     request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesRequest.FromString,
                     response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.WhoAmIRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListJobsRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'JobThroughput': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobThroughput,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobThroughputRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobThroughputResponse.SerializeToString,
+            ),
+            'ListNodeKeyHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodeKeyHistory,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListNodeKeyHistoryRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListNodeKeyHistoryResponse.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListTenantsRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'ListLedgerAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedgerAccounts,
+                    request_deserializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListLedgerAccountsRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListLedgerAccountsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1067,6 +1181,168 @@ class MeshAdminService:
             '/fleetwire.v1.MeshAdminService/ListAuditEntries',
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
             fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/WhoAmI',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.WhoAmIRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ListJobs',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListJobsRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobThroughput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/JobThroughput',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobThroughputRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.JobThroughputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodeKeyHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ListNodeKeyHistory',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListNodeKeyHistoryRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListNodeKeyHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ListTenants',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListTenantsRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedgerAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetwire.v1.MeshAdminService/ListLedgerAccounts',
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListLedgerAccountsRequest.SerializeToString,
+            fleetwire_dot_v1_dot_mesh__admin__service__pb2.ListLedgerAccountsResponse.FromString,
             options,
             channel_credentials,
             insecure,

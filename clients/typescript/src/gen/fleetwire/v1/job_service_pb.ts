@@ -609,8 +609,14 @@ export const ListNodeKeysResponseSchema: GenMessage<ListNodeKeysResponse> = /*@_
  * `fleetwire admin keys create`). A missing, malformed, unknown or revoked key is
  * UNAUTHENTICATED when the bridge requires keys (FLEETWIRE_BRIDGE_REQUIRE_API_KEY);
  * otherwise calls without a key run as the tenant "anonymous". A job or batch of another
- * tenant is NOT_FOUND. Optional `x-request-id` metadata is the trace id (generated when
- * absent, echoed in the initial metadata).
+ * tenant is NOT_FOUND.
+ *
+ * Tracing: send W3C `traceparent` (and `tracestate`) metadata to make the call, and the job
+ * it accepts, part of your trace; without it the bridge starts a trace. Every answer's
+ * initial metadata carries `traceresponse` (W3C format: `00-<trace id>-<span id>-<flags>`),
+ * the trace and span that served the call; Job.trace_id is the trace of the call that
+ * accepted the job. Optional `x-request-id` metadata (at most 128 characters) is the
+ * caller's own correlation id: logged as `request_id` on every line of the call.
  *
  * @generated from service fleetwire.v1.JobService
  */

@@ -4,8 +4,10 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Job, JobError, Network, PriorityClass } from "./job_pb.ts";
+import type { Job, JobError, JobState, Network, PriorityClass } from "./job_pb.ts";
 import { file_fleetwire_v1_job } from "./job_pb.ts";
+import type { NodeKey } from "./job_service_pb.ts";
+import { file_fleetwire_v1_job_service } from "./job_service_pb.ts";
 import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwire/v1/mesh_admin_service.proto.
  */
 export const file_fleetwire_v1_mesh_admin_service: GenFile = /*@__PURE__*/
-  fileDesc("CiVmbGVldHdpcmUvdjEvbWVzaF9hZG1pbl9zZXJ2aWNlLnByb3RvEgxmbGVldHdpcmUudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCKyAwoITm9kZVZpZXcSDwoHbm9kZV9pZBgBIAEoCRIUCgxzY2hlZHVsZXJfaWQYAiABKAkSDgoGbW9kZWxzGAMgAygJEg4KBnJlZ2lvbhgEIAEoCRIRCglzdWJjbG91ZHMYBSADKAkSDQoFc2xvdHMYBiABKA0SEgoKZnJlZV9zbG90cxgHIAEoDRIUCgxydW5uaW5nX2pvYnMYCCABKA0SEAoIZHJhaW5pbmcYCSABKAgSFgoOcGVuYWx0eV9wb2ludHMYCiABKAESEAoIZXhjbHVkZWQYCyABKAgSFQoNcGVuYWx0aWVzXzI0aBgMIAEoDRIwCgxjb25uZWN0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVwdXRhdGlvbhgPIAEoARIaChJ2YWxpZGF0aW9uc19wYXNzZWQYECABKAQSGQoRdmFsaWRhdGlvbnNfd3JvbmcYESABKAQSFAoMb25fcHJvYmF0aW9uGBIgASgIIjoKEUxpc3ROb2Rlc1Jlc3BvbnNlEiUKBW5vZGVzGAEgAygLMhYuZmxlZXR3aXJlLnYxLk5vZGVWaWV3IhQKElF1ZXVlRGVwdGhzUmVxdWVzdCJ4CgpSb3V0ZURlcHRoEg0KBXJvdXRlGAEgASgJEi0KCHByaW9yaXR5GAIgASgOMhsuZmxlZXR3aXJlLnYxLlByaW9yaXR5Q2xhc3MSFAoMd2FpdGluZ19qb2JzGAMgASgEEhYKDnF1ZXVlX21lc3NhZ2VzGAQgASgEIj8KE1F1ZXVlRGVwdGhzUmVzcG9uc2USKAoGZGVwdGhzGAEgAygLMhguZmxlZXR3aXJlLnYxLlJvdXRlRGVwdGgiJwoWTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoDSI6ChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRIfCgRqb2JzGAEgAygLMhEuZmxlZXR3aXJlLnYxLkpvYiIpChdSZXBsYXlEZWFkTGV0dGVyUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiWgoYUmVwbGF5RGVhZExldHRlclJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLmZsZWV0d2lyZS52MS5Kb2ISHgoWcGFya2VkX21lc3NhZ2VfcmVtb3ZlZBgCIAEoCCIhCg9Kb2JUcmFpbFJlcXVlc3QSDgoGam9iX2lkGAEgASgJIo4CCgtBdHRlbXB0VmlldxIPCgdhdHRlbXB0GAEgASgNEg8KB25vZGVfaWQYAiABKAkSFAoMc2NoZWR1bGVyX2lkGAMgASgJEg8KB291dGNvbWUYBCABKAkSMQoNZGlzcGF0Y2hlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKBWVycm9yGAggASgLMhYuZmxlZXR3aXJlLnYxLkpvYkVycm9yInQKEEpvYlRyYWlsUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYhIrCghhdHRlbXB0cxgCIAMoCzIZLmZsZWV0d2lyZS52MS5BdHRlbXB0VmlldxITCgtyZXBsYXllZF9hcxgDIAEoCSIkChFHZXRCYWxhbmNlUmVxdWVzdBIPCgdhY2NvdW50GAEgASgJIlUKEkdldEJhbGFuY2VSZXNwb25zZRIPCgdhY2NvdW50GAEgASgJEh0KFWJhbGFuY2VfbWljcm9fY3JlZGl0cxgCIAEoAxIPCgdlbnRyaWVzGAMgASgEIhkKF0xpc3RQZW5kaW5nTm9kZXNSZXF1ZXN0Iq0BCgtQZW5kaW5nTm9kZRIPCgdub2RlX2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRIOCgZyZWdpb24YAyABKAkSDgoGbW9kZWxzGAQgAygJEi4KCmZpcnN0X3NlZW4YBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoYTGlzdFBlbmRpbmdOb2Rlc1Jlc3BvbnNlEigKBW5vZGVzGAEgAygLMhkuZmxlZXR3aXJlLnYxLlBlbmRpbmdOb2RlIl4KEkFwcHJvdmVOb2RlUmVxdWVzdBIPCgdub2RlX2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRInCghuZXR3b3JrcxgDIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrIl8KE0FwcHJvdmVOb2RlUmVzcG9uc2USDwoHbm9kZV9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSJwoIbmV0d29ya3MYAyADKA4yFS5mbGVldHdpcmUudjEuTmV0d29yayIkChFSZXZva2VOb2RlUmVxdWVzdBIPCgdub2RlX2lkGAEgASgJIiUKElJldm9rZU5vZGVSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJInQKE1JlZ2lzdGVyTm9kZVJlcXVlc3QSDwoHbm9kZV9pZBgBIAEoCRISCgpwdWJsaWNfa2V5GAIgASgMEg8KB3JlcGxhY2UYAyABKAgSJwoIbmV0d29ya3MYBCADKA4yFS5mbGVldHdpcmUudjEuTmV0d29yayKSAQoUUmVnaXN0ZXJOb2RlUmVzcG9uc2USDwoHbm9kZV9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSMAoMcmVnaXN0cmF0aW9uGAMgASgOMhouZmxlZXR3aXJlLnYxLlJlZ2lzdHJhdGlvbhInCghuZXR3b3JrcxgEIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrIhwKGkxpc3RSZWdpc3RlcmVkTm9kZXNSZXF1ZXN0IvQBCg5SZWdpc3RlcmVkTm9kZRIPCgdub2RlX2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRISCgpwdWJsaWNfa2V5GAMgASgMEg8KB3Jldm9rZWQYBCABKAgSMQoNcmVnaXN0ZXJlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zZWVuGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCghuZXR3b3JrcxgHIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrEhEKCXN1YmNsb3VkcxgIIAMoCSJKChtMaXN0UmVnaXN0ZXJlZE5vZGVzUmVzcG9uc2USKwoFbm9kZXMYASADKAsyHC5mbGVldHdpcmUudjEuUmVnaXN0ZXJlZE5vZGUifAoQR3JhbnROb2RlUmVxdWVzdBIPCgdub2RlX2lkGAEgASgJEhIKCHN1YmNsb3VkGAIgASgJSAASKAoHbmV0d29yaxgDIAEoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrSAASEAoId2l0aGRyYXcYBCABKAhCBwoFZ3JhbnQiNQoRR3JhbnROb2RlUmVzcG9uc2USDwoHbm9kZV9pZBgBIAEoCRIPCgdjaGFuZ2VkGAIgASgIIjMKE0NyZWF0ZUFwaUtleVJlcXVlc3QSDgoGdGVuYW50GAEgASgJEgwKBG5hbWUYAiABKAkiQwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USDgoGdGVuYW50GAEgASgJEg4KBmtleV9pZBgCIAEoCRILCgNrZXkYAyABKAkiJAoSTGlzdEFwaUtleXNSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCSKaAQoKQXBpS2V5VmlldxIOCgZrZXlfaWQYASABKAkSDgoGdGVuYW50GAIgASgJEgwKBG5hbWUYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguZmxlZXR3aXJlLnYxLkFwaUtleVZpZXciJQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkiJgoUUmV2b2tlQXBpS2V5UmVzcG9uc2USDgoGa2V5X2lkGAEgASgJIj8KD1ByaW9yaXR5Q2xhc3NlcxIsCgdjbGFzc2VzGAEgAygOMhsuZmxlZXR3aXJlLnYxLlByaW9yaXR5Q2xhc3MiMwoITmV0d29ya3MSJwoIbmV0d29ya3MYASADKA4yFS5mbGVldHdpcmUudjEuTmV0d29yayIaCglTdWJjbG91ZHMSDQoFbmFtZXMYASADKAki7wEKDFRlbmFudFBvbGljeRIOCgZ0ZW5hbnQYASABKAkSMQoKcHJpb3JpdGllcxgCIAEoCzIdLmZsZWV0d2lyZS52MS5Qcmlvcml0eUNsYXNzZXMSKAoIbmV0d29ya3MYAyABKAsyFi5mbGVldHdpcmUudjEuTmV0d29ya3MSKgoJc3ViY2xvdWRzGAQgASgLMhcuZmxlZXR3aXJlLnYxLlN1YmNsb3VkcxInChpjcmVkaXRfbGltaXRfbWljcm9fY3JlZGl0cxgFIAEoA0gAiAEBQh0KG19jcmVkaXRfbGltaXRfbWljcm9fY3JlZGl0cyIoChZHZXRUZW5hbnRQb2xpY3lSZXF1ZXN0Eg4KBnRlbmFudBgBIAEoCSJFChdHZXRUZW5hbnRQb2xpY3lSZXNwb25zZRIqCgZwb2xpY3kYASABKAsyGi5mbGVldHdpcmUudjEuVGVuYW50UG9saWN5IngKGVVwZGF0ZVRlbmFudFBvbGljeVJlcXVlc3QSKgoGcG9saWN5GAEgASgLMhouZmxlZXR3aXJlLnYxLlRlbmFudFBvbGljeRIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siSAoaVXBkYXRlVGVuYW50UG9saWN5UmVzcG9uc2USKgoGcG9saWN5GAEgASgLMhouZmxlZXR3aXJlLnYxLlRlbmFudFBvbGljeSJSChhDcmVhdGVPcGVyYXRvcktleVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIoCgRyb2xlGAIgASgOMhouZmxlZXR3aXJlLnYxLk9wZXJhdG9yUm9sZSJwChlDcmVhdGVPcGVyYXRvcktleVJlc3BvbnNlEgwKBG5hbWUYASABKAkSKAoEcm9sZRgCIAEoDjIaLmZsZWV0d2lyZS52MS5PcGVyYXRvclJvbGUSDgoGa2V5X2lkGAMgASgJEgsKA2tleRgEIAEoCSIZChdMaXN0T3BlcmF0b3JLZXlzUmVxdWVzdCK5AQoPT3BlcmF0b3JLZXlWaWV3Eg4KBmtleV9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEigKBHJvbGUYAyABKA4yGi5mbGVldHdpcmUudjEuT3BlcmF0b3JSb2xlEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkcKGExpc3RPcGVyYXRvcktleXNSZXNwb25zZRIrCgRrZXlzGAEgAygLMh0uZmxlZXR3aXJlLnYxLk9wZXJhdG9yS2V5VmlldyIqChhSZXZva2VPcGVyYXRvcktleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIisKGVJldm9rZU9wZXJhdG9yS2V5UmVzcG9uc2USDgoGa2V5X2lkGAEgASgJIjgKF0xpc3RBdWRpdEVudHJpZXNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgNEg4KBnRhcmdldBgCIAEoCSJ4CgpBdWRpdEVudHJ5EiYKAmF0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgCIAEoCRIOCgZhY3Rpb24YAyABKAkSDgoGdGFyZ2V0GAQgASgJEhMKC2RldGFpbF9qc29uGAUgASgJIkUKGExpc3RBdWRpdEVudHJpZXNSZXNwb25zZRIpCgdlbnRyaWVzGAEgAygLMhguZmxlZXR3aXJlLnYxLkF1ZGl0RW50cnkiNAoTVmFsaWRhdGVOb2RlUmVxdWVzdBIPCgdub2RlX2lkGAEgASgJEgwKBGpvYnMYAiABKA0iJAoUVmFsaWRhdGVOb2RlUmVzcG9uc2USDAoEb3dlZBgBIAEoDSqaAQoMUmVnaXN0cmF0aW9uEhwKGFJFR0lTVFJBVElPTl9VTlNQRUNJRklFRBAAEhgKFFJFR0lTVFJBVElPTl9DUkVBVEVEEAESGgoWUkVHSVNUUkFUSU9OX1VOQ0hBTkdFRBACEhkKFVJFR0lTVFJBVElPTl9SRVBMQUNFRBADEhsKF1JFR0lTVFJBVElPTl9SRUlOU1RBVEVEEAQqYAoMT3BlcmF0b3JSb2xlEh0KGU9QRVJBVE9SX1JPTEVfVU5TUEVDSUZJRUQQABIYChRPUEVSQVRPUl9ST0xFX1ZJRVdFUhABEhcKE09QRVJBVE9SX1JPTEVfQURNSU4QAjLgDwoQTWVzaEFkbWluU2VydmljZRJMCglMaXN0Tm9kZXMSHi5mbGVldHdpcmUudjEuTGlzdE5vZGVzUmVxdWVzdBofLmZsZWV0d2lyZS52MS5MaXN0Tm9kZXNSZXNwb25zZRJSCgtRdWV1ZURlcHRocxIgLmZsZWV0d2lyZS52MS5RdWV1ZURlcHRoc1JlcXVlc3QaIS5mbGVldHdpcmUudjEuUXVldWVEZXB0aHNSZXNwb25zZRJeCg9MaXN0RGVhZExldHRlcnMSJC5mbGVldHdpcmUudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBolLmZsZWV0d2lyZS52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZRJhChBSZXBsYXlEZWFkTGV0dGVyEiUuZmxlZXR3aXJlLnYxLlJlcGxheURlYWRMZXR0ZXJSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLlJlcGxheURlYWRMZXR0ZXJSZXNwb25zZRJJCghKb2JUcmFpbBIdLmZsZWV0d2lyZS52MS5Kb2JUcmFpbFJlcXVlc3QaHi5mbGVldHdpcmUudjEuSm9iVHJhaWxSZXNwb25zZRJPCgpHZXRCYWxhbmNlEh8uZmxlZXR3aXJlLnYxLkdldEJhbGFuY2VSZXF1ZXN0GiAuZmxlZXR3aXJlLnYxLkdldEJhbGFuY2VSZXNwb25zZRJhChBMaXN0UGVuZGluZ05vZGVzEiUuZmxlZXR3aXJlLnYxLkxpc3RQZW5kaW5nTm9kZXNSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLkxpc3RQZW5kaW5nTm9kZXNSZXNwb25zZRJSCgtBcHByb3ZlTm9kZRIgLmZsZWV0d2lyZS52MS5BcHByb3ZlTm9kZVJlcXVlc3QaIS5mbGVldHdpcmUudjEuQXBwcm92ZU5vZGVSZXNwb25zZRJPCgpSZXZva2VOb2RlEh8uZmxlZXR3aXJlLnYxLlJldm9rZU5vZGVSZXF1ZXN0GiAuZmxlZXR3aXJlLnYxLlJldm9rZU5vZGVSZXNwb25zZRJVCgxSZWdpc3Rlck5vZGUSIS5mbGVldHdpcmUudjEuUmVnaXN0ZXJOb2RlUmVxdWVzdBoiLmZsZWV0d2lyZS52MS5SZWdpc3Rlck5vZGVSZXNwb25zZRJqChNMaXN0UmVnaXN0ZXJlZE5vZGVzEiguZmxlZXR3aXJlLnYxLkxpc3RSZWdpc3RlcmVkTm9kZXNSZXF1ZXN0GikuZmxlZXR3aXJlLnYxLkxpc3RSZWdpc3RlcmVkTm9kZXNSZXNwb25zZRJMCglHcmFudE5vZGUSHi5mbGVldHdpcmUudjEuR3JhbnROb2RlUmVxdWVzdBofLmZsZWV0d2lyZS52MS5HcmFudE5vZGVSZXNwb25zZRJVCgxWYWxpZGF0ZU5vZGUSIS5mbGVldHdpcmUudjEuVmFsaWRhdGVOb2RlUmVxdWVzdBoiLmZsZWV0d2lyZS52MS5WYWxpZGF0ZU5vZGVSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5mbGVldHdpcmUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmZsZWV0d2lyZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJSCgtMaXN0QXBpS2V5cxIgLmZsZWV0d2lyZS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIS5mbGVldHdpcmUudjEuTGlzdEFwaUtleXNSZXNwb25zZRJVCgxSZXZva2VBcGlLZXkSIS5mbGVldHdpcmUudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBoiLmZsZWV0d2lyZS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJeCg9HZXRUZW5hbnRQb2xpY3kSJC5mbGVldHdpcmUudjEuR2V0VGVuYW50UG9saWN5UmVxdWVzdBolLmZsZWV0d2lyZS52MS5HZXRUZW5hbnRQb2xpY3lSZXNwb25zZRJnChJVcGRhdGVUZW5hbnRQb2xpY3kSJy5mbGVldHdpcmUudjEuVXBkYXRlVGVuYW50UG9saWN5UmVxdWVzdBooLmZsZWV0d2lyZS52MS5VcGRhdGVUZW5hbnRQb2xpY3lSZXNwb25zZRJkChFDcmVhdGVPcGVyYXRvcktleRImLmZsZWV0d2lyZS52MS5DcmVhdGVPcGVyYXRvcktleVJlcXVlc3QaJy5mbGVldHdpcmUudjEuQ3JlYXRlT3BlcmF0b3JLZXlSZXNwb25zZRJhChBMaXN0T3BlcmF0b3JLZXlzEiUuZmxlZXR3aXJlLnYxLkxpc3RPcGVyYXRvcktleXNSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLkxpc3RPcGVyYXRvcktleXNSZXNwb25zZRJkChFSZXZva2VPcGVyYXRvcktleRImLmZsZWV0d2lyZS52MS5SZXZva2VPcGVyYXRvcktleVJlcXVlc3QaJy5mbGVldHdpcmUudjEuUmV2b2tlT3BlcmF0b3JLZXlSZXNwb25zZRJhChBMaXN0QXVkaXRFbnRyaWVzEiUuZmxlZXR3aXJlLnYxLkxpc3RBdWRpdEVudHJpZXNSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLkxpc3RBdWRpdEVudHJpZXNSZXNwb25zZWIGcHJvdG8z", [file_fleetwire_v1_job, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("CiVmbGVldHdpcmUvdjEvbWVzaF9hZG1pbl9zZXJ2aWNlLnByb3RvEgxmbGVldHdpcmUudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCKYBAoITm9kZVZpZXcSDwoHbm9kZV9pZBgBIAEoCRIUCgxzY2hlZHVsZXJfaWQYAiABKAkSDgoGbW9kZWxzGAMgAygJEg4KBnJlZ2lvbhgEIAEoCRIRCglzdWJjbG91ZHMYBSADKAkSDQoFc2xvdHMYBiABKA0SEgoKZnJlZV9zbG90cxgHIAEoDRIUCgxydW5uaW5nX2pvYnMYCCABKA0SEAoIZHJhaW5pbmcYCSABKAgSFgoOcGVuYWx0eV9wb2ludHMYCiABKAESEAoIZXhjbHVkZWQYCyABKAgSFQoNcGVuYWx0aWVzXzI0aBgMIAEoDRIwCgxjb25uZWN0ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVwdXRhdGlvbhgPIAEoARIaChJ2YWxpZGF0aW9uc19wYXNzZWQYECABKAQSGQoRdmFsaWRhdGlvbnNfd3JvbmcYESABKAQSFAoMb25fcHJvYmF0aW9uGBIgASgIEjIKDmV4Y2x1ZGVkX3VudGlsGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxvZmZlbmNlc18yNGgYFCADKAsyGi5mbGVldHdpcmUudjEuT2ZmZW5jZUNvdW50Ii4KDE9mZmVuY2VDb3VudBIPCgdvZmZlbmNlGAEgASgJEg0KBWNvdW50GAIgASgEIjoKEUxpc3ROb2Rlc1Jlc3BvbnNlEiUKBW5vZGVzGAEgAygLMhYuZmxlZXR3aXJlLnYxLk5vZGVWaWV3IhQKElF1ZXVlRGVwdGhzUmVxdWVzdCJ4CgpSb3V0ZURlcHRoEg0KBXJvdXRlGAEgASgJEi0KCHByaW9yaXR5GAIgASgOMhsuZmxlZXR3aXJlLnYxLlByaW9yaXR5Q2xhc3MSFAoMd2FpdGluZ19qb2JzGAMgASgEEhYKDnF1ZXVlX21lc3NhZ2VzGAQgASgEIj8KE1F1ZXVlRGVwdGhzUmVzcG9uc2USKAoGZGVwdGhzGAEgAygLMhguZmxlZXR3aXJlLnYxLlJvdXRlRGVwdGgiJwoWTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoDSI6ChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRIfCgRqb2JzGAEgAygLMhEuZmxlZXR3aXJlLnYxLkpvYiIpChdSZXBsYXlEZWFkTGV0dGVyUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiWgoYUmVwbGF5RGVhZExldHRlclJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLmZsZWV0d2lyZS52MS5Kb2ISHgoWcGFya2VkX21lc3NhZ2VfcmVtb3ZlZBgCIAEoCCIhCg9Kb2JUcmFpbFJlcXVlc3QSDgoGam9iX2lkGAEgASgJIo4CCgtBdHRlbXB0VmlldxIPCgdhdHRlbXB0GAEgASgNEg8KB25vZGVfaWQYAiABKAkSFAoMc2NoZWR1bGVyX2lkGAMgASgJEg8KB291dGNvbWUYBCABKAkSMQoNZGlzcGF0Y2hlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiUKBWVycm9yGAggASgLMhYuZmxlZXR3aXJlLnYxLkpvYkVycm9yIoQBChBKb2JUcmFpbFJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLmZsZWV0d2lyZS52MS5Kb2ISKwoIYXR0ZW1wdHMYAiADKAsyGS5mbGVldHdpcmUudjEuQXR0ZW1wdFZpZXcSEwoLcmVwbGF5ZWRfYXMYAyABKAkSDgoGdGVuYW50GAQgASgJIiQKEUdldEJhbGFuY2VSZXF1ZXN0Eg8KB2FjY291bnQYASABKAkiVQoSR2V0QmFsYW5jZVJlc3BvbnNlEg8KB2FjY291bnQYASABKAkSHQoVYmFsYW5jZV9taWNyb19jcmVkaXRzGAIgASgDEg8KB2VudHJpZXMYAyABKAQiGQoXTGlzdFBlbmRpbmdOb2Rlc1JlcXVlc3QirQEKC1BlbmRpbmdOb2RlEg8KB25vZGVfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIOCgZtb2RlbHMYBCADKAkSLgoKZmlyc3Rfc2VlbhgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zZWVuGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJEChhMaXN0UGVuZGluZ05vZGVzUmVzcG9uc2USKAoFbm9kZXMYASADKAsyGS5mbGVldHdpcmUudjEuUGVuZGluZ05vZGUiXgoSQXBwcm92ZU5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEicKCG5ldHdvcmtzGAMgAygOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmsiXwoTQXBwcm92ZU5vZGVSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRInCghuZXR3b3JrcxgDIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrIiQKEVJldm9rZU5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkiJQoSUmV2b2tlTm9kZVJlc3BvbnNlEg8KB25vZGVfaWQYASABKAkidAoTUmVnaXN0ZXJOb2RlUmVxdWVzdBIPCgdub2RlX2lkGAEgASgJEhIKCnB1YmxpY19rZXkYAiABKAwSDwoHcmVwbGFjZRgDIAEoCBInCghuZXR3b3JrcxgEIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrIpIBChRSZWdpc3Rlck5vZGVSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRIwCgxyZWdpc3RyYXRpb24YAyABKA4yGi5mbGVldHdpcmUudjEuUmVnaXN0cmF0aW9uEicKCG5ldHdvcmtzGAQgAygOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmsiHAoaTGlzdFJlZ2lzdGVyZWROb2Rlc1JlcXVlc3Qi2gIKDlJlZ2lzdGVyZWROb2RlEg8KB25vZGVfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEhIKCnB1YmxpY19rZXkYAyABKAwSDwoHcmV2b2tlZBgEIAEoCBIxCg1yZWdpc3RlcmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglsYXN0X3NlZW4YBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKCG5ldHdvcmtzGAcgAygOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmsSEQoJc3ViY2xvdWRzGAggAygJEjIKDmV4Y2x1ZGVkX3VudGlsGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxvZmZlbmNlc18yNGgYCiADKAsyGi5mbGVldHdpcmUudjEuT2ZmZW5jZUNvdW50IkoKG0xpc3RSZWdpc3RlcmVkTm9kZXNSZXNwb25zZRIrCgVub2RlcxgBIAMoCzIcLmZsZWV0d2lyZS52MS5SZWdpc3RlcmVkTm9kZSJ8ChBHcmFudE5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkSEgoIc3ViY2xvdWQYAiABKAlIABIoCgduZXR3b3JrGAMgASgOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmtIABIQCgh3aXRoZHJhdxgEIAEoCEIHCgVncmFudCI1ChFHcmFudE5vZGVSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEg8KB2NoYW5nZWQYAiABKAgiMwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSDAoEbmFtZRgCIAEoCSJDChRDcmVhdGVBcGlLZXlSZXNwb25zZRIOCgZ0ZW5hbnQYASABKAkSDgoGa2V5X2lkGAIgASgJEgsKA2tleRgDIAEoCSIkChJMaXN0QXBpS2V5c1JlcXVlc3QSDgoGdGVuYW50GAEgASgJIpoBCgpBcGlLZXlWaWV3Eg4KBmtleV9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSDAoEbmFtZRgDIAEoCRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChNMaXN0QXBpS2V5c1Jlc3BvbnNlEiYKBGtleXMYASADKAsyGC5mbGVldHdpcmUudjEuQXBpS2V5VmlldyIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSImChRSZXZva2VBcGlLZXlSZXNwb25zZRIOCgZrZXlfaWQYASABKAkiPwoPUHJpb3JpdHlDbGFzc2VzEiwKB2NsYXNzZXMYASADKA4yGy5mbGVldHdpcmUudjEuUHJpb3JpdHlDbGFzcyIzCghOZXR3b3JrcxInCghuZXR3b3JrcxgBIAMoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrIhoKCVN1YmNsb3VkcxINCgVuYW1lcxgBIAMoCSLvAQoMVGVuYW50UG9saWN5Eg4KBnRlbmFudBgBIAEoCRIxCgpwcmlvcml0aWVzGAIgASgLMh0uZmxlZXR3aXJlLnYxLlByaW9yaXR5Q2xhc3NlcxIoCghuZXR3b3JrcxgDIAEoCzIWLmZsZWV0d2lyZS52MS5OZXR3b3JrcxIqCglzdWJjbG91ZHMYBCABKAsyFy5mbGVldHdpcmUudjEuU3ViY2xvdWRzEicKGmNyZWRpdF9saW1pdF9taWNyb19jcmVkaXRzGAUgASgDSACIAQFCHQobX2NyZWRpdF9saW1pdF9taWNyb19jcmVkaXRzIigKFkdldFRlbmFudFBvbGljeVJlcXVlc3QSDgoGdGVuYW50GAEgASgJIkUKF0dldFRlbmFudFBvbGljeVJlc3BvbnNlEioKBnBvbGljeRgBIAEoCzIaLmZsZWV0d2lyZS52MS5UZW5hbnRQb2xpY3kieAoZVXBkYXRlVGVuYW50UG9saWN5UmVxdWVzdBIqCgZwb2xpY3kYASABKAsyGi5mbGVldHdpcmUudjEuVGVuYW50UG9saWN5Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJIChpVcGRhdGVUZW5hbnRQb2xpY3lSZXNwb25zZRIqCgZwb2xpY3kYASABKAsyGi5mbGVldHdpcmUudjEuVGVuYW50UG9saWN5IlIKGENyZWF0ZU9wZXJhdG9yS2V5UmVxdWVzdBIMCgRuYW1lGAEgASgJEigKBHJvbGUYAiABKA4yGi5mbGVldHdpcmUudjEuT3BlcmF0b3JSb2xlInAKGUNyZWF0ZU9wZXJhdG9yS2V5UmVzcG9uc2USDAoEbmFtZRgBIAEoCRIoCgRyb2xlGAIgASgOMhouZmxlZXR3aXJlLnYxLk9wZXJhdG9yUm9sZRIOCgZrZXlfaWQYAyABKAkSCwoDa2V5GAQgASgJIhkKF0xpc3RPcGVyYXRvcktleXNSZXF1ZXN0IrkBCg9PcGVyYXRvcktleVZpZXcSDgoGa2V5X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSKAoEcm9sZRgDIAEoDjIaLmZsZWV0d2lyZS52MS5PcGVyYXRvclJvbGUSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRwoYTGlzdE9wZXJhdG9yS2V5c1Jlc3BvbnNlEisKBGtleXMYASADKAsyHS5mbGVldHdpcmUudjEuT3BlcmF0b3JLZXlWaWV3IioKGFJldm9rZU9wZXJhdG9yS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkiKwoZUmV2b2tlT3BlcmF0b3JLZXlSZXNwb25zZRIOCgZrZXlfaWQYASABKAkiOAoXTGlzdEF1ZGl0RW50cmllc1JlcXVlc3QSDQoFbGltaXQYASABKA0SDgoGdGFyZ2V0GAIgASgJIngKCkF1ZGl0RW50cnkSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAIgASgJEg4KBmFjdGlvbhgDIAEoCRIOCgZ0YXJnZXQYBCABKAkSEwoLZGV0YWlsX2pzb24YBSABKAkiRQoYTGlzdEF1ZGl0RW50cmllc1Jlc3BvbnNlEikKB2VudHJpZXMYASADKAsyGC5mbGVldHdpcmUudjEuQXVkaXRFbnRyeSI0ChNWYWxpZGF0ZU5vZGVSZXF1ZXN0Eg8KB25vZGVfaWQYASABKAkSDAoEam9icxgCIAEoDSIkChRWYWxpZGF0ZU5vZGVSZXNwb25zZRIMCgRvd2VkGAEgASgNIg8KDVdob0FtSVJlcXVlc3QiWAoOV2hvQW1JUmVzcG9uc2USDAoEbmFtZRgBIAEoCRIOCgZrZXlfaWQYAiABKAkSKAoEcm9sZRgDIAEoDjIaLmZsZWV0d2lyZS52MS5PcGVyYXRvclJvbGUi6AEKD0xpc3RKb2JzUmVxdWVzdBIOCgZ0ZW5hbnQYASABKAkSJgoGc3RhdGVzGAIgAygOMhYuZmxlZXR3aXJlLnYxLkpvYlN0YXRlEg8KB25vZGVfaWQYAyABKAkSMQoNY3JlYXRlZF9hZnRlchgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXBhZ2Vfc2l6ZRgGIAEoDRISCgpwYWdlX3Rva2VuGAcgASgJIqkDCgpKb2JTdW1tYXJ5Eg4KBmpvYl9pZBgBIAEoCRIOCgZ0ZW5hbnQYAiABKAkSJQoFc3RhdGUYAyABKA4yFi5mbGVldHdpcmUudjEuSm9iU3RhdGUSDQoFbW9kZWwYBCABKAkSJgoHbmV0d29yaxgFIAEoDjIVLmZsZWV0d2lyZS52MS5OZXR3b3JrEi0KCHByaW9yaXR5GAYgASgOMhsuZmxlZXR3aXJlLnYxLlByaW9yaXR5Q2xhc3MSDQoFcm91dGUYByABKAkSEAoIYXR0ZW1wdHMYCCABKA0SDwoHbm9kZV9pZBgJIAEoCRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgVlcnJvchgMIAEoCzIWLmZsZWV0d2lyZS52MS5Kb2JFcnJvchIRCglyZXBsYXlfb2YYDSABKAkSEgoKdmFsaWRhdGlvbhgOIAEoCBIOCgZzaWduZWQYDyABKAgiUwoQTGlzdEpvYnNSZXNwb25zZRImCgRqb2JzGAEgAygLMhguZmxlZXR3aXJlLnYxLkpvYlN1bW1hcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIicKFEpvYlRocm91Z2hwdXRSZXF1ZXN0Eg8KB21pbnV0ZXMYASABKA0imwEKEFRocm91Z2hwdXRNaW51dGUSKQoFc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXN1Y2NlZWRlZBgCIAEoBBIOCgZmYWlsZWQYAyABKAQSDwoHZXhwaXJlZBgEIAEoBBIRCgljYW5jZWxsZWQYBSABKAQSFQoNZGVhZF9sZXR0ZXJlZBgGIAEoBCJIChVKb2JUaHJvdWdocHV0UmVzcG9uc2USLwoHbWludXRlcxgBIAMoCzIeLmZsZWV0d2lyZS52MS5UaHJvdWdocHV0TWludXRlIiwKGUxpc3ROb2RlS2V5SGlzdG9yeVJlcXVlc3QSDwoHbm9kZV9pZBgBIAEoCSJSChpMaXN0Tm9kZUtleUhpc3RvcnlSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEiMKBGtleXMYAiADKAsyFS5mbGVldHdpcmUudjEuTm9kZUtleSIjChJMaXN0VGVuYW50c1JlcXVlc3QSDQoFbGltaXQYASABKA0i3AEKClRlbmFudFZpZXcSDgoGdGVuYW50GAEgASgJEi4KCmNyZWF0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh0KFWJhbGFuY2VfbWljcm9fY3JlZGl0cxgDIAEoAxIWCg5sZWRnZXJfZW50cmllcxgEIAEoBBIVCg1saXZlX2FwaV9rZXlzGAUgASgNEhQKDHdhaXRpbmdfam9icxgGIAEoBBIqCgZwb2xpY3kYByABKAsyGi5mbGVldHdpcmUudjEuVGVuYW50UG9saWN5IkAKE0xpc3RUZW5hbnRzUmVzcG9uc2USKQoHdGVuYW50cxgBIAMoCzIYLmZsZWV0d2lyZS52MS5UZW5hbnRWaWV3IioKGUxpc3RMZWRnZXJBY2NvdW50c1JlcXVlc3QSDQoFbGltaXQYASABKA0igwEKDUxlZGdlckFjY291bnQSDwoHYWNjb3VudBgBIAEoCRIdChViYWxhbmNlX21pY3JvX2NyZWRpdHMYAiABKAMSDwoHZW50cmllcxgDIAEoBBIxCg1sYXN0X2VudHJ5X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKlAQoaTGlzdExlZGdlckFjY291bnRzUmVzcG9uc2USLQoIYWNjb3VudHMYASADKAsyGy5mbGVldHdpcmUudjEuTGVkZ2VyQWNjb3VudBIjCht0b3RhbF9jaGFyZ2VkX21pY3JvX2NyZWRpdHMYAiABKAMSIgoadG90YWxfZWFybmVkX21pY3JvX2NyZWRpdHMYAyABKAMSDwoHZW50cmllcxgEIAEoBCqaAQoMUmVnaXN0cmF0aW9uEhwKGFJFR0lTVFJBVElPTl9VTlNQRUNJRklFRBAAEhgKFFJFR0lTVFJBVElPTl9DUkVBVEVEEAESGgoWUkVHSVNUUkFUSU9OX1VOQ0hBTkdFRBACEhkKFVJFR0lTVFJBVElPTl9SRVBMQUNFRBADEhsKF1JFR0lTVFJBVElPTl9SRUlOU1RBVEVEEAQqYAoMT3BlcmF0b3JSb2xlEh0KGU9QRVJBVE9SX1JPTEVfVU5TUEVDSUZJRUQQABIYChRPUEVSQVRPUl9ST0xFX1ZJRVdFUhABEhcKE09QRVJBVE9SX1JPTEVfQURNSU4QAjLwEwoQTWVzaEFkbWluU2VydmljZRJMCglMaXN0Tm9kZXMSHi5mbGVldHdpcmUudjEuTGlzdE5vZGVzUmVxdWVzdBofLmZsZWV0d2lyZS52MS5MaXN0Tm9kZXNSZXNwb25zZRJSCgtRdWV1ZURlcHRocxIgLmZsZWV0d2lyZS52MS5RdWV1ZURlcHRoc1JlcXVlc3QaIS5mbGVldHdpcmUudjEuUXVldWVEZXB0aHNSZXNwb25zZRJeCg9MaXN0RGVhZExldHRlcnMSJC5mbGVldHdpcmUudjEuTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBolLmZsZWV0d2lyZS52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZRJhChBSZXBsYXlEZWFkTGV0dGVyEiUuZmxlZXR3aXJlLnYxLlJlcGxheURlYWRMZXR0ZXJSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLlJlcGxheURlYWRMZXR0ZXJSZXNwb25zZRJJCghKb2JUcmFpbBIdLmZsZWV0d2lyZS52MS5Kb2JUcmFpbFJlcXVlc3QaHi5mbGVldHdpcmUudjEuSm9iVHJhaWxSZXNwb25zZRJPCgpHZXRCYWxhbmNlEh8uZmxlZXR3aXJlLnYxLkdldEJhbGFuY2VSZXF1ZXN0GiAuZmxlZXR3aXJlLnYxLkdldEJhbGFuY2VSZXNwb25zZRJhChBMaXN0UGVuZGluZ05vZGVzEiUuZmxlZXR3aXJlLnYxLkxpc3RQZW5kaW5nTm9kZXNSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLkxpc3RQZW5kaW5nTm9kZXNSZXNwb25zZRJSCgtBcHByb3ZlTm9kZRIgLmZsZWV0d2lyZS52MS5BcHByb3ZlTm9kZVJlcXVlc3QaIS5mbGVldHdpcmUudjEuQXBwcm92ZU5vZGVSZXNwb25zZRJPCgpSZXZva2VOb2RlEh8uZmxlZXR3aXJlLnYxLlJldm9rZU5vZGVSZXF1ZXN0GiAuZmxlZXR3aXJlLnYxLlJldm9rZU5vZGVSZXNwb25zZRJVCgxSZWdpc3Rlck5vZGUSIS5mbGVldHdpcmUudjEuUmVnaXN0ZXJOb2RlUmVxdWVzdBoiLmZsZWV0d2lyZS52MS5SZWdpc3Rlck5vZGVSZXNwb25zZRJqChNMaXN0UmVnaXN0ZXJlZE5vZGVzEiguZmxlZXR3aXJlLnYxLkxpc3RSZWdpc3RlcmVkTm9kZXNSZXF1ZXN0GikuZmxlZXR3aXJlLnYxLkxpc3RSZWdpc3RlcmVkTm9kZXNSZXNwb25zZRJMCglHcmFudE5vZGUSHi5mbGVldHdpcmUudjEuR3JhbnROb2RlUmVxdWVzdBofLmZsZWV0d2lyZS52MS5HcmFudE5vZGVSZXNwb25zZRJVCgxWYWxpZGF0ZU5vZGUSIS5mbGVldHdpcmUudjEuVmFsaWRhdGVOb2RlUmVxdWVzdBoiLmZsZWV0d2lyZS52MS5WYWxpZGF0ZU5vZGVSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5mbGVldHdpcmUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmZsZWV0d2lyZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJSCgtMaXN0QXBpS2V5cxIgLmZsZWV0d2lyZS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIS5mbGVldHdpcmUudjEuTGlzdEFwaUtleXNSZXNwb25zZRJVCgxSZXZva2VBcGlLZXkSIS5mbGVldHdpcmUudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBoiLmZsZWV0d2lyZS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJeCg9HZXRUZW5hbnRQb2xpY3kSJC5mbGVldHdpcmUudjEuR2V0VGVuYW50UG9saWN5UmVxdWVzdBolLmZsZWV0d2lyZS52MS5HZXRUZW5hbnRQb2xpY3lSZXNwb25zZRJnChJVcGRhdGVUZW5hbnRQb2xpY3kSJy5mbGVldHdpcmUudjEuVXBkYXRlVGVuYW50UG9saWN5UmVxdWVzdBooLmZsZWV0d2lyZS52MS5VcGRhdGVUZW5hbnRQb2xpY3lSZXNwb25zZRJkChFDcmVhdGVPcGVyYXRvcktleRImLmZsZWV0d2lyZS52MS5DcmVhdGVPcGVyYXRvcktleVJlcXVlc3QaJy5mbGVldHdpcmUudjEuQ3JlYXRlT3BlcmF0b3JLZXlSZXNwb25zZRJhChBMaXN0T3BlcmF0b3JLZXlzEiUuZmxlZXR3aXJlLnYxLkxpc3RPcGVyYXRvcktleXNSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLkxpc3RPcGVyYXRvcktleXNSZXNwb25zZRJkChFSZXZva2VPcGVyYXRvcktleRImLmZsZWV0d2lyZS52MS5SZXZva2VPcGVyYXRvcktleVJlcXVlc3QaJy5mbGVldHdpcmUudjEuUmV2b2tlT3BlcmF0b3JLZXlSZXNwb25zZRJhChBMaXN0QXVkaXRFbnRyaWVzEiUuZmxlZXR3aXJlLnYxLkxpc3RBdWRpdEVudHJpZXNSZXF1ZXN0GiYuZmxlZXR3aXJlLnYxLkxpc3RBdWRpdEVudHJpZXNSZXNwb25zZRJDCgZXaG9BbUkSGy5mbGVldHdpcmUudjEuV2hvQW1JUmVxdWVzdBocLmZsZWV0d2lyZS52MS5XaG9BbUlSZXNwb25zZRJJCghMaXN0Sm9icxIdLmZsZWV0d2lyZS52MS5MaXN0Sm9ic1JlcXVlc3QaHi5mbGVldHdpcmUudjEuTGlzdEpvYnNSZXNwb25zZRJYCg1Kb2JUaHJvdWdocHV0EiIuZmxlZXR3aXJlLnYxLkpvYlRocm91Z2hwdXRSZXF1ZXN0GiMuZmxlZXR3aXJlLnYxLkpvYlRocm91Z2hwdXRSZXNwb25zZRJnChJMaXN0Tm9kZUtleUhpc3RvcnkSJy5mbGVldHdpcmUudjEuTGlzdE5vZGVLZXlIaXN0b3J5UmVxdWVzdBooLmZsZWV0d2lyZS52MS5MaXN0Tm9kZUtleUhpc3RvcnlSZXNwb25zZRJSCgtMaXN0VGVuYW50cxIgLmZsZWV0d2lyZS52MS5MaXN0VGVuYW50c1JlcXVlc3QaIS5mbGVldHdpcmUudjEuTGlzdFRlbmFudHNSZXNwb25zZRJnChJMaXN0TGVkZ2VyQWNjb3VudHMSJy5mbGVldHdpcmUudjEuTGlzdExlZGdlckFjY291bnRzUmVxdWVzdBooLmZsZWV0d2lyZS52MS5MaXN0TGVkZ2VyQWNjb3VudHNSZXNwb25zZWIGcHJvdG8z", [file_fleetwire_v1_job, file_fleetwire_v1_job_service, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * ListNodes's request.
@@ -164,6 +166,20 @@ export type NodeView = Message<"fleetwire.v1.NodeView"> & {
    * @generated from field: bool on_probation = 18;
    */
   onProbation: boolean;
+
+  /**
+   * When its exclusion ends (this replica's penalty standing); unset when not excluded.
+   *
+   * @generated from field: google.protobuf.Timestamp excluded_until = 19;
+   */
+  excludedUntil?: Timestamp | undefined;
+
+  /**
+   * Offences recorded in the last 24 hours (every replica), by kind, most frequent first.
+   *
+   * @generated from field: repeated fleetwire.v1.OffenceCount offences_24h = 20;
+   */
+  offences24h: OffenceCount[];
 };
 
 /**
@@ -172,6 +188,34 @@ export type NodeView = Message<"fleetwire.v1.NodeView"> & {
  */
 export const NodeViewSchema: GenMessage<NodeView> = /*@__PURE__*/
   messageDesc(file_fleetwire_v1_mesh_admin_service, 1);
+
+/**
+ * How often a node committed one kind of offence (docs/trust.md).
+ *
+ * @generated from message fleetwire.v1.OffenceCount
+ */
+export type OffenceCount = Message<"fleetwire.v1.OffenceCount"> & {
+  /**
+   * The offence, e.g. BAD_SIGNATURE, DISPATCH_TIMEOUT, WRONG_ANSWER.
+   *
+   * @generated from field: string offence = 1;
+   */
+  offence: string;
+
+  /**
+   * How many times.
+   *
+   * @generated from field: uint64 count = 2;
+   */
+  count: bigint;
+};
+
+/**
+ * Describes the message fleetwire.v1.OffenceCount.
+ * Use `create(OffenceCountSchema)` to create a new message.
+ */
+export const OffenceCountSchema: GenMessage<OffenceCount> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 2);
 
 /**
  * ListNodes's response.
@@ -192,7 +236,7 @@ export type ListNodesResponse = Message<"fleetwire.v1.ListNodesResponse"> & {
  * Use `create(ListNodesResponseSchema)` to create a new message.
  */
 export const ListNodesResponseSchema: GenMessage<ListNodesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 2);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 3);
 
 /**
  * QueueDepths's request.
@@ -207,7 +251,7 @@ export type QueueDepthsRequest = Message<"fleetwire.v1.QueueDepthsRequest"> & {
  * Use `create(QueueDepthsRequestSchema)` to create a new message.
  */
 export const QueueDepthsRequestSchema: GenMessage<QueueDepthsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 3);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 4);
 
 /**
  * Waiting jobs of one route and priority class.
@@ -249,7 +293,7 @@ export type RouteDepth = Message<"fleetwire.v1.RouteDepth"> & {
  * Use `create(RouteDepthSchema)` to create a new message.
  */
 export const RouteDepthSchema: GenMessage<RouteDepth> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 4);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 5);
 
 /**
  * QueueDepths's response.
@@ -270,7 +314,7 @@ export type QueueDepthsResponse = Message<"fleetwire.v1.QueueDepthsResponse"> & 
  * Use `create(QueueDepthsResponseSchema)` to create a new message.
  */
 export const QueueDepthsResponseSchema: GenMessage<QueueDepthsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 5);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 6);
 
 /**
  * ListDeadLetters's request.
@@ -291,7 +335,7 @@ export type ListDeadLettersRequest = Message<"fleetwire.v1.ListDeadLettersReques
  * Use `create(ListDeadLettersRequestSchema)` to create a new message.
  */
 export const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 6);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 7);
 
 /**
  * ListDeadLetters's response.
@@ -312,7 +356,7 @@ export type ListDeadLettersResponse = Message<"fleetwire.v1.ListDeadLettersRespo
  * Use `create(ListDeadLettersResponseSchema)` to create a new message.
  */
 export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 7);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 8);
 
 /**
  * ReplayDeadLetter's request.
@@ -333,7 +377,7 @@ export type ReplayDeadLetterRequest = Message<"fleetwire.v1.ReplayDeadLetterRequ
  * Use `create(ReplayDeadLetterRequestSchema)` to create a new message.
  */
 export const ReplayDeadLetterRequestSchema: GenMessage<ReplayDeadLetterRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 8);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 9);
 
 /**
  * ReplayDeadLetter's response.
@@ -362,7 +406,7 @@ export type ReplayDeadLetterResponse = Message<"fleetwire.v1.ReplayDeadLetterRes
  * Use `create(ReplayDeadLetterResponseSchema)` to create a new message.
  */
 export const ReplayDeadLetterResponseSchema: GenMessage<ReplayDeadLetterResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 9);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 10);
 
 /**
  * JobTrail's request.
@@ -383,7 +427,7 @@ export type JobTrailRequest = Message<"fleetwire.v1.JobTrailRequest"> & {
  * Use `create(JobTrailRequestSchema)` to create a new message.
  */
 export const JobTrailRequestSchema: GenMessage<JobTrailRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 10);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 11);
 
 /**
  * One attempt of a job.
@@ -453,7 +497,7 @@ export type AttemptView = Message<"fleetwire.v1.AttemptView"> & {
  * Use `create(AttemptViewSchema)` to create a new message.
  */
 export const AttemptViewSchema: GenMessage<AttemptView> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 11);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 12);
 
 /**
  * JobTrail's response.
@@ -481,6 +525,13 @@ export type JobTrailResponse = Message<"fleetwire.v1.JobTrailResponse"> & {
    * @generated from field: string replayed_as = 3;
    */
   replayedAs: string;
+
+  /**
+   * The tenant that submitted it (`mesh-validation` for a validation job).
+   *
+   * @generated from field: string tenant = 4;
+   */
+  tenant: string;
 };
 
 /**
@@ -488,7 +539,7 @@ export type JobTrailResponse = Message<"fleetwire.v1.JobTrailResponse"> & {
  * Use `create(JobTrailResponseSchema)` to create a new message.
  */
 export const JobTrailResponseSchema: GenMessage<JobTrailResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 12);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 13);
 
 /**
  * GetBalance's request.
@@ -509,7 +560,7 @@ export type GetBalanceRequest = Message<"fleetwire.v1.GetBalanceRequest"> & {
  * Use `create(GetBalanceRequestSchema)` to create a new message.
  */
 export const GetBalanceRequestSchema: GenMessage<GetBalanceRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 13);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 14);
 
 /**
  * GetBalance's response.
@@ -544,7 +595,7 @@ export type GetBalanceResponse = Message<"fleetwire.v1.GetBalanceResponse"> & {
  * Use `create(GetBalanceResponseSchema)` to create a new message.
  */
 export const GetBalanceResponseSchema: GenMessage<GetBalanceResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 14);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 15);
 
 /**
  * ListPendingNodes's request.
@@ -559,7 +610,7 @@ export type ListPendingNodesRequest = Message<"fleetwire.v1.ListPendingNodesRequ
  * Use `create(ListPendingNodesRequestSchema)` to create a new message.
  */
 export const ListPendingNodesRequestSchema: GenMessage<ListPendingNodesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 15);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 16);
 
 /**
  * A node waiting for admission: it proved the key of key_id.
@@ -615,7 +666,7 @@ export type PendingNode = Message<"fleetwire.v1.PendingNode"> & {
  * Use `create(PendingNodeSchema)` to create a new message.
  */
 export const PendingNodeSchema: GenMessage<PendingNode> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 16);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 17);
 
 /**
  * ListPendingNodes's response.
@@ -636,7 +687,7 @@ export type ListPendingNodesResponse = Message<"fleetwire.v1.ListPendingNodesRes
  * Use `create(ListPendingNodesResponseSchema)` to create a new message.
  */
 export const ListPendingNodesResponseSchema: GenMessage<ListPendingNodesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 17);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 18);
 
 /**
  * ApproveNode's request.
@@ -671,7 +722,7 @@ export type ApproveNodeRequest = Message<"fleetwire.v1.ApproveNodeRequest"> & {
  * Use `create(ApproveNodeRequestSchema)` to create a new message.
  */
 export const ApproveNodeRequestSchema: GenMessage<ApproveNodeRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 18);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 19);
 
 /**
  * ApproveNode's response.
@@ -706,7 +757,7 @@ export type ApproveNodeResponse = Message<"fleetwire.v1.ApproveNodeResponse"> & 
  * Use `create(ApproveNodeResponseSchema)` to create a new message.
  */
 export const ApproveNodeResponseSchema: GenMessage<ApproveNodeResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 19);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 20);
 
 /**
  * RevokeNode's request.
@@ -727,7 +778,7 @@ export type RevokeNodeRequest = Message<"fleetwire.v1.RevokeNodeRequest"> & {
  * Use `create(RevokeNodeRequestSchema)` to create a new message.
  */
 export const RevokeNodeRequestSchema: GenMessage<RevokeNodeRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 20);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 21);
 
 /**
  * RevokeNode's response.
@@ -748,7 +799,7 @@ export type RevokeNodeResponse = Message<"fleetwire.v1.RevokeNodeResponse"> & {
  * Use `create(RevokeNodeResponseSchema)` to create a new message.
  */
 export const RevokeNodeResponseSchema: GenMessage<RevokeNodeResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 21);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 22);
 
 /**
  * RegisterNode's request.
@@ -791,7 +842,7 @@ export type RegisterNodeRequest = Message<"fleetwire.v1.RegisterNodeRequest"> & 
  * Use `create(RegisterNodeRequestSchema)` to create a new message.
  */
 export const RegisterNodeRequestSchema: GenMessage<RegisterNodeRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 22);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 23);
 
 /**
  * RegisterNode's response.
@@ -833,7 +884,7 @@ export type RegisterNodeResponse = Message<"fleetwire.v1.RegisterNodeResponse"> 
  * Use `create(RegisterNodeResponseSchema)` to create a new message.
  */
 export const RegisterNodeResponseSchema: GenMessage<RegisterNodeResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 23);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 24);
 
 /**
  * ListRegisteredNodes's request.
@@ -848,7 +899,7 @@ export type ListRegisteredNodesRequest = Message<"fleetwire.v1.ListRegisteredNod
  * Use `create(ListRegisteredNodesRequestSchema)` to create a new message.
  */
 export const ListRegisteredNodesRequestSchema: GenMessage<ListRegisteredNodesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 24);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 25);
 
 /**
  * A registered node.
@@ -911,6 +962,20 @@ export type RegisteredNode = Message<"fleetwire.v1.RegisteredNode"> & {
    * @generated from field: repeated string subclouds = 8;
    */
   subclouds: string[];
+
+  /**
+   * The latest exclusion any replica recorded for it, while it lasts; unset otherwise.
+   *
+   * @generated from field: google.protobuf.Timestamp excluded_until = 9;
+   */
+  excludedUntil?: Timestamp | undefined;
+
+  /**
+   * Offences recorded in the last 24 hours (every replica), by kind, most frequent first.
+   *
+   * @generated from field: repeated fleetwire.v1.OffenceCount offences_24h = 10;
+   */
+  offences24h: OffenceCount[];
 };
 
 /**
@@ -918,7 +983,7 @@ export type RegisteredNode = Message<"fleetwire.v1.RegisteredNode"> & {
  * Use `create(RegisteredNodeSchema)` to create a new message.
  */
 export const RegisteredNodeSchema: GenMessage<RegisteredNode> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 25);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 26);
 
 /**
  * ListRegisteredNodes's response.
@@ -939,7 +1004,7 @@ export type ListRegisteredNodesResponse = Message<"fleetwire.v1.ListRegisteredNo
  * Use `create(ListRegisteredNodesResponseSchema)` to create a new message.
  */
 export const ListRegisteredNodesResponseSchema: GenMessage<ListRegisteredNodesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 26);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 27);
 
 /**
  * GrantNode's request.
@@ -990,7 +1055,7 @@ export type GrantNodeRequest = Message<"fleetwire.v1.GrantNodeRequest"> & {
  * Use `create(GrantNodeRequestSchema)` to create a new message.
  */
 export const GrantNodeRequestSchema: GenMessage<GrantNodeRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 27);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 28);
 
 /**
  * GrantNode's response.
@@ -1018,7 +1083,7 @@ export type GrantNodeResponse = Message<"fleetwire.v1.GrantNodeResponse"> & {
  * Use `create(GrantNodeResponseSchema)` to create a new message.
  */
 export const GrantNodeResponseSchema: GenMessage<GrantNodeResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 28);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 29);
 
 /**
  * CreateApiKey's request.
@@ -1046,7 +1111,7 @@ export type CreateApiKeyRequest = Message<"fleetwire.v1.CreateApiKeyRequest"> & 
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 29);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 30);
 
 /**
  * CreateApiKey's response.
@@ -1081,7 +1146,7 @@ export type CreateApiKeyResponse = Message<"fleetwire.v1.CreateApiKeyResponse"> 
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
 export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 30);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 31);
 
 /**
  * ListApiKeys's request.
@@ -1102,7 +1167,7 @@ export type ListApiKeysRequest = Message<"fleetwire.v1.ListApiKeysRequest"> & {
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 31);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 32);
 
 /**
  * An API key without its secret.
@@ -1151,7 +1216,7 @@ export type ApiKeyView = Message<"fleetwire.v1.ApiKeyView"> & {
  * Use `create(ApiKeyViewSchema)` to create a new message.
  */
 export const ApiKeyViewSchema: GenMessage<ApiKeyView> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 32);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 33);
 
 /**
  * ListApiKeys's response.
@@ -1172,7 +1237,7 @@ export type ListApiKeysResponse = Message<"fleetwire.v1.ListApiKeysResponse"> & 
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 33);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 34);
 
 /**
  * RevokeApiKey's request.
@@ -1193,7 +1258,7 @@ export type RevokeApiKeyRequest = Message<"fleetwire.v1.RevokeApiKeyRequest"> & 
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 34);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 35);
 
 /**
  * RevokeApiKey's response.
@@ -1214,7 +1279,7 @@ export type RevokeApiKeyResponse = Message<"fleetwire.v1.RevokeApiKeyResponse"> 
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
 export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 35);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 36);
 
 /**
  * Priority classes a tenant may use.
@@ -1235,7 +1300,7 @@ export type PriorityClasses = Message<"fleetwire.v1.PriorityClasses"> & {
  * Use `create(PriorityClassesSchema)` to create a new message.
  */
 export const PriorityClassesSchema: GenMessage<PriorityClasses> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 36);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 37);
 
 /**
  * Networks a tenant may use.
@@ -1256,7 +1321,7 @@ export type Networks = Message<"fleetwire.v1.Networks"> & {
  * Use `create(NetworksSchema)` to create a new message.
  */
 export const NetworksSchema: GenMessage<Networks> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 37);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 38);
 
 /**
  * Subclouds a tenant may submit to.
@@ -1277,7 +1342,7 @@ export type Subclouds = Message<"fleetwire.v1.Subclouds"> & {
  * Use `create(SubcloudsSchema)` to create a new message.
  */
 export const SubcloudsSchema: GenMessage<Subclouds> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 38);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 39);
 
 /**
  * What a tenant may use. An unset field is the mesh's default (the bridge's
@@ -1328,7 +1393,7 @@ export type TenantPolicy = Message<"fleetwire.v1.TenantPolicy"> & {
  * Use `create(TenantPolicySchema)` to create a new message.
  */
 export const TenantPolicySchema: GenMessage<TenantPolicy> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 39);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 40);
 
 /**
  * GetTenantPolicy's request.
@@ -1349,7 +1414,7 @@ export type GetTenantPolicyRequest = Message<"fleetwire.v1.GetTenantPolicyReques
  * Use `create(GetTenantPolicyRequestSchema)` to create a new message.
  */
 export const GetTenantPolicyRequestSchema: GenMessage<GetTenantPolicyRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 40);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 41);
 
 /**
  * GetTenantPolicy's response.
@@ -1370,7 +1435,7 @@ export type GetTenantPolicyResponse = Message<"fleetwire.v1.GetTenantPolicyRespo
  * Use `create(GetTenantPolicyResponseSchema)` to create a new message.
  */
 export const GetTenantPolicyResponseSchema: GenMessage<GetTenantPolicyResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 41);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 42);
 
 /**
  * UpdateTenantPolicy's request.
@@ -1399,7 +1464,7 @@ export type UpdateTenantPolicyRequest = Message<"fleetwire.v1.UpdateTenantPolicy
  * Use `create(UpdateTenantPolicyRequestSchema)` to create a new message.
  */
 export const UpdateTenantPolicyRequestSchema: GenMessage<UpdateTenantPolicyRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 42);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 43);
 
 /**
  * UpdateTenantPolicy's response.
@@ -1420,7 +1485,7 @@ export type UpdateTenantPolicyResponse = Message<"fleetwire.v1.UpdateTenantPolic
  * Use `create(UpdateTenantPolicyResponseSchema)` to create a new message.
  */
 export const UpdateTenantPolicyResponseSchema: GenMessage<UpdateTenantPolicyResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 43);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 44);
 
 /**
  * CreateOperatorKey's request.
@@ -1448,7 +1513,7 @@ export type CreateOperatorKeyRequest = Message<"fleetwire.v1.CreateOperatorKeyRe
  * Use `create(CreateOperatorKeyRequestSchema)` to create a new message.
  */
 export const CreateOperatorKeyRequestSchema: GenMessage<CreateOperatorKeyRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 44);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 45);
 
 /**
  * CreateOperatorKey's response.
@@ -1490,7 +1555,7 @@ export type CreateOperatorKeyResponse = Message<"fleetwire.v1.CreateOperatorKeyR
  * Use `create(CreateOperatorKeyResponseSchema)` to create a new message.
  */
 export const CreateOperatorKeyResponseSchema: GenMessage<CreateOperatorKeyResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 45);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 46);
 
 /**
  * ListOperatorKeys's request.
@@ -1505,7 +1570,7 @@ export type ListOperatorKeysRequest = Message<"fleetwire.v1.ListOperatorKeysRequ
  * Use `create(ListOperatorKeysRequestSchema)` to create a new message.
  */
 export const ListOperatorKeysRequestSchema: GenMessage<ListOperatorKeysRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 46);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 47);
 
 /**
  * An operator key without its secret.
@@ -1554,7 +1619,7 @@ export type OperatorKeyView = Message<"fleetwire.v1.OperatorKeyView"> & {
  * Use `create(OperatorKeyViewSchema)` to create a new message.
  */
 export const OperatorKeyViewSchema: GenMessage<OperatorKeyView> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 47);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 48);
 
 /**
  * ListOperatorKeys's response.
@@ -1575,7 +1640,7 @@ export type ListOperatorKeysResponse = Message<"fleetwire.v1.ListOperatorKeysRes
  * Use `create(ListOperatorKeysResponseSchema)` to create a new message.
  */
 export const ListOperatorKeysResponseSchema: GenMessage<ListOperatorKeysResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 48);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 49);
 
 /**
  * RevokeOperatorKey's request.
@@ -1596,7 +1661,7 @@ export type RevokeOperatorKeyRequest = Message<"fleetwire.v1.RevokeOperatorKeyRe
  * Use `create(RevokeOperatorKeyRequestSchema)` to create a new message.
  */
 export const RevokeOperatorKeyRequestSchema: GenMessage<RevokeOperatorKeyRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 49);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 50);
 
 /**
  * RevokeOperatorKey's response.
@@ -1617,7 +1682,7 @@ export type RevokeOperatorKeyResponse = Message<"fleetwire.v1.RevokeOperatorKeyR
  * Use `create(RevokeOperatorKeyResponseSchema)` to create a new message.
  */
 export const RevokeOperatorKeyResponseSchema: GenMessage<RevokeOperatorKeyResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 50);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 51);
 
 /**
  * ListAuditEntries's request.
@@ -1645,7 +1710,7 @@ export type ListAuditEntriesRequest = Message<"fleetwire.v1.ListAuditEntriesRequ
  * Use `create(ListAuditEntriesRequestSchema)` to create a new message.
  */
 export const ListAuditEntriesRequestSchema: GenMessage<ListAuditEntriesRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 51);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 52);
 
 /**
  * One admin action.
@@ -1695,7 +1760,7 @@ export type AuditEntry = Message<"fleetwire.v1.AuditEntry"> & {
  * Use `create(AuditEntrySchema)` to create a new message.
  */
 export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 52);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 53);
 
 /**
  * ListAuditEntries's response.
@@ -1716,7 +1781,7 @@ export type ListAuditEntriesResponse = Message<"fleetwire.v1.ListAuditEntriesRes
  * Use `create(ListAuditEntriesResponseSchema)` to create a new message.
  */
 export const ListAuditEntriesResponseSchema: GenMessage<ListAuditEntriesResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 53);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 54);
 
 /**
  * ValidateNode's request.
@@ -1744,7 +1809,7 @@ export type ValidateNodeRequest = Message<"fleetwire.v1.ValidateNodeRequest"> & 
  * Use `create(ValidateNodeRequestSchema)` to create a new message.
  */
 export const ValidateNodeRequestSchema: GenMessage<ValidateNodeRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 54);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 55);
 
 /**
  * ValidateNode's response.
@@ -1765,7 +1830,627 @@ export type ValidateNodeResponse = Message<"fleetwire.v1.ValidateNodeResponse"> 
  * Use `create(ValidateNodeResponseSchema)` to create a new message.
  */
 export const ValidateNodeResponseSchema: GenMessage<ValidateNodeResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_mesh_admin_service, 55);
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 56);
+
+/**
+ * WhoAmI's request.
+ *
+ * @generated from message fleetwire.v1.WhoAmIRequest
+ */
+export type WhoAmIRequest = Message<"fleetwire.v1.WhoAmIRequest"> & {
+};
+
+/**
+ * Describes the message fleetwire.v1.WhoAmIRequest.
+ * Use `create(WhoAmIRequestSchema)` to create a new message.
+ */
+export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 57);
+
+/**
+ * WhoAmI's response.
+ *
+ * @generated from message fleetwire.v1.WhoAmIResponse
+ */
+export type WhoAmIResponse = Message<"fleetwire.v1.WhoAmIResponse"> & {
+  /**
+   * Who holds the key.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The key's id.
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * Its role.
+   *
+   * @generated from field: fleetwire.v1.OperatorRole role = 3;
+   */
+  role: OperatorRole;
+};
+
+/**
+ * Describes the message fleetwire.v1.WhoAmIResponse.
+ * Use `create(WhoAmIResponseSchema)` to create a new message.
+ */
+export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 58);
+
+/**
+ * ListJobs's request. Filters combine (AND); an unset one does not filter.
+ *
+ * @generated from message fleetwire.v1.ListJobsRequest
+ */
+export type ListJobsRequest = Message<"fleetwire.v1.ListJobsRequest"> & {
+  /**
+   * Only this tenant's jobs.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * Only jobs in one of these states.
+   *
+   * @generated from field: repeated fleetwire.v1.JobState states = 2;
+   */
+  states: JobState[];
+
+  /**
+   * Only jobs whose latest attempt ran (or runs) on this node.
+   *
+   * @generated from field: string node_id = 3;
+   */
+  nodeId: string;
+
+  /**
+   * Only jobs accepted at or after this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_after = 4;
+   */
+  createdAfter?: Timestamp | undefined;
+
+  /**
+   * Only jobs accepted before this time.
+   *
+   * @generated from field: google.protobuf.Timestamp created_before = 5;
+   */
+  createdBefore?: Timestamp | undefined;
+
+  /**
+   * Jobs per page, 1 to 500; 0 means 50.
+   *
+   * @generated from field: uint32 page_size = 6;
+   */
+  pageSize: number;
+
+  /**
+   * `next_page_token` of the previous page, asked with the same filters; empty: the first
+   * page.
+   *
+   * @generated from field: string page_token = 7;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.ListJobsRequest.
+ * Use `create(ListJobsRequestSchema)` to create a new message.
+ */
+export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 59);
+
+/**
+ * A job in a list: what it is and how it stands, without prompt or output (JobTrail has
+ * them).
+ *
+ * @generated from message fleetwire.v1.JobSummary
+ */
+export type JobSummary = Message<"fleetwire.v1.JobSummary"> & {
+  /**
+   * The job (a UUID string).
+   *
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * The tenant that submitted it.
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
+
+  /**
+   * Its state now.
+   *
+   * @generated from field: fleetwire.v1.JobState state = 3;
+   */
+  state: JobState;
+
+  /**
+   * The model it asks for.
+   *
+   * @generated from field: string model = 4;
+   */
+  model: string;
+
+  /**
+   * The network it runs on.
+   *
+   * @generated from field: fleetwire.v1.Network network = 5;
+   */
+  network: Network;
+
+  /**
+   * Its priority class.
+   *
+   * @generated from field: fleetwire.v1.PriorityClass priority = 6;
+   */
+  priority: PriorityClass;
+
+  /**
+   * Its routing key, `<network>.<model>[.<subcloud>]`.
+   *
+   * @generated from field: string route = 7;
+   */
+  route: string;
+
+  /**
+   * Attempts started so far.
+   *
+   * @generated from field: uint32 attempts = 8;
+   */
+  attempts: number;
+
+  /**
+   * The node of its latest attempt; empty before the first dispatch.
+   *
+   * @generated from field: string node_id = 9;
+   */
+  nodeId: string;
+
+  /**
+   * When it was accepted.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 10;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When its state last changed (for a terminal job: when it finished).
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 11;
+   */
+  updatedAt?: Timestamp | undefined;
+
+  /**
+   * Why it did not succeed, when it did not.
+   *
+   * @generated from field: fleetwire.v1.JobError error = 12;
+   */
+  error?: JobError | undefined;
+
+  /**
+   * The dead-lettered job it replays; empty for every other job.
+   *
+   * @generated from field: string replay_of = 13;
+   */
+  replayOf: string;
+
+  /**
+   * Whether it is a validation job of the mesh's own (docs/trust.md).
+   *
+   * @generated from field: bool validation = 14;
+   */
+  validation: boolean;
+
+  /**
+   * Whether it carries a node's signature (SUCCEEDED); JobTrail has the signature itself.
+   *
+   * @generated from field: bool signed = 15;
+   */
+  signed: boolean;
+};
+
+/**
+ * Describes the message fleetwire.v1.JobSummary.
+ * Use `create(JobSummarySchema)` to create a new message.
+ */
+export const JobSummarySchema: GenMessage<JobSummary> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 60);
+
+/**
+ * ListJobs's response.
+ *
+ * @generated from message fleetwire.v1.ListJobsResponse
+ */
+export type ListJobsResponse = Message<"fleetwire.v1.ListJobsResponse"> & {
+  /**
+   * Newest first (by acceptance time, then id).
+   *
+   * @generated from field: repeated fleetwire.v1.JobSummary jobs = 1;
+   */
+  jobs: JobSummary[];
+
+  /**
+   * Pass as page_token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.ListJobsResponse.
+ * Use `create(ListJobsResponseSchema)` to create a new message.
+ */
+export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 61);
+
+/**
+ * JobThroughput's request.
+ *
+ * @generated from message fleetwire.v1.JobThroughputRequest
+ */
+export type JobThroughputRequest = Message<"fleetwire.v1.JobThroughputRequest"> & {
+  /**
+   * How many minutes back, the current one included, 1 to 1440; 0 means 60.
+   *
+   * @generated from field: uint32 minutes = 1;
+   */
+  minutes: number;
+};
+
+/**
+ * Describes the message fleetwire.v1.JobThroughputRequest.
+ * Use `create(JobThroughputRequestSchema)` to create a new message.
+ */
+export const JobThroughputRequestSchema: GenMessage<JobThroughputRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 62);
+
+/**
+ * The jobs that reached a terminal state within one minute, by state.
+ *
+ * @generated from message fleetwire.v1.ThroughputMinute
+ */
+export type ThroughputMinute = Message<"fleetwire.v1.ThroughputMinute"> & {
+  /**
+   * The minute's start (UTC, whole minutes).
+   *
+   * @generated from field: google.protobuf.Timestamp start = 1;
+   */
+  start?: Timestamp | undefined;
+
+  /**
+   * Jobs that became SUCCEEDED.
+   *
+   * @generated from field: uint64 succeeded = 2;
+   */
+  succeeded: bigint;
+
+  /**
+   * Jobs that became FAILED.
+   *
+   * @generated from field: uint64 failed = 3;
+   */
+  failed: bigint;
+
+  /**
+   * Jobs that became EXPIRED.
+   *
+   * @generated from field: uint64 expired = 4;
+   */
+  expired: bigint;
+
+  /**
+   * Jobs that became CANCELLED.
+   *
+   * @generated from field: uint64 cancelled = 5;
+   */
+  cancelled: bigint;
+
+  /**
+   * Jobs that became DEAD_LETTERED.
+   *
+   * @generated from field: uint64 dead_lettered = 6;
+   */
+  deadLettered: bigint;
+};
+
+/**
+ * Describes the message fleetwire.v1.ThroughputMinute.
+ * Use `create(ThroughputMinuteSchema)` to create a new message.
+ */
+export const ThroughputMinuteSchema: GenMessage<ThroughputMinute> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 63);
+
+/**
+ * JobThroughput's response.
+ *
+ * @generated from message fleetwire.v1.JobThroughputResponse
+ */
+export type JobThroughputResponse = Message<"fleetwire.v1.JobThroughputResponse"> & {
+  /**
+   * Every minute of the window, oldest first, zeros included.
+   *
+   * @generated from field: repeated fleetwire.v1.ThroughputMinute minutes = 1;
+   */
+  minutes: ThroughputMinute[];
+};
+
+/**
+ * Describes the message fleetwire.v1.JobThroughputResponse.
+ * Use `create(JobThroughputResponseSchema)` to create a new message.
+ */
+export const JobThroughputResponseSchema: GenMessage<JobThroughputResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 64);
+
+/**
+ * ListNodeKeyHistory's request.
+ *
+ * @generated from message fleetwire.v1.ListNodeKeyHistoryRequest
+ */
+export type ListNodeKeyHistoryRequest = Message<"fleetwire.v1.ListNodeKeyHistoryRequest"> & {
+  /**
+   * The node (ResultSignature.node_id).
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+};
+
+/**
+ * Describes the message fleetwire.v1.ListNodeKeyHistoryRequest.
+ * Use `create(ListNodeKeyHistoryRequestSchema)` to create a new message.
+ */
+export const ListNodeKeyHistoryRequestSchema: GenMessage<ListNodeKeyHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 65);
+
+/**
+ * ListNodeKeyHistory's response.
+ *
+ * @generated from message fleetwire.v1.ListNodeKeyHistoryResponse
+ */
+export type ListNodeKeyHistoryResponse = Message<"fleetwire.v1.ListNodeKeyHistoryResponse"> & {
+  /**
+   * The node.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+
+  /**
+   * Its keys, newest first (JobService.ListNodeKeys answers the same to tenants).
+   *
+   * @generated from field: repeated fleetwire.v1.NodeKey keys = 2;
+   */
+  keys: NodeKey[];
+};
+
+/**
+ * Describes the message fleetwire.v1.ListNodeKeyHistoryResponse.
+ * Use `create(ListNodeKeyHistoryResponseSchema)` to create a new message.
+ */
+export const ListNodeKeyHistoryResponseSchema: GenMessage<ListNodeKeyHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 66);
+
+/**
+ * ListTenants's request.
+ *
+ * @generated from message fleetwire.v1.ListTenantsRequest
+ */
+export type ListTenantsRequest = Message<"fleetwire.v1.ListTenantsRequest"> & {
+  /**
+   * At most this many, by tenant id (1 to 1000; 0 means 200).
+   *
+   * @generated from field: uint32 limit = 1;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message fleetwire.v1.ListTenantsRequest.
+ * Use `create(ListTenantsRequestSchema)` to create a new message.
+ */
+export const ListTenantsRequestSchema: GenMessage<ListTenantsRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 67);
+
+/**
+ * A tenant and how it stands.
+ *
+ * @generated from message fleetwire.v1.TenantView
+ */
+export type TenantView = Message<"fleetwire.v1.TenantView"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant = 1;
+   */
+  tenant: string;
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 2;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * Its balance in the credit ledger (`tenant:<id>`), micro-credits; negative: it owes.
+   *
+   * @generated from field: int64 balance_micro_credits = 3;
+   */
+  balanceMicroCredits: bigint;
+
+  /**
+   * Its ledger entries.
+   *
+   * @generated from field: uint64 ledger_entries = 4;
+   */
+  ledgerEntries: bigint;
+
+  /**
+   * Its API keys that are not revoked.
+   *
+   * @generated from field: uint32 live_api_keys = 5;
+   */
+  liveApiKeys: number;
+
+  /**
+   * Its jobs QUEUED or RETRYING now.
+   *
+   * @generated from field: uint64 waiting_jobs = 6;
+   */
+  waitingJobs: bigint;
+
+  /**
+   * Its policy as stored (unset fields: the mesh's default).
+   *
+   * @generated from field: fleetwire.v1.TenantPolicy policy = 7;
+   */
+  policy?: TenantPolicy | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.TenantView.
+ * Use `create(TenantViewSchema)` to create a new message.
+ */
+export const TenantViewSchema: GenMessage<TenantView> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 68);
+
+/**
+ * ListTenants's response.
+ *
+ * @generated from message fleetwire.v1.ListTenantsResponse
+ */
+export type ListTenantsResponse = Message<"fleetwire.v1.ListTenantsResponse"> & {
+  /**
+   * By tenant id.
+   *
+   * @generated from field: repeated fleetwire.v1.TenantView tenants = 1;
+   */
+  tenants: TenantView[];
+};
+
+/**
+ * Describes the message fleetwire.v1.ListTenantsResponse.
+ * Use `create(ListTenantsResponseSchema)` to create a new message.
+ */
+export const ListTenantsResponseSchema: GenMessage<ListTenantsResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 69);
+
+/**
+ * ListLedgerAccounts's request.
+ *
+ * @generated from message fleetwire.v1.ListLedgerAccountsRequest
+ */
+export type ListLedgerAccountsRequest = Message<"fleetwire.v1.ListLedgerAccountsRequest"> & {
+  /**
+   * At most this many accounts, by account name (1 to 1000; 0 means 200); the totals
+   * always cover the whole ledger.
+   *
+   * @generated from field: uint32 limit = 1;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message fleetwire.v1.ListLedgerAccountsRequest.
+ * Use `create(ListLedgerAccountsRequestSchema)` to create a new message.
+ */
+export const ListLedgerAccountsRequestSchema: GenMessage<ListLedgerAccountsRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 70);
+
+/**
+ * One account of the credit ledger.
+ *
+ * @generated from message fleetwire.v1.LedgerAccount
+ */
+export type LedgerAccount = Message<"fleetwire.v1.LedgerAccount"> & {
+  /**
+   * `tenant:<id>` or `owner:<id>`.
+   *
+   * @generated from field: string account = 1;
+   */
+  account: string;
+
+  /**
+   * Sum of its entries in micro-credits (negative: it owes).
+   *
+   * @generated from field: int64 balance_micro_credits = 2;
+   */
+  balanceMicroCredits: bigint;
+
+  /**
+   * Number of its entries.
+   *
+   * @generated from field: uint64 entries = 3;
+   */
+  entries: bigint;
+
+  /**
+   * When its latest entry was written.
+   *
+   * @generated from field: google.protobuf.Timestamp last_entry_at = 4;
+   */
+  lastEntryAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.LedgerAccount.
+ * Use `create(LedgerAccountSchema)` to create a new message.
+ */
+export const LedgerAccountSchema: GenMessage<LedgerAccount> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 71);
+
+/**
+ * ListLedgerAccounts's response.
+ *
+ * @generated from message fleetwire.v1.ListLedgerAccountsResponse
+ */
+export type ListLedgerAccountsResponse = Message<"fleetwire.v1.ListLedgerAccountsResponse"> & {
+  /**
+   * By account name.
+   *
+   * @generated from field: repeated fleetwire.v1.LedgerAccount accounts = 1;
+   */
+  accounts: LedgerAccount[];
+
+  /**
+   * Every charge of the ledger, as a positive number of micro-credits.
+   *
+   * @generated from field: int64 total_charged_micro_credits = 2;
+   */
+  totalChargedMicroCredits: bigint;
+
+  /**
+   * Every earning of the ledger, micro-credits.
+   *
+   * @generated from field: int64 total_earned_micro_credits = 3;
+   */
+  totalEarnedMicroCredits: bigint;
+
+  /**
+   * Entries in the whole ledger.
+   *
+   * @generated from field: uint64 entries = 4;
+   */
+  entries: bigint;
+};
+
+/**
+ * Describes the message fleetwire.v1.ListLedgerAccountsResponse.
+ * Use `create(ListLedgerAccountsResponseSchema)` to create a new message.
+ */
+export const ListLedgerAccountsResponseSchema: GenMessage<ListLedgerAccountsResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_mesh_admin_service, 72);
 
 /**
  * What RegisterNode did.
@@ -2107,6 +2792,78 @@ export const MeshAdminService: GenService<{
     methodKind: "unary";
     input: typeof ListAuditEntriesRequestSchema;
     output: typeof ListAuditEntriesResponseSchema;
+  },
+  /**
+   * Who is calling: the holder, id and role of the operator key sent (viewer). The console
+   * asks it when an operator logs in.
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.WhoAmI
+   */
+  whoAmI: {
+    methodKind: "unary";
+    input: typeof WhoAmIRequestSchema;
+    output: typeof WhoAmIResponseSchema;
+  },
+  /**
+   * Jobs, newest first, by tenant, state, node and creation time, one page at a time
+   * (viewer). Errors: INVALID_ARGUMENT (a malformed tenant or node id, page_size above 500,
+   * created_after not before created_before, a page_token that is not this RPC's or was
+   * made for other filters).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ListJobs
+   */
+  listJobs: {
+    methodKind: "unary";
+    input: typeof ListJobsRequestSchema;
+    output: typeof ListJobsResponseSchema;
+  },
+  /**
+   * Jobs that reached a terminal state in each of the last `minutes` minutes, by state, for
+   * the whole mesh (PostgreSQL): throughput and failure rate over time (viewer). Errors:
+   * INVALID_ARGUMENT (minutes above 1440).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.JobThroughput
+   */
+  jobThroughput: {
+    methodKind: "unary";
+    input: typeof JobThroughputRequestSchema;
+    output: typeof JobThroughputResponseSchema;
+  },
+  /**
+   * Every key the mesh ever registered for a node, rotated and revoked ones too, newest
+   * first: what a result's signature is verified with, rather than the key the result
+   * names (viewer). Errors: INVALID_ARGUMENT (not a node id), NOT_FOUND (no key was ever
+   * registered for it).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ListNodeKeyHistory
+   */
+  listNodeKeyHistory: {
+    methodKind: "unary";
+    input: typeof ListNodeKeyHistoryRequestSchema;
+    output: typeof ListNodeKeyHistoryResponseSchema;
+  },
+  /**
+   * Tenants by id, each with its ledger balance, live API keys, waiting jobs and policy
+   * (viewer). Errors: INVALID_ARGUMENT (limit above 1000).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ListTenants
+   */
+  listTenants: {
+    methodKind: "unary";
+    input: typeof ListTenantsRequestSchema;
+    output: typeof ListTenantsResponseSchema;
+  },
+  /**
+   * The credit ledger by account (tenants' and node owners'), with its totals: charges and
+   * earnings sum to zero when it balances (viewer). Errors: INVALID_ARGUMENT (limit above
+   * 1000).
+   *
+   * @generated from rpc fleetwire.v1.MeshAdminService.ListLedgerAccounts
+   */
+  listLedgerAccounts: {
+    methodKind: "unary";
+    input: typeof ListLedgerAccountsRequestSchema;
+    output: typeof ListLedgerAccountsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fleetwire_v1_mesh_admin_service, 0);

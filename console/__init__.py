@@ -1,0 +1,2 @@
+"""The operators' web console: server-rendered pages over MeshAdminService
+(docs/operations.md#console)."""

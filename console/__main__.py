@@ -1,0 +1,5 @@
+"""``python -m console``: run the operators' web console."""
+
+from console.server import main
+
+main()
