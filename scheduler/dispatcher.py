@@ -235,7 +235,9 @@ class Dispatcher:
             # node rejected do not (one node rejecting eight times must not bury a job: its
             # TTL bounds how long it goes round).
             decision = give_up(opened.tries, AttemptOutcome.LOST, "no attempt finished")
-            return await self._execute(decision, session.node_id, uuid.UUID(job_id), attempt, bound)
+            return await self._execute(
+                decision, session.node_id, uuid.UUID(job_id), attempt, envelope.spec, bound
+            )
         await self._publish_state(job_id, JobState.DISPATCHED)
         ttl = envelope.spec.ttl.ToTimedelta()
         if (
@@ -306,7 +308,9 @@ class Dispatcher:
                 policy=self._retry_policy,
             )
             note_ending(Ending.DEADLINE_PASSED)
-            return await self._execute(decision, session.node_id, uuid.UUID(job_id), attempt, bound)
+            return await self._execute(
+                decision, session.node_id, uuid.UUID(job_id), attempt, envelope.spec, bound
+            )
         return await self._settle(
             session, run, opened.tries, digest, envelope, outcome, retries, bound
         )
@@ -396,7 +400,7 @@ class Dispatcher:
             bound.warning("bad result; penalising node", node_id=session.node_id, why=ending.value)
         elif ending in (Ending.LOST, Ending.LEASE_EXPIRED):
             bound.warning("node lost mid-job; requeueing", node_id=session.node_id, why=reason)
-        return await self._execute(decision, session.node_id, jid, attempt, bound)
+        return await self._execute(decision, session.node_id, jid, attempt, envelope.spec, bound)
 
     async def _execute(
         self,
@@ -404,6 +408,7 @@ class Dispatcher:
         node_id: str,
         job_id: uuid.UUID,
         attempt: int,
+        spec: job_pb2.JobSpec,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> Verdict:
         """Carries out a settlement: charges the offence, ends the attempt with the job's
@@ -415,7 +420,7 @@ class Dispatcher:
             return ACK
         if decision.step is Step.EXPIRE:
             await self._end(str(job_id), JobState.EXPIRED, decision.reason, decision.message)
-            self._metrics.finished.labels("EXPIRED", decision.reason).inc()
+            self._metrics.finished("EXPIRED", decision.reason, spec)
             return ACK
         state = _NEXT_STATE[decision.step]
         moved = await self._attempts.end_attempt(
@@ -430,7 +435,7 @@ class Dispatcher:
             return ACK  # the job moved on meanwhile: nothing to retry or record
         await self._publish_state(str(job_id), state)
         if state in (JobState.FAILED, JobState.DEAD_LETTERED):
-            self._metrics.finished.labels(state.value, decision.reason).inc()
+            self._metrics.finished(state.value, decision.reason, spec)
         if decision.step is Step.FAIL:
             bound.info("job failed", reason=decision.reason)
             return ACK

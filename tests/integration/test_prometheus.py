@@ -37,6 +37,7 @@ import yaml
 
 from broker_bridge.server import BridgeServer
 from fleetwire.messaging.topology import Topology
+from fleetwire.process.node_settings import NodeSettings
 from fleetwire.process.settings import BridgeSettings, SchedulerSettings, Settings, TlsSettings
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from fleetwire_tools.certs import DevCertificates
@@ -57,6 +58,7 @@ RULE_TESTS = DEPLOY / "tests" / "fleetwire.test.yml"
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 
 BRIDGE_JOB, SCHEDULER_JOB = "fleetwire-bridge", "fleetwire-scheduler"
+NODE_JOB = "fleetwire-node"
 # What Grafana puts in for its built-in variables; no other variable may reach a query.
 GRAFANA_BUILT_INS = {"$__rate_interval": "1m", "${__rate_interval}": "1m"}
 ALERT_FORM = re.compile(
@@ -149,7 +151,12 @@ def test_the_config_scrapes_the_local_mesh_as_fleetwire_up_serves_it() -> None:
         BRIDGE_JOB: BridgeSettings.model_fields["metrics_port"].default,
         SCHEDULER_JOB: SchedulerSettings.model_fields["metrics_port"].default,
     }
-    assert set(jobs) == set(ports)
+    assert set(jobs) == {*ports, NODE_JOB}
+    # The nodes: plaintext on loopback (node/metrics.py), one port each from the default up.
+    first = NodeSettings.model_fields["metrics_port"].default
+    node = jobs.pop(NODE_JOB)
+    assert node["scheme"] == "http"
+    assert node["static_configs"] == [{"targets": [f"localhost:{first}", f"localhost:{first + 1}"]}]
     for name, job in jobs.items():
         assert job["static_configs"] == [{"targets": [f"localhost:{ports[name]}"]}]
         assert job["scheme"] == "https"
@@ -246,6 +253,9 @@ def config_for_the_test_mesh(ports: dict[str, int], ca: Path) -> dict[str, Any]:
         "evaluation_interval": "1s",
     }
     config["rule_files"] = [str(CONFIG.parent / pattern) for pattern in config["rule_files"]]
+    # The in-process mesh's nodes are scripted (no metrics endpoint); a real node's endpoint
+    # is scraped by the e2e suite (test_node_worker_lifecycle.py).
+    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] != NODE_JOB]
     for job in config["scrape_configs"]:
         host = job["static_configs"][0]["targets"][0].rsplit(":", 1)[0]
         job["static_configs"] = [{"targets": [f"{host}:{ports[job['job_name']]}"]}]
