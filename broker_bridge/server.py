@@ -16,7 +16,6 @@ from broker_bridge.desk import JobDesk
 from broker_bridge.final_notices import FinalNotices
 from broker_bridge.idempotency import RequestLocks
 from broker_bridge.metrics import BridgeMetrics
-from broker_bridge.node_keys import NodeKeys
 from broker_bridge.outbox import Outbox
 from broker_bridge.service import JobService
 from broker_bridge.unsettled import UnsettledRows
@@ -35,6 +34,7 @@ from fleetwire.rpc.tls import server_tls
 from fleetwire.store.batches import BatchStore
 from fleetwire.store.db import open_pool
 from fleetwire.store.jobs import JobStore
+from fleetwire.store.node_keys import NodeKeys
 from fleetwire.store.nodes import NodeStore
 from fleetwire.store.outbox import OutboxStore
 from fleetwire.store.tenants import TenantStore

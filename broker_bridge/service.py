@@ -21,11 +21,11 @@ from broker_bridge.auth import Authenticator, Caller
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
 from broker_bridge.metrics import BridgeMetrics
-from broker_bridge.node_keys import NodeKeys
 from broker_bridge.watch_slots import WatchSlots
 from fleetwire.domain.errors import DeadlineExceeded, FleetwireError
 from fleetwire.messaging.topology import HEADER_REQUEST_ID
 from fleetwire.process.tracing import TRACERESPONSE, current_trace_id, traceparent_of
+from fleetwire.store.node_keys import NodeKeys
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 
 JOB_ID_METADATA = "x-fleetwire-job-id"

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import os
 from pathlib import Path
 
 from fleetwire.process.settings import Settings
+from fleetwire_tools.supervisor import write_secret
 
 DEV_OPERATOR_KEY_FILE = Path(".cache/dev-operator-key")
 DEV_OPERATOR = "dev"
@@ -45,10 +45,7 @@ def dev_operator_key(dsn: str, key_file: Path | None = DEV_OPERATOR_KEY_FILE) ->
 
     key = asyncio.run(ensure())
     if key_file is not None:
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(key + "\n")
+        write_secret(key_file, key)
     return key
 
 

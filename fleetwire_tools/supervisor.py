@@ -58,11 +58,16 @@ def dev_api_key(dsn: str, key_file: Path | None = DEV_API_KEY_FILE) -> str:
 
     key = asyncio.run(ensure())
     if key_file is not None:
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(key + "\n")
+        write_secret(key_file, key)
     return key
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Writes ``secret`` to ``path`` readable by its owner only (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
 
 
 NODE_METRICS_PORT = 9463

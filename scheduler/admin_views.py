@@ -8,13 +8,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fleetwire.domain.errors import FieldViolation, InvalidArgument, NotFound
+from fleetwire.domain.errors import FieldViolation, InvalidArgument
 from fleetwire.domain.states import JobState
-from fleetwire.domain.validation import NODE_ID
+from fleetwire.store.node_keys import NodeKeys
 from fleetwire.store.nodes import NodeStore
 from fleetwire.store.operators import Role
 from fleetwire.store.tenants import TenantLimits
-from fleetwire.v1 import job_pb2, job_service_pb2, mesh_admin_service_pb2
+from fleetwire.v1 import job_pb2, mesh_admin_service_pb2
 from scheduler.admin_access import policy_message
 from scheduler.admin_gate import AdminGate, Context
 from scheduler.admin_nodes import network_value
@@ -149,20 +149,10 @@ class ViewsAdmin:
         self, request: mesh_admin_service_pb2.ListNodeKeyHistoryRequest, context: Context
     ) -> mesh_admin_service_pb2.ListNodeKeyHistoryResponse:
         await self._gate.authorize(context, "ListNodeKeyHistory")
-        if not NODE_ID.match(request.node_id):
-            raise InvalidArgument([FieldViolation("node_id", f"must match {NODE_ID.pattern}")])
-        rows = await self._nodes.key_history(request.node_id)
-        if not rows:
-            raise NotFound(f"no key was ever registered for node {request.node_id}")
-        keys = []
-        for row in rows:
-            key = job_service_pb2.NodeKey(key_id=row["key_id"], public_key=bytes(row["public_key"]))
-            key.valid_from.FromDatetime(row["valid_from"])
-            for name in ("valid_until", "revoked_at"):
-                if row[name] is not None:
-                    getattr(key, name).FromDatetime(row[name])
-            keys.append(key)
-        return mesh_admin_service_pb2.ListNodeKeyHistoryResponse(node_id=request.node_id, keys=keys)
+        history = await NodeKeys(self._nodes).list(request.node_id)
+        return mesh_admin_service_pb2.ListNodeKeyHistoryResponse(
+            node_id=history.node_id, keys=history.keys
+        )
 
     async def ListTenants(  # noqa: N802
         self, request: mesh_admin_service_pb2.ListTenantsRequest, context: Context

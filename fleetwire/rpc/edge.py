@@ -60,13 +60,17 @@ def edge_server(
     return grpc.aio.server(options=list(options), interceptors=(*outer, ErrorEdge()))
 
 
-class ErrorEdge(grpc.aio.ServerInterceptor):
-    """Wraps each resolved method handler once (cached per method) as the module describes."""
+class HandlerWrapper(grpc.aio.ServerInterceptor):
+    """Wraps each resolved method handler once, with ``wrap``, and keeps the twin per
+    method: bounded by the methods the server has, since unknown methods resolve to None
+    and are not kept."""
 
     def __init__(self) -> None:
-        # method -> (the handler grpc resolved, its guarded twin); bounded by the methods
-        # the server has, since unknown methods resolve to None and are not kept.
-        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # method -> (the handler grpc resolved, its wrapped twin)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -77,12 +81,19 @@ class ErrorEdge(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method  # type: ignore[attr-defined]
-        cached = self._guarded.get(method)
+        cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        guarded = guard_handler(handler, method)
-        self._guarded[method] = (handler, guarded)
-        return guarded
+        wrapped = self.wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+class ErrorEdge(HandlerWrapper):
+    """Guards each method handler as the module describes."""
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return guard_handler(handler, method)
 
 
 def guard_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

@@ -44,6 +44,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from fleetwire.process.tracing import attached, context_from, tracer
+from fleetwire.rpc.edge import HandlerWrapper
 
 Behavior = Callable[[Any, Any], Any]
 
@@ -108,29 +109,16 @@ class GrpcServerMetrics:
                 self.handled.labels(name, method.name, grpc.StatusCode.OK.name)
 
 
-class ServerTelemetry(grpc.aio.ServerInterceptor):
-    """Wraps each resolved async handler once (cached per method) to count, time and trace
-    its calls as the module describes; synchronous handlers (none of ours) pass as they are."""
+class ServerTelemetry(HandlerWrapper):
+    """Counts, times and traces the calls of each async handler as the module describes;
+    synchronous handlers (none of ours) pass as they are."""
 
     def __init__(self, metrics: GrpcServerMetrics | None) -> None:
+        super().__init__()
         self._metrics = metrics
-        self._observed: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler: grpc.RpcMethodHandler | None = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        cached = self._observed.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        observed = observe_handler(handler, method, self._metrics)
-        self._observed[method] = (handler, observed)
-        return observed
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return observe_handler(handler, method, self._metrics)
 
 
 @dataclass(frozen=True, slots=True)

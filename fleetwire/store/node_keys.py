@@ -1,6 +1,7 @@
-"""The keys the mesh registered for a node (``JobService.ListNodeKeys``): what a client
-needs to verify a result offline with a key it did not get from the node itself. Read
-from the key history PostgreSQL keeps for every node (``node_keys``, migration 0014)."""
+"""The keys the mesh registered for a node (``JobService.ListNodeKeys`` for tenants,
+``MeshAdminService.ListNodeKeyHistory`` for operators): what a client needs to verify a
+result offline with a key it did not get from the node itself. Read from the key history
+PostgreSQL keeps for every node (``node_keys``, migration 0014)."""
 
 from __future__ import annotations
 
