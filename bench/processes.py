@@ -64,6 +64,7 @@ def isolated_env(namespace: str) -> dict[str, str]:
         "FLEETWIRE_SCHEDULER_PORT": str(free_port()),
         "FLEETWIRE_SCHEDULER_ADMIN_PORT": str(free_port()),
         "FLEETWIRE_BRIDGE_METRICS_PORT": "0",
+        "FLEETWIRE_BRIDGE_HTTP_PORT": "0",
         "FLEETWIRE_SCHEDULER_METRICS_PORT": "0",
         "FLEETWIRE_NODE_METRICS_PORT": "0",
         "FLEETWIRE_MODELS": f'["tiny-llama", "{BENCH_MODEL}", "{IDLE_MODEL}"]',

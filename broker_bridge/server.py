@@ -1,5 +1,6 @@
-"""The bridge process: its backing connections and its gRPC server, started and stopped
-in a fixed order (connections → server; server → connections)."""
+"""The bridge process: its backing connections, its gRPC server and its HTTP port (the
+OpenAI-compatible API, ``http_api``), started and stopped in a fixed order (connections →
+gRPC server → HTTP port; HTTP port → gRPC server → connections)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from broker_bridge.auth import Authenticator
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
 from broker_bridge.final_notices import FinalNotices
+from broker_bridge.http_api import OpenAIApi, ServedModels
+from broker_bridge.http_server import HttpPort
 from broker_bridge.idempotency import RequestLocks
 from broker_bridge.metrics import BridgeMetrics
 from broker_bridge.outbox import Outbox
@@ -74,6 +77,7 @@ class BridgeServer:
         self._grpc_metrics = GrpcServerMetrics(self.metrics.registry)
         self.metrics_port = 0
         self.tls = server_tls(settings.tls, server="bridge")
+        self.http: HttpPort | None = None
 
     async def start(self) -> None:
         self._pool = await open_pool(self._settings.postgres)
@@ -136,13 +140,12 @@ class BridgeServer:
             self._outbox,
         )
         auth = Authenticator(TenantStore(self._pool), self._settings.bridge)
+        # One of each for both front doors: a tenant's Watch streams and SSE answers share
+        # its slots, and both count into the same metrics.
+        watches = WatchSlots(self._settings.bridge.max_watches_per_tenant)
+        bridge_metrics = BridgeMetrics(self.metrics.registry)
         servicer = JobService(
-            desk,
-            batches,
-            auth,
-            WatchSlots(self._settings.bridge.max_watches_per_tenant),
-            NodeKeys(NodeStore(self._pool)),
-            BridgeMetrics(self.metrics.registry),
+            desk, batches, auth, watches, NodeKeys(NodeStore(self._pool)), bridge_metrics
         )
         address = f"{self._settings.bridge.host}:{self._settings.bridge.port}"
         serving = await start_server(
@@ -155,6 +158,29 @@ class BridgeServer:
         self._server, self.port = serving.server, serving.port
         log.info("bridge serving", address=address, port=self.port, tls=self.tls is not None)
         bridge = self._settings.bridge
+        if bridge.http_enabled:
+            api = OpenAIApi(
+                self._settings,
+                desk,
+                auth,
+                watches,
+                bridge_metrics,
+                ServedModels(self._redis, namespace, self._settings.mesh.models),
+            )
+            self.http = HttpPort(
+                api.app(),
+                host=bridge.http_host,
+                port=bridge.http_port,
+                cert=(
+                    (self._settings.tls.cert_file, self._settings.tls.key_file)
+                    if self.tls is not None
+                    and self._settings.tls.cert_file is not None
+                    and self._settings.tls.key_file is not None
+                    else None
+                ),
+                grace=bridge.stop_grace.total_seconds(),
+            )
+            await self.http.start()
         self.metrics_port = self.metrics.start(
             bridge.metrics_host, bridge.metrics_port, self._settings.tls
         )
@@ -164,6 +190,18 @@ class BridgeServer:
                 "API key run as the tenant 'anonymous', shared by every such caller"
             )
 
+    @property
+    def http_port(self) -> int:
+        """The bound port of the HTTP API; 0 when it is off."""
+        return self.http.port if self.http is not None else 0
+
+    def reload_tls(self) -> None:
+        """Re-reads the certificate for the gRPC port and the HTTP port (SIGHUP)."""
+        if self.tls is not None:
+            self.tls.reload()
+        if self.http is not None:
+            self.http.reload_tls()
+
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
@@ -172,6 +210,8 @@ class BridgeServer:
         """In-flight calls get ``grace`` seconds (``FLEETWIRE_BRIDGE_STOP_GRACE``)."""
         if grace is None:
             grace = self._settings.bridge.stop_grace.total_seconds()
+        if self.http is not None:
+            await self.http.stop()
         server, self._server = self._server, None
         if server is not None:
             await server.stop(grace)
@@ -199,7 +239,7 @@ async def run_bridge(settings: Settings) -> None:
     bridge = BridgeServer(settings)
     await bridge.start()
     try:
-        await wait_for_stop_signal(on_reload=bridge.tls.reload if bridge.tls else None)
+        await wait_for_stop_signal(on_reload=bridge.reload_tls if bridge.tls else None)
     finally:
         await bridge.stop()
 

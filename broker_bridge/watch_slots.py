@@ -20,9 +20,9 @@ class WatchSlots:
         self._per_tenant = per_tenant
         self._open: Counter[str] = Counter()
 
-    @asynccontextmanager
-    async def held(self, tenant_id: str) -> AsyncIterator[None]:
-        """One slot of ``tenant_id`` for the block; ResourceExhausted when none is free."""
+    def check(self, tenant_id: str) -> None:
+        """ResourceExhausted when ``tenant_id`` has no free slot now (``held`` may still
+        refuse later): lets an answer be refused before it starts."""
         if self._open[tenant_id] >= self._per_tenant:
             raise ResourceExhausted(
                 f"tenant {tenant_id} has {self._per_tenant} Watch streams open on this "
@@ -31,6 +31,11 @@ class WatchSlots:
                 reason="TOO_MANY_WATCHES",
                 quota_subject=f"tenant:{tenant_id}",
             )
+
+    @asynccontextmanager
+    async def held(self, tenant_id: str) -> AsyncIterator[None]:
+        """One slot of ``tenant_id`` for the block; ResourceExhausted when none is free."""
+        self.check(tenant_id)
         self._open[tenant_id] += 1
         try:
             yield

@@ -61,8 +61,9 @@ def console_env(settings: Settings, ca_file: str) -> dict[str, str]:
 def where_lines(
     settings: Settings, node_metrics_ports: list[int], *, nodes_secure: bool = False
 ) -> list[str]:
-    """Where the console and each metrics endpoint of a dev mesh are: the console, the
-    bridge's and the scheduler's metrics over HTTPS (the dev CA); the nodes' on loopback,
+    """Where the console, the bridge's HTTP API and each metrics endpoint of a dev mesh
+    are: the console, the bridge's and the scheduler's metrics over HTTPS (the dev CA); the
+    OpenAI-compatible API (when on); the nodes' metrics on loopback,
     plain HTTP unless they were given a certificate (FLEETWIRE_NODE_METRICS_CERT_FILE)."""
     scheme = "https" if nodes_secure else "http"
     lines = [
@@ -70,6 +71,11 @@ def where_lines(
         f"metrics: bridge https://localhost:{settings.bridge.metrics_port}/metrics, "
         f"scheduler https://localhost:{settings.scheduler.metrics_port}/metrics",
     ]
+    if settings.bridge.http_enabled:
+        lines.append(
+            f"OpenAI-compatible API: https://localhost:{settings.bridge.http_port}/v1 "
+            "(bearer: the API key; trust the dev CA with SSL_CERT_FILE=.cache/certs/ca.pem)"
+        )
     nodes = [f"{scheme}://127.0.0.1:{port}/metrics" for port in node_metrics_ports if port]
     if nodes:
         lines.append(f"node metrics: {', '.join(nodes)}")

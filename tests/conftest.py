@@ -88,6 +88,7 @@ def isolated_env(namespace: str, key_file: Path) -> dict[str, str]:
         "FLEETWIRE_SCHEDULER_PORT": str(free_port()),
         "FLEETWIRE_SCHEDULER_ADMIN_PORT": str(free_port()),
         "FLEETWIRE_BRIDGE_METRICS_PORT": "0",
+        "FLEETWIRE_BRIDGE_HTTP_PORT": "0",
         "FLEETWIRE_SCHEDULER_METRICS_PORT": "0",
         "FLEETWIRE_CONSOLE_PORT": "0",
         "FLEETWIRE_NODE_METRICS_PORT": "0",

@@ -164,6 +164,24 @@ class BridgeSettings(_Group):
 
     host: str = Field("0.0.0.0", description="Listen address.")
     port: int = Field(50051, description="Public gRPC port.")
+    http_enabled: bool = Field(
+        True,
+        description="Serve the OpenAI-compatible HTTP API (docs/http.md) on "
+        "FLEETWIRE_BRIDGE_HTTP_PORT beside the gRPC port.",
+    )
+    http_host: str = Field("0.0.0.0", description="Listen address of the HTTP API.")
+    http_port: int = Field(
+        8080,
+        ge=0,
+        description="Port of the OpenAI-compatible HTTP API (HTTPS with the server's "
+        "certificate unless FLEETWIRE_TLS_INSECURE); 0: any free port.",
+    )
+    http_default_max_tokens: int = Field(
+        256,
+        ge=1,
+        description="max_tokens of an HTTP API request that names none (OpenAI's "
+        "max_tokens is optional; a job's is not).",
+    )
     default_ttl: Duration = Field(timedelta(minutes=10), description="TTL of a job without one.")
     max_ttl: Duration = Field(timedelta(hours=24), description="Largest TTL accepted.")
     max_prompt_bytes: int = Field(32 * 1024, description="Largest prompt accepted, in bytes.")

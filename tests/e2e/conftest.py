@@ -13,7 +13,7 @@ import pytest
 
 from fleetwire.domain.keys import load_key
 from fleetwire_tools.supervisor import LocalMesh
-from tests.conftest import MODEL_DIR, cleanup_namespace, isolated_env
+from tests.conftest import MODEL_DIR, cleanup_namespace, free_port, isolated_env
 from tests.support.eventually import eventually_sync
 from tests.support.job_client import JobClient
 from tests.support.mesh_admin import create_operator_key, listed_nodes
@@ -45,6 +45,8 @@ class LiveMesh:
         self.ca_file = Path(env["FLEETWIRE_CA_FILE"])
         self.admin_address = f"127.0.0.1:{env['FLEETWIRE_SCHEDULER_ADMIN_PORT']}"
         self.operator_key = env["FLEETWIRE_ADMIN_KEY"]
+        # The bridge's OpenAI-compatible API, over TLS with the run's CA.
+        self.http_url = f"https://localhost:{env['FLEETWIRE_BRIDGE_HTTP_PORT']}/v1"
 
     def client(self) -> JobClient:
         return JobClient(self.bridge_address, self.ca_file)
@@ -94,6 +96,7 @@ def live_mesh(
     key_dir = tmp_path_factory.mktemp("node-keys")
     env = e2e_env(namespace, key_dir, tmp_path_factory.mktemp("certs"))
     env["FLEETWIRE_NODE_MAX_MODEL_LEN"] = str(CONTEXT)
+    env["FLEETWIRE_BRIDGE_HTTP_PORT"] = str(free_port())  # a child's port must be known
     log_dir = tmp_path_factory.mktemp("mesh-logs")
     mesh = LocalMesh(nodes=2, env=env, key_dir=key_dir, log_dir=log_dir)
     live = LiveMesh(mesh, env, log_dir)

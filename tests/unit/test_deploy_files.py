@@ -288,7 +288,10 @@ def test_compose_settings_load_and_match_the_ports(monkeypatch: pytest.MonkeyPat
     assert scheduler.tls.key_file is not None
     assert not bridge.tls.insecure
     assert not node.node.insecure
-    assert services["bridge"]["ports"] == [f"{bridge.bridge.port}:{bridge.bridge.port}"]
+    assert services["bridge"]["ports"] == [
+        f"{bridge.bridge.port}:{bridge.bridge.port}",
+        f"{bridge.bridge.http_port}:{bridge.bridge.http_port}",  # the OpenAI-compatible API
+    ]
     assert (
         f"{scheduler.scheduler.port}:{scheduler.scheduler.port}" in services["scheduler"]["ports"]
     )
@@ -554,9 +557,11 @@ def test_servers_are_probed_over_grpc_health_on_their_ports(
         settings = settings_from(env_of(workload), monkeypatch)
         port = getattr(settings, group).port
         c = container(workload)
+        http = {settings.bridge.http_port} if group == "bridge" else set()
         assert {p["containerPort"] for p in c["ports"]} == {
             port,
             getattr(settings, group).metrics_port,
+            *http,
         }
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"] == {"port": port, "mode": "TLS"}, f"{workload} {probe}"
