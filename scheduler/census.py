@@ -153,7 +153,9 @@ class MeshCensus:
             log.warning("queue depths not read; RabbitMQ unavailable", error=str(err))
             await self._queues.close()
             return None
+        unacked = await self._queues.unacked([queue for queue, _ in named]) or {}
         prefix = f"{self._topology.namespace}."
         return tuple(
-            QueueReading(queue.removeprefix(prefix), kind, counts[queue]) for queue, kind in named
+            QueueReading(queue.removeprefix(prefix), kind, counts[queue], unacked.get(queue))
+            for queue, kind in named
         )

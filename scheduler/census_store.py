@@ -4,17 +4,24 @@ PostgreSQL, ready messages from RabbitMQ. Read only; it declares nothing."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aiormq
 import aiormq.abc
 import asyncpg
+import structlog
 
 from fleetwire.domain.errors import BackendUnavailable
 from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
 from fleetwire.store.db import translating
+
+log = structlog.get_logger(__name__)
 
 CLOSE_TIMEOUT = 2.0
 """Seconds a channel close may take (after a timeout the broker may not answer)."""
@@ -58,16 +65,72 @@ class CensusStore:
         return LedgerTotals(int(row["debits"]), int(row["credits"]), int(row["entries"]))
 
 
+class ManagementApi:
+    """Unacked messages per queue from RabbitMQ's management plugin (its HTTP API): one
+    GET of the vhost's queues per reading, in a worker thread (the standard library's
+    HTTP client; the reading is every few seconds). AMQP cannot tell unacked counts."""
+
+    def __init__(self, url: str, vhost: str, *, timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or "127.0.0.1"
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+        self._base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        user = urllib.parse.unquote(parts.username or "")
+        password = urllib.parse.unquote(parts.password or "")
+        self._auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._vhost = urllib.parse.quote(vhost, safe="")
+        self._timeout = timeout
+
+    @classmethod
+    def of(cls, management_url: str, amqp_url: str, *, timeout: float) -> ManagementApi | None:
+        """The API of ``management_url`` for the AMQP URL's vhost; None when unset."""
+        if not management_url:
+            return None
+        vhost = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).path[1:]) or "/"
+        return cls(management_url, vhost, timeout=timeout)
+
+    async def unacked(self) -> dict[str, int]:
+        """Queue name -> unacked messages, for every queue of the vhost. Raises
+        BackendUnavailable when the API does not answer."""
+        try:
+            return await asyncio.to_thread(self._fetch)
+        except (OSError, ValueError) as err:  # URLError and HTTPError are OSErrors
+            raise BackendUnavailable("rabbitmq-management", str(err)) from err
+
+    def _fetch(self) -> dict[str, int]:
+        request = urllib.request.Request(
+            f"{self._base}/api/queues/{self._vhost}?columns=name,messages_unacknowledged",
+            headers={"Authorization": f"Basic {self._auth}"},
+        )
+        with urllib.request.urlopen(request, timeout=self._timeout) as reply:
+            rows = json.loads(reply.read())
+        return {str(r["name"]): int(r.get("messages_unacknowledged") or 0) for r in rows}
+
+
 class QueueCounter:
-    """Ready messages of named queues, by passive declare on a channel of its own.
+    """Ready messages of named queues, by passive declare on a channel of its own, and
+    their unacked ones from the management plugin when it is configured and answers.
 
-    RabbitMQ's AMQP side answers only the ready count (no unacked: that is the management
-    plugin's). A passive declare renews a queue's ``x-expires`` like any declaration, so
-    callers ask only about queues in use anyway (docs/operations.md, route expiry)."""
+    RabbitMQ's AMQP side answers only the ready count. A passive declare renews a queue's
+    ``x-expires`` like any declaration, so callers ask only about queues in use anyway
+    (docs/operations.md, route expiry)."""
 
-    def __init__(self, link: AmqpLink) -> None:
+    def __init__(self, link: AmqpLink, management: ManagementApi | None = None) -> None:
         self._link = link
+        self._management = management
         self._channel: aiormq.abc.AbstractChannel | None = None
+
+    async def unacked(self, queues: Iterable[str]) -> dict[str, int] | None:
+        """Queue name -> unacked messages (0 for one the API does not list yet); None
+        without a management API, or when it does not answer (logged)."""
+        if self._management is None:
+            return None
+        try:
+            known = await self._management.unacked()
+        except BackendUnavailable as err:
+            log.warning("unacked counts not read; management API unavailable", error=err.message)
+            return None
+        return {queue: known.get(queue, 0) for queue in queues}
 
     async def ready(self, queues: Iterable[str]) -> dict[str, int]:
         """Queue name -> ready messages; 0 for a queue that does not exist (a retry stage

@@ -34,6 +34,7 @@ class QueueReading:
     queue: str
     kind: str
     ready: int
+    unacked: int | None = None  # from the management plugin; None when not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,8 @@ def _families(reading: CensusReading | None) -> list[GaugeMetricFamily]:
         slots.add_metric([route], count)
     for q in reading.queues or ():
         queues.add_metric([q.queue, q.kind, "ready"], q.ready)
+        if q.unacked is not None:
+            queues.add_metric([q.queue, q.kind, "unacked"], q.unacked)
     for (route, priority), jobs in sorted((reading.waiting or {}).items()):
         waiting.add_metric([route, priority], jobs)
     if reading.ledger is not None:

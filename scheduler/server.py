@@ -43,7 +43,7 @@ from scheduler.admin_gate import AdminGate
 from scheduler.admin_service import MeshAdminService
 from scheduler.admin_store import AdminStore
 from scheduler.census import MeshCensus
-from scheduler.census_store import CensusStore, QueueCounter
+from scheduler.census_store import CensusStore, ManagementApi, QueueCounter
 from scheduler.consumers import QueueConsumers
 from scheduler.dead_letter_shelf import DeadLetterShelf
 from scheduler.deadline_reaper import DeadlineReaper
@@ -300,7 +300,14 @@ class SchedulerServer:
         self.census = MeshCensus(
             metrics.census,
             CensusStore(self._pool),
-            QueueCounter(self._link),
+            QueueCounter(
+                self._link,
+                ManagementApi.of(
+                    settings.rabbitmq.management_url.get_secret_value(),
+                    settings.rabbitmq.url.get_secret_value(),
+                    timeout=settings.rabbitmq.publish_timeout.total_seconds(),
+                ),
+            ),
             topology,
             self.registry,
             self.penalties.is_excluded,

@@ -264,6 +264,16 @@ main() {
   wait_for postgres postgres_answers "check: pg_isready -h 127.0.0.1; log in /var/log/postgresql/"
   wait_for rabbitmq rabbitmq_answers "check: rabbitmqctl status; logs in /var/log/rabbitmq/"
 
+  # The management plugin's HTTP API (127.0.0.1:15672) is where the scheduler's census reads
+  # unacked messages per queue (FLEETWIRE_RABBITMQ_MANAGEMENT_URL); AMQP tells ready ones
+  # only. Enabled on the running broker (a few seconds, once; it stays enabled).
+  local management="already enabled"
+  if ! as_root rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
+    as_root rabbitmq-plugins enable rabbitmq_management >/dev/null ||
+      die "rabbitmq-plugins enable rabbitmq_management failed (see /var/log/rabbitmq/)"
+    management="enabled now"
+  fi
+
   # Local trust rules go only into a cluster this run installed: an existing database's
   # authentication is never weakened. An existing one that asks for a password is left
   # alone, with what to do instead.
@@ -280,6 +290,7 @@ main() {
   for svc in rabbitmq redis postgres; do
     log "${label[$svc]}: ${state[$svc]}"
   done
+  log "rabbitmq management API: $management"
   log "prometheus: $prometheus_state (not started; the tests start their own)"
 }
 

@@ -87,6 +87,12 @@ class RabbitMQSettings(_Group):
     model_config = _group("FLEETWIRE_RABBITMQ_")
 
     url: SecretStr = Field(SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="AMQP URL.")
+    management_url: SecretStr = Field(
+        SecretStr("http://guest:guest@127.0.0.1:15672/"),
+        description="RabbitMQ's management API (the rabbitmq_management plugin), with its "
+        "credentials: where the scheduler's census reads unacked messages per queue (AMQP "
+        "tells ready ones only). Empty: ready counts only.",
+    )
     publish_timeout: Duration = Field(
         timedelta(seconds=10),
         description="How long Submit (and a dead-letter replay) waits for the publisher confirm.",

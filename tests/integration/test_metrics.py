@@ -161,3 +161,32 @@ async def test_the_census_reports_queues_waiting_jobs_and_the_ledger(
     assert ("fleetwire_nodes_excluded", ()) in now
     for outcome in ("pass", "wrong", "undecided", "unanswered"):  # from 0
         assert ("fleetwire_validations_total", (("outcome", outcome),)) in now
+
+
+async def test_the_census_counts_a_running_jobs_delivery_as_unacked(
+    scheduler: SchedulerServer, jobs: job_service_pb2_grpc.JobServiceStub
+) -> None:
+    """While a node runs a job the scheduler holds its delivery unacked; the census reads
+    that from RabbitMQ's management API (AMQP tells ready messages only)."""
+    node = ScriptedNode(
+        f"127.0.0.1:{scheduler.port}",
+        f"unacked-{uuid.uuid4().hex[:6]}",
+        "scripted",
+        lambda _n: "ok",
+        hold_results=True,  # the job stays running: its delivery stays unacked
+    )
+    async with running(node):
+        job_id = (await jobs.Submit(job_service_pb2.SubmitRequest(job=spec()))).job.job_id
+        await eventually(lambda: node.dispatches, within=30, what="the job dispatched")
+        assert scheduler.census is not None
+        census = scheduler.census
+        labels = {"queue": "jobs.mainnet.scripted", "kind": "route", "state": "unacked"}
+
+        async def unacked() -> float:
+            await census.poll()  # the API's statistics refresh every few seconds
+            return value(scrape(scheduler.metrics_port), "fleetwire_queue_messages", **labels)
+
+        assert await eventually(unacked, within=30, what="an unacked delivery counted") >= 1
+        for held in node.held:
+            await node.send(held)
+        await wait_state(jobs, job_id, job_pb2.JOB_STATE_SUCCEEDED)

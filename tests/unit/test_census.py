@@ -63,6 +63,9 @@ class FakeQueues:
             raise BackendUnavailable("rabbitmq", "down")
         return {q: self.ready_counts.get(q, 0) for q in queues}
 
+    async def unacked(self, queues: list[str]) -> dict[str, int] | None:
+        return None  # no management API: ready counts only
+
     async def close(self) -> None:
         self.closed += 1
 
