@@ -166,7 +166,7 @@ class OpenAIApi:
         except FleetwireError as err:
             self._metrics.refusal(err.code.name, err.reason)
             raise
-        self._metrics.accepted(job.spec)
+        self._metrics.accepted(job.spec, caller.tenant_id)
         trace.get_current_span().set_attribute("fleetwire.job_id", job.job_id)
         chat = endpoint is Endpoint.CHAT
         if stream:

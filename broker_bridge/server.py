@@ -143,7 +143,9 @@ class BridgeServer:
         # One of each for both front doors: a tenant's Watch streams and SSE answers share
         # its slots, and both count into the same metrics.
         watches = WatchSlots(self._settings.bridge.max_watches_per_tenant)
-        bridge_metrics = BridgeMetrics(self.metrics.registry)
+        bridge_metrics = BridgeMetrics(
+            self.metrics.registry, per_tenant=self._settings.bridge.tenant_metrics
+        )
         servicer = JobService(
             desk, batches, auth, watches, NodeKeys(NodeStore(self._pool)), bridge_metrics
         )

@@ -82,7 +82,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         caller, trace_id = await self._enter(context, "Submit", echo=False)
         with self._counting_refusals():
             job = await self._desk.submit(request.job, caller=caller, trace_id=trace_id)
-        self._metrics.accepted(job.spec)
+        self._metrics.accepted(job.spec, caller.tenant_id)
         trace.get_current_span().set_attribute("fleetwire.job_id", job.job_id)
         # Sent before a SYNC wait: a client whose deadline runs out still has the job id.
         await context.send_initial_metadata(
@@ -130,7 +130,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
                 list(request.jobs), request.client_request_id, caller=caller, trace_id=trace_id
             )
         for spec in request.jobs:
-            self._metrics.accepted(spec)
+            self._metrics.accepted(spec, caller.tenant_id)
         return job_service_pb2.SubmitBatchResponse(batch=batch)
 
     @contextlib.contextmanager

@@ -268,6 +268,11 @@ class BridgeSettings(_Group):
         description="Port of the Prometheus metrics endpoint (/metrics; HTTPS with the "
         "server's certificate unless FLEETWIRE_TLS_INSECURE); 0: any free port.",
     )
+    tenant_metrics: bool = Field(
+        False,
+        description="Also count accepted jobs per tenant (fleetwire_tenant_jobs_submitted_total"
+        "{tenant}): one series per tenant, so off unless the mesh has few tenants.",
+    )
     default_priorities: list[str] | None = Field(
         default_factory=lambda: ["normal", "bulk", "test"],
         description="Priority classes a tenant whose policy names none may use (JSON list; "
