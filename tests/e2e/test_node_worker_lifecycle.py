@@ -244,8 +244,11 @@ def test_scheduler_restart_mid_job_nodes_reconnect_and_the_job_succeeds_once(
     ends SUCCEEDED exactly once."""
     client = client_of(worker_mesh)
     try:
-        job_id, node = start_long_job(worker_mesh, client, "survive the scheduler", 1500)
+        # Read before the job starts: the kill must follow the job's start at once (CI saw
+        # a 1,500-token job finish while these admin calls ran, so the node had no job to
+        # keep when its stream broke).
         before = {n: worker_mesh.connected_since(n) for n in NODES}
+        job_id, node = start_long_job(worker_mesh, client, "survive the scheduler", 2000)
         old = worker_mesh.mesh.child("scheduler")
         os.killpg(old.process.pid, signal.SIGKILL)
         old.process.wait()
@@ -262,7 +265,7 @@ def test_scheduler_restart_mid_job_nodes_reconnect_and_the_job_succeeds_once(
         client.close()
     history = worker_mesh.attempts(job_id)
     assert job.state == job_pb2.JOB_STATE_SUCCEEDED, (job.error, history)
-    assert job.usage.completion_tokens == 1500
+    assert job.usage.completion_tokens == 2000
     assert [a["outcome"] for a in history].count("SUCCEEDED") == 1, history
     assert history[0]["node_id"] == node
     # FLEETWIRE_NODE_KEEP_JOBS_ON_RECONNECT: the job kept running through the reconnect,
