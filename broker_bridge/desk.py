@@ -18,7 +18,7 @@ from broker_bridge.final_notices import FinalNotices
 from broker_bridge.idempotency import RequestLocks
 from broker_bridge.outbox import Outbox
 from broker_bridge.unsettled import UnsettledRows
-from broker_bridge.watch_output import final_attempt, output_chunk
+from broker_bridge.watch_output import FROM_START, WatchCursor, final_attempt, output_chunk
 from fleetwire.domain.errors import (
     BackendUnavailable,
     FailedPrecondition,
@@ -292,9 +292,15 @@ class JobDesk:
         return job
 
     async def watch(
-        self, raw_job_id: str, *, tenant_id: str, after_sequence: int, tokens: bool = True
+        self,
+        raw_job_id: str,
+        *,
+        tenant_id: str,
+        cursor: WatchCursor = FROM_START,
+        tokens: bool = True,
     ) -> AsyncIterator[job_service_pb2.WatchResponse]:
-        """The current state first, then chunks and state changes until terminal. The state
+        """The current state first, then chunks after ``cursor`` and state changes until
+        terminal. The state
         is always read from PostgreSQL; Redis only wakes the loop and carries tokens, so a
         lost stream degrades to polling instead of hanging. A SUCCEEDED job whose final
         attempt's chunks the stream did not hold (expired after the finished-stream
@@ -324,7 +330,7 @@ class JobDesk:
                 # Drained after the job became terminal: every chunk the node produced was
                 # relayed before the result, so nothing is left to send but the final state
                 # (and the output, when the stream no longer had it).
-                chunk = output_chunk(job, streamed_attempts=streamed, after_sequence=after_sequence)
+                chunk = output_chunk(job, streamed_attempts=streamed, cursor=cursor)
                 if tokens and chunk is not None:
                     yield job_service_pb2.WatchResponse(chunk=chunk)
                 yield job_service_pb2.WatchResponse(job=job)
@@ -336,7 +342,7 @@ class JobDesk:
                     streamed.add(event.attempt)
                     if replay_attempt and event.attempt != replay_attempt:
                         continue
-                    if tokens and event.sequence > after_sequence:
+                    if tokens and cursor.passes(event.attempt, event.sequence):
                         yield job_service_pb2.WatchResponse(
                             chunk=job_service_pb2.TokenChunk(
                                 sequence=event.sequence,

@@ -197,9 +197,7 @@ class OpenAIApi:
                 async with self._watches.held(caller.tenant_id):
                     yield chunk(first=True, text="" if chat else None)
                     final = job
-                    async for event in self._desk.watch(
-                        job_id, tenant_id=caller.tenant_id, after_sequence=0
-                    ):
+                    async for event in self._desk.watch(job_id, tenant_id=caller.tenant_id):
                         if event.HasField("chunk"):
                             yield chunk(text=event.chunk.text)
                         elif event.HasField("job"):

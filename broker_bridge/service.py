@@ -21,6 +21,7 @@ from broker_bridge.auth import Authenticator, Caller
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
 from broker_bridge.metrics import BridgeMetrics
+from broker_bridge.watch_output import WatchCursor
 from broker_bridge.watch_slots import WatchSlots
 from fleetwire.domain.errors import DeadlineExceeded, FleetwireError
 from fleetwire.messaging.topology import HEADER_REQUEST_ID
@@ -109,8 +110,9 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[job_service_pb2.WatchResponse]:
         caller, _ = await self._enter(context, "Watch")
         async with self._watches.held(caller.tenant_id):
+            cursor = WatchCursor(attempt=request.after_attempt, sequence=request.after_sequence)
             async for event in self._desk.watch(
-                request.job_id, tenant_id=caller.tenant_id, after_sequence=request.after_sequence
+                request.job_id, tenant_id=caller.tenant_id, cursor=cursor
             ):
                 yield event
 
