@@ -11,7 +11,7 @@ accepted by Submit belongs to that trace, and ``Job.trace_id`` names it ever aft
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeAlias
 
 import structlog
@@ -21,13 +21,23 @@ from broker_bridge.auth import Authenticator, Caller
 from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
 from broker_bridge.metrics import BridgeMetrics
+from broker_bridge.submit_stream import answer_stream
 from broker_bridge.watch_output import WatchCursor
 from broker_bridge.watch_slots import WatchSlots
-from fleetwire.domain.errors import DeadlineExceeded, FleetwireError
+from fleetwire.domain.errors import (
+    DeadlineExceeded,
+    FieldViolation,
+    FleetwireError,
+    Internal,
+    InvalidArgument,
+)
 from fleetwire.messaging.topology import HEADER_REQUEST_ID
-from fleetwire.process.tracing import TRACERESPONSE, current_trace_id, traceparent_of
+from fleetwire.process.tracing import TRACERESPONSE, current_trace_id, traceparent_of, tracer
+from fleetwire.rpc.status import status_for
 from fleetwire.store.node_keys import NodeKeys
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+
+log = structlog.get_logger(__name__)
 
 JOB_ID_METADATA = "x-fleetwire-job-id"
 MAX_REQUEST_ID_CHARS = 128
@@ -81,14 +91,49 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.SubmitRequest, context: Context
     ) -> job_service_pb2.SubmitResponse:
         caller, trace_id = await self._enter(context, "Submit", echo=False)
+
+        async def tell_job_id(job: job_pb2.Job) -> None:
+            # Sent before a SYNC wait: a client whose deadline runs out still has the job id.
+            await context.send_initial_metadata(
+                ((TRACERESPONSE, traceparent_of()), (JOB_ID_METADATA, job.job_id))
+            )
+
+        return await self._submit(request, caller, trace_id, accepted=tell_job_id)
+
+    async def SubmitStream(  # noqa: N802
+        self, requests: AsyncIterator[job_service_pb2.SubmitStreamRequest], context: Context
+    ) -> AsyncIterator[job_service_pb2.SubmitStreamResponse]:
+        caller, trace_id = await self._enter(context, "SubmitStream")
+
+        async def submit_one(
+            request: job_service_pb2.SubmitRequest,
+        ) -> job_service_pb2.SubmitResponse:
+            if request.job.mode == job_pb2.INFERENCE_MODE_STREAM:
+                raise InvalidArgument(
+                    [FieldViolation("job.mode", "STREAM is not taken on SubmitStream; use Watch")]
+                )
+            with tracer().start_as_current_span("submit"):
+                return await self._submit(request, caller, trace_id)
+
+        async for answer in answer_stream(requests, submit_one, self._stream_error):
+            yield answer
+
+    async def _submit(
+        self,
+        request: job_service_pb2.SubmitRequest,
+        caller: Caller,
+        trace_id: str,
+        *,
+        accepted: Callable[[job_pb2.Job], Awaitable[None]] | None = None,
+    ) -> job_service_pb2.SubmitResponse:
+        """One Submit, whichever RPC carried it: accepted by the desk, then (SYNC) followed
+        until terminal."""
         with self._counting_refusals():
             job = await self._desk.submit(request.job, caller=caller, trace_id=trace_id)
         self._metrics.accepted(job.spec, caller.tenant_id)
         trace.get_current_span().set_attribute("fleetwire.job_id", job.job_id)
-        # Sent before a SYNC wait: a client whose deadline runs out still has the job id.
-        await context.send_initial_metadata(
-            ((TRACERESPONSE, traceparent_of()), (JOB_ID_METADATA, job.job_id))
-        )
+        if accepted is not None:
+            await accepted(job)
         if job.spec.mode == job_pb2.INFERENCE_MODE_SYNC:
             try:
                 job = await self._desk.wait_terminal(
@@ -97,6 +142,19 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             except TimeoutError as err:  # pragma: no cover - grpc cancels first
                 raise DeadlineExceeded(f"job {job.job_id} still running") from err
         return job_service_pb2.SubmitResponse(job=job)
+
+    @staticmethod
+    def _stream_error(err: Exception) -> job_service_pb2.SubmitStreamError:
+        """The status one Submit of a stream ended with, as Submit's trailer would carry
+        it; an unexpected fault is logged and told as INTERNAL with its trace id, as the
+        error edge does for a whole call."""
+        if not isinstance(err, FleetwireError):
+            trace_id = current_trace_id()
+            log.error("unexpected error", rpc="SubmitStream", trace_id=trace_id, exc_info=err)
+            err = Internal(trace_id)
+        error = job_service_pb2.SubmitStreamError()
+        error.ParseFromString(status_for(err).SerializeToString())  # the same fields
+        return error
 
     async def Status(  # noqa: N802
         self, request: job_service_pb2.StatusRequest, context: Context

@@ -23,54 +23,61 @@ _sym_db = _symbol_database.Default()
 
 
 from fleetwire.v1 import job_pb2 as fleetwire_dot_v1_dot_job__pb2
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66leetwire/v1/job_service.proto\x12\x0c\x66leetwire.v1\x1a\x16\x66leetwire/v1/job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"3\n\rSubmitRequest\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.fleetwire.v1.JobSpec\"0\n\x0eSubmitResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.Job\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"0\n\x0eStatusResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.Job\"M\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x15\n\rafter_attempt\x18\x03 \x01(\r\"R\n\nTokenChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\"e\n\rWatchResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.JobH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.fleetwire.v1.TokenChunkH\x00\x42\x07\n\x05\x65vent\"/\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x0e\x43\x61ncelResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.Job\"T\n\x12SubmitBatchRequest\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.fleetwire.v1.JobSpec\x12\x19\n\x11\x63lient_request_id\x18\x02 \x01(\t\"9\n\x13SubmitBatchResponse\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.fleetwire.v1.Batch\"\xdf\x01\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\r\x12\x0e\n\x06queued\x18\x03 \x01(\r\x12\x0f\n\x07running\x18\x04 \x01(\r\x12\x11\n\tsucceeded\x18\x05 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\r\x12\x0f\n\x07\x65xpired\x18\x07 \x01(\r\x12\x11\n\tcancelled\x18\x08 \x01(\r\x12\x0c\n\x04\x64one\x18\t \x01(\x08\x12\x0f\n\x07job_ids\x18\n \x03(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x12\x42\x61tchStatusRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"9\n\x13\x42\x61tchStatusResponse\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.fleetwire.v1.Batch\"%\n\x11WatchBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"X\n\x12WatchBatchResponse\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.fleetwire.v1.Batch\x12\x1e\n\x03job\x18\x02 \x01(\x0b\x32\x11.fleetwire.v1.Job\"&\n\x13ListNodeKeysRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xbe\x01\n\x07NodeKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12.\n\nvalid_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x14ListNodeKeysResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.fleetwire.v1.NodeKey2\xf1\x04\n\nJobService\x12\x43\n\x06Submit\x12\x1b.fleetwire.v1.SubmitRequest\x1a\x1c.fleetwire.v1.SubmitResponse\x12\x43\n\x06Status\x12\x1b.fleetwire.v1.StatusRequest\x1a\x1c.fleetwire.v1.StatusResponse\x12\x42\n\x05Watch\x12\x1a.fleetwire.v1.WatchRequest\x1a\x1b.fleetwire.v1.WatchResponse0\x01\x12\x43\n\x06\x43\x61ncel\x12\x1b.fleetwire.v1.CancelRequest\x1a\x1c.fleetwire.v1.CancelResponse\x12R\n\x0bSubmitBatch\x12 .fleetwire.v1.SubmitBatchRequest\x1a!.fleetwire.v1.SubmitBatchResponse\x12R\n\x0b\x42\x61tchStatus\x12 .fleetwire.v1.BatchStatusRequest\x1a!.fleetwire.v1.BatchStatusResponse\x12Q\n\nWatchBatch\x12\x1f.fleetwire.v1.WatchBatchRequest\x1a .fleetwire.v1.WatchBatchResponse0\x01\x12U\n\x0cListNodeKeys\x12!.fleetwire.v1.ListNodeKeysRequest\x1a\".fleetwire.v1.ListNodeKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66leetwire/v1/job_service.proto\x12\x0c\x66leetwire.v1\x1a\x16\x66leetwire/v1/job.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"3\n\rSubmitRequest\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.fleetwire.v1.JobSpec\"0\n\x0eSubmitResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.Job\"O\n\x13SubmitStreamRequest\x12\x0b\n\x03ref\x18\x01 \x01(\x04\x12+\n\x06submit\x18\x02 \x01(\x0b\x32\x1b.fleetwire.v1.SubmitRequest\"\x92\x01\n\x14SubmitStreamResponse\x12\x0b\n\x03ref\x18\x01 \x01(\x04\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x1c.fleetwire.v1.SubmitResponseH\x00\x12\x30\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1f.fleetwire.v1.SubmitStreamErrorH\x00\x42\t\n\x07outcome\"Y\n\x11SubmitStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"0\n\x0eStatusResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.Job\"M\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\x12\x15\n\rafter_attempt\x18\x03 \x01(\r\"R\n\nTokenChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\"e\n\rWatchResponse\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.JobH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.fleetwire.v1.TokenChunkH\x00\x42\x07\n\x05\x65vent\"/\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x0e\x43\x61ncelResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.fleetwire.v1.Job\"T\n\x12SubmitBatchRequest\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.fleetwire.v1.JobSpec\x12\x19\n\x11\x63lient_request_id\x18\x02 \x01(\t\"9\n\x13SubmitBatchResponse\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.fleetwire.v1.Batch\"\xdf\x01\n\x05\x42\x61tch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\r\x12\x0e\n\x06queued\x18\x03 \x01(\r\x12\x0f\n\x07running\x18\x04 \x01(\r\x12\x11\n\tsucceeded\x18\x05 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\r\x12\x0f\n\x07\x65xpired\x18\x07 \x01(\r\x12\x11\n\tcancelled\x18\x08 \x01(\r\x12\x0c\n\x04\x64one\x18\t \x01(\x08\x12\x0f\n\x07job_ids\x18\n \x03(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x12\x42\x61tchStatusRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"9\n\x13\x42\x61tchStatusResponse\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.fleetwire.v1.Batch\"%\n\x11WatchBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"X\n\x12WatchBatchResponse\x12\"\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x13.fleetwire.v1.Batch\x12\x1e\n\x03job\x18\x02 \x01(\x0b\x32\x11.fleetwire.v1.Job\"&\n\x13ListNodeKeysRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\xbe\x01\n\x07NodeKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12.\n\nvalid_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x14ListNodeKeysResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12#\n\x04keys\x18\x02 \x03(\x0b\x32\x15.fleetwire.v1.NodeKey2\xcc\x05\n\nJobService\x12\x43\n\x06Submit\x12\x1b.fleetwire.v1.SubmitRequest\x1a\x1c.fleetwire.v1.SubmitResponse\x12Y\n\x0cSubmitStream\x12!.fleetwire.v1.SubmitStreamRequest\x1a\".fleetwire.v1.SubmitStreamResponse(\x01\x30\x01\x12\x43\n\x06Status\x12\x1b.fleetwire.v1.StatusRequest\x1a\x1c.fleetwire.v1.StatusResponse\x12\x42\n\x05Watch\x12\x1a.fleetwire.v1.WatchRequest\x1a\x1b.fleetwire.v1.WatchResponse0\x01\x12\x43\n\x06\x43\x61ncel\x12\x1b.fleetwire.v1.CancelRequest\x1a\x1c.fleetwire.v1.CancelResponse\x12R\n\x0bSubmitBatch\x12 .fleetwire.v1.SubmitBatchRequest\x1a!.fleetwire.v1.SubmitBatchResponse\x12R\n\x0b\x42\x61tchStatus\x12 .fleetwire.v1.BatchStatusRequest\x1a!.fleetwire.v1.BatchStatusResponse\x12Q\n\nWatchBatch\x12\x1f.fleetwire.v1.WatchBatchRequest\x1a .fleetwire.v1.WatchBatchResponse0\x01\x12U\n\x0cListNodeKeys\x12!.fleetwire.v1.ListNodeKeysRequest\x1a\".fleetwire.v1.ListNodeKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleetwire.v1.job_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITREQUEST']._serialized_start=105
-  _globals['_SUBMITREQUEST']._serialized_end=156
-  _globals['_SUBMITRESPONSE']._serialized_start=158
-  _globals['_SUBMITRESPONSE']._serialized_end=206
-  _globals['_STATUSREQUEST']._serialized_start=208
-  _globals['_STATUSREQUEST']._serialized_end=239
-  _globals['_STATUSRESPONSE']._serialized_start=241
-  _globals['_STATUSRESPONSE']._serialized_end=289
-  _globals['_WATCHREQUEST']._serialized_start=291
-  _globals['_WATCHREQUEST']._serialized_end=368
-  _globals['_TOKENCHUNK']._serialized_start=370
-  _globals['_TOKENCHUNK']._serialized_end=452
-  _globals['_WATCHRESPONSE']._serialized_start=454
-  _globals['_WATCHRESPONSE']._serialized_end=555
-  _globals['_CANCELREQUEST']._serialized_start=557
-  _globals['_CANCELREQUEST']._serialized_end=604
-  _globals['_CANCELRESPONSE']._serialized_start=606
-  _globals['_CANCELRESPONSE']._serialized_end=654
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=656
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=740
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=742
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=799
-  _globals['_BATCH']._serialized_start=802
-  _globals['_BATCH']._serialized_end=1025
-  _globals['_BATCHSTATUSREQUEST']._serialized_start=1027
-  _globals['_BATCHSTATUSREQUEST']._serialized_end=1065
-  _globals['_BATCHSTATUSRESPONSE']._serialized_start=1067
-  _globals['_BATCHSTATUSRESPONSE']._serialized_end=1124
-  _globals['_WATCHBATCHREQUEST']._serialized_start=1126
-  _globals['_WATCHBATCHREQUEST']._serialized_end=1163
-  _globals['_WATCHBATCHRESPONSE']._serialized_start=1165
-  _globals['_WATCHBATCHRESPONSE']._serialized_end=1253
-  _globals['_LISTNODEKEYSREQUEST']._serialized_start=1255
-  _globals['_LISTNODEKEYSREQUEST']._serialized_end=1293
-  _globals['_NODEKEY']._serialized_start=1296
-  _globals['_NODEKEY']._serialized_end=1486
-  _globals['_LISTNODEKEYSRESPONSE']._serialized_start=1488
-  _globals['_LISTNODEKEYSRESPONSE']._serialized_end=1564
-  _globals['_JOBSERVICE']._serialized_start=1567
-  _globals['_JOBSERVICE']._serialized_end=2192
+  _globals['_SUBMITREQUEST']._serialized_start=132
+  _globals['_SUBMITREQUEST']._serialized_end=183
+  _globals['_SUBMITRESPONSE']._serialized_start=185
+  _globals['_SUBMITRESPONSE']._serialized_end=233
+  _globals['_SUBMITSTREAMREQUEST']._serialized_start=235
+  _globals['_SUBMITSTREAMREQUEST']._serialized_end=314
+  _globals['_SUBMITSTREAMRESPONSE']._serialized_start=317
+  _globals['_SUBMITSTREAMRESPONSE']._serialized_end=463
+  _globals['_SUBMITSTREAMERROR']._serialized_start=465
+  _globals['_SUBMITSTREAMERROR']._serialized_end=554
+  _globals['_STATUSREQUEST']._serialized_start=556
+  _globals['_STATUSREQUEST']._serialized_end=587
+  _globals['_STATUSRESPONSE']._serialized_start=589
+  _globals['_STATUSRESPONSE']._serialized_end=637
+  _globals['_WATCHREQUEST']._serialized_start=639
+  _globals['_WATCHREQUEST']._serialized_end=716
+  _globals['_TOKENCHUNK']._serialized_start=718
+  _globals['_TOKENCHUNK']._serialized_end=800
+  _globals['_WATCHRESPONSE']._serialized_start=802
+  _globals['_WATCHRESPONSE']._serialized_end=903
+  _globals['_CANCELREQUEST']._serialized_start=905
+  _globals['_CANCELREQUEST']._serialized_end=952
+  _globals['_CANCELRESPONSE']._serialized_start=954
+  _globals['_CANCELRESPONSE']._serialized_end=1002
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=1004
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=1088
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1090
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1147
+  _globals['_BATCH']._serialized_start=1150
+  _globals['_BATCH']._serialized_end=1373
+  _globals['_BATCHSTATUSREQUEST']._serialized_start=1375
+  _globals['_BATCHSTATUSREQUEST']._serialized_end=1413
+  _globals['_BATCHSTATUSRESPONSE']._serialized_start=1415
+  _globals['_BATCHSTATUSRESPONSE']._serialized_end=1472
+  _globals['_WATCHBATCHREQUEST']._serialized_start=1474
+  _globals['_WATCHBATCHREQUEST']._serialized_end=1511
+  _globals['_WATCHBATCHRESPONSE']._serialized_start=1513
+  _globals['_WATCHBATCHRESPONSE']._serialized_end=1601
+  _globals['_LISTNODEKEYSREQUEST']._serialized_start=1603
+  _globals['_LISTNODEKEYSREQUEST']._serialized_end=1641
+  _globals['_NODEKEY']._serialized_start=1644
+  _globals['_NODEKEY']._serialized_end=1834
+  _globals['_LISTNODEKEYSRESPONSE']._serialized_start=1836
+  _globals['_LISTNODEKEYSRESPONSE']._serialized_end=1912
+  _globals['_JOBSERVICE']._serialized_start=1915
+  _globals['_JOBSERVICE']._serialized_end=2631
 # @@protoc_insertion_point(module_scope)

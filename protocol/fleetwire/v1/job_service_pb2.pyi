@@ -1,6 +1,7 @@
 import datetime
 
 from fleetwire.v1 import job_pb2 as _job_pb2
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -21,6 +22,34 @@ class SubmitResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class SubmitStreamRequest(_message.Message):
+    __slots__ = ("ref", "submit")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    submit: SubmitRequest
+    def __init__(self, ref: _Optional[int] = ..., submit: _Optional[_Union[SubmitRequest, _Mapping]] = ...) -> None: ...
+
+class SubmitStreamResponse(_message.Message):
+    __slots__ = ("ref", "accepted", "error")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    accepted: SubmitResponse
+    error: SubmitStreamError
+    def __init__(self, ref: _Optional[int] = ..., accepted: _Optional[_Union[SubmitResponse, _Mapping]] = ..., error: _Optional[_Union[SubmitStreamError, _Mapping]] = ...) -> None: ...
+
+class SubmitStreamError(_message.Message):
+    __slots__ = ("code", "message", "details")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    details: _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., details: _Optional[_Iterable[_Union[_any_pb2.Any, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -64,6 +64,11 @@ class JobServiceStub:
                 request_serializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/fleetwire.v1.JobService/SubmitStream',
+                request_serializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitStreamRequest.SerializeToString,
+                response_deserializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitStreamResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/fleetwire.v1.JobService/Status',
                 request_serializer=fleetwire_dot_v1_dot_job__service__pb2.StatusRequest.SerializeToString,
@@ -141,6 +146,25 @@ class JobServiceServicer:
         TENANT_RATE_LIMITED, TENANT_BACKLOG_FULL or QUEUE_FULL), DEADLINE_EXCEEDED (SYNC only;
         the job id is sent first in the initial metadata `x-fleetwire-job-id`, and the job
         keeps running and can be followed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitStream(self, request_iterator, context):
+        """Many Submits on one stream, for producers with many jobs in flight: each request
+        carries a Submit and a reference of the caller's choosing, and each is answered once,
+        in the order the answers are ready (not the order sent), by a response with the same
+        reference: the accepted job, or the error the same Submit on its own would have ended
+        with (code, message and the same details; see SubmitStreamError). Every job goes
+        through exactly what Submit does — validation, tenant policy, admission, idempotency,
+        row, confirmed publish — so an accepted answer means what Submit's OK means. Modes
+        POLLING and SYNC (answered when the job is terminal); STREAM is INVALID_ARGUMENT
+        (follow such jobs with Watch). At most 256 requests of a stream are in flight; the
+        bridge reads further requests as answers go out. The stream itself ends with an error
+        only for the call as a whole (UNAUTHENTICATED, or the bridge stopping: UNAVAILABLE);
+        requests without an answer then were not necessarily accepted: resend them with
+        their client_request_id. Jobs accepted on one stream share the stream's trace.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +252,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitRequest.FromString,
                     response_serializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitResponse.SerializeToString,
+            ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitStreamRequest.FromString,
+                    response_serializer=fleetwire_dot_v1_dot_job__service__pb2.SubmitStreamResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -317,6 +346,33 @@ class JobService:
             '/fleetwire.v1.JobService/Submit',
             fleetwire_dot_v1_dot_job__service__pb2.SubmitRequest.SerializeToString,
             fleetwire_dot_v1_dot_job__service__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fleetwire.v1.JobService/SubmitStream',
+            fleetwire_dot_v1_dot_job__service__pb2.SubmitStreamRequest.SerializeToString,
+            fleetwire_dot_v1_dot_job__service__pb2.SubmitStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,15 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Job, JobSpec } from "./job_pb.ts";
 import { file_fleetwire_v1_job } from "./job_pb.ts";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Any, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_any, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file fleetwire/v1/job_service.proto.
  */
 export const file_fleetwire_v1_job_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5mbGVldHdpcmUvdjEvam9iX3NlcnZpY2UucHJvdG8SDGZsZWV0d2lyZS52MSIzCg1TdWJtaXRSZXF1ZXN0EiIKA2pvYhgBIAEoCzIVLmZsZWV0d2lyZS52MS5Kb2JTcGVjIjAKDlN1Ym1pdFJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLmZsZWV0d2lyZS52MS5Kb2IiHwoNU3RhdHVzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiMAoOU3RhdHVzUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYiJNCgxXYXRjaFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEEhUKDWFmdGVyX2F0dGVtcHQYAyABKA0iUgoKVG9rZW5DaHVuaxIQCghzZXF1ZW5jZRgBIAEoBBIMCgR0ZXh0GAIgASgJEhMKC3Rva2VuX2NvdW50GAMgASgNEg8KB2F0dGVtcHQYBCABKA0iZQoNV2F0Y2hSZXNwb25zZRIgCgNqb2IYASABKAsyES5mbGVldHdpcmUudjEuSm9iSAASKQoFY2h1bmsYAiABKAsyGC5mbGVldHdpcmUudjEuVG9rZW5DaHVua0gAQgcKBWV2ZW50Ii8KDUNhbmNlbFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIwCg5DYW5jZWxSZXNwb25zZRIeCgNqb2IYASABKAsyES5mbGVldHdpcmUudjEuSm9iIlQKElN1Ym1pdEJhdGNoUmVxdWVzdBIjCgRqb2JzGAEgAygLMhUuZmxlZXR3aXJlLnYxLkpvYlNwZWMSGQoRY2xpZW50X3JlcXVlc3RfaWQYAiABKAkiOQoTU3VibWl0QmF0Y2hSZXNwb25zZRIiCgViYXRjaBgBIAEoCzITLmZsZWV0d2lyZS52MS5CYXRjaCLfAQoFQmF0Y2gSEAoIYmF0Y2hfaWQYASABKAkSDQoFdG90YWwYAiABKA0SDgoGcXVldWVkGAMgASgNEg8KB3J1bm5pbmcYBCABKA0SEQoJc3VjY2VlZGVkGAUgASgNEg4KBmZhaWxlZBgGIAEoDRIPCgdleHBpcmVkGAcgASgNEhEKCWNhbmNlbGxlZBgIIAEoDRIMCgRkb25lGAkgASgIEg8KB2pvYl9pZHMYCiADKAkSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJgoSQmF0Y2hTdGF0dXNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIjkKE0JhdGNoU3RhdHVzUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mbGVldHdpcmUudjEuQmF0Y2giJQoRV2F0Y2hCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkiWAoSV2F0Y2hCYXRjaFJlc3BvbnNlEiIKBWJhdGNoGAEgASgLMhMuZmxlZXR3aXJlLnYxLkJhdGNoEh4KA2pvYhgCIAEoCzIRLmZsZWV0d2lyZS52MS5Kb2IiJgoTTGlzdE5vZGVLZXlzUmVxdWVzdBIPCgdub2RlX2lkGAEgASgJIr4BCgdOb2RlS2V5Eg4KBmtleV9pZBgBIAEoCRISCgpwdWJsaWNfa2V5GAIgASgMEi4KCnZhbGlkX2Zyb20YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3ZhbGlkX3VudGlsGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJMChRMaXN0Tm9kZUtleXNSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEiMKBGtleXMYAiADKAsyFS5mbGVldHdpcmUudjEuTm9kZUtleTLxBAoKSm9iU2VydmljZRJDCgZTdWJtaXQSGy5mbGVldHdpcmUudjEuU3VibWl0UmVxdWVzdBocLmZsZWV0d2lyZS52MS5TdWJtaXRSZXNwb25zZRJDCgZTdGF0dXMSGy5mbGVldHdpcmUudjEuU3RhdHVzUmVxdWVzdBocLmZsZWV0d2lyZS52MS5TdGF0dXNSZXNwb25zZRJCCgVXYXRjaBIaLmZsZWV0d2lyZS52MS5XYXRjaFJlcXVlc3QaGy5mbGVldHdpcmUudjEuV2F0Y2hSZXNwb25zZTABEkMKBkNhbmNlbBIbLmZsZWV0d2lyZS52MS5DYW5jZWxSZXF1ZXN0GhwuZmxlZXR3aXJlLnYxLkNhbmNlbFJlc3BvbnNlElIKC1N1Ym1pdEJhdGNoEiAuZmxlZXR3aXJlLnYxLlN1Ym1pdEJhdGNoUmVxdWVzdBohLmZsZWV0d2lyZS52MS5TdWJtaXRCYXRjaFJlc3BvbnNlElIKC0JhdGNoU3RhdHVzEiAuZmxlZXR3aXJlLnYxLkJhdGNoU3RhdHVzUmVxdWVzdBohLmZsZWV0d2lyZS52MS5CYXRjaFN0YXR1c1Jlc3BvbnNlElEKCldhdGNoQmF0Y2gSHy5mbGVldHdpcmUudjEuV2F0Y2hCYXRjaFJlcXVlc3QaIC5mbGVldHdpcmUudjEuV2F0Y2hCYXRjaFJlc3BvbnNlMAESVQoMTGlzdE5vZGVLZXlzEiEuZmxlZXR3aXJlLnYxLkxpc3ROb2RlS2V5c1JlcXVlc3QaIi5mbGVldHdpcmUudjEuTGlzdE5vZGVLZXlzUmVzcG9uc2ViBnByb3RvMw", [file_fleetwire_v1_job, file_google_protobuf_timestamp]);
+  fileDesc("Ch5mbGVldHdpcmUvdjEvam9iX3NlcnZpY2UucHJvdG8SDGZsZWV0d2lyZS52MSIzCg1TdWJtaXRSZXF1ZXN0EiIKA2pvYhgBIAEoCzIVLmZsZWV0d2lyZS52MS5Kb2JTcGVjIjAKDlN1Ym1pdFJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLmZsZWV0d2lyZS52MS5Kb2IiTwoTU3VibWl0U3RyZWFtUmVxdWVzdBILCgNyZWYYASABKAQSKwoGc3VibWl0GAIgASgLMhsuZmxlZXR3aXJlLnYxLlN1Ym1pdFJlcXVlc3QikgEKFFN1Ym1pdFN0cmVhbVJlc3BvbnNlEgsKA3JlZhgBIAEoBBIwCghhY2NlcHRlZBgCIAEoCzIcLmZsZWV0d2lyZS52MS5TdWJtaXRSZXNwb25zZUgAEjAKBWVycm9yGAMgASgLMh8uZmxlZXR3aXJlLnYxLlN1Ym1pdFN0cmVhbUVycm9ySABCCQoHb3V0Y29tZSJZChFTdWJtaXRTdHJlYW1FcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkSJQoHZGV0YWlscxgDIAMoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkiHwoNU3RhdHVzUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiMAoOU3RhdHVzUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZmxlZXR3aXJlLnYxLkpvYiJNCgxXYXRjaFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEEhUKDWFmdGVyX2F0dGVtcHQYAyABKA0iUgoKVG9rZW5DaHVuaxIQCghzZXF1ZW5jZRgBIAEoBBIMCgR0ZXh0GAIgASgJEhMKC3Rva2VuX2NvdW50GAMgASgNEg8KB2F0dGVtcHQYBCABKA0iZQoNV2F0Y2hSZXNwb25zZRIgCgNqb2IYASABKAsyES5mbGVldHdpcmUudjEuSm9iSAASKQoFY2h1bmsYAiABKAsyGC5mbGVldHdpcmUudjEuVG9rZW5DaHVua0gAQgcKBWV2ZW50Ii8KDUNhbmNlbFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIwCg5DYW5jZWxSZXNwb25zZRIeCgNqb2IYASABKAsyES5mbGVldHdpcmUudjEuSm9iIlQKElN1Ym1pdEJhdGNoUmVxdWVzdBIjCgRqb2JzGAEgAygLMhUuZmxlZXR3aXJlLnYxLkpvYlNwZWMSGQoRY2xpZW50X3JlcXVlc3RfaWQYAiABKAkiOQoTU3VibWl0QmF0Y2hSZXNwb25zZRIiCgViYXRjaBgBIAEoCzITLmZsZWV0d2lyZS52MS5CYXRjaCLfAQoFQmF0Y2gSEAoIYmF0Y2hfaWQYASABKAkSDQoFdG90YWwYAiABKA0SDgoGcXVldWVkGAMgASgNEg8KB3J1bm5pbmcYBCABKA0SEQoJc3VjY2VlZGVkGAUgASgNEg4KBmZhaWxlZBgGIAEoDRIPCgdleHBpcmVkGAcgASgNEhEKCWNhbmNlbGxlZBgIIAEoDRIMCgRkb25lGAkgASgIEg8KB2pvYl9pZHMYCiADKAkSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJgoSQmF0Y2hTdGF0dXNSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgJIjkKE0JhdGNoU3RhdHVzUmVzcG9uc2USIgoFYmF0Y2gYASABKAsyEy5mbGVldHdpcmUudjEuQmF0Y2giJQoRV2F0Y2hCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAkiWAoSV2F0Y2hCYXRjaFJlc3BvbnNlEiIKBWJhdGNoGAEgASgLMhMuZmxlZXR3aXJlLnYxLkJhdGNoEh4KA2pvYhgCIAEoCzIRLmZsZWV0d2lyZS52MS5Kb2IiJgoTTGlzdE5vZGVLZXlzUmVxdWVzdBIPCgdub2RlX2lkGAEgASgJIr4BCgdOb2RlS2V5Eg4KBmtleV9pZBgBIAEoCRISCgpwdWJsaWNfa2V5GAIgASgMEi4KCnZhbGlkX2Zyb20YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3ZhbGlkX3VudGlsGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJMChRMaXN0Tm9kZUtleXNSZXNwb25zZRIPCgdub2RlX2lkGAEgASgJEiMKBGtleXMYAiADKAsyFS5mbGVldHdpcmUudjEuTm9kZUtleTLMBQoKSm9iU2VydmljZRJDCgZTdWJtaXQSGy5mbGVldHdpcmUudjEuU3VibWl0UmVxdWVzdBocLmZsZWV0d2lyZS52MS5TdWJtaXRSZXNwb25zZRJZCgxTdWJtaXRTdHJlYW0SIS5mbGVldHdpcmUudjEuU3VibWl0U3RyZWFtUmVxdWVzdBoiLmZsZWV0d2lyZS52MS5TdWJtaXRTdHJlYW1SZXNwb25zZSgBMAESQwoGU3RhdHVzEhsuZmxlZXR3aXJlLnYxLlN0YXR1c1JlcXVlc3QaHC5mbGVldHdpcmUudjEuU3RhdHVzUmVzcG9uc2USQgoFV2F0Y2gSGi5mbGVldHdpcmUudjEuV2F0Y2hSZXF1ZXN0GhsuZmxlZXR3aXJlLnYxLldhdGNoUmVzcG9uc2UwARJDCgZDYW5jZWwSGy5mbGVldHdpcmUudjEuQ2FuY2VsUmVxdWVzdBocLmZsZWV0d2lyZS52MS5DYW5jZWxSZXNwb25zZRJSCgtTdWJtaXRCYXRjaBIgLmZsZWV0d2lyZS52MS5TdWJtaXRCYXRjaFJlcXVlc3QaIS5mbGVldHdpcmUudjEuU3VibWl0QmF0Y2hSZXNwb25zZRJSCgtCYXRjaFN0YXR1cxIgLmZsZWV0d2lyZS52MS5CYXRjaFN0YXR1c1JlcXVlc3QaIS5mbGVldHdpcmUudjEuQmF0Y2hTdGF0dXNSZXNwb25zZRJRCgpXYXRjaEJhdGNoEh8uZmxlZXR3aXJlLnYxLldhdGNoQmF0Y2hSZXF1ZXN0GiAuZmxlZXR3aXJlLnYxLldhdGNoQmF0Y2hSZXNwb25zZTABElUKDExpc3ROb2RlS2V5cxIhLmZsZWV0d2lyZS52MS5MaXN0Tm9kZUtleXNSZXF1ZXN0GiIuZmxlZXR3aXJlLnYxLkxpc3ROb2RlS2V5c1Jlc3BvbnNlYgZwcm90bzM", [file_fleetwire_v1_job, file_google_protobuf_any, file_google_protobuf_timestamp]);
 
 /**
  * Submit's request.
@@ -60,6 +60,117 @@ export const SubmitResponseSchema: GenMessage<SubmitResponse> = /*@__PURE__*/
   messageDesc(file_fleetwire_v1_job_service, 1);
 
 /**
+ * One Submit on a SubmitStream.
+ *
+ * @generated from message fleetwire.v1.SubmitStreamRequest
+ */
+export type SubmitStreamRequest = Message<"fleetwire.v1.SubmitStreamRequest"> & {
+  /**
+   * Chosen by the caller and echoed in the answer (e.g. a counter); the bridge does not
+   * interpret it, so references should be unique among the stream's requests in flight.
+   *
+   * @generated from field: uint64 ref = 1;
+   */
+  ref: bigint;
+
+  /**
+   * What Submit would take.
+   *
+   * @generated from field: fleetwire.v1.SubmitRequest submit = 2;
+   */
+  submit?: SubmitRequest | undefined;
+};
+
+/**
+ * Describes the message fleetwire.v1.SubmitStreamRequest.
+ * Use `create(SubmitStreamRequestSchema)` to create a new message.
+ */
+export const SubmitStreamRequestSchema: GenMessage<SubmitStreamRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_job_service, 2);
+
+/**
+ * The answer to one SubmitStreamRequest.
+ *
+ * @generated from message fleetwire.v1.SubmitStreamResponse
+ */
+export type SubmitStreamResponse = Message<"fleetwire.v1.SubmitStreamResponse"> & {
+  /**
+   * The request's ref.
+   *
+   * @generated from field: uint64 ref = 1;
+   */
+  ref: bigint;
+
+  /**
+   * What became of it.
+   *
+   * @generated from oneof fleetwire.v1.SubmitStreamResponse.outcome
+   */
+  outcome: {
+    /**
+     * As Submit's response.
+     *
+     * @generated from field: fleetwire.v1.SubmitResponse accepted = 2;
+     */
+    value: SubmitResponse;
+    case: "accepted";
+  } | {
+    /**
+     * As Submit's error.
+     *
+     * @generated from field: fleetwire.v1.SubmitStreamError error = 3;
+     */
+    value: SubmitStreamError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message fleetwire.v1.SubmitStreamResponse.
+ * Use `create(SubmitStreamResponseSchema)` to create a new message.
+ */
+export const SubmitStreamResponseSchema: GenMessage<SubmitStreamResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_job_service, 3);
+
+/**
+ * The error one Submit of a stream ended with: the google.rpc.Status a Submit call would
+ * have carried in its trailer, with the same fields and numbers (its bytes parse as a
+ * google.rpc.Status): the canonical code, the message and the details (ErrorInfo with the
+ * reason; BadRequest, RetryInfo, QuotaFailure as for Submit).
+ *
+ * @generated from message fleetwire.v1.SubmitStreamError
+ */
+export type SubmitStreamError = Message<"fleetwire.v1.SubmitStreamError"> & {
+  /**
+   * A google.rpc.Code (grpc status code) value.
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * The error message.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * google.rpc detail messages (google.rpc.ErrorInfo, BadRequest, RetryInfo, QuotaFailure).
+   *
+   * @generated from field: repeated google.protobuf.Any details = 3;
+   */
+  details: Any[];
+};
+
+/**
+ * Describes the message fleetwire.v1.SubmitStreamError.
+ * Use `create(SubmitStreamErrorSchema)` to create a new message.
+ */
+export const SubmitStreamErrorSchema: GenMessage<SubmitStreamError> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_job_service, 4);
+
+/**
  * Status's request.
  *
  * @generated from message fleetwire.v1.StatusRequest
@@ -78,7 +189,7 @@ export type StatusRequest = Message<"fleetwire.v1.StatusRequest"> & {
  * Use `create(StatusRequestSchema)` to create a new message.
  */
 export const StatusRequestSchema: GenMessage<StatusRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 2);
+  messageDesc(file_fleetwire_v1_job_service, 5);
 
 /**
  * Status's response.
@@ -99,7 +210,7 @@ export type StatusResponse = Message<"fleetwire.v1.StatusResponse"> & {
  * Use `create(StatusResponseSchema)` to create a new message.
  */
 export const StatusResponseSchema: GenMessage<StatusResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 3);
+  messageDesc(file_fleetwire_v1_job_service, 6);
 
 /**
  * Watch's request.
@@ -140,7 +251,7 @@ export type WatchRequest = Message<"fleetwire.v1.WatchRequest"> & {
  * Use `create(WatchRequestSchema)` to create a new message.
  */
 export const WatchRequestSchema: GenMessage<WatchRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 4);
+  messageDesc(file_fleetwire_v1_job_service, 7);
 
 /**
  * A chunk of generated text.
@@ -182,7 +293,7 @@ export type TokenChunk = Message<"fleetwire.v1.TokenChunk"> & {
  * Use `create(TokenChunkSchema)` to create a new message.
  */
 export const TokenChunkSchema: GenMessage<TokenChunk> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 5);
+  messageDesc(file_fleetwire_v1_job_service, 8);
 
 /**
  * One event of a Watch stream.
@@ -220,7 +331,7 @@ export type WatchResponse = Message<"fleetwire.v1.WatchResponse"> & {
  * Use `create(WatchResponseSchema)` to create a new message.
  */
 export const WatchResponseSchema: GenMessage<WatchResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 6);
+  messageDesc(file_fleetwire_v1_job_service, 9);
 
 /**
  * Cancel's request.
@@ -248,7 +359,7 @@ export type CancelRequest = Message<"fleetwire.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 7);
+  messageDesc(file_fleetwire_v1_job_service, 10);
 
 /**
  * Cancel's response.
@@ -269,7 +380,7 @@ export type CancelResponse = Message<"fleetwire.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 8);
+  messageDesc(file_fleetwire_v1_job_service, 11);
 
 /**
  * SubmitBatch's request.
@@ -299,7 +410,7 @@ export type SubmitBatchRequest = Message<"fleetwire.v1.SubmitBatchRequest"> & {
  * Use `create(SubmitBatchRequestSchema)` to create a new message.
  */
 export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 9);
+  messageDesc(file_fleetwire_v1_job_service, 12);
 
 /**
  * SubmitBatch's response.
@@ -320,7 +431,7 @@ export type SubmitBatchResponse = Message<"fleetwire.v1.SubmitBatchResponse"> & 
  * Use `create(SubmitBatchResponseSchema)` to create a new message.
  */
 export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 10);
+  messageDesc(file_fleetwire_v1_job_service, 13);
 
 /**
  * Aggregate progress of a batch: every job is counted in exactly one of the counters.
@@ -411,7 +522,7 @@ export type Batch = Message<"fleetwire.v1.Batch"> & {
  * Use `create(BatchSchema)` to create a new message.
  */
 export const BatchSchema: GenMessage<Batch> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 11);
+  messageDesc(file_fleetwire_v1_job_service, 14);
 
 /**
  * BatchStatus's request.
@@ -432,7 +543,7 @@ export type BatchStatusRequest = Message<"fleetwire.v1.BatchStatusRequest"> & {
  * Use `create(BatchStatusRequestSchema)` to create a new message.
  */
 export const BatchStatusRequestSchema: GenMessage<BatchStatusRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 12);
+  messageDesc(file_fleetwire_v1_job_service, 15);
 
 /**
  * BatchStatus's response.
@@ -453,7 +564,7 @@ export type BatchStatusResponse = Message<"fleetwire.v1.BatchStatusResponse"> & 
  * Use `create(BatchStatusResponseSchema)` to create a new message.
  */
 export const BatchStatusResponseSchema: GenMessage<BatchStatusResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 13);
+  messageDesc(file_fleetwire_v1_job_service, 16);
 
 /**
  * WatchBatch's request.
@@ -474,7 +585,7 @@ export type WatchBatchRequest = Message<"fleetwire.v1.WatchBatchRequest"> & {
  * Use `create(WatchBatchRequestSchema)` to create a new message.
  */
 export const WatchBatchRequestSchema: GenMessage<WatchBatchRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 14);
+  messageDesc(file_fleetwire_v1_job_service, 17);
 
 /**
  * One event of a WatchBatch stream.
@@ -503,7 +614,7 @@ export type WatchBatchResponse = Message<"fleetwire.v1.WatchBatchResponse"> & {
  * Use `create(WatchBatchResponseSchema)` to create a new message.
  */
 export const WatchBatchResponseSchema: GenMessage<WatchBatchResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 15);
+  messageDesc(file_fleetwire_v1_job_service, 18);
 
 /**
  * ListNodeKeys's request.
@@ -524,7 +635,7 @@ export type ListNodeKeysRequest = Message<"fleetwire.v1.ListNodeKeysRequest"> & 
  * Use `create(ListNodeKeysRequestSchema)` to create a new message.
  */
 export const ListNodeKeysRequestSchema: GenMessage<ListNodeKeysRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 16);
+  messageDesc(file_fleetwire_v1_job_service, 19);
 
 /**
  * A key a node had.
@@ -573,7 +684,7 @@ export type NodeKey = Message<"fleetwire.v1.NodeKey"> & {
  * Use `create(NodeKeySchema)` to create a new message.
  */
 export const NodeKeySchema: GenMessage<NodeKey> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 17);
+  messageDesc(file_fleetwire_v1_job_service, 20);
 
 /**
  * ListNodeKeys's response.
@@ -601,7 +712,7 @@ export type ListNodeKeysResponse = Message<"fleetwire.v1.ListNodeKeysResponse"> 
  * Use `create(ListNodeKeysResponseSchema)` to create a new message.
  */
 export const ListNodeKeysResponseSchema: GenMessage<ListNodeKeysResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_job_service, 18);
+  messageDesc(file_fleetwire_v1_job_service, 21);
 
 /**
  * The public front door of the mesh, served by the broker bridge (default port 50051).
@@ -652,6 +763,28 @@ export const JobService: GenService<{
     methodKind: "unary";
     input: typeof SubmitRequestSchema;
     output: typeof SubmitResponseSchema;
+  },
+  /**
+   * Many Submits on one stream, for producers with many jobs in flight: each request
+   * carries a Submit and a reference of the caller's choosing, and each is answered once,
+   * in the order the answers are ready (not the order sent), by a response with the same
+   * reference: the accepted job, or the error the same Submit on its own would have ended
+   * with (code, message and the same details; see SubmitStreamError). Every job goes
+   * through exactly what Submit does — validation, tenant policy, admission, idempotency,
+   * row, confirmed publish — so an accepted answer means what Submit's OK means. Modes
+   * POLLING and SYNC (answered when the job is terminal); STREAM is INVALID_ARGUMENT
+   * (follow such jobs with Watch). At most 256 requests of a stream are in flight; the
+   * bridge reads further requests as answers go out. The stream itself ends with an error
+   * only for the call as a whole (UNAUTHENTICATED, or the bridge stopping: UNAVAILABLE);
+   * requests without an answer then were not necessarily accepted: resend them with
+   * their client_request_id. Jobs accepted on one stream share the stream's trace.
+   *
+   * @generated from rpc fleetwire.v1.JobService.SubmitStream
+   */
+  submitStream: {
+    methodKind: "bidi_streaming";
+    input: typeof SubmitStreamRequestSchema;
+    output: typeof SubmitStreamResponseSchema;
   },
   /**
    * Returns the current state of a job. Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND.
