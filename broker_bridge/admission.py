@@ -34,6 +34,7 @@ from fleetwire.domain.errors import (
 from fleetwire.messaging.amqp import AMQP_ERRORS, AmqpLink
 from fleetwire.messaging.events import REDIS_ERRORS
 from fleetwire.messaging.topology import Topology
+from fleetwire.process.coalescer import Coalescer
 from fleetwire.process.settings import BridgeSettings
 from fleetwire.v1 import job_pb2
 
@@ -79,6 +80,25 @@ class TenantRateLimiter:
         self._redis = redis
         self._namespace = namespace
         self._script: Any = redis.register_script(_TOKEN_BUCKET)
+        # Takes arriving together go in one pipeline: one round trip, applied in order.
+        self._takes: Coalescer[tuple[str, float, int, int], Sequence[Any]] = Coalescer(
+            self._take_all, name="rate-takes"
+        )
+
+    async def _take_all(self, takes: Sequence[tuple[str, float, int, int]]) -> list[Any]:
+        if len(takes) == 1:
+            tenant_id, rate, burst, cost = takes[0]
+            return [await self._script(keys=[self._key(tenant_id)], args=[rate, burst, cost])]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tenant_id, rate, burst, cost in takes:
+                await self._script(
+                    keys=[self._key(tenant_id)], args=[rate, burst, cost], client=pipe
+                )
+            answers: list[Any] = await pipe.execute()
+        return answers
+
+    def _key(self, tenant_id: str) -> str:
+        return f"{self._namespace}:rate:{tenant_id}"
 
     async def take(self, tenant_id: str, *, rate: float, burst: int, cost: int = 1) -> None:
         """Takes ``cost`` tokens or raises ResourceExhausted (with the wait until enough
@@ -88,9 +108,7 @@ class TenantRateLimiter:
                 [FieldViolation("jobs", f"{cost} jobs exceed the tenant's burst of {burst}")]
             )
         try:
-            admitted, wait_ms = await self._script(
-                keys=[f"{self._namespace}:rate:{tenant_id}"], args=[rate, burst, cost]
-            )
+            admitted, wait_ms = await self._takes((tenant_id, rate, burst, cost))
         except REDIS_ERRORS as err:
             raise BackendUnavailable("redis", str(err) or type(err).__name__) from err
         if not admitted:

@@ -156,6 +156,8 @@ class JobDesk:
         self._read: Coalescer[tuple[uuid.UUID, str], Record | None] = Coalescer(
             store.jobs_of_tenants, name="job-reads"
         )
+        # Submits arriving together write their rows in one statement and one commit.
+        self._insert: Coalescer[NewJob, bool] = Coalescer(store.insert_jobs, name="job-inserts")
 
     def validate(self, spec: job_pb2.JobSpec) -> job_pb2.JobSpec:
         return validate_spec(spec, models=self._settings.mesh.models, limits=self._settings.bridge)
@@ -232,7 +234,7 @@ class JobDesk:
             )
         try:
             with tracer().start_as_current_span("insert", attributes=job_attributes(row)):
-                if not await self._store.insert_job(row):
+                if not await self._insert(row):
                     return None
         except BackendUnavailable:
             # The row may have been committed with only the reply lost.
@@ -253,7 +255,7 @@ class JobDesk:
             # the truthful answer is the job, not an error.
             log.warning("publish unconfirmed but the job was dispatched", job_id=str(row.job_id))
         self._outbox.published([row.job_id])
-        log.info("job accepted", job_id=str(row.job_id), route=row.route_key)
+        log.debug("job accepted", job_id=str(row.job_id), route=row.route_key)
         # No QUEUED event: a follower's first read of PostgreSQL shows it, and events only
         # wake followers for later changes (a round trip per job saved).
         return queued_job(row, spec, now)

@@ -56,6 +56,21 @@ _INSERT_JOB = (
 )
 
 
+_INSERT_JOBS = (
+    "INSERT INTO jobs (job_id, state, spec, model, network, priority, route_key,"
+    " request_digest, trace_id, expires_at, tenant_id, client_request_id, submit_digest,"
+    " batch_id, batch_index, replay_of, publish_claim, publish_due_at)"
+    " SELECT j, 'QUEUED', s, m, n, p, r, d, t, e, tn, c, sd, b, bi, ro, pc,"
+    " CASE WHEN pc IS NULL THEN NULL ELSE now() + pl END"
+    " FROM unnest($1::uuid[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[],"
+    " $7::bytea[], $8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::bytea[],"
+    " $13::uuid[], $14::integer[], $15::uuid[], $16::uuid[], $17::interval[])"
+    " AS v(j, s, m, n, p, r, d, t, e, tn, c, sd, b, bi, ro, pc, pl)"
+    " ON CONFLICT ON CONSTRAINT jobs_tenant_request_key DO NOTHING RETURNING job_id"
+)
+"""``_INSERT_JOB`` for many rows: one array per column, in ``_job_args``' order."""
+
+
 def _job_args(job: NewJob) -> tuple[Any, ...]:
     return (
         job.job_id,
@@ -104,6 +119,19 @@ class JobStore:
             *_job_args(job),
         )
         return bool(inserted)
+
+    @translating
+    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[bool]:
+        """``insert_job`` for many jobs in one statement and one commit (the bridge's
+        concurrent Submits, coalesced): per job, whether it was written."""
+        if len(jobs) == 1:
+            return [await self.insert_job(jobs[0])]
+        columns = list(zip(*(_job_args(job) for job in jobs), strict=True))
+        written = {
+            row["job_id"]
+            for row in await self._pool.fetch(_INSERT_JOBS, *(list(c) for c in columns))
+        }
+        return [job.job_id in written for job in jobs]
 
     @translating
     async def waiting_jobs_of_tenant(self, tenant_id: str) -> int:

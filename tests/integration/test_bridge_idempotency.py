@@ -4,6 +4,7 @@ replicas receive the duplicate at the same moment."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 
 import asyncpg
@@ -136,6 +137,16 @@ async def test_postgresql_constraint_is_the_last_word(settings: Settings) -> Non
         assert await store.insert_job(first) is True
         assert await store.insert_job(second) is False
         assert await store.get_job(second.job_id) is None
-        await pool.execute("DELETE FROM jobs WHERE job_id = $1", first.job_id)
+        # The same in one coalesced statement: rows without the key are written, the one
+        # with it is refused, in one commit.
+        free = [dataclasses.replace(row(), client_request_id=None) for _ in range(2)]
+        third = row()
+        assert await store.insert_jobs([free[0], third, free[1]]) == [True, False, True]
+        assert await store.get_job(third.job_id) is None
+        assert await store.get_job(free[1].job_id) is not None
+        await pool.execute(
+            "DELETE FROM jobs WHERE job_id = ANY($1::uuid[])",
+            [first.job_id, *(job.job_id for job in free)],
+        )
     finally:
         await pool.close()

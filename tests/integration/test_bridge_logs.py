@@ -20,6 +20,7 @@ from tests.integration.bridge_kit import spec
 async def test_json_logs_carry_the_trace_id(mesh_env: dict[str, str]) -> None:
     port = free_port()
     env = {**os.environ, **mesh_env, "FLEETWIRE_BRIDGE_PORT": str(port), "FLEETWIRE_LOG_JSON": "1"}
+    env["FLEETWIRE_LOG_LEVEL"] = "DEBUG"  # "job accepted" is a DEBUG line (per job)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
