@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -31,6 +31,7 @@ from fleetwire.messaging.topology import NETWORK_NAMES
 from fleetwire.process.settings import NodeSettings
 from fleetwire.process.tracing import attached
 from fleetwire.protocol import signing
+from fleetwire.rpc.stream_writer import StreamWriter
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
 from fleetwire.v1 import node_service_pb2_grpc
 from node.capabilities import detect_gpus, model_version_of
@@ -150,6 +151,7 @@ class NodeAgent:
             subclouds=list(p.subclouds),
             slots=self.slots,
             running_jobs=self._carried_over(),
+            takes_batches=True,
         )
 
     def _carried_over(self) -> list[nodes_pb2.JobRef]:
@@ -265,13 +267,13 @@ class NodeAgent:
         async with self._dialer.channel() as channel:
             stub = node_service_pb2_grpc.NodeServiceStub(channel)
             call = stub.NodeStream()
-            write_lock = asyncio.Lock()
-
-            async def send(message: nodes_pb2.NodeStreamRequest) -> None:
-                async with write_lock:
-                    await call.write(message)
-
+            writer: StreamWriter[nodes_pb2.NodeStreamRequest] = StreamWriter(
+                call.write, name="node-stream-writes"
+            )
+            send = writer.send
             welcome = await self._handshake(call, send)
+            if welcome.takes_batches:
+                writer.batch_with(_request_batch)
             self.sessions += 1
             self.connected.set()
             log.info(
@@ -373,15 +375,22 @@ class NodeAgent:
             message = await call.read()
             if message is grpc.aio.EOF:
                 return
-            kind = message.WhichOneof("message")
-            if kind == "dispatch":
-                await self._start_job(message.dispatch, send)
-            elif kind == "cancel":
-                await self._cancel(message.cancel)
-            elif kind == "drain":
-                log.info("drain requested by the mesh", reason=message.drain.reason)
-                self._draining.set()
-                self._closing.set()
+            if message.WhichOneof("message") == "batch":
+                for inner in message.batch.messages:
+                    await self._handle(inner, send)
+            else:
+                await self._handle(message, send)
+
+    async def _handle(self, message: nodes_pb2.NodeStreamResponse, send: Any) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "dispatch":
+            await self._start_job(message.dispatch, send)
+        elif kind == "cancel":
+            await self._cancel(message.cancel)
+        elif kind == "drain":
+            log.info("drain requested by the mesh", reason=message.drain.reason)
+            self._draining.set()
+            self._closing.set()
 
     async def _start_job(self, dispatch: nodes_pb2.Dispatch, send: Any) -> None:
         key = (dispatch.job_id, dispatch.attempt)
@@ -443,6 +452,12 @@ class NodeAgent:
         runtime = self._runtimes.get(job.model)
         if runtime is not None:
             await runtime.abort(job.request_id)
+
+
+def _request_batch(
+    messages: Sequence[nodes_pb2.NodeStreamRequest],
+) -> nodes_pb2.NodeStreamRequest:
+    return nodes_pb2.NodeStreamRequest(batch=nodes_pb2.NodeStreamRequestBatch(messages=messages))
 
 
 async def _logged(work: Coroutine[Any, Any, None]) -> None:

@@ -281,7 +281,7 @@ class Dispatcher:
             )
             dispatch.deadline.FromDatetime(expires_at)
             await session.send(nodes_pb2.NodeStreamResponse(dispatch=dispatch))
-            bound.info("dispatched", node_id=session.node_id, attempt=attempt)
+            bound.debug("dispatched", node_id=session.node_id, attempt=attempt)
             outcome = await self._follow(run, expires_at)
         except Exception as err:  # the stream broke while sending
             outcome = Lost(f"dispatch failed: {err}")

@@ -12,7 +12,7 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import timedelta
 from typing import Any, NoReturn, TypeAlias
 
@@ -34,6 +34,7 @@ from fleetwire.messaging.topology import SUBCLOUD_NAME, Topology
 from fleetwire.process.settings import SchedulerSettings
 from fleetwire.protocol import signing
 from fleetwire.rpc.status import abort_with
+from fleetwire.rpc.stream_writer import StreamWriter
 from fleetwire.rpc.tls import name_matches
 from fleetwire.store.nodes import NodeStore
 from fleetwire.v1 import node_service_pb2 as nodes_pb2
@@ -232,31 +233,34 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         )
 
         session_id = uuid.uuid4().hex
-        write_lock = asyncio.Lock()
-
         stream_task = asyncio.current_task()
 
-        async def send(message: nodes_pb2.NodeStreamResponse) -> None:
-            async with write_lock:
-                try:
-                    await context.write(message)
-                except Exception as err:
-                    # A stream that cannot take a write is over, whatever its reads say (a
-                    # finished call can leave a read pending): end the session at once, so
-                    # no further dispatch goes to it, rather than after its lease.
-                    log.warning(
-                        "write to node stream failed; ending its session",
-                        node_id=hello.node_id,
-                        error=str(err) or type(err).__name__,
-                    )
-                    if stream_task is not None and stream_task is not asyncio.current_task():
-                        stream_task.cancel()
-                    raise
+        async def write(message: nodes_pb2.NodeStreamResponse) -> None:
+            try:
+                await context.write(message)
+            except Exception as err:
+                # A stream that cannot take a write is over, whatever its reads say (a
+                # finished call can leave a read pending): end the session at once, so
+                # no further dispatch goes to it, rather than after its lease.
+                log.warning(
+                    "write to node stream failed; ending its session",
+                    node_id=hello.node_id,
+                    error=str(err) or type(err).__name__,
+                )
+                if stream_task is not None and stream_task is not asyncio.current_task():
+                    stream_task.cancel()
+                raise
 
-        welcome = nodes_pb2.Welcome(session_id=session_id)
+        writer: StreamWriter[nodes_pb2.NodeStreamResponse] = StreamWriter(
+            write, name=f"node-writes-{hello.node_id}"
+        )
+        welcome = nodes_pb2.Welcome(session_id=session_id, takes_batches=True)
         welcome.heartbeat_interval.FromTimedelta(self._settings.heartbeat_interval)
         welcome.lease.FromTimedelta(self._settings.lease)
-        await send(nodes_pb2.NodeStreamResponse(welcome=welcome))
+        await writer.send(nodes_pb2.NodeStreamResponse(welcome=welcome))
+        if hello.takes_batches:
+            writer.batch_with(_response_batch)
+        send = writer.send
         return NodeSession(
             node_id=hello.node_id,
             public_key=public_key,
@@ -339,16 +343,33 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             if message is None:
                 return "node closed the stream", False
             session.last_seen = time.monotonic()
-            if message.WhichOneof("message") == "heartbeat":
-                await self._presence.heartbeat(
-                    session, message.heartbeat.free_slots, message.heartbeat.running_jobs
-                )
-            try:
-                await self._on_message(session, message)
-            except Exception:
-                # A backing service hiccup (e.g. PostgreSQL restarting) must not cut the
-                # node off: the message's effect is retried by the job's own path.
-                log.exception("node message not handled", node_id=session.node_id)
+            if message.WhichOneof("message") == "batch":
+                for inner in message.batch.messages:
+                    await self._handle(session, inner)
+            else:
+                await self._handle(session, message)
+
+    async def _handle(self, session: NodeSession, message: nodes_pb2.NodeStreamRequest) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "batch":  # batches are not nested (NodeStreamRequest.batch)
+            log.warning("nested batch from node ignored", node_id=session.node_id)
+            return
+        if kind == "heartbeat":
+            await self._presence.heartbeat(
+                session, message.heartbeat.free_slots, message.heartbeat.running_jobs
+            )
+        try:
+            await self._on_message(session, message)
+        except Exception:
+            # A backing service hiccup (e.g. PostgreSQL restarting) must not cut the
+            # node off: the message's effect is retried by the job's own path.
+            log.exception("node message not handled", node_id=session.node_id)
+
+
+def _response_batch(
+    messages: Sequence[nodes_pb2.NodeStreamResponse],
+) -> nodes_pb2.NodeStreamResponse:
+    return nodes_pb2.NodeStreamResponse(batch=nodes_pb2.NodeStreamResponseBatch(messages=messages))
 
 
 def _check_subclouds(hello: nodes_pb2.Hello) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -48,7 +48,14 @@ class ScriptedNode:
     stream: Callable[[nodes_pb2.Dispatch], list[str]] | None = None
     # Every Result it wrote on the stream, so a test can replay one.
     results: list[nodes_pb2.Result] = field(default_factory=list)
+    # Batches (NodeStreamRequest.batch / NodeStreamResponse.batch): offered in Hello; when
+    # the Welcome takes them too, each answer (Accept, Progress..., outcome) is one batch.
+    batched: bool = False
+    slots: int = 1
+    batches_received: int = 0
+    batches_sent: int = 0
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _batching: bool = False
     _write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _call: grpc.aio.StreamStreamCall | None = None  # type: ignore[type-arg]
 
@@ -69,13 +76,14 @@ class ScriptedNode:
                         public_key=public,
                         networks=self.networks,
                         models=[nodes_pb2.ServedModel(name=self.model, runtime="scripted")],
-                        slots=1,
+                        slots=self.slots,
                         region=self.region,
                         subclouds=self.subclouds,
                         running_jobs=[
                             nodes_pb2.JobRef(job_id=job_id, attempt=attempt)
                             for job_id, attempt in self.announce
                         ],
+                        takes_batches=self.batched,
                     )
                 )
             )
@@ -90,6 +98,7 @@ class ScriptedNode:
             )
             welcome = await call.read()
             assert welcome.WhichOneof("message") == "welcome"
+            self._batching = self.batched and welcome.welcome.takes_batches
             self._call = call
             self.connected.set()
             for pending in self.deliver_after_welcome:
@@ -100,8 +109,13 @@ class ScriptedNode:
                     message = await call.read()
                     if message is grpc.aio.EOF:
                         return
-                    if message.WhichOneof("message") == "dispatch":
-                        await self._answer(call, message.dispatch)
+                    inner = [message]
+                    if message.WhichOneof("message") == "batch":
+                        self.batches_received += 1
+                        inner = list(message.batch.messages)
+                    for one in inner:
+                        if one.WhichOneof("message") == "dispatch":
+                            await self._answer(call, one.dispatch)
             finally:
                 heartbeat.cancel()
 
@@ -121,19 +135,40 @@ class ScriptedNode:
             await self._write(call, nodes_pb2.NodeStreamRequest(heartbeat=nodes_pb2.Heartbeat()))
 
     async def _answer(self, call: grpc.aio.StreamStreamCall, dispatch: nodes_pb2.Dispatch) -> None:  # type: ignore[type-arg]
+        """Answers as scripted: message by message, or (batching) all in one batch."""
+        pending: list[nodes_pb2.NodeStreamRequest] = []
+
+        async def emit(message: nodes_pb2.NodeStreamRequest) -> None:
+            if self._batching:
+                pending.append(message)
+            else:
+                await self._write(call, message)
+
+        try:
+            await self._answer_with(emit, dispatch)
+        finally:
+            if pending:
+                self.batches_sent += 1
+                batch = nodes_pb2.NodeStreamRequestBatch(messages=pending)
+                await self._write(call, nodes_pb2.NodeStreamRequest(batch=batch))
+
+    async def _answer_with(
+        self,
+        emit: Callable[[nodes_pb2.NodeStreamRequest], Awaitable[None]],
+        dispatch: nodes_pb2.Dispatch,
+    ) -> None:
         self.dispatches.append(dispatch)
         answer = self.script(len(self.dispatches))
         if answer == "reject":
             reject = nodes_pb2.Reject(
                 job_id=dispatch.job_id, attempt=dispatch.attempt, reason="SCRIPTED_REJECT"
             )
-            await self._write(call, nodes_pb2.NodeStreamRequest(reject=reject))
+            await emit(nodes_pb2.NodeStreamRequest(reject=reject))
             return
-        await self._write(
-            call,
+        await emit(
             nodes_pb2.NodeStreamRequest(
                 accept=nodes_pb2.Accept(job_id=dispatch.job_id, attempt=dispatch.attempt)
-            ),
+            )
         )
         await asyncio.sleep(self.work_time)
         for sequence, text in enumerate(self.stream(dispatch) if self.stream else (), start=1):
@@ -144,16 +179,16 @@ class ScriptedNode:
                 text=text,
                 token_count=1,
             )
-            await self._write(call, nodes_pb2.NodeStreamRequest(progress=progress))
+            await emit(nodes_pb2.NodeStreamRequest(progress=progress))
         if answer == "cancelled":  # a cancel nobody asked for
             failure = nodes_pb2.Failure(
                 job_id=dispatch.job_id, attempt=dispatch.attempt, reason="CANCELLED"
             )
-            await self._send_outcome(call, nodes_pb2.NodeStreamRequest(failure=failure))
+            await self._send_outcome(emit, nodes_pb2.NodeStreamRequest(failure=failure))
             return
         if answer.startswith("fail"):
             await self._send_outcome(
-                call,
+                emit,
                 nodes_pb2.NodeStreamRequest(
                     failure=nodes_pb2.Failure(
                         job_id=dispatch.job_id,
@@ -168,7 +203,7 @@ class ScriptedNode:
         result = self.lie(self, dispatch) if self.lie else self.signed_result(dispatch)
         if answer == "bad-signature":
             result.signature = bytes(64)
-        await self._send_outcome(call, nodes_pb2.NodeStreamRequest(result=result))
+        await self._send_outcome(emit, nodes_pb2.NodeStreamRequest(result=result))
 
     def signed_result(
         self,
@@ -210,13 +245,13 @@ class ScriptedNode:
 
     async def _send_outcome(
         self,
-        call: grpc.aio.StreamStreamCall,  # type: ignore[type-arg]
+        emit: Callable[[nodes_pb2.NodeStreamRequest], Awaitable[None]],
         outcome: nodes_pb2.NodeStreamRequest,
     ) -> None:
         if self.hold_results:
             self.held.append(outcome)
         else:
-            await self._write(call, outcome)
+            await emit(outcome)
             if outcome.WhichOneof("message") == "result":
                 self.results.append(outcome.result)
 

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66leetwire/v1/node_service.proto\x12\x0c\x66leetwire.v1\x1a\x16\x66leetwire/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x01\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\"\n\x1aprice_per_1k_prompt_tokens\x18\x05 \x01(\x04\x12&\n\x1eprice_per_1k_completion_tokens\x18\x06 \x01(\x04\x12\r\n\x05slots\x18\x07 \x01(\r\"N\n\x07GpuInfo\x12\x11\n\tgpu_class\x18\x01 \x01(\t\x12\x12\n\nmemory_mib\x18\x02 \x01(\x04\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"\x9a\x02\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\'\n\x08networks\x18\x04 \x03(\x0e\x32\x15.fleetwire.v1.Network\x12)\n\x06models\x18\x05 \x03(\x0b\x32\x19.fleetwire.v1.ServedModel\x12#\n\x04gpus\x18\x06 \x03(\x0b\x32\x15.fleetwire.v1.GpuInfo\x12\x0e\n\x06region\x18\x07 \x01(\t\x12\x11\n\tsubclouds\x18\x08 \x03(\t\x12\r\n\x05slots\x18\t \x01(\r\x12*\n\x0crunning_jobs\x18\n \x03(\x0b\x32\x14.fleetwire.v1.JobRef\")\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\".\n\x04\x41uth\x12\x11\n\tsignature\x18\x01 \x01(\x0c\x12\x13\n\x0bserver_name\x18\x02 \x01(\t\"N\n\tHeartbeat\x12\x12\n\nfree_slots\x18\x01 \x01(\r\x12\x14\n\x0crunning_jobs\x18\x02 \x01(\r\x12\x17\n\x0fgpu_utilization\x18\x03 \x01(\x02\")\n\x06\x41\x63\x63\x65pt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"9\n\x06Reject\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"`\n\x08Progress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x13\n\x0btoken_count\x18\x05 \x01(\r\"\xcc\x01\n\x06Result\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.fleetwire.v1.Usage\x12&\n\x07timings\x18\x06 \x01(\x0b\x32\x15.fleetwire.v1.Timings\x12\x1b\n\x13\x66inished_at_unix_ms\x18\x07 \x01(\x04\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"^\n\x07\x46\x61ilure\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\tretryable\x18\x05 \x01(\x08\" \n\x08\x44raining\x12\x14\n\x0crunning_jobs\x18\x01 \x01(\r\"\x90\x03\n\x11NodeStreamRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.fleetwire.v1.HelloH\x00\x12\"\n\x04\x61uth\x18\x02 \x01(\x0b\x32\x12.fleetwire.v1.AuthH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.fleetwire.v1.HeartbeatH\x00\x12&\n\x06\x61\x63\x63\x65pt\x18\x04 \x01(\x0b\x32\x14.fleetwire.v1.AcceptH\x00\x12&\n\x06reject\x18\x05 \x01(\x0b\x32\x14.fleetwire.v1.RejectH\x00\x12*\n\x08progress\x18\x06 \x01(\x0b\x32\x16.fleetwire.v1.ProgressH\x00\x12&\n\x06result\x18\x07 \x01(\x0b\x32\x14.fleetwire.v1.ResultH\x00\x12(\n\x07\x66\x61ilure\x18\x08 \x01(\x0b\x32\x15.fleetwire.v1.FailureH\x00\x12*\n\x08\x64raining\x18\t \x01(\x0b\x32\x16.fleetwire.v1.DrainingH\x00\x42\t\n\x07message\"0\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x14\n\x0cscheduler_id\x18\x02 \x01(\t\"~\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05lease\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xbd\x01\n\x08\x44ispatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.fleetwire.v1.JobSpec\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erequest_digest\x18\x05 \x01(\x0c\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x13\n\x0btraceparent\x18\x07 \x01(\t\"9\n\x06\x43\x61ncel\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xf1\x01\n\x12NodeStreamResponse\x12,\n\tchallenge\x18\x01 \x01(\x0b\x32\x17.fleetwire.v1.ChallengeH\x00\x12(\n\x07welcome\x18\x02 \x01(\x0b\x32\x15.fleetwire.v1.WelcomeH\x00\x12*\n\x08\x64ispatch\x18\x03 \x01(\x0b\x32\x16.fleetwire.v1.DispatchH\x00\x12&\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x14.fleetwire.v1.CancelH\x00\x12$\n\x05\x64rain\x18\x05 \x01(\x0b\x32\x13.fleetwire.v1.DrainH\x00\x42\t\n\x07message2b\n\x0bNodeService\x12S\n\nNodeStream\x12\x1f.fleetwire.v1.NodeStreamRequest\x1a .fleetwire.v1.NodeStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66leetwire/v1/node_service.proto\x12\x0c\x66leetwire.v1\x1a\x16\x66leetwire/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\x01\n\x0bServedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\"\n\x1aprice_per_1k_prompt_tokens\x18\x05 \x01(\x04\x12&\n\x1eprice_per_1k_completion_tokens\x18\x06 \x01(\x04\x12\r\n\x05slots\x18\x07 \x01(\r\"N\n\x07GpuInfo\x12\x11\n\tgpu_class\x18\x01 \x01(\t\x12\x12\n\nmemory_mib\x18\x02 \x01(\x04\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\"\xb1\x02\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x15\n\ragent_version\x18\x03 \x01(\t\x12\'\n\x08networks\x18\x04 \x03(\x0e\x32\x15.fleetwire.v1.Network\x12)\n\x06models\x18\x05 \x03(\x0b\x32\x19.fleetwire.v1.ServedModel\x12#\n\x04gpus\x18\x06 \x03(\x0b\x32\x15.fleetwire.v1.GpuInfo\x12\x0e\n\x06region\x18\x07 \x01(\t\x12\x11\n\tsubclouds\x18\x08 \x03(\t\x12\r\n\x05slots\x18\t \x01(\r\x12*\n\x0crunning_jobs\x18\n \x03(\x0b\x32\x14.fleetwire.v1.JobRef\x12\x15\n\rtakes_batches\x18\x0b \x01(\x08\")\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\".\n\x04\x41uth\x12\x11\n\tsignature\x18\x01 \x01(\x0c\x12\x13\n\x0bserver_name\x18\x02 \x01(\t\"N\n\tHeartbeat\x12\x12\n\nfree_slots\x18\x01 \x01(\r\x12\x14\n\x0crunning_jobs\x18\x02 \x01(\r\x12\x17\n\x0fgpu_utilization\x18\x03 \x01(\x02\")\n\x06\x41\x63\x63\x65pt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"9\n\x06Reject\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"`\n\x08Progress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x13\n\x0btoken_count\x18\x05 \x01(\r\"\xcc\x01\n\x06Result\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.fleetwire.v1.Usage\x12&\n\x07timings\x18\x06 \x01(\x0b\x32\x15.fleetwire.v1.Timings\x12\x1b\n\x13\x66inished_at_unix_ms\x18\x07 \x01(\x04\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"^\n\x07\x46\x61ilure\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\tretryable\x18\x05 \x01(\x08\" \n\x08\x44raining\x12\x14\n\x0crunning_jobs\x18\x01 \x01(\r\"\xc7\x03\n\x11NodeStreamRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.fleetwire.v1.HelloH\x00\x12\"\n\x04\x61uth\x18\x02 \x01(\x0b\x32\x12.fleetwire.v1.AuthH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.fleetwire.v1.HeartbeatH\x00\x12&\n\x06\x61\x63\x63\x65pt\x18\x04 \x01(\x0b\x32\x14.fleetwire.v1.AcceptH\x00\x12&\n\x06reject\x18\x05 \x01(\x0b\x32\x14.fleetwire.v1.RejectH\x00\x12*\n\x08progress\x18\x06 \x01(\x0b\x32\x16.fleetwire.v1.ProgressH\x00\x12&\n\x06result\x18\x07 \x01(\x0b\x32\x14.fleetwire.v1.ResultH\x00\x12(\n\x07\x66\x61ilure\x18\x08 \x01(\x0b\x32\x15.fleetwire.v1.FailureH\x00\x12*\n\x08\x64raining\x18\t \x01(\x0b\x32\x16.fleetwire.v1.DrainingH\x00\x12\x35\n\x05\x62\x61tch\x18\n \x01(\x0b\x32$.fleetwire.v1.NodeStreamRequestBatchH\x00\x42\t\n\x07message\"K\n\x16NodeStreamRequestBatch\x12\x31\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.fleetwire.v1.NodeStreamRequest\"0\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x14\n\x0cscheduler_id\x18\x02 \x01(\t\"\x95\x01\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05lease\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rtakes_batches\x18\x04 \x01(\x08\"\xbd\x01\n\x08\x44ispatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.fleetwire.v1.JobSpec\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erequest_digest\x18\x05 \x01(\x0c\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x13\n\x0btraceparent\x18\x07 \x01(\t\"9\n\x06\x43\x61ncel\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xa9\x02\n\x12NodeStreamResponse\x12,\n\tchallenge\x18\x01 \x01(\x0b\x32\x17.fleetwire.v1.ChallengeH\x00\x12(\n\x07welcome\x18\x02 \x01(\x0b\x32\x15.fleetwire.v1.WelcomeH\x00\x12*\n\x08\x64ispatch\x18\x03 \x01(\x0b\x32\x16.fleetwire.v1.DispatchH\x00\x12&\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x14.fleetwire.v1.CancelH\x00\x12$\n\x05\x64rain\x18\x05 \x01(\x0b\x32\x13.fleetwire.v1.DrainH\x00\x12\x36\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32%.fleetwire.v1.NodeStreamResponseBatchH\x00\x42\t\n\x07message\"M\n\x17NodeStreamResponseBatch\x12\x32\n\x08messages\x18\x01 \x03(\x0b\x32 .fleetwire.v1.NodeStreamResponse2b\n\x0bNodeService\x12S\n\nNodeStream\x12\x1f.fleetwire.v1.NodeStreamRequest\x1a .fleetwire.v1.NodeStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,39 +39,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GPUINFO']._serialized_start=316
   _globals['_GPUINFO']._serialized_end=394
   _globals['_HELLO']._serialized_start=397
-  _globals['_HELLO']._serialized_end=679
-  _globals['_JOBREF']._serialized_start=681
-  _globals['_JOBREF']._serialized_end=722
-  _globals['_AUTH']._serialized_start=724
-  _globals['_AUTH']._serialized_end=770
-  _globals['_HEARTBEAT']._serialized_start=772
-  _globals['_HEARTBEAT']._serialized_end=850
-  _globals['_ACCEPT']._serialized_start=852
-  _globals['_ACCEPT']._serialized_end=893
-  _globals['_REJECT']._serialized_start=895
-  _globals['_REJECT']._serialized_end=952
-  _globals['_PROGRESS']._serialized_start=954
-  _globals['_PROGRESS']._serialized_end=1050
-  _globals['_RESULT']._serialized_start=1053
-  _globals['_RESULT']._serialized_end=1257
-  _globals['_FAILURE']._serialized_start=1259
-  _globals['_FAILURE']._serialized_end=1353
-  _globals['_DRAINING']._serialized_start=1355
-  _globals['_DRAINING']._serialized_end=1387
-  _globals['_NODESTREAMREQUEST']._serialized_start=1390
-  _globals['_NODESTREAMREQUEST']._serialized_end=1790
-  _globals['_CHALLENGE']._serialized_start=1792
-  _globals['_CHALLENGE']._serialized_end=1840
-  _globals['_WELCOME']._serialized_start=1842
-  _globals['_WELCOME']._serialized_end=1968
-  _globals['_DISPATCH']._serialized_start=1971
-  _globals['_DISPATCH']._serialized_end=2160
-  _globals['_CANCEL']._serialized_start=2162
-  _globals['_CANCEL']._serialized_end=2219
-  _globals['_DRAIN']._serialized_start=2221
-  _globals['_DRAIN']._serialized_end=2244
-  _globals['_NODESTREAMRESPONSE']._serialized_start=2247
-  _globals['_NODESTREAMRESPONSE']._serialized_end=2488
-  _globals['_NODESERVICE']._serialized_start=2490
-  _globals['_NODESERVICE']._serialized_end=2588
+  _globals['_HELLO']._serialized_end=702
+  _globals['_JOBREF']._serialized_start=704
+  _globals['_JOBREF']._serialized_end=745
+  _globals['_AUTH']._serialized_start=747
+  _globals['_AUTH']._serialized_end=793
+  _globals['_HEARTBEAT']._serialized_start=795
+  _globals['_HEARTBEAT']._serialized_end=873
+  _globals['_ACCEPT']._serialized_start=875
+  _globals['_ACCEPT']._serialized_end=916
+  _globals['_REJECT']._serialized_start=918
+  _globals['_REJECT']._serialized_end=975
+  _globals['_PROGRESS']._serialized_start=977
+  _globals['_PROGRESS']._serialized_end=1073
+  _globals['_RESULT']._serialized_start=1076
+  _globals['_RESULT']._serialized_end=1280
+  _globals['_FAILURE']._serialized_start=1282
+  _globals['_FAILURE']._serialized_end=1376
+  _globals['_DRAINING']._serialized_start=1378
+  _globals['_DRAINING']._serialized_end=1410
+  _globals['_NODESTREAMREQUEST']._serialized_start=1413
+  _globals['_NODESTREAMREQUEST']._serialized_end=1868
+  _globals['_NODESTREAMREQUESTBATCH']._serialized_start=1870
+  _globals['_NODESTREAMREQUESTBATCH']._serialized_end=1945
+  _globals['_CHALLENGE']._serialized_start=1947
+  _globals['_CHALLENGE']._serialized_end=1995
+  _globals['_WELCOME']._serialized_start=1998
+  _globals['_WELCOME']._serialized_end=2147
+  _globals['_DISPATCH']._serialized_start=2150
+  _globals['_DISPATCH']._serialized_end=2339
+  _globals['_CANCEL']._serialized_start=2341
+  _globals['_CANCEL']._serialized_end=2398
+  _globals['_DRAIN']._serialized_start=2400
+  _globals['_DRAIN']._serialized_end=2423
+  _globals['_NODESTREAMRESPONSE']._serialized_start=2426
+  _globals['_NODESTREAMRESPONSE']._serialized_end=2723
+  _globals['_NODESTREAMRESPONSEBATCH']._serialized_start=2725
+  _globals['_NODESTREAMRESPONSEBATCH']._serialized_end=2802
+  _globals['_NODESERVICE']._serialized_start=2804
+  _globals['_NODESERVICE']._serialized_end=2902
 # @@protoc_insertion_point(module_scope)

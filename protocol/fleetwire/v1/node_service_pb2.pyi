@@ -42,7 +42,7 @@ class GpuInfo(_message.Message):
     def __init__(self, gpu_class: _Optional[str] = ..., memory_mib: _Optional[int] = ..., name: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "public_key", "agent_version", "networks", "models", "gpus", "region", "subclouds", "slots", "running_jobs")
+    __slots__ = ("node_id", "public_key", "agent_version", "networks", "models", "gpus", "region", "subclouds", "slots", "running_jobs", "takes_batches")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class Hello(_message.Message):
     SUBCLOUDS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    TAKES_BATCHES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     public_key: bytes
     agent_version: str
@@ -63,7 +64,8 @@ class Hello(_message.Message):
     subclouds: _containers.RepeatedScalarFieldContainer[str]
     slots: int
     running_jobs: _containers.RepeatedCompositeFieldContainer[JobRef]
-    def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., agent_version: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., region: _Optional[str] = ..., subclouds: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running_jobs: _Optional[_Iterable[_Union[JobRef, _Mapping]]] = ...) -> None: ...
+    takes_batches: bool
+    def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., agent_version: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[_job_pb2.Network, str]]] = ..., models: _Optional[_Iterable[_Union[ServedModel, _Mapping]]] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., region: _Optional[str] = ..., subclouds: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., running_jobs: _Optional[_Iterable[_Union[JobRef, _Mapping]]] = ..., takes_batches: _Optional[bool] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("job_id", "attempt")
@@ -164,7 +166,7 @@ class Draining(_message.Message):
     def __init__(self, running_jobs: _Optional[int] = ...) -> None: ...
 
 class NodeStreamRequest(_message.Message):
-    __slots__ = ("hello", "auth", "heartbeat", "accept", "reject", "progress", "result", "failure", "draining")
+    __slots__ = ("hello", "auth", "heartbeat", "accept", "reject", "progress", "result", "failure", "draining", "batch")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +176,7 @@ class NodeStreamRequest(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     auth: Auth
     heartbeat: Heartbeat
@@ -183,7 +186,14 @@ class NodeStreamRequest(_message.Message):
     result: Result
     failure: Failure
     draining: Draining
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., accept: _Optional[_Union[Accept, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., draining: _Optional[_Union[Draining, _Mapping]] = ...) -> None: ...
+    batch: NodeStreamRequestBatch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., auth: _Optional[_Union[Auth, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., accept: _Optional[_Union[Accept, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., draining: _Optional[_Union[Draining, _Mapping]] = ..., batch: _Optional[_Union[NodeStreamRequestBatch, _Mapping]] = ...) -> None: ...
+
+class NodeStreamRequestBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[NodeStreamRequest]
+    def __init__(self, messages: _Optional[_Iterable[_Union[NodeStreamRequest, _Mapping]]] = ...) -> None: ...
 
 class Challenge(_message.Message):
     __slots__ = ("nonce", "scheduler_id")
@@ -194,14 +204,16 @@ class Challenge(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., scheduler_id: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "heartbeat_interval", "lease")
+    __slots__ = ("session_id", "heartbeat_interval", "lease", "takes_batches")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
+    TAKES_BATCHES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_interval: _duration_pb2.Duration
     lease: _duration_pb2.Duration
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    takes_batches: bool
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., takes_batches: _Optional[bool] = ...) -> None: ...
 
 class Dispatch(_message.Message):
     __slots__ = ("job_id", "attempt", "spec", "deadline", "request_digest", "trace_id", "traceparent")
@@ -238,15 +250,23 @@ class Drain(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class NodeStreamResponse(_message.Message):
-    __slots__ = ("challenge", "welcome", "dispatch", "cancel", "drain")
+    __slots__ = ("challenge", "welcome", "dispatch", "cancel", "drain", "batch")
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     DISPATCH_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     challenge: Challenge
     welcome: Welcome
     dispatch: Dispatch
     cancel: Cancel
     drain: Drain
-    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., dispatch: _Optional[_Union[Dispatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    batch: NodeStreamResponseBatch
+    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., dispatch: _Optional[_Union[Dispatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., batch: _Optional[_Union[NodeStreamResponseBatch, _Mapping]] = ...) -> None: ...
+
+class NodeStreamResponseBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[NodeStreamResponse]
+    def __init__(self, messages: _Optional[_Iterable[_Union[NodeStreamResponse, _Mapping]]] = ...) -> None: ...

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwire/v1/node_service.proto.
  */
 export const file_fleetwire_v1_node_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9mbGVldHdpcmUvdjEvbm9kZV9zZXJ2aWNlLnByb3RvEgxmbGVldHdpcmUudjEirwEKC1NlcnZlZE1vZGVsEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIPCgdydW50aW1lGAMgASgJEhUKDW1heF9tb2RlbF9sZW4YBCABKA0SIgoacHJpY2VfcGVyXzFrX3Byb21wdF90b2tlbnMYBSABKAQSJgoecHJpY2VfcGVyXzFrX2NvbXBsZXRpb25fdG9rZW5zGAYgASgEEg0KBXNsb3RzGAcgASgNIk4KB0dwdUluZm8SEQoJZ3B1X2NsYXNzGAEgASgJEhIKCm1lbW9yeV9taWIYAiABKAQSDAoEbmFtZRgDIAEoCRIOCgZzb3VyY2UYBCABKAkimgIKBUhlbGxvEg8KB25vZGVfaWQYASABKAkSEgoKcHVibGljX2tleRgCIAEoDBIVCg1hZ2VudF92ZXJzaW9uGAMgASgJEicKCG5ldHdvcmtzGAQgAygOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmsSKQoGbW9kZWxzGAUgAygLMhkuZmxlZXR3aXJlLnYxLlNlcnZlZE1vZGVsEiMKBGdwdXMYBiADKAsyFS5mbGVldHdpcmUudjEuR3B1SW5mbxIOCgZyZWdpb24YByABKAkSEQoJc3ViY2xvdWRzGAggAygJEg0KBXNsb3RzGAkgASgNEioKDHJ1bm5pbmdfam9icxgKIAMoCzIULmZsZWV0d2lyZS52MS5Kb2JSZWYiKQoGSm9iUmVmEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNIi4KBEF1dGgSEQoJc2lnbmF0dXJlGAEgASgMEhMKC3NlcnZlcl9uYW1lGAIgASgJIk4KCUhlYXJ0YmVhdBISCgpmcmVlX3Nsb3RzGAEgASgNEhQKDHJ1bm5pbmdfam9icxgCIAEoDRIXCg9ncHVfdXRpbGl6YXRpb24YAyABKAIiKQoGQWNjZXB0Eg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNIjkKBlJlamVjdBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZWFzb24YAyABKAkiYAoIUHJvZ3Jlc3MSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SEAoIc2VxdWVuY2UYAyABKAQSDAoEdGV4dBgEIAEoCRITCgt0b2tlbl9jb3VudBgFIAEoDSLMAQoGUmVzdWx0Eg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg4KBm91dHB1dBgDIAEoCRIVCg1maW5pc2hfcmVhc29uGAQgASgJEiIKBXVzYWdlGAUgASgLMhMuZmxlZXR3aXJlLnYxLlVzYWdlEiYKB3RpbWluZ3MYBiABKAsyFS5mbGVldHdpcmUudjEuVGltaW5ncxIbChNmaW5pc2hlZF9hdF91bml4X21zGAcgASgEEhEKCXNpZ25hdHVyZRgIIAEoDCJeCgdGYWlsdXJlEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg4KBnJlYXNvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEhEKCXJldHJ5YWJsZRgFIAEoCCIgCghEcmFpbmluZxIUCgxydW5uaW5nX2pvYnMYASABKA0ikAMKEU5vZGVTdHJlYW1SZXF1ZXN0EiQKBWhlbGxvGAEgASgLMhMuZmxlZXR3aXJlLnYxLkhlbGxvSAASIgoEYXV0aBgCIAEoCzISLmZsZWV0d2lyZS52MS5BdXRoSAASLAoJaGVhcnRiZWF0GAMgASgLMhcuZmxlZXR3aXJlLnYxLkhlYXJ0YmVhdEgAEiYKBmFjY2VwdBgEIAEoCzIULmZsZWV0d2lyZS52MS5BY2NlcHRIABImCgZyZWplY3QYBSABKAsyFC5mbGVldHdpcmUudjEuUmVqZWN0SAASKgoIcHJvZ3Jlc3MYBiABKAsyFi5mbGVldHdpcmUudjEuUHJvZ3Jlc3NIABImCgZyZXN1bHQYByABKAsyFC5mbGVldHdpcmUudjEuUmVzdWx0SAASKAoHZmFpbHVyZRgIIAEoCzIVLmZsZWV0d2lyZS52MS5GYWlsdXJlSAASKgoIZHJhaW5pbmcYCSABKAsyFi5mbGVldHdpcmUudjEuRHJhaW5pbmdIAEIJCgdtZXNzYWdlIjAKCUNoYWxsZW5nZRINCgVub25jZRgBIAEoDBIUCgxzY2hlZHVsZXJfaWQYAiABKAkifgoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIoCgVsZWFzZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiK9AQoIRGlzcGF0Y2gSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SIwoEc3BlYxgDIAEoCzIVLmZsZWV0d2lyZS52MS5Kb2JTcGVjEiwKCGRlYWRsaW5lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5yZXF1ZXN0X2RpZ2VzdBgFIAEoDBIQCgh0cmFjZV9pZBgGIAEoCRITCgt0cmFjZXBhcmVudBgHIAEoCSI5CgZDYW5jZWwSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDgoGcmVhc29uGAMgASgJIhcKBURyYWluEg4KBnJlYXNvbhgBIAEoCSLxAQoSTm9kZVN0cmVhbVJlc3BvbnNlEiwKCWNoYWxsZW5nZRgBIAEoCzIXLmZsZWV0d2lyZS52MS5DaGFsbGVuZ2VIABIoCgd3ZWxjb21lGAIgASgLMhUuZmxlZXR3aXJlLnYxLldlbGNvbWVIABIqCghkaXNwYXRjaBgDIAEoCzIWLmZsZWV0d2lyZS52MS5EaXNwYXRjaEgAEiYKBmNhbmNlbBgEIAEoCzIULmZsZWV0d2lyZS52MS5DYW5jZWxIABIkCgVkcmFpbhgFIAEoCzITLmZsZWV0d2lyZS52MS5EcmFpbkgAQgkKB21lc3NhZ2UyYgoLTm9kZVNlcnZpY2USUwoKTm9kZVN0cmVhbRIfLmZsZWV0d2lyZS52MS5Ob2RlU3RyZWFtUmVxdWVzdBogLmZsZWV0d2lyZS52MS5Ob2RlU3RyZWFtUmVzcG9uc2UoATABYgZwcm90bzM", [file_fleetwire_v1_job, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch9mbGVldHdpcmUvdjEvbm9kZV9zZXJ2aWNlLnByb3RvEgxmbGVldHdpcmUudjEirwEKC1NlcnZlZE1vZGVsEgwKBG5hbWUYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIPCgdydW50aW1lGAMgASgJEhUKDW1heF9tb2RlbF9sZW4YBCABKA0SIgoacHJpY2VfcGVyXzFrX3Byb21wdF90b2tlbnMYBSABKAQSJgoecHJpY2VfcGVyXzFrX2NvbXBsZXRpb25fdG9rZW5zGAYgASgEEg0KBXNsb3RzGAcgASgNIk4KB0dwdUluZm8SEQoJZ3B1X2NsYXNzGAEgASgJEhIKCm1lbW9yeV9taWIYAiABKAQSDAoEbmFtZRgDIAEoCRIOCgZzb3VyY2UYBCABKAkisQIKBUhlbGxvEg8KB25vZGVfaWQYASABKAkSEgoKcHVibGljX2tleRgCIAEoDBIVCg1hZ2VudF92ZXJzaW9uGAMgASgJEicKCG5ldHdvcmtzGAQgAygOMhUuZmxlZXR3aXJlLnYxLk5ldHdvcmsSKQoGbW9kZWxzGAUgAygLMhkuZmxlZXR3aXJlLnYxLlNlcnZlZE1vZGVsEiMKBGdwdXMYBiADKAsyFS5mbGVldHdpcmUudjEuR3B1SW5mbxIOCgZyZWdpb24YByABKAkSEQoJc3ViY2xvdWRzGAggAygJEg0KBXNsb3RzGAkgASgNEioKDHJ1bm5pbmdfam9icxgKIAMoCzIULmZsZWV0d2lyZS52MS5Kb2JSZWYSFQoNdGFrZXNfYmF0Y2hlcxgLIAEoCCIpCgZKb2JSZWYSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0iLgoEQXV0aBIRCglzaWduYXR1cmUYASABKAwSEwoLc2VydmVyX25hbWUYAiABKAkiTgoJSGVhcnRiZWF0EhIKCmZyZWVfc2xvdHMYASABKA0SFAoMcnVubmluZ19qb2JzGAIgASgNEhcKD2dwdV91dGlsaXphdGlvbhgDIAEoAiIpCgZBY2NlcHQSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0iOQoGUmVqZWN0Eg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg4KBnJlYXNvbhgDIAEoCSJgCghQcm9ncmVzcxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIQCghzZXF1ZW5jZRgDIAEoBBIMCgR0ZXh0GAQgASgJEhMKC3Rva2VuX2NvdW50GAUgASgNIswBCgZSZXN1bHQSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDgoGb3V0cHV0GAMgASgJEhUKDWZpbmlzaF9yZWFzb24YBCABKAkSIgoFdXNhZ2UYBSABKAsyEy5mbGVldHdpcmUudjEuVXNhZ2USJgoHdGltaW5ncxgGIAEoCzIVLmZsZWV0d2lyZS52MS5UaW1pbmdzEhsKE2ZpbmlzaGVkX2F0X3VuaXhfbXMYByABKAQSEQoJc2lnbmF0dXJlGAggASgMIl4KB0ZhaWx1cmUSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDgoGcmVhc29uGAMgASgJEg8KB21lc3NhZ2UYBCABKAkSEQoJcmV0cnlhYmxlGAUgASgIIiAKCERyYWluaW5nEhQKDHJ1bm5pbmdfam9icxgBIAEoDSLHAwoRTm9kZVN0cmVhbVJlcXVlc3QSJAoFaGVsbG8YASABKAsyEy5mbGVldHdpcmUudjEuSGVsbG9IABIiCgRhdXRoGAIgASgLMhIuZmxlZXR3aXJlLnYxLkF1dGhIABIsCgloZWFydGJlYXQYAyABKAsyFy5mbGVldHdpcmUudjEuSGVhcnRiZWF0SAASJgoGYWNjZXB0GAQgASgLMhQuZmxlZXR3aXJlLnYxLkFjY2VwdEgAEiYKBnJlamVjdBgFIAEoCzIULmZsZWV0d2lyZS52MS5SZWplY3RIABIqCghwcm9ncmVzcxgGIAEoCzIWLmZsZWV0d2lyZS52MS5Qcm9ncmVzc0gAEiYKBnJlc3VsdBgHIAEoCzIULmZsZWV0d2lyZS52MS5SZXN1bHRIABIoCgdmYWlsdXJlGAggASgLMhUuZmxlZXR3aXJlLnYxLkZhaWx1cmVIABIqCghkcmFpbmluZxgJIAEoCzIWLmZsZWV0d2lyZS52MS5EcmFpbmluZ0gAEjUKBWJhdGNoGAogASgLMiQuZmxlZXR3aXJlLnYxLk5vZGVTdHJlYW1SZXF1ZXN0QmF0Y2hIAEIJCgdtZXNzYWdlIksKFk5vZGVTdHJlYW1SZXF1ZXN0QmF0Y2gSMQoIbWVzc2FnZXMYASADKAsyHy5mbGVldHdpcmUudjEuTm9kZVN0cmVhbVJlcXVlc3QiMAoJQ2hhbGxlbmdlEg0KBW5vbmNlGAEgASgMEhQKDHNjaGVkdWxlcl9pZBgCIAEoCSKVAQoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIoCgVsZWFzZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIVCg10YWtlc19iYXRjaGVzGAQgASgIIr0BCghEaXNwYXRjaBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIjCgRzcGVjGAMgASgLMhUuZmxlZXR3aXJlLnYxLkpvYlNwZWMSLAoIZGVhZGxpbmUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnJlcXVlc3RfZGlnZXN0GAUgASgMEhAKCHRyYWNlX2lkGAYgASgJEhMKC3RyYWNlcGFyZW50GAcgASgJIjkKBkNhbmNlbBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZWFzb24YAyABKAkiFwoFRHJhaW4SDgoGcmVhc29uGAEgASgJIqkCChJOb2RlU3RyZWFtUmVzcG9uc2USLAoJY2hhbGxlbmdlGAEgASgLMhcuZmxlZXR3aXJlLnYxLkNoYWxsZW5nZUgAEigKB3dlbGNvbWUYAiABKAsyFS5mbGVldHdpcmUudjEuV2VsY29tZUgAEioKCGRpc3BhdGNoGAMgASgLMhYuZmxlZXR3aXJlLnYxLkRpc3BhdGNoSAASJgoGY2FuY2VsGAQgASgLMhQuZmxlZXR3aXJlLnYxLkNhbmNlbEgAEiQKBWRyYWluGAUgASgLMhMuZmxlZXR3aXJlLnYxLkRyYWluSAASNgoFYmF0Y2gYBiABKAsyJS5mbGVldHdpcmUudjEuTm9kZVN0cmVhbVJlc3BvbnNlQmF0Y2hIAEIJCgdtZXNzYWdlIk0KF05vZGVTdHJlYW1SZXNwb25zZUJhdGNoEjIKCG1lc3NhZ2VzGAEgAygLMiAuZmxlZXR3aXJlLnYxLk5vZGVTdHJlYW1SZXNwb25zZTJiCgtOb2RlU2VydmljZRJTCgpOb2RlU3RyZWFtEh8uZmxlZXR3aXJlLnYxLk5vZGVTdHJlYW1SZXF1ZXN0GiAuZmxlZXR3aXJlLnYxLk5vZGVTdHJlYW1SZXNwb25zZSgBMAFiBnByb3RvMw", [file_fleetwire_v1_job, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A model a node serves.
@@ -207,6 +207,14 @@ export type Hello = Message<"fleetwire.v1.Hello"> & {
    * @generated from field: repeated fleetwire.v1.JobRef running_jobs = 10;
    */
   runningJobs: JobRef[];
+
+  /**
+   * The node reads NodeStreamResponse.batch: the scheduler may send it several messages in
+   * one. Older agents leave it false and get one message per write.
+   *
+   * @generated from field: bool takes_batches = 11;
+   */
+  takesBatches: boolean;
 };
 
 /**
@@ -647,6 +655,16 @@ export type NodeStreamRequest = Message<"fleetwire.v1.NodeStreamRequest"> & {
      */
     value: Draining;
     case: "draining";
+  } | {
+    /**
+     * Several of the messages above at once (Heartbeat, Accept, Reject, Progress, Result,
+     * Failure, Draining; never Hello, Auth or another batch), to be handled in their
+     * order: a node sends them only after the scheduler's Welcome set takes_batches.
+     *
+     * @generated from field: fleetwire.v1.NodeStreamRequestBatch batch = 10;
+     */
+    value: NodeStreamRequestBatch;
+    case: "batch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -656,6 +674,28 @@ export type NodeStreamRequest = Message<"fleetwire.v1.NodeStreamRequest"> & {
  */
 export const NodeStreamRequestSchema: GenMessage<NodeStreamRequest> = /*@__PURE__*/
   messageDesc(file_fleetwire_v1_node_service, 12);
+
+/**
+ * Messages a node wrote while its previous write was in flight, in one (see
+ * NodeStreamRequest.batch).
+ *
+ * @generated from message fleetwire.v1.NodeStreamRequestBatch
+ */
+export type NodeStreamRequestBatch = Message<"fleetwire.v1.NodeStreamRequestBatch"> & {
+  /**
+   * In the order they were sent.
+   *
+   * @generated from field: repeated fleetwire.v1.NodeStreamRequest messages = 1;
+   */
+  messages: NodeStreamRequest[];
+};
+
+/**
+ * Describes the message fleetwire.v1.NodeStreamRequestBatch.
+ * Use `create(NodeStreamRequestBatchSchema)` to create a new message.
+ */
+export const NodeStreamRequestBatchSchema: GenMessage<NodeStreamRequestBatch> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_node_service, 13);
 
 /**
  * A random nonce the node must sign to prove it holds its key.
@@ -683,7 +723,7 @@ export type Challenge = Message<"fleetwire.v1.Challenge"> & {
  * Use `create(ChallengeSchema)` to create a new message.
  */
 export const ChallengeSchema: GenMessage<Challenge> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_node_service, 13);
+  messageDesc(file_fleetwire_v1_node_service, 14);
 
 /**
  * The handshake succeeded.
@@ -711,6 +751,14 @@ export type Welcome = Message<"fleetwire.v1.Welcome"> & {
    * @generated from field: google.protobuf.Duration lease = 3;
    */
   lease?: Duration | undefined;
+
+  /**
+   * The scheduler reads NodeStreamRequest.batch: the node may send several messages in
+   * one. Older schedulers leave it false and get one message per write.
+   *
+   * @generated from field: bool takes_batches = 4;
+   */
+  takesBatches: boolean;
 };
 
 /**
@@ -718,7 +766,7 @@ export type Welcome = Message<"fleetwire.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_node_service, 14);
+  messageDesc(file_fleetwire_v1_node_service, 15);
 
 /**
  * A job for the node to run.
@@ -783,7 +831,7 @@ export type Dispatch = Message<"fleetwire.v1.Dispatch"> & {
  * Use `create(DispatchSchema)` to create a new message.
  */
 export const DispatchSchema: GenMessage<Dispatch> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_node_service, 15);
+  messageDesc(file_fleetwire_v1_node_service, 16);
 
 /**
  * Stop a running job; the node aborts it and answers with a Failure "CANCELLED".
@@ -818,7 +866,7 @@ export type Cancel = Message<"fleetwire.v1.Cancel"> & {
  * Use `create(CancelSchema)` to create a new message.
  */
 export const CancelSchema: GenMessage<Cancel> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_node_service, 16);
+  messageDesc(file_fleetwire_v1_node_service, 17);
 
 /**
  * Ask the node to drain: stop accepting, finish what runs.
@@ -839,7 +887,7 @@ export type Drain = Message<"fleetwire.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_node_service, 17);
+  messageDesc(file_fleetwire_v1_node_service, 18);
 
 /**
  * A message from mesh to node.
@@ -892,6 +940,16 @@ export type NodeStreamResponse = Message<"fleetwire.v1.NodeStreamResponse"> & {
      */
     value: Drain;
     case: "drain";
+  } | {
+    /**
+     * Several Dispatch, Cancel or Drain messages at once (never Challenge, Welcome or
+     * another batch), to be handled in their order: sent only to a node whose Hello set
+     * takes_batches.
+     *
+     * @generated from field: fleetwire.v1.NodeStreamResponseBatch batch = 6;
+     */
+    value: NodeStreamResponseBatch;
+    case: "batch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -900,7 +958,29 @@ export type NodeStreamResponse = Message<"fleetwire.v1.NodeStreamResponse"> & {
  * Use `create(NodeStreamResponseSchema)` to create a new message.
  */
 export const NodeStreamResponseSchema: GenMessage<NodeStreamResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwire_v1_node_service, 18);
+  messageDesc(file_fleetwire_v1_node_service, 19);
+
+/**
+ * Messages the scheduler wrote while its previous write was in flight, in one (see
+ * NodeStreamResponse.batch).
+ *
+ * @generated from message fleetwire.v1.NodeStreamResponseBatch
+ */
+export type NodeStreamResponseBatch = Message<"fleetwire.v1.NodeStreamResponseBatch"> & {
+  /**
+   * In the order they were sent.
+   *
+   * @generated from field: repeated fleetwire.v1.NodeStreamResponse messages = 1;
+   */
+  messages: NodeStreamResponse[];
+};
+
+/**
+ * Describes the message fleetwire.v1.NodeStreamResponseBatch.
+ * Use `create(NodeStreamResponseBatchSchema)` to create a new message.
+ */
+export const NodeStreamResponseBatchSchema: GenMessage<NodeStreamResponseBatch> = /*@__PURE__*/
+  messageDesc(file_fleetwire_v1_node_service, 20);
 
 /**
  * The node-facing side of the mesh, served by the scheduler (default port 50052).
