@@ -261,15 +261,35 @@ class Dispatcher:
         """Sends the Dispatch (its traceparent: the current ``dispatch`` span), follows the
         attempt and settles it."""
         job_id, session = envelope.job_id, reservation.session
-        attempt, digest = opened.number, opened.request_digest
         run = JobRun(
             job_id=job_id,
-            attempt=attempt,
+            attempt=opened.number,
             session=session,
             stream=StreamTally(limit=max_output_bytes(envelope.spec)),
             trace=otel_context.get_current(),
         )
-        session.runs[(job_id, attempt)] = run
+        session.runs[(job_id, opened.number)] = run
+        marking: list[asyncio.Task[None]] = []  # the RUNNING write, owned by this delivery
+        try:
+            return await self._run_attempt(
+                reservation, envelope, opened, expires_at, retries, bound, run, marking
+            )
+        finally:
+            await asyncio.gather(*marking, return_exceptions=True)
+
+    async def _run_attempt(
+        self,
+        reservation: Reservation,
+        envelope: job_pb2.Job,
+        opened: OpenedAttempt,
+        expires_at: datetime,
+        retries: int,
+        bound: structlog.typing.FilteringBoundLogger,
+        run: JobRun,
+        marking: list[asyncio.Task[None]],
+    ) -> Verdict:
+        job_id, session = envelope.job_id, reservation.session
+        attempt, digest = opened.number, opened.request_digest
         try:
             dispatch = nodes_pb2.Dispatch(
                 job_id=job_id,
@@ -282,7 +302,7 @@ class Dispatcher:
             dispatch.deadline.FromDatetime(expires_at)
             await session.send(nodes_pb2.NodeStreamResponse(dispatch=dispatch))
             bound.debug("dispatched", node_id=session.node_id, attempt=attempt)
-            outcome = await self._follow(run, expires_at)
+            outcome = await self._follow(run, expires_at, marking)
         except Exception as err:  # the stream broke while sending
             outcome = Lost(f"dispatch failed: {err}")
         finally:
@@ -315,9 +335,15 @@ class Dispatcher:
             session, run, opened.tries, digest, envelope, outcome, retries, bound
         )
 
-    async def _follow(self, run: JobRun, expires_at: datetime) -> Outcome | None:
+    async def _follow(
+        self, run: JobRun, expires_at: datetime, marking: list[asyncio.Task[None]]
+    ) -> Outcome | None:
         """Waits for Accept (dispatch timeout) and then the outcome (until the job's
-        deadline). None when the deadline passed first."""
+        deadline). None when the deadline passed first. RUNNING is written beside the wait
+        (a task appended to ``marking``, which the caller awaits before it returns), not
+        before it: a result that comes during that commit is settled at once. Either order
+        of the two commits is right — RUNNING is guarded on DISPATCHED, and the final
+        state may follow DISPATCHED or RUNNING."""
         try:
             await asyncio.wait_for(
                 asyncio.shield(run.accepted), self._settings.dispatch_timeout.total_seconds()
@@ -328,7 +354,9 @@ class Dispatcher:
         if run.started and not run.outcome.done():
             # A result already in hand makes the job final next: RUNNING would be a write
             # nobody can observe (DISPATCHED -> SUCCEEDED is a legal move).
-            await self._mark_running(run)
+            marking.append(
+                asyncio.create_task(self._mark_running(run), name=f"running-{run.job_id}")
+            )
         remaining = (expires_at - datetime.now(UTC)).total_seconds()
         try:
             return await asyncio.wait_for(asyncio.shield(run.outcome), max(remaining, 0.001))
@@ -339,14 +367,15 @@ class Dispatcher:
         """Records that the node accepted the attempt. Best effort: a job may go from
         DISPATCHED straight to its final state, so a backend hiccup here costs nothing."""
         try:
-            await self._attempts.mark_running(uuid.UUID(run.job_id), run.attempt)
+            moved = await self._attempts.mark_running(uuid.UUID(run.job_id), run.attempt)
         except BackendUnavailable:
             log.warning("RUNNING not recorded", job_id=run.job_id, attempt=run.attempt)
             return
         except Exception:  # never mistake a running job for a lost one
             log.exception("RUNNING not recorded", job_id=run.job_id, attempt=run.attempt)
             return
-        await self._publish_state(run.job_id, JobState.RUNNING)
+        if moved:  # not when the final state was committed first
+            await self._publish_state(run.job_id, JobState.RUNNING)
 
     async def _settle(
         self,
