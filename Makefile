@@ -53,7 +53,7 @@ test-fast: venv services browser  ## unit and integration tests only (no vLLM)
 	@$(PY) -m pytest tests/unit tests/integration
 
 test-ts: tools  ## TypeScript client: offline tests; against a mesh too when FLEETWIRE_ADDRESS is set
-	@node --import tsx --test clients/typescript/test/signing.test.ts clients/typescript/test/mesh.test.ts
+	@node --import tsx --test clients/typescript/test/signing.test.ts clients/typescript/test/retry.test.ts clients/typescript/test/client.test.ts clients/typescript/test/mesh.test.ts
 
 proto: venv tools  ## regenerate the Python stubs and the TypeScript client code from protos/
 	@scripts/gen-proto.sh

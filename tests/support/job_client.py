@@ -98,12 +98,19 @@ class JobClient:
         return job
 
     def watch(
-        self, job_id: str, *, after_sequence: int = 0, timeout: float | None = None
+        self,
+        job_id: str,
+        *,
+        after_sequence: int = 0,
+        after_attempt: int = 0,
+        timeout: float | None = None,
     ) -> Iterator[job_service_pb2.WatchResponse]:
-        yield from self._stub.Watch(
-            job_service_pb2.WatchRequest(job_id=job_id, after_sequence=after_sequence),
-            timeout=timeout,
+        """The raw Watch stream after chunk ``after_sequence`` of attempt ``after_attempt``
+        (0: that sequence in any attempt); not resumed when it drops."""
+        request = job_service_pb2.WatchRequest(
+            job_id=job_id, after_sequence=after_sequence, after_attempt=after_attempt
         )
+        yield from self._stub.Watch(request, timeout=timeout)
 
     def cancel(self, job_id: str, reason: str = "") -> job_pb2.Job:
         job: job_pb2.Job = self._stub.Cancel(

@@ -44,6 +44,7 @@ from fleetwire_client.models import (
 from fleetwire_client.retry import NO_RETRIES, RetryPolicy
 from fleetwire_client.sync_client import Client
 from fleetwire_client.verification import verify_job, verify_job_with_keys
+from fleetwire_client.watch_cursor import WatchCursor
 
 __version__ = "0.1.0"
 
@@ -77,6 +78,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "VerificationError",
+    "WatchCursor",
     "WatchEvent",
     "verify_job",
     "verify_job_with_keys",

@@ -36,6 +36,7 @@ from fleetwire_client.retry import RetryPolicy
 from fleetwire_client.sync_client import DEFAULT_TIMEOUT
 from fleetwire_client.transport import channel_credentials
 from fleetwire_client.verification import NodeKeyCache, verify_job_with_keys
+from fleetwire_client.watch_cursor import WatchCursor
 
 T = TypeVar("T")
 
@@ -155,15 +156,22 @@ class AsyncClient:
         return JobResult((await self._unary(self._stub.Cancel, request, timeout)).job)
 
     async def watch(
-        self, job_id: str, *, after_sequence: int = 0, timeout: float | None = None
+        self,
+        job_id: str,
+        *,
+        after_sequence: int = 0,
+        after_attempt: int = 0,
+        timeout: float | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """As ``Client.watch``: the current state, then tokens and state changes, ending
-        after a terminal state; resumed after the last chunk when the stream drops."""
+        after a terminal state; resumed after the last chunk's attempt and sequence when
+        the stream drops."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        cursor = WatchCursor(attempt=after_attempt, sequence=after_sequence)
         failures = 0
         while True:
             call = self._stub.Watch(
-                job_service_pb2.WatchRequest(job_id=job_id, after_sequence=after_sequence),
+                cursor.request(job_id),
                 timeout=_left(deadline),
                 metadata=self._metadata,
             )
@@ -174,7 +182,7 @@ class AsyncClient:
                         continue
                     failures = 0
                     if isinstance(event, Token):
-                        after_sequence = event.sequence
+                        cursor = cursor.after(event)
                     yield event
                     if isinstance(event, JobResult) and event.terminal:
                         return

@@ -38,6 +38,7 @@ from fleetwire_client.models import (
 from fleetwire_client.retry import RetryPolicy
 from fleetwire_client.transport import channel_credentials
 from fleetwire_client.verification import NodeKeyCache, verify_job_with_keys
+from fleetwire_client.watch_cursor import WatchCursor
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
@@ -172,17 +173,26 @@ class Client:
         return JobResult(self._unary(self._stub.Cancel, request, timeout).job)
 
     def watch(
-        self, job_id: str, *, after_sequence: int = 0, timeout: float | None = None
+        self,
+        job_id: str,
+        *,
+        after_sequence: int = 0,
+        after_attempt: int = 0,
+        timeout: float | None = None,
     ) -> Iterator[WatchEvent]:
         """Yields the job's current state first, then ``Token`` chunks and every state
         change, and ends after a terminal state. A dropped stream (UNAVAILABLE) is resumed
-        after the last chunk seen; the resumed stream repeats the current state first.
+        after the attempt and sequence of the last chunk seen (``watch_cursor``), so a
+        retry's new attempt arrives whole from its chunk 1; the resumed stream repeats the
+        current state first. ``after_attempt``/``after_sequence`` start after a chunk the
+        caller already has (``after_attempt`` 0: after that sequence in any attempt).
         ``timeout`` (default: none) bounds the whole stream, resumptions included."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        cursor = WatchCursor(attempt=after_attempt, sequence=after_sequence)
         failures = 0
         while True:
             call = self._stub.Watch(
-                job_service_pb2.WatchRequest(job_id=job_id, after_sequence=after_sequence),
+                cursor.request(job_id),
                 timeout=_left(deadline),
                 metadata=self._metadata,
             )
@@ -193,7 +203,7 @@ class Client:
                         continue
                     failures = 0
                     if isinstance(event, Token):
-                        after_sequence = event.sequence
+                        cursor = cursor.after(event)
                     yield event
                     if isinstance(event, JobResult) and event.terminal:
                         return

@@ -1,11 +1,16 @@
 /**
  * Failed calls as one error type carrying the gRPC status code and the google.rpc details
  * the bridge sends (job_service.proto): ErrorInfo's stable ``reason``, RetryInfo's delay and
- * BadRequest's field violations. The three detail messages are small and stable, so they are
- * decoded here from the wire format instead of generating the googleapis protos.
+ * BadRequest's field violations. connect decodes the ``grpc-status-details-bin`` trailer (a
+ * google.rpc.Status) into typed Any values; the three detail messages are small and stable,
+ * so their few fields are read here from the wire format (RetryInfo's delay with
+ * protobuf-es's own google.protobuf.Duration) instead of generating the googleapis protos.
  */
-import { Code, ConnectError } from "@connectrpc/connect";
+import { fromBinary } from "@bufbuild/protobuf";
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
+import { DurationSchema, durationMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { RETRYABLE_CODES } from "./retry.ts";
 
 export { Code };
 
@@ -39,7 +44,7 @@ export class FleetwireError extends Error {
 
   /** UNAVAILABLE and RESOURCE_EXHAUSTED: nothing was accepted, a retry may succeed. */
   get retryable(): boolean {
-    return this.code === Code.Unavailable || this.code === Code.ResourceExhausted;
+    return RETRYABLE_CODES.has(this.code);
   }
 
   /** The FleetwireError standing for any error a call threw. */
@@ -69,19 +74,14 @@ function readStrings(bytes: Uint8Array): Record<number, string> {
   return out;
 }
 
+/** google.rpc.RetryInfo's ``retry_delay`` (field 1, a Duration) in milliseconds. */
 function readRetryDelay(bytes: Uint8Array): number {
   const reader = new BinaryReader(bytes);
   let ms = 0;
   while (reader.pos < reader.len) {
     const [no, type] = reader.tag();
     if (no === 1 && type === WireType.LengthDelimited) {
-      const duration = new BinaryReader(reader.bytes());
-      while (duration.pos < duration.len) {
-        const [dno, dtype] = duration.tag();
-        if (dno === 1 && dtype === WireType.Varint) ms += Number(duration.int64()) * 1000;
-        else if (dno === 2 && dtype === WireType.Varint) ms += duration.int32() / 1e6;
-        else duration.skip(dtype, dno);
-      }
+      ms = durationMs(fromBinary(DurationSchema, reader.bytes()));
     } else reader.skip(type, no);
   }
   return ms;

@@ -3,6 +3,7 @@
 //   FLEETWIRE_ADDRESS         the bridge (host:port)
 //   FLEETWIRE_API_KEY         a real API key of the mesh (sent by the client by default)
 //   FLEETWIRE_TEST_NODE_KEYS  {"node-1": "<public key hex>", ...} — the pinned node keys
+//   FLEETWIRE_TEST_LIMITED_API_KEY  a key of a tenant whose rate limit is 0.5 jobs/s, burst 1
 // Without them the tests are skipped.
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
@@ -13,6 +14,7 @@ import {
   FleetwireError,
   JobSchema,
   JobState,
+  NO_RETRIES,
   PriorityClass,
   verifyJob,
   type Job,
@@ -21,6 +23,8 @@ import {
 const NODE_KEYS: Record<string, string> = JSON.parse(process.env.FLEETWIRE_TEST_NODE_KEYS ?? "{}");
 const skip = !process.env.FLEETWIRE_ADDRESS && "FLEETWIRE_ADDRESS is not set (no live mesh)";
 const WAIT_MS = 240_000;
+const LIMITED_KEY = process.env.FLEETWIRE_TEST_LIMITED_API_KEY;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 const clients: FleetwireClient[] = [];
 function connect(options: ConstructorParameters<typeof FleetwireClient>[0] = {}): FleetwireClient {
@@ -141,4 +145,39 @@ test("errors carry the status code and the server's details", { skip }, async ()
     assert.equal(err.reason, "API_KEY_INVALID");
     return true;
   });
+});
+
+test("a refusal with RetryInfo from admission is retried after its delay and succeeds", {
+  skip: skip || (!LIMITED_KEY && "FLEETWIRE_TEST_LIMITED_API_KEY is not set"),
+}, async () => {
+  // The tenant's bucket holds one job and refills at 0.5 jobs/s: a second Submit right
+  // after the first is refused by the bridge's admission (RESOURCE_EXHAUSTED, RetryInfo
+  // with the wait until a token is back).
+  const spec = { model: "tiny-llama", prompt: "rate limited", sampling: { maxTokens: 4 } };
+  const strict = connect({ apiKey: LIMITED_KEY, retry: NO_RETRIES });
+  let refusal: FleetwireError | undefined;
+  let refusedAt = 0;
+  for (let i = 0; i < 3 && !refusal; i++) {
+    await strict.submit(spec).catch((err: unknown) => {
+      assert.ok(err instanceof FleetwireError, String(err));
+      refusal = err;
+      refusedAt = Date.now();
+    });
+  }
+  assert.ok(refusal, "the bucket never ran dry");
+  assert.equal(refusal.code, Code.ResourceExhausted);
+  assert.equal(refusal.reason, "TENANT_RATE_LIMITED");
+  assert.ok((refusal.retryDelayMs ?? 0) > 500, `RetryInfo delay ${refusal.retryDelayMs} ms`);
+
+  // At once again, with the default policy: refused, waited out as RetryInfo said, admitted.
+  // No token is back before the refusal's delay has passed, so an admission earlier than
+  // that would mean the refusal was not waited out.
+  const patient = connect({ apiKey: LIMITED_KEY });
+  const job = await patient.submit(spec);
+  const after = Date.now() - refusedAt;
+  assert.equal(job.state, JobState.QUEUED);
+  assert.match(job.spec?.clientRequestId ?? "", UUID);
+  const delay = refusal.retryDelayMs ?? 0;
+  assert.ok(after >= delay - 50, `admitted ${after} ms after a refusal asking for ${delay} ms`);
+  assert.equal((await patient.wait(job.jobId, { timeoutMs: WAIT_MS })).state, JobState.SUCCEEDED);
 });
