@@ -102,6 +102,9 @@ async def open_pool(settings: PostgresSettings, *, migrate: bool = True) -> asyn
             min_size=settings.pool_min,
             max_size=settings.pool_max,
             command_timeout=settings.command_timeout.total_seconds(),
+            # Opening a connection is bounded too (asyncpg's default: 60 s): a pool that
+            # dials a stalled link must answer UNAVAILABLE within the same bound.
+            timeout=settings.command_timeout.total_seconds(),
             reset=_no_session_reset,
         )
     except BACKEND_ERRORS as err:

@@ -8,206 +8,87 @@ client) stays in the root namespace. The nodes are real node agents (``python -m
 code) on a runtime that emits a token every 0.25 s (``tests.support.slow_node``), so a job is
 still running when its node's cable is pulled, without two vLLM engines on 2 cores.
 
-Each fault ends with the same books: every accepted job SUCCEEDED, exactly one successful
-attempt each, two ledger entries each (debit and credit), nothing else created.
+Faults: (a) a node's cable pulled mid-job; (b) the scheduler's cable (broker, stores and
+nodes at once); (c) the bridge's back link (all its services); (d) the bridge's link to
+PostgreSQL alone; (e) the scheduler's link to RabbitMQ alone, for longer than the AMQP
+heartbeat timeout on both sides. Each fault ends with the same books: every accepted job
+SUCCEEDED, exactly one successful attempt each, two ledger entries each (debit and
+credit), nothing else created.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import asyncpg
-import grpc
 import pytest
 
-from fleetwire.rpc.options import CLIENT_OPTIONS
-from fleetwire.v1 import (
-    job_pb2,
-    job_service_pb2,
-    job_service_pb2_grpc,
-    mesh_admin_service_pb2,
-    mesh_admin_service_pb2_grpc,
+from fleetwire.v1 import job_service_pb2, job_service_pb2_grpc
+from tests.support.eventually import eventually
+from tests.support.net_mesh import (
+    BRIDGE_PORT,
+    POSTGRES_PORT,
+    RABBITMQ_PORT,
+    SCHEDULER_PORT,
+    NetMesh,
+    SubmitStream,
+    all_succeeded,
+    books,
+    jobs_of_requests,
+    open_net_mesh,
+    spec,
 )
-from fleetwire_tools.certs import DevCertificates, Issued, ensure_authority, issue
-from tests.conftest import cleanup_namespace, isolated_env
-from tests.support.eventually import eventually, eventually_sync
-from tests.support.mesh_admin import bearer, create_operator_key
-from tests.support.netns import Host, Network
-from tests.support.tls import tls_env
 
-ROOT = Path(__file__).resolve().parents[2]
 LEASE_S = 3  # short: a cut node's lease runs out within seconds
-BRIDGE_PORT, SCHEDULER_PORT, ADMIN_PORT = 50051, 50052, 50053  # each host has its own ports
-
-
-@dataclass
-class Service:
-    name: str
-    host: Host
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@dataclass
-class NetMesh:
-    net: Network
-    ca: Path
-    dsn: str  # as the test reaches PostgreSQL (the root namespace's loopback)
-    operator_key: str
-    services: dict[str, Service] = field(default_factory=dict)
-
-    def host(self, name: str) -> Host:
-        return self.net.hosts[name]
-
-    def channel(self, host: Host, port: int) -> grpc.aio.Channel:
-        """A TLS channel to ``host`` from the root namespace: dialled at its address (its
-        front address when it has one; the root namespace has no hosts file of ours),
-        verified against its name."""
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes())
-        options = [*CLIENT_OPTIONS, ("grpc.ssl_target_name_override", host.name)]
-        address = host.front_address or host.address
-        return grpc.aio.secure_channel(f"{address}:{port}", credentials, options=options)
-
-    async def connected_nodes(self) -> dict[str, mesh_admin_service_pb2.NodeView]:
-        """The connected nodes by id, from the scheduler's admin port (empty while it does
-        not answer)."""
-        async with self.channel(self.host("scheduler"), ADMIN_PORT) as channel:
-            stub = mesh_admin_service_pb2_grpc.MeshAdminServiceStub(channel)
-            try:
-                reply = await stub.ListNodes(
-                    mesh_admin_service_pb2.ListNodesRequest(),
-                    timeout=5,
-                    metadata=bearer(self.operator_key),
-                )
-            except grpc.aio.AioRpcError:
-                return {}
-        return {n.node_id: n for n in reply.nodes}
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"===== {s.name} =====\n" + s.log.read_text(errors="replace")[-8000:]
-            for s in self.services.values()
-        )
-
-
-def _listening(address: str, port: int, process: subprocess.Popen[bytes]) -> bool:
-    if process.poll() is not None:
-        raise RuntimeError(f"exited with {process.returncode}")
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex((address, port)) == 0
+# The scheduler's AMQP heartbeat (seconds): RabbitMQ gives a silent connection up after
+# about two of them, the scheduler's client (aiormq) after (5 + 1) x 3 = 18 s.
+SCHEDULER_AMQP_HEARTBEAT_S = 5
+BROKER_CUT_S = 20  # beyond both heartbeat timeouts and the lease
 
 
 @pytest.fixture(scope="module")
 def net_mesh(
     run_id: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[NetMesh]:
-    net = Network()
-    namespace = f"{run_id}n"
     work = tmp_path_factory.mktemp("netns")
-    mesh: NetMesh | None = None
-    setup_failed = False
-    try:
-        net.start()
-        hosts = {name: net.add_host(name) for name in ("bridge", "scheduler", "node-a", "node-b")}
+    with open_net_mesh(run_id, work, request, lease_s=LEASE_S) as mesh:
+        for name in ("bridge", "scheduler", "node-a", "node-b"):
+            mesh.net.add_host(name)
         # Clients reach the bridge on a front link of its own, so that cutting its back
         # link (to the services) leaves them talking to it.
-        net.add_front(hosts["bridge"])
-        authority = ensure_authority(work / "certs")
-        env = isolated_env(namespace, work / "unused.key")
-        local_dsn = env["FLEETWIRE_POSTGRES_DSN"]
-        services = net.services_name
-        env |= {
-            "FLEETWIRE_POSTGRES_DSN": f"postgresql://postgres@{services}:5432/fw_{namespace}",
-            "FLEETWIRE_RABBITMQ_URL": f"amqp://guest:guest@{services}:5672/",
-            "FLEETWIRE_REDIS_URL": f"redis://{services}:6379/0",
-            "FLEETWIRE_BRIDGE_PORT": str(BRIDGE_PORT),
-            "FLEETWIRE_SCHEDULER_PORT": str(SCHEDULER_PORT),
-            "FLEETWIRE_SCHEDULER_ADMIN_PORT": str(ADMIN_PORT),
-            "FLEETWIRE_NODE_SCHEDULER_ADDRESS": f"{hosts['scheduler'].name}:{SCHEDULER_PORT}",
-            "FLEETWIRE_SCHEDULER_LEASE": str(LEASE_S),
-            "FLEETWIRE_NODE_MODEL_NAME": "scripted",
-            "PYTHONPATH": str(ROOT),
-        }
-        env.pop("FLEETWIRE_SCHEDULER_TOKENIZERS", None)
-        key = asyncio.run(create_operator_key(local_dsn))
-        mesh = NetMesh(net, authority.cert, local_dsn, key)
-
-        def start(name: str, module: str, extra: dict[str, str]) -> Service:
-            host = hosts[name]
-            made = issue(
-                authority,
-                work / "certs" / name,
-                common_name=host.name,
-                names=(host.name,),
-                server=True,
-            )
-            child_env = {**os.environ, **env, **tls_env_for(authority.cert, made), **extra}
-            log = work / f"{name}.log"
-            process = subprocess.Popen(
-                host.command(sys.executable, "-m", module),
-                env=child_env,
-                cwd=ROOT,
-                stdout=log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-            service = Service(name, host, process, log)
-            assert mesh is not None
-            mesh.services[name] = service
-            return service
-
-        scheduler = start(
+        mesh.net.add_front(mesh.host("bridge"))
+        services = mesh.net.services_name
+        scheduler = mesh.start(
             "scheduler",
             "scheduler",
             {
                 "FLEETWIRE_SCHEDULER_SCHEDULER_ID": "sched-net",
-                # The test reaches the admin port from another host (the root namespace).
-                "FLEETWIRE_SCHEDULER_ADMIN_HOST": "0.0.0.0",
+                "FLEETWIRE_RABBITMQ_URL": f"amqp://guest:guest@{services}:{RABBITMQ_PORT}/"
+                f"?heartbeat={SCHEDULER_AMQP_HEARTBEAT_S}",
             },
         )
-        eventually_sync(
-            lambda: _listening(scheduler.host.address, SCHEDULER_PORT, scheduler.process),
-            within=60,
-            what="the scheduler",
-        )
+        scheduler.wait_listening(SCHEDULER_PORT)
         # Short timeouts towards the services: a Submit the bridge cannot complete is
         # answered UNAVAILABLE well within the client's deadline.
-        bridge = start(
+        bridge = mesh.start(
             "bridge",
             "broker_bridge",
             {"FLEETWIRE_POSTGRES_COMMAND_TIMEOUT": "3", "FLEETWIRE_RABBITMQ_PUBLISH_TIMEOUT": "3"},
         )
-        eventually_sync(
-            lambda: _listening(bridge.host.front_address, BRIDGE_PORT, bridge.process),
-            within=60,
-            what="the bridge",
-        )
+        bridge.wait_listening(BRIDGE_PORT)
         for node in ("node-a", "node-b"):
-            start(
+            mesh.start(
                 node,
                 "tests.support.slow_node",
                 {
                     "FLEETWIRE_NODE_NODE_ID": node,
                     "FLEETWIRE_NODE_KEY_FILE": str(work / f"{node}.key"),
+                    "FLEETWIRE_NODE_SCHEDULER_ADDRESS": (
+                        f"{mesh.host('scheduler').name}:{SCHEDULER_PORT}"
+                    ),
                 },
             )
 
@@ -216,84 +97,12 @@ def net_mesh(
 
         asyncio.run(eventually(both_connected, within=60, what="both nodes to connect"))
         yield mesh
-    except BaseException:
-        setup_failed = True
-        raise
-    finally:
-        if mesh is not None:
-            for service in reversed(mesh.services.values()):
-                service.stop()
-            if setup_failed or request.session.testsfailed:
-                print(mesh.logs())
-        net.close()
-        asyncio.run(cleanup_namespace(namespace))
-    assert not net.leftovers(), f"namespaces or links left behind: {net.leftovers()}"
-
-
-def tls_env_for(ca: Path, server: Issued) -> dict[str, str]:
-    """TLS on: this host presents its own certificate; everyone trusts the run's CA."""
-    return tls_env(DevCertificates(ca, server))
 
 
 @pytest.fixture
 async def net_jobs(net_mesh: NetMesh) -> AsyncIterator[job_service_pb2_grpc.JobServiceStub]:
     async with net_mesh.channel(net_mesh.host("bridge"), BRIDGE_PORT) as channel:
         yield job_service_pb2_grpc.JobServiceStub(channel)
-
-
-def spec(tokens: int) -> job_pb2.JobSpec:
-    return job_pb2.JobSpec(
-        model="scripted",
-        prompt="over the wire",
-        client_request_id=str(uuid.uuid4()),
-        sampling=job_pb2.SamplingParams(max_tokens=tokens),
-    )
-
-
-@dataclass(frozen=True)
-class Books:
-    """What PostgreSQL holds about a set of jobs."""
-
-    states: dict[str, int]
-    succeeded_attempts: dict[str, int]  # job → attempts with outcome SUCCEEDED
-    ledger: dict[str, int]  # job → ledger entries
-
-    def line(self, accepted: int) -> str:
-        once = sum(1 for n in self.succeeded_attempts.values() if n == 1)
-        billed = sorted(set(self.ledger.values()))
-        return (
-            f"accepted {accepted}, states {self.states}, finalised exactly once {once}, "
-            f"ledger entries per job {billed}"
-        )
-
-
-async def books(dsn: str, job_ids: list[str]) -> Books:
-    ids = [uuid.UUID(j) for j in job_ids]
-    conn = await asyncpg.connect(dsn)
-    try:
-        states = await conn.fetch(
-            "SELECT state, count(*) AS n FROM jobs WHERE job_id = ANY($1::uuid[]) GROUP BY state",
-            ids,
-        )
-        attempts = await conn.fetch(
-            "SELECT j.job_id::text AS job, count(a.*) FILTER (WHERE a.outcome = 'SUCCEEDED') AS n"
-            " FROM jobs j LEFT JOIN attempts a USING (job_id)"
-            " WHERE j.job_id = ANY($1::uuid[]) GROUP BY j.job_id",
-            ids,
-        )
-        ledger = await conn.fetch(
-            "SELECT j.job_id::text AS job, count(l.*) AS n"
-            " FROM jobs j LEFT JOIN ledger_entries l USING (job_id)"
-            " WHERE j.job_id = ANY($1::uuid[]) GROUP BY j.job_id",
-            ids,
-        )
-    finally:
-        await conn.close()
-    return Books(
-        {r["state"]: r["n"] for r in states},
-        {r["job"]: r["n"] for r in attempts},
-        {r["job"]: r["n"] for r in ledger},
-    )
 
 
 async def attempts_of(dsn: str, job_id: str) -> list[asyncpg.Record]:
@@ -401,50 +210,6 @@ async def test_node_cut_off_mid_job_finishes_elsewhere_once_and_its_late_result_
     assert offences == ["LEASE_EXPIRED"]
 
 
-@dataclass
-class SubmitStream:
-    """Submits short jobs one after another until stopped, counting what each call got."""
-
-    jobs: job_service_pb2_grpc.JobServiceStub
-    accepted: list[str] = field(default_factory=list)
-    refused: dict[str, int] = field(default_factory=dict)  # status code name → calls
-    refused_request_ids: list[str] = field(default_factory=list)
-    refusal_seconds: list[float] = field(default_factory=list)  # how long each refusal took
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def run(self) -> None:
-        while not self.stop.is_set():
-            request = job_service_pb2.SubmitRequest(job=spec(2))
-            sent = time.monotonic()
-            try:
-                reply = await self.jobs.Submit(request, timeout=15)
-                self.accepted.append(reply.job.job_id)
-            except grpc.aio.AioRpcError as err:
-                code = err.code().name
-                self.refused[code] = self.refused.get(code, 0) + 1
-                self.refused_request_ids.append(request.job.client_request_id)
-                self.refusal_seconds.append(time.monotonic() - sent)
-                await asyncio.sleep(0.2)  # a client backing off
-            await asyncio.sleep(0.05)
-
-
-async def all_succeeded(dsn: str, job_ids: list[str], within: float) -> None:
-    ids = [uuid.UUID(j) for j in job_ids]
-
-    async def done() -> bool:
-        conn = await asyncpg.connect(dsn)
-        try:
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM jobs WHERE job_id = ANY($1::uuid[]) AND state <> 'SUCCEEDED'",
-                ids,
-            )
-        finally:
-            await conn.close()
-        return bool(waiting == 0)
-
-    await eventually(done, within=within, interval=0.5, what="every accepted job to succeed")
-
-
 async def test_scheduler_cut_off_from_broker_and_nodes_loses_and_doubles_nothing(
     net_mesh: NetMesh, net_jobs: job_service_pb2_grpc.JobServiceStub
 ) -> None:
@@ -477,22 +242,7 @@ async def test_scheduler_cut_off_from_broker_and_nodes_loses_and_doubles_nothing
         f" (before {before}, during {during}); refused {stream.refused}"
     )
     assert not stream.refused, "the bridge was not cut: no Submit may fail"
-    assert outcome.states == {"SUCCEEDED": len(stream.accepted)}
-    assert set(outcome.succeeded_attempts.values()) == {1}
-    assert set(outcome.ledger.values()) == {2}
-
-
-async def jobs_of_requests(dsn: str, request_ids: list[str]) -> list[str]:
-    """Ids of jobs created by Submits with these request ids."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT job_id::text AS job FROM jobs WHERE client_request_id = ANY($1::text[])",
-            request_ids,
-        )
-    finally:
-        await conn.close()
-    return [r["job"] for r in rows]
+    outcome.assert_each_succeeded_once(stream.accepted)
 
 
 async def test_bridge_cut_off_from_its_services_refuses_submits_and_loses_nothing(
@@ -531,7 +281,8 @@ async def test_bridge_cut_off_from_its_services_refuses_submits_and_loses_nothin
         await submitter
     await all_succeeded(dsn, stream.accepted, within=90)
     outcome = await books(dsn, stream.accepted)
-    made_by_refused = await jobs_of_requests(dsn, stream.refused_request_ids)
+    made = await jobs_of_requests(dsn, stream.refused_request_ids)
+    made_by_refused = [job for jobs in made.values() for job in jobs]
     await all_succeeded(dsn, made_by_refused, within=60)
     refused_books = await books(dsn, made_by_refused)
     print(
@@ -542,8 +293,127 @@ async def test_bridge_cut_off_from_its_services_refuses_submits_and_loses_nothin
         f" ({refused_books.line(len(made_by_refused))})"
     )
     assert set(stream.refused) == {"UNAVAILABLE"}, stream.refused
-    assert outcome.states == {"SUCCEEDED": len(stream.accepted)}
-    assert set(outcome.succeeded_attempts.values()) == {1}
-    assert set(outcome.ledger.values()) == {2}
+    outcome.assert_each_succeeded_once(stream.accepted)
     assert set(refused_books.succeeded_attempts.values()) <= {1}
     assert set(refused_books.ledger.values()) <= {2}
+
+
+def request_books_line(stream: SubmitStream, made: dict[str, list[str]]) -> str:
+    """Whether every request id the stream sent made one job, the one it was told of."""
+    doubled = sum(1 for jobs in made.values() if len(jobs) > 1)
+    untold = sum(1 for r, jobs in made.items() if jobs != [stream.answered.get(r)])
+    return f"request ids {len(made)}, with two jobs {doubled}, with a job no one was told {untold}"
+
+
+async def test_bridge_cut_off_from_postgres_alone_refuses_then_recovers_by_itself(
+    net_mesh: NetMesh, net_jobs: job_service_pb2_grpc.JobServiceStub
+) -> None:
+    """Only the bridge's link to PostgreSQL pulled (RabbitMQ and Redis stay reachable)
+    while a client submits and retries each refused Submit with the same request id:
+    refusals are UNAVAILABLE within the bridge's statement timeout (3 s), the bridge takes
+    Submits again by itself once the link is back, every request id made one job (the one
+    its client was told of) and every job SUCCEEDED once, billed once."""
+    dsn = net_mesh.dsn
+    bridge = net_mesh.host("bridge")
+    stream = SubmitStream(net_jobs, retry=True)
+    submitter = asyncio.create_task(stream.run())
+    try:
+        await eventually(lambda: len(stream.accepted) >= 10, within=30, what="submits before")
+        before = len(stream.accepted)
+        cut_at = time.monotonic()
+        net_mesh.net.cut_service(bridge, POSTGRES_PORT)
+        try:
+            await eventually(
+                lambda: stream.refused.get("UNAVAILABLE", 0) >= 3,
+                within=60,
+                interval=0.2,
+                what="Submits refused UNAVAILABLE while PostgreSQL is cut off",
+            )
+        except AssertionError as err:
+            seconds = [round(s, 1) for s in stream.refusal_seconds]
+            raise AssertionError(f"{err}; refused {stream.refused}, after {seconds} s") from None
+        finally:
+            net_mesh.net.restore_service(bridge, POSTGRES_PORT)
+            restored_at = time.monotonic()
+        during = len(stream.accepted) - before
+        back = len(stream.accepted)
+        await eventually(
+            lambda: len(stream.accepted) > back, within=60, interval=0.1, what="a submit after"
+        )
+        first_after = time.monotonic() - restored_at
+        await eventually(
+            lambda: len(stream.accepted) >= back + 10, within=60, what="submits after the cut"
+        )
+    finally:
+        stream.stop.set()
+        await submitter
+    await all_succeeded(dsn, stream.accepted, within=90)
+    outcome = await books(dsn, stream.accepted)
+    made = await jobs_of_requests(dsn, list(stream.answered))
+    print(
+        f"fault (d) bridge-PostgreSQL link cut {restored_at - cut_at:.1f} s:"
+        f" {outcome.line(len(stream.accepted))} (before {before}, while cut {during});"
+        f" refused {stream.refused}, each after"
+        f" {min(stream.refusal_seconds):.1f}-{max(stream.refusal_seconds):.1f} s;"
+        f" resubmits {stream.resubmits}; first accepted {first_after:.1f} s after the restore;"
+        f" {request_books_line(stream, made)}"
+    )
+    assert set(stream.refused) == {"UNAVAILABLE"}, stream.refused
+    assert max(stream.refusal_seconds) < 10, "refused within the statement timeout, not hung"
+    # At most the call in flight when the link went (its last statement done before).
+    assert during <= 1, "no Submit can be accepted without PostgreSQL"
+    outcome.assert_each_succeeded_once(stream.accepted)
+    assert made == {r: [job] for r, job in stream.answered.items()}, "one job per request id"
+
+
+async def test_scheduler_cut_off_from_broker_alone_past_heartbeats_loses_and_doubles_nothing(
+    net_mesh: NetMesh, net_jobs: job_service_pb2_grpc.JobServiceStub
+) -> None:
+    """Only the scheduler's link to RabbitMQ pulled, for longer than the AMQP heartbeat
+    timeout on both sides (RabbitMQ closes the connection and requeues its unacked
+    deliveries; the scheduler's client gives it up too), while the bridge keeps accepting:
+    jobs wait in their queue, the scheduler reconnects by itself when the link is back,
+    the redelivered jobs it had finished meanwhile are not run or billed again."""
+    dsn = net_mesh.dsn
+    scheduler = net_mesh.host("scheduler")
+    log = net_mesh.services["scheduler"].log
+    stream = SubmitStream(net_jobs, retry=True)
+    submitter = asyncio.create_task(stream.run())
+    try:
+        await eventually(lambda: len(stream.accepted) >= 10, within=30, what="submits before")
+        before = len(stream.accepted)
+        # Evidence that the cut outlasted the heartbeats, not a readiness check: the
+        # scheduler logs each AMQP connection it opens.
+        connections_before = log.read_text(errors="replace").count("amqp connected")
+        net_mesh.net.cut_service(scheduler, RABBITMQ_PORT)
+        try:
+            await asyncio.sleep(BROKER_CUT_S)  # the fault's length is the point here
+        finally:
+            net_mesh.net.restore_service(scheduler, RABBITMQ_PORT)
+            restored_at = time.monotonic()
+        during = stream.accepted[before:]
+        await all_succeeded(dsn, during, within=60)
+        drained_after = time.monotonic() - restored_at
+        back = len(stream.accepted)
+        await eventually(
+            lambda: len(stream.accepted) >= back + 5, within=60, what="submits after the cut"
+        )
+    finally:
+        stream.stop.set()
+        await submitter
+    await all_succeeded(dsn, stream.accepted, within=90)
+    outcome = await books(dsn, stream.accepted)
+    made = await jobs_of_requests(dsn, list(stream.answered))
+    reconnects = log.read_text(errors="replace").count("amqp connected") - connections_before
+    print(
+        f"fault (e) scheduler-RabbitMQ link cut {BROKER_CUT_S} s (heartbeat"
+        f" {SCHEDULER_AMQP_HEARTBEAT_S} s): {outcome.line(len(stream.accepted))}"
+        f" (before {before}, accepted while cut {len(during)}, all of them SUCCEEDED"
+        f" {drained_after:.1f} s after the restore); refused {stream.refused};"
+        f" {request_books_line(stream, made)}; AMQP connections opened again {reconnects}"
+    )
+    assert reconnects >= 1, "the cut outlasted the heartbeats: the old connection was given up"
+    assert not stream.refused, "the bridge was not cut: no Submit may fail"
+    assert during, "the bridge kept accepting while the scheduler was cut off"
+    outcome.assert_each_succeeded_once(stream.accepted)
+    assert made == {r: [job] for r, job in stream.answered.items()}, "one job per request id"

@@ -12,7 +12,8 @@ certificates) by name. The test's own process stays in the root namespace.
 ``cut`` sets a host's veth end in the root namespace down: the host keeps its address and
 routes, its packets go nowhere and nothing answers it, as after a pulled cable (no reset
 reaches either side; this kernel has no ``netem`` to delay or drop part of the traffic).
-``restore`` sets it up again.
+``restore`` sets it up again. ``cut_service`` cuts one host's path to one of the services
+alone (in the relay: ``tests.support.tcp_relay``), ``restore_service`` gives it back.
 
 Everything is named ``fwn<pid>...`` after the test process that made it. ``close`` removes
 it all; ``remove_stale`` removes what a crashed earlier run (a dead pid) left behind, and
@@ -157,6 +158,7 @@ class Network:
         self._relay = subprocess.Popen(
             bound_command([*relay, *(str(p) for p in SERVICE_PORTS)]),
             cwd=root,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -223,6 +225,23 @@ class Network:
 
     def restore(self, host: Host) -> None:
         _ip("link", "set", host.veth, "up")
+
+    def cut_service(self, host: Host, port: int) -> None:
+        """Cuts ``host``'s link to the service on ``port`` (one of ``SERVICE_PORTS``) only:
+        its open connections stall, new ones wait; its other links stay up."""
+        self._tell_relay(f"cut {host.address} {port}")
+
+    def restore_service(self, host: Host, port: int) -> None:
+        self._tell_relay(f"restore {host.address} {port}")
+
+    def _tell_relay(self, command: str) -> None:
+        relay = self._relay
+        if relay is None or relay.stdin is None or relay.stdout is None:
+            raise RuntimeError("the relay to the host's services is not running")
+        relay.stdin.write(command + "\n")
+        relay.stdin.flush()
+        if relay.stdout.readline().strip() != "ok":
+            raise RuntimeError(f"the relay did not take {command!r}")
 
     def close(self) -> None:
         """Removes every host, the bridge and the hosts files; stops the relay. Idempotent."""
