@@ -14,7 +14,7 @@ import grpc.aio
 
 from fleetwire.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from fleetwire.v1.job_service_pb2 import NodeKey
-from fleetwire_client.errors import Unavailable, error_from_rpc
+from fleetwire_client.errors import FleetwireError, Unavailable, error_from_rpc
 from fleetwire_client.job_requests import (
     CHANNEL_OPTIONS,
     JobRequest,
@@ -33,6 +33,7 @@ from fleetwire_client.models import (
     event_of,
 )
 from fleetwire_client.retry import RetryPolicy
+from fleetwire_client.submit_stream import SubmitStream
 from fleetwire_client.sync_client import DEFAULT_TIMEOUT
 from fleetwire_client.transport import channel_credentials
 from fleetwire_client.verification import NodeKeyCache, verify_job_with_keys
@@ -54,6 +55,7 @@ class AsyncClient:
         insecure: bool | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        stream_submits: bool = True,
     ) -> None:
         self.address = resolve_address(address)
         self._metadata = call_metadata(api_key)
@@ -66,6 +68,8 @@ class AsyncClient:
             self._channel = grpc.aio.secure_channel(self.address, secure, options=CHANNEL_OPTIONS)
         self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
         self._node_keys = NodeKeyCache()
+        # Concurrent POLLING submits share one SubmitStream call (submit_stream.py).
+        self._submits = SubmitStream(self._stub, self._metadata) if stream_submits else None
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -75,6 +79,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Closes the channel; idempotent. Open Watch streams end with Cancelled."""
+        if self._submits is not None:
+            await self._submits.close()
         await self._channel.close()
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
@@ -91,9 +97,26 @@ class AsyncClient:
         timeout: float | None = None,
         traceparent: str | None = None,
     ) -> JobResult:
-        """As ``Client.submit``."""
+        """As ``Client.submit``. A POLLING job without a ``traceparent`` of its own goes on
+        the client's SubmitStream (one stream for all concurrent submits; the same
+        validation, admission, idempotency and errors as Submit) unless the client was made
+        with ``stream_submits=False`` or the bridge has no SubmitStream; SYNC and STREAM
+        jobs, and traced ones, are a Submit call each."""
         request = job_service_pb2.SubmitRequest(job=spec_of(job))
         extra = trace_metadata(traceparent)
+        streams = self._submits
+        if (
+            streams is not None
+            and streams.available
+            and not extra
+            and request.job.mode == job_pb2.INFERENCE_MODE_POLLING
+        ):
+            try:
+                answer = await self._retrying(lambda left: streams.submit(request, left), timeout)
+                return JobResult(answer.job)
+            except FleetwireError as err:
+                if streams.available or err.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
         return JobResult((await self._unary(self._stub.Submit, request, timeout, extra)).job)
 
     async def submit_batch(
@@ -235,15 +258,26 @@ class AsyncClient:
         extra: tuple[tuple[str, str], ...] = (),
     ) -> T:
         metadata = (*self._metadata, *extra)
+        return await self._retrying(
+            lambda left: method(request, timeout=left, metadata=metadata), timeout
+        )
+
+    async def _retrying(
+        self, attempt_once: Callable[[float | None], Awaitable[T]], timeout: float | None
+    ) -> T:
+        """``attempt_once(time left)`` until it succeeds, the retry policy gives up or the
+        deadline passes; its errors as the typed exceptions."""
         total = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + total
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await method(request, timeout=_left(deadline), metadata=metadata)
+                return await attempt_once(_left(deadline))
             except grpc.RpcError as err:
                 error = error_from_rpc(err)
+            except FleetwireError as err:
+                error = err
             delay = self._retry.delay_before_retry(attempt, error, time_left=_left(deadline))
             if delay is None:
                 raise error

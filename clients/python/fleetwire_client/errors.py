@@ -186,6 +186,17 @@ def _read_detail(packed: Any, details: ErrorDetails) -> None:
         details.violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
 
 
+def error_from_status(status: status_pb2.Status) -> FleetwireError:
+    """The typed exception for a ``google.rpc.Status`` carried in a message rather than a
+    trailer (a SubmitStream answer's error), with its details."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    details = ErrorDetails()
+    for packed in status.details:
+        _read_detail(packed, details)
+    cls = ERRORS_BY_CODE.get(code, ServerError)
+    return cls(status.message or code.name, code=code, details=details)
+
+
 def error_from_rpc(err: grpc.RpcError) -> FleetwireError:
     """The typed exception standing for a failed call (sync ``grpc.Call`` or
     ``grpc.aio.AioRpcError``), with the server's details attached."""
