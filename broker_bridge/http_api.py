@@ -1,6 +1,8 @@
 """The bridge's OpenAI-compatible HTTP API (Starlette): ``POST /v1/chat/completions``,
 ``POST /v1/completions`` (JSON, or server-sent events with ``stream: true``) and
-``GET /v1/models``.
+``GET /v1/models``; and, on the same app, the asynchronous jobs API (``jobs_api``:
+``/v1/jobs``, ``/v1/batches``). Every request carries an ``X-Request-Id``
+(``http_request_ids``).
 
 No job logic of its own: a request is authenticated by ``Authenticator`` (the bearer token
 is the tenant's API key), translated by ``openai_requests``, and accepted by the same
@@ -22,27 +24,40 @@ import redis.asyncio as aioredis
 import structlog
 from opentelemetry import trace
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from broker_bridge import openai_responses as answers
+from broker_bridge import openapi
 from broker_bridge.auth import Authenticator, Caller
+from broker_bridge.batch_desk import BatchDesk
 from broker_bridge.desk import JobDesk
+from broker_bridge.http_bodies import (
+    MAX_BODY_BYTES,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    idempotency_key,
+    read_json,
+)
+from broker_bridge.http_request_ids import RequestIds
+from broker_bridge.jobs_api import ErrorMapping, JobsApi
 from broker_bridge.metrics import BridgeMetrics
 from broker_bridge.openai_requests import Endpoint, spec_of, wants_stream, wants_usage_chunk
 from broker_bridge.watch_slots import WatchSlots
-from fleetwire.domain.errors import FieldViolation, FleetwireError, InvalidArgument
+from fleetwire.domain.errors import FleetwireError
 from fleetwire.messaging.events import REDIS_ERRORS
 from fleetwire.process.settings import Settings
 from fleetwire.process.tracing import current_trace_id, tracer
 from fleetwire.rpc.bearer import AUTHORIZATION
 from fleetwire.v1 import job_pb2
 
+# The body limits live in ``http_bodies``; still importable from here (the OpenAPI
+# document reads them).
+__all__ = ["MAX_BODY_BYTES", "MAX_IDEMPOTENCY_KEY_CHARS", "OpenAIApi", "ServedModels"]
+
 log = structlog.get_logger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
-MAX_IDEMPOTENCY_KEY_CHARS = 128
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -85,6 +100,7 @@ class OpenAIApi:
         self,
         settings: Settings,
         desk: JobDesk,
+        batches: BatchDesk,
         auth: Authenticator,
         watches: WatchSlots,
         metrics: BridgeMetrics,
@@ -92,6 +108,7 @@ class OpenAIApi:
     ) -> None:
         self._settings = settings
         self._desk = desk
+        self._jobs = JobsApi(settings, desk, batches, watches, metrics, self._caller)
         self._auth = auth
         self._watches = watches
         self._metrics = metrics
@@ -103,11 +120,15 @@ class OpenAIApi:
                 Route("/v1/chat/completions", self._guarded(self.chat), methods=["POST"]),
                 Route("/v1/completions", self._guarded(self.completions), methods=["POST"]),
                 Route("/v1/models", self._guarded(self.list_models), methods=["GET"]),
-            ]
+                Route(openapi.PATH, openapi.endpoint(self._settings), methods=["GET"]),
+                *self._jobs.routes(self._guarded),
+            ],
+            middleware=[Middleware(RequestIds)],
         )
 
-    def _guarded(self, handler: Handler) -> Handler:
-        """Runs ``handler`` in a span of its own with the error mapping around it."""
+    def _guarded(self, handler: Handler, errors: ErrorMapping = answers.error_answer) -> Handler:
+        """Runs ``handler`` in a span of its own with the error mapping (``errors``)
+        around it."""
 
         async def guarded(request: Request) -> Response:
             name = f"{request.method} {request.url.path}"
@@ -116,7 +137,7 @@ class OpenAIApi:
                 try:
                     return await handler(request)
                 except FleetwireError as err:
-                    return _error_response(answers.error_answer(err))
+                    return _error_response(errors(err))
                 except Exception:
                     trace_id = current_trace_id()
                     log.exception("http request failed", trace_id=trace_id)
@@ -149,13 +170,8 @@ class OpenAIApi:
 
     async def _complete(self, request: Request, endpoint: Endpoint) -> Response:
         caller = await self._caller(request)
-        body = await _json_body(request)
-        key = request.headers.get("idempotency-key")
-        if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
-            raise InvalidArgument(
-                [FieldViolation("Idempotency-Key", f"1 to {MAX_IDEMPOTENCY_KEY_CHARS} chars")]
-            )
-        spec = spec_of(body, endpoint, idempotency_key=key)
+        body = await read_json(request)
+        spec = spec_of(body, endpoint, idempotency_key=idempotency_key(request))
         if not spec.sampling.max_tokens:
             spec.sampling.max_tokens = self._settings.bridge.http_default_max_tokens
         stream = wants_stream(body)
@@ -217,15 +233,3 @@ class OpenAIApi:
             media_type="text/event-stream",
             headers={answers.JOB_ID_HEADER: job_id, "cache-control": "no-cache"},
         )
-
-
-async def _json_body(request: Request) -> Any:
-    raw = bytearray()
-    async for part in request.stream():  # bounded while it is read, not after
-        raw += part
-        if len(raw) > MAX_BODY_BYTES:
-            raise InvalidArgument([FieldViolation("body", f"at most {MAX_BODY_BYTES} bytes")])
-    try:
-        return json.loads(raw)
-    except ValueError as err:
-        raise InvalidArgument([FieldViolation("body", "not JSON")]) from err

@@ -8,11 +8,13 @@ silently dropped. docs/http.md has the table.
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from enum import Enum
 from typing import Any
 
 from fleetwire.domain.errors import FieldViolation, InvalidArgument
+from fleetwire.domain.validation import MAX_DURATION_SECONDS
 from fleetwire.v1 import job_pb2
 
 PRIORITIES = {
@@ -23,6 +25,11 @@ PRIORITIES = {
 }
 NETWORKS = {"mainnet": job_pb2.NETWORK_MAINNET, "testnet": job_pb2.NETWORK_TESTNET}
 CONSTRAINT_FIELDS = frozenset({"min_gpu_memory_mib", "gpu_class", "region", "subcloud"})
+# The ranges of the JobSpec fields integers land in: a larger value is refused here, by
+# name, instead of failing in the protobuf runtime (a 500).
+INT64 = (-(1 << 63), (1 << 63) - 1)
+UINT32 = (0, (1 << 32) - 1)
+UINT64 = (0, (1 << 64) - 1)
 
 # Accepted and mapped (or, for ``user`` and ``stream_options``, read elsewhere / ignored).
 COMMON_FIELDS = frozenset(
@@ -63,22 +70,47 @@ def _check(condition: bool, field: str, description: str, bad: list[FieldViolati
     return condition
 
 
-def _number(body: dict[str, Any], field: str, bad: list[FieldViolation]) -> float | None:
+def _number(
+    body: dict[str, Any], field: str, bad: list[FieldViolation], *, name: str = ""
+) -> float | None:
+    """``body[field]`` as a finite float (None when absent or null); ``name`` is how a
+    violation names the field (default: ``field``)."""
     value = body.get(field)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        bad.append(FieldViolation(field, "must be a number"))
+        bad.append(FieldViolation(name or field, "must be a number"))
         return None
-    return float(value)
+    try:
+        number = float(value)  # an integer of 400 digits does not fit
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        bad.append(FieldViolation(name or field, "must be a finite number"))
+        return None
+    return number
 
 
-def _integer(body: dict[str, Any], field: str, bad: list[FieldViolation]) -> int | None:
+def _integer(
+    body: dict[str, Any],
+    field: str,
+    bad: list[FieldViolation],
+    *,
+    within: tuple[int, int] = INT64,
+    name: str = "",
+) -> int | None:
+    """``body[field]`` as an integer within ``within`` (None when absent or null)."""
     value = body.get(field)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one kind of number: 5.0 is the integer 5
     if isinstance(value, bool) or not isinstance(value, int):
-        bad.append(FieldViolation(field, "must be an integer"))
+        bad.append(FieldViolation(name or field, "must be an integer"))
+        return None
+    low, high = within
+    if not low <= value <= high:
+        bad.append(FieldViolation(name or field, f"must be within {low} and {high}"))
         return None
     return value
 
@@ -96,6 +128,8 @@ def _text(value: Any) -> str | None:
 
 
 def wants_stream(body: dict[str, Any]) -> bool:
+    """Whether the answer is a stream (``spec_of`` has refused a ``stream`` that is not a
+    boolean)."""
     return body.get("stream") is True
 
 
@@ -134,7 +168,7 @@ def spec_of(body: Any, endpoint: Endpoint, *, idempotency_key: str | None) -> jo
         else:
             bad.append(FieldViolation("prompt", "must be one string"))
     _sampling(body, endpoint, spec.sampling, bad)
-    _extras(body, spec, bad)
+    apply_fleetwire_fields(body, spec, bad)
     if idempotency_key:
         spec.client_request_id = idempotency_key
     if bad:
@@ -169,14 +203,17 @@ def _sampling(
 ) -> None:
     n = _integer(body, "n", bad)
     _check(n is None or n == 1, "n", "only 1 is supported", bad)
+    _stream_fields(body, bad)
     for penalty in ("presence_penalty", "frequency_penalty"):
         value = _number(body, penalty, bad)
         _check(value is None or value == 0, penalty, "only 0 is supported", bad)
-    max_tokens = _integer(body, "max_tokens", bad)
+    max_tokens = _integer(body, "max_tokens", bad, within=UINT32)
+    _check(max_tokens is None or max_tokens >= 1, "max_tokens", "at least 1", bad)
     if endpoint is Endpoint.CHAT:
-        newer = _integer(body, "max_completion_tokens", bad)
+        newer = _integer(body, "max_completion_tokens", bad, within=UINT32)
+        _check(newer is None or newer >= 1, "max_completion_tokens", "at least 1", bad)
         max_tokens = newer if newer is not None else max_tokens
-    if max_tokens is not None and _check(max_tokens >= 1, "max_tokens", "at least 1", bad):
+    if max_tokens:
         sampling.max_tokens = max_tokens
     temperature = _number(body, "temperature", bad)
     if temperature is not None:
@@ -199,30 +236,69 @@ def _sampling(
         sampling.stop.extend(stop)
 
 
-def _extras(body: dict[str, Any], spec: job_pb2.JobSpec, bad: list[FieldViolation]) -> None:
+def _stream_fields(body: dict[str, Any], bad: list[FieldViolation]) -> None:
+    """``stream``, ``stream_options`` and ``user`` are read elsewhere or ignored, but a
+    value of the wrong type is refused rather than taken as absent."""
+    stream = body.get("stream")
+    _check(stream is None or isinstance(stream, bool), "stream", "must be a boolean", bad)
+    options = body.get("stream_options")
+    if options is not None and _check(
+        isinstance(options, dict), "stream_options", "must be an object", bad
+    ):
+        usage = options.get("include_usage")
+        _check(
+            usage is None or isinstance(usage, bool),
+            "stream_options.include_usage",
+            "must be a boolean",
+            bad,
+        )
+    user = body.get("user")
+    _check(user is None or isinstance(user, str), "user", "must be a string", bad)
+
+
+def apply_fleetwire_fields(
+    body: dict[str, Any], spec: job_pb2.JobSpec, bad: list[FieldViolation]
+) -> None:
     """fleetwire's own fields: priority, ttl (seconds), network, subcloud, constraints,
-    labels."""
+    labels — spelled alike in the OpenAI bodies and the jobs API's (``jobs_json``)."""
     priority = body.get("priority")
     if priority is not None and _check(
-        priority in PRIORITIES, "priority", f"one of {sorted(PRIORITIES)}", bad
+        isinstance(priority, str) and priority in PRIORITIES,
+        "priority",
+        f"one of {sorted(PRIORITIES)}",
+        bad,
     ):
         spec.priority = PRIORITIES[priority]
     network = body.get("network")
     if network is not None and _check(
-        network in NETWORKS, "network", f"one of {sorted(NETWORKS)}", bad
+        isinstance(network, str) and network in NETWORKS,
+        "network",
+        f"one of {sorted(NETWORKS)}",
+        bad,
     ):
         spec.network = NETWORKS[network]
     ttl = _number(body, "ttl", bad)
-    if ttl is not None and _check(ttl > 0, "ttl", "seconds, more than 0", bad):
+    if ttl is not None and _check(
+        0 < ttl <= MAX_DURATION_SECONDS,
+        "ttl",
+        f"seconds, more than 0 and at most {MAX_DURATION_SECONDS}",
+        bad,
+    ):
         spec.ttl.FromTimedelta(timedelta(seconds=ttl))
-    constraints = body.get("constraints") or {}
+    constraints = body.get("constraints")
+    if constraints is None:
+        constraints = {}
     if _check(isinstance(constraints, dict), "constraints", "must be an object", bad):
         for name in sorted(set(constraints) - CONSTRAINT_FIELDS):
             bad.append(FieldViolation(f"constraints.{name}", "unknown constraint"))
-        memory = _integer(constraints, "min_gpu_memory_mib", bad)
-        if memory is not None and _check(
-            memory >= 0, "constraints.min_gpu_memory_mib", ">= 0", bad
-        ):
+        memory = _integer(
+            constraints,
+            "min_gpu_memory_mib",
+            bad,
+            within=UINT64,
+            name="constraints.min_gpu_memory_mib",
+        )
+        if memory is not None:
             spec.constraints.min_gpu_memory_mib = memory
         for name in ("gpu_class", "region", "subcloud"):
             value = constraints.get(name)

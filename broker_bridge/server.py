@@ -164,6 +164,7 @@ class BridgeServer:
             api = OpenAIApi(
                 self._settings,
                 desk,
+                batches,
                 auth,
                 watches,
                 bridge_metrics,
