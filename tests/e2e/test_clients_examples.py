@@ -95,3 +95,18 @@ def test_grpcurl_readme_commands(example_env: dict[str, str]) -> None:
     assert status["job"]["signature"]["key_id"]
     cancelled = json.loads(_grpcurl(example_env, "-d", ident, address, f"{service}/Cancel"))
     assert cancelled["job"]["state"] == "JOB_STATE_SUCCEEDED"  # terminal: nothing changes
+
+    # SubmitStream: three submits on one stream, each answered by its ref.
+    SMALL = {"max_tokens": 8}  # noqa: N806
+    requests = "\n".join(
+        json.dumps(
+            {"ref": ref, "submit": {"job": {"model": model, "prompt": "p", "sampling": SMALL}}}
+        )
+        for ref, model in ((1, "tiny-llama"), (2, "no-such-model"), (3, "tiny-llama"))
+    )
+    streamed = _grpcurl(example_env, "-d", requests, address, f"{service}/SubmitStream")
+    parts = re.split(r"(?<=\n})\n(?={)", streamed.strip())
+    answers = {a["ref"]: a for a in (json.loads(part) for part in parts)}
+    assert set(answers) == {"1", "2", "3"}
+    assert answers["1"]["accepted"]["job"]["job_id"] != answers["3"]["accepted"]["job"]["job_id"]
+    assert answers["2"]["error"]["code"] == 3  # INVALID_ARGUMENT, as Submit would say
