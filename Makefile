@@ -70,7 +70,7 @@ typecheck: venv tools  ## mypy --strict on the hand-written packages, tsc on the
 	@node_modules/.bin/tsc --noEmit -p clients/typescript
 
 bench: venv services model  ## benchmarks: mesh vs raw AMQP, Celery and direct vLLM (a few minutes; not in `make test`)
-	@$(PY) -c "import celery, pyinstrument, yappi" 2>/dev/null || $(VENV)/bin/pip install -q -e ".[bench]"
+	@$(PY) -c "import celery, dramatiq, pika, pyinstrument, yappi" 2>/dev/null || $(VENV)/bin/pip install -q -e ".[bench]"
 	@$(PY) -m bench.run
 
 clean:  ## remove build caches (keeps .venv and the model)

@@ -1,15 +1,14 @@
 """The same load on Celery: a prefork worker (concurrency 2) on RabbitMQ with the Redis
-result backend, started as a subprocess and stopped after. Clients are threads (Celery's
-client API blocks), each calling ``noop.delay(...).get()`` back to back."""
+result backend, started as a subprocess and stopped after, in one of the profiles of
+``bench/celery_app.py``. Clients are threads (Celery's client API blocks), each calling
+``noop.delay(...).get()`` back to back."""
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+from bench import celery_app, thread_load
 from bench.mesh_load import LoadResult
 from bench.processes import Mesh
 
@@ -17,13 +16,13 @@ WORKER_CONCURRENCY = 2
 RESULT_TIMEOUT_S = 60.0
 
 
-def celery_env(namespace: str) -> dict[str, str]:
-    return {"BENCH_CELERY_NAMESPACE": namespace}
+def worker_name(profile: str) -> str:
+    return f"celery-worker-{profile}"
 
 
-def start_worker(mesh: Mesh) -> int:
+def start_worker(mesh: Mesh, profile: str) -> int:
     return mesh.spawn(
-        "celery-worker",
+        worker_name(profile),
         [
             sys.executable,
             "-m",
@@ -41,74 +40,28 @@ def start_worker(mesh: Mesh) -> int:
             "--without-mingle",
             "--without-heartbeat",
         ],
-        celery_env(mesh.namespace),
+        {"BENCH_CELERY_NAMESPACE": mesh.namespace, "BENCH_CELERY_PROFILE": profile},
     )
 
 
-def _app_for(namespace: str):  # type: ignore[no-untyped-def]
-    os.environ.update(celery_env(namespace))
-    from bench import celery_app
+class CeleryClient:
+    """The client side of one profile: ``call`` submits a job and waits for its result."""
 
-    return celery_app
+    def __init__(self, namespace: str, profile: str) -> None:
+        self._task: Any = celery_app.build_app(namespace, profile).tasks["bench.noop"]
 
+    def call(self) -> bool:
+        answer = self._task.delay("Benchmark prompt", 4).get(timeout=RESULT_TIMEOUT_S)
+        return bool(answer == celery_app.ANSWER)
 
-def wait_ready(namespace: str, timeout: float = 60.0) -> None:
-    module = _app_for(namespace)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            module.noop.delay("warm", 4).get(timeout=5)
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
+    def warm(self) -> bool:
+        return bool(self._task.delay("warm", 4).get(timeout=5) == celery_app.ANSWER)
 
+    def wait_ready(self) -> None:
+        thread_load.wait_ready(self.warm)
 
-def closed_loop(
-    namespace: str, *, clients: int, duration: float, warmup: float = 1.0
-) -> LoadResult:
-    module = _app_for(namespace)
-    result = LoadResult()
-    lock = threading.Lock()
-    start = time.perf_counter()
-    measure_from = start + warmup
-    stop_at = measure_from + duration
+    def closed_loop(self, *, clients: int, duration: float, warmup: float = 1.0) -> LoadResult:
+        return thread_load.closed_loop(self.call, clients=clients, duration=duration, warmup=warmup)
 
-    def client() -> None:
-        while time.perf_counter() < stop_at:
-            began = time.perf_counter()
-            try:
-                ok = module.noop.delay("Benchmark prompt", 4).get(timeout=RESULT_TIMEOUT_S) == (
-                    "fleetwire bench output"
-                )
-            except Exception:
-                ok = False
-            ended = time.perf_counter()
-            if began >= measure_from and ended <= stop_at:
-                with lock:
-                    if ok:
-                        result.jobs += 1
-                        result.latencies_ms.append((ended - began) * 1000)
-                    else:
-                        result.errors += 1
-
-    with ThreadPoolExecutor(clients) as pool:
-        for future in [pool.submit(client) for _ in range(clients)]:
-            future.result()
-    result.seconds = duration
-    return result
-
-
-def sequential(namespace: str, *, count: int, warmup: int = 20) -> LoadResult:
-    module = _app_for(namespace)
-    result = LoadResult()
-    for _ in range(warmup):
-        module.noop.delay("warm", 4).get(timeout=RESULT_TIMEOUT_S)
-    started = time.perf_counter()
-    for _ in range(count):
-        began = time.perf_counter()
-        module.noop.delay("Benchmark prompt", 4).get(timeout=RESULT_TIMEOUT_S)
-        result.jobs += 1
-        result.latencies_ms.append((time.perf_counter() - began) * 1000)
-    result.seconds = time.perf_counter() - started
-    return result
+    def sequential(self, *, count: int) -> LoadResult:
+        return thread_load.sequential(self.call, self.warm, count=count)

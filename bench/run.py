@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -25,11 +26,19 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from bench import celery_load, mesh_load
+from bench import (
+    celery_app,
+    celery_load,
+    dramatiq_load,
+    mesh_load,
+    report,
+    service_counters,
+    stream_load,
+)
 from bench.idle_nodes import IdleFleet
-from bench.mesh_load import bench_spec, job_body
+from bench.mesh_load import LoadResult, bench_spec, job_body
 from bench.processes import (
     MODEL_DIR,
     Mesh,
@@ -48,6 +57,19 @@ LATENCY_JOBS = 300
 TOKENS = 256
 STREAMS = 8
 TOKEN_RUNS = 5
+PEER_SETTLE_S = 6.0
+"""Before a peer's counters are read again: RabbitMQ's stats interval (5 s); no PostgreSQL."""
+PHASES = ("raw_amqp", "mesh", "celery", "dramatiq", "memory", "tokens")
+
+
+class PeerClient(Protocol):
+    """The client side of a peer (``bench.celery_load``, ``bench.dramatiq_load``)."""
+
+    def wait_ready(self) -> None: ...
+
+    def closed_loop(self, *, clients: int, duration: float, warmup: float = 1.0) -> LoadResult: ...
+
+    def sequential(self, *, count: int) -> LoadResult: ...
 
 
 def say(text: str) -> None:
@@ -79,6 +101,12 @@ class Bench:
                 "duration_s": args.duration,
                 "slots_per_node": SLOTS_PER_NODE,
                 "celery_worker_concurrency": celery_load.WORKER_CONCURRENCY,
+                "celery_profiles": celery_app.PROFILES,
+                "dramatiq_worker": {
+                    "processes": dramatiq_load.WORKER_PROCESSES,
+                    "threads": dramatiq_load.WORKER_THREADS,
+                },
+                "token_runs": TOKEN_RUNS,
             },
             "load_average": {},
         }
@@ -91,8 +119,10 @@ class Bench:
         phases: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "raw_amqp": self.raw,
             "mesh": self.mesh_phases,
+            # The headline peer runs right after the mesh: closest in time, so in load.
+            "celery": self.celery,
+            "dramatiq": self.dramatiq,
             "memory": self.memory,
-            "celery": lambda: asyncio.to_thread(self.celery),
             "tokens": self.tokens,
         }
         chosen = self.args.only or [p for p in phases if p != "tokens" or not self.args.skip_tokens]
@@ -104,7 +134,8 @@ class Bench:
             self.mesh.stop_all()
             await cleanup_namespace(self.namespace)
         self.results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-        self.results["ratios"] = ratios(self.results)
+        self.results["ratios"] = report.ratios(self.results)
+        self.results["targets"] = report.targets(self.results)
         if not self.keep_logs:
             shutil.rmtree(self.work, ignore_errors=True)
         return self.results
@@ -140,27 +171,28 @@ class Bench:
         mesh.start_bench_node("node-1", slots=SLOTS_PER_NODE)
         await wait_for_nodes(mesh, {"node-1"})
         bridge = mesh.bridge_address
+        watched = {name: mesh.pid(name) for name in ("bridge", "scheduler", "node-1")}
+
+        scale: dict[str, Any] = {}
+        say(f"mesh: {args.clients} clients, 1 node, {args.duration} s")
+        one, cpu, cost = await self.costed(
+            watched,
+            lambda: mesh_load.closed_loop(bridge, clients=args.clients, duration=args.duration),
+            settle=service_counters.SETTLE_S,
+        )
+        self.results["mesh_cpu_ms_per_job"] = cpu
+        self.results["mesh_service_cost"] = cost
+        self.results["pg_commits_per_job"] = cost.get("pg_commits_per_job")
+        scale["1 scheduler, 1 node"] = one.summary()
+        self.results["mesh_throughput"] = one.summary()
+        self.mark("mesh_throughput")
+
+        await self.stream_phase(watched)
 
         say(f"mesh: latency, {LATENCY_JOBS} single jobs on an idle mesh")
         latency = await mesh_load.sequential(bridge, count=LATENCY_JOBS)
         self.results["mesh_latency"] = latency.summary()
         self.mark("mesh_latency")
-
-        scale: dict[str, Any] = {}
-        say(f"mesh: {args.clients} clients, 1 node, {args.duration} s")
-        watched = {name: mesh.pid(name) for name in ("bridge", "scheduler", "node-1")}
-        watched["clients (this process)"] = os.getpid()
-        cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
-        one = await mesh_load.closed_loop(
-            bridge, clients=args.clients, duration=args.duration, warmup=0.0
-        )
-        self.results["mesh_cpu_ms_per_job"] = {
-            name: round((cpu_seconds(pid) - cpu_before[name]) * 1000 / max(1, one.jobs), 2)
-            for name, pid in watched.items()
-        }
-        scale["1 scheduler, 1 node"] = one.summary()
-        self.results["mesh_throughput"] = one.summary()
-        self.mark("mesh_throughput")
 
         say("mesh: batches (SubmitBatch of 100), 1 node")
         batch = await mesh_load.batches(bridge, total=args.batch_jobs)
@@ -197,8 +229,57 @@ class Bench:
         scale["2 schedulers, 4 nodes"] = twice.summary()
         self.results["scale"] = scale
         self.mark("scale")
-        for name in ("node-1", "node-2", "node-5", "node-6", "scheduler-b"):
+        # The peers run on an idle machine: no mesh process beside them (the tokens phase
+        # starts the scheduler and the bridge again).
+        for name in ("node-1", "node-2", "node-5", "node-6", "scheduler-b", "bridge", "scheduler"):
             mesh.stop(name)
+
+    async def costed(
+        self,
+        watched: dict[str, int],
+        load: Callable[[], Coroutine[Any, Any, LoadResult]],
+        *,
+        settle: float,
+    ) -> tuple[LoadResult, dict[str, float], dict[str, Any]]:
+        """Runs ``load`` and returns it with the CPU per job of each ``watched`` process
+        (and of this process, the clients) and the backing services' counters per job,
+        both divided by every job the load completed (warm-up included)."""
+        watched = {**watched, "clients (this process)": os.getpid()}
+        counters_before = await service_counters.read_counters(self.namespace)
+        cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        result = await load()
+        jobs = max(1, result.completed)
+        cpu = {
+            name: round((cpu_seconds(pid) - cpu_before[name]) * 1000 / jobs, 2)
+            for name, pid in watched.items()
+        }
+        counters_end = await service_counters.read_counters(self.namespace)
+        await asyncio.sleep(settle)
+        counters_after = await service_counters.read_counters(self.namespace)
+        cost = service_counters.per_job(counters_before, counters_end, counters_after, jobs)
+        return result, cpu, cost
+
+    async def stream_phase(self, watched: dict[str, int]) -> None:
+        """The 50-client load through SubmitStream, once the bridge's stub has it."""
+        args = self.args
+        if not stream_load.submit_stream_available():
+            say(f"mesh: streamed submits {stream_load.UNAVAILABLE}")
+            self.results["mesh_stream"] = {"status": stream_load.UNAVAILABLE}
+            return
+        say(f"mesh: {args.clients} clients on SubmitStream, 1 node, {args.duration} s")
+        streamed, cpu, cost = await self.costed(
+            watched,
+            lambda: stream_load.streamed_closed_loop(
+                self.mesh.bridge_address, clients=args.clients, duration=args.duration
+            ),
+            settle=service_counters.SETTLE_S,
+        )
+        self.results["mesh_stream"] = {
+            **streamed.summary(),
+            "cpu_ms_per_job": cpu,
+            "service_cost": cost,
+        }
+        self.mark("mesh_stream")
 
     async def memory(self) -> None:
         count = self.args.idle_nodes
@@ -232,34 +313,65 @@ class Bench:
         }
         self.mark("memory")
 
-    def celery(self) -> None:
-        say("celery: starting a prefork worker (concurrency 2)")
-        worker = celery_load.start_worker(self.mesh)
-        try:
-            celery_load.wait_ready(self.namespace)
-            say(f"celery: latency, {LATENCY_JOBS} single jobs")
-            latency = celery_load.sequential(self.namespace, count=LATENCY_JOBS)
-            say(f"celery: {self.args.clients} clients, {self.args.duration} s")
-            tree = process_tree(worker)
-            cpu_before = sum(cpu_seconds(pid) for pid in tree)
-            clients_before = cpu_seconds(os.getpid())
-            load = celery_load.closed_loop(
-                self.namespace, clients=self.args.clients, duration=self.args.duration, warmup=0.0
+    async def celery(self) -> None:
+        for profile in celery_app.PROFILES:
+            await self.peer(
+                f"celery_{profile}" if profile != "default" else "celery",
+                f"celery ({profile})",
+                functools.partial(celery_load.start_worker, self.mesh, profile),
+                celery_load.worker_name(profile),
+                celery_load.CeleryClient(self.namespace, profile),
             )
-            jobs = max(1, load.jobs)
-            self.results["celery_cpu_ms_per_job"] = {
-                "worker (parent and pool)": round(
-                    (sum(cpu_seconds(pid) for pid in tree) - cpu_before) * 1000 / jobs, 2
+
+    async def dramatiq(self) -> None:
+        await self.peer(
+            "dramatiq",
+            "dramatiq",
+            lambda: dramatiq_load.start_worker(self.mesh),
+            dramatiq_load.WORKER_NAME,
+            dramatiq_load.DramatiqClient(self.namespace),
+        )
+
+    async def peer(
+        self,
+        key: str,
+        label: str,
+        start: Callable[[], int],
+        worker: str,
+        client: PeerClient,
+    ) -> None:
+        """One peer: its worker started, the 50-client load (CPU and counters per job),
+        then the idle latency; the worker stopped after."""
+        args = self.args
+        say(f"{label}: starting its worker")
+        pid = start()
+        try:
+            await asyncio.to_thread(client.wait_ready)
+            say(f"{label}: {args.clients} clients, {args.duration} s")
+            tree = process_tree(pid)
+            load, cpu, cost = await self.costed(
+                {f"worker-{i}": p for i, p in enumerate(tree)},
+                lambda: asyncio.to_thread(
+                    client.closed_loop, clients=args.clients, duration=args.duration
                 ),
-                "clients (this process)": round(
-                    (cpu_seconds(os.getpid()) - clients_before) * 1000 / jobs, 2
-                ),
-            }
+                settle=PEER_SETTLE_S,
+            )
+            say(f"{label}: latency, {LATENCY_JOBS} single jobs")
+            latency = await asyncio.to_thread(client.sequential, count=LATENCY_JOBS)
         finally:
-            self.mesh.stop("celery-worker")
-        self.results["celery_latency"] = latency.summary()
-        self.results["celery_throughput"] = load.summary()
-        self.mark("celery")
+            self.mesh.stop(worker)
+        workers = [v for n, v in cpu.items() if n.startswith("worker-")]
+        self.results.setdefault("peers", {})[key] = {
+            "throughput": load.summary(),
+            "latency": latency.summary(),
+            "cpu_ms_per_job": {
+                "worker": round(sum(workers), 2),
+                "worker processes": len(workers),
+                "clients (this process)": cpu["clients (this process)"],
+            },
+            "service_cost": cost,
+        }
+        self.mark(key)
 
     async def tokens(self) -> None:
         if not (MODEL_DIR / "config.json").is_file():
@@ -311,111 +423,6 @@ class Bench:
         self.mark("tokens")
 
 
-def ratios(r: dict[str, Any]) -> dict[str, float | None]:
-    def div(a: float | None, b: float | None) -> float | None:
-        return round(a / b, 3) if a and b else None
-
-    mesh = r.get("mesh_throughput", {}).get("jobs_per_s")
-    raw = r.get("raw_amqp", {}).get("limit_per_s")
-    tokens = r.get("tokens", {})
-    return {
-        "mesh_over_raw": div(mesh, raw),
-        "batch_over_raw": div(r.get("mesh_batch", {}).get("jobs_per_s"), raw),
-        "mesh_over_celery": div(mesh, r.get("celery_throughput", {}).get("jobs_per_s")),
-        "tokens_mesh_over_direct": div(
-            tokens.get("mesh_tokens_per_s"), tokens.get("direct_tokens_per_s")
-        ),
-    }
-
-
-def table(r: dict[str, Any]) -> str:
-    raw, q = r.get("raw_amqp", {}), r.get("ratios", {})
-    lat, clat = r.get("mesh_latency", {}), r.get("celery_latency", {})
-    mem, tok = r.get("memory", {}), r.get("tokens", {})
-
-    def f(value: Any, fmt: str = ",.0f") -> str:
-        return "n/a" if value is None else format(value, fmt)
-
-    def target(ok: bool | None) -> str:
-        return "" if ok is None else ("met" if ok else "NOT met")
-
-    def ge(value: Any, bound: float) -> bool | None:
-        return None if value is None else value >= bound
-
-    latency_ok = None if not lat else lat["p50_ms"] <= 3 and lat["p99_ms"] <= 10
-    rows = [
-        ("raw AMQP publish, await each confirm", f"{f(raw.get('publish_each_per_s'))} msg/s", ""),
-        (
-            f"raw AMQP publish, {raw.get('window')} in flight",
-            f"{f(raw.get('publish_window_per_s'))} msg/s",
-            "",
-        ),
-        ("raw AMQP consume, manual ack", f"{f(raw.get('consume_per_s'))} msg/s", ""),
-        ("raw AMQP publish+consume, await each", f"{f(raw.get('pipeline_each_per_s'))} msg/s", ""),
-        ("raw AMQP publish+consume, windowed (limit)", f"{f(raw.get('limit_per_s'))} msg/s", ""),
-        (
-            f"mesh, {r['settings']['clients']} clients, 1 node",
-            f"{f(r.get('mesh_throughput', {}).get('jobs_per_s'))} jobs/s",
-            "",
-        ),
-        ("mesh / raw limit", f(q.get("mesh_over_raw"), ".2f"), ""),
-        (
-            "mesh batches (SubmitBatch 100)",
-            f"{f(r.get('mesh_batch', {}).get('jobs_per_s'))} jobs/s",
-            "",
-        ),
-        (
-            "mesh batches / raw limit",
-            f(q.get("batch_over_raw"), ".2f"),
-            f"target >= 0.5: {target(ge(q.get('batch_over_raw'), 0.5))}",
-        ),
-        (
-            f"celery, {r['settings']['clients']} clients",
-            f"{f(r.get('celery_throughput', {}).get('jobs_per_s'))} jobs/s",
-            "",
-        ),
-        (
-            "mesh / celery",
-            f(q.get("mesh_over_celery"), ".2f"),
-            f"target >= 2: {target(ge(q.get('mesh_over_celery'), 2))}",
-        ),
-        (
-            "mesh latency p50 / p99 (idle)",
-            f"{f(lat.get('p50_ms'), '.1f')} / {f(lat.get('p99_ms'), '.1f')} ms",
-            f"target <= 3 / 10: {target(latency_ok)}",
-        ),
-        (
-            "celery latency p50 / p99 (idle)",
-            f"{f(clat.get('p50_ms'), '.1f')} / {f(clat.get('p99_ms'), '.1f')} ms",
-            "",
-        ),
-        (
-            f"tokens/s direct AsyncLLM ({tok.get('streams', STREAMS)} streams)",
-            f(tok.get("direct_tokens_per_s")),
-            "",
-        ),
-        ("tokens/s through the mesh", f(tok.get("mesh_tokens_per_s")), ""),
-        (
-            "tokens mesh / direct",
-            f(q.get("tokens_mesh_over_direct"), ".2f"),
-            f"target >= 0.95: {target(ge(q.get('tokens_mesh_over_direct'), 0.95))}",
-        ),
-    ]
-    for name, s in r.get("scale", {}).items():
-        rows.append((f"scale: {name}", f"{f(s.get('jobs_per_s'))} jobs/s", ""))
-    rows.append(
-        (
-            f"scheduler memory, {mem.get('idle_nodes', 0)} idle nodes",
-            f"{f(mem.get('kib_per_node'), '.1f')} KiB/node "
-            f"({f(mem.get('rss_before_mib'), '.0f')} -> {f(mem.get('rss_after_mib'), '.0f')} MiB)",
-            f"target <= 50: {target(None if not mem else mem['kib_per_node'] <= 50)}",
-        )
-    )
-    width = max(len(n) for n, _, _ in rows)
-    vwidth = max(len(v) for _, v, _ in rows)
-    return "\n".join(f"{n:<{width}}  {v:>{vwidth}}  {t}".rstrip() for n, v, t in rows)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per load run")
@@ -426,7 +433,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["raw_amqp", "mesh", "memory", "celery", "tokens"],
+        choices=list(PHASES),
         help="run only this phase (repeatable); e.g. --only tokens for the tokens/s figure",
     )
     parser.add_argument("--out", default="bench/results/latest.json")
@@ -436,7 +443,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print()
-    print(table(results))
+    print(report.figures_table(results))
+    print()
+    print(report.cost_table(results))
+    print()
+    print(report.targets_table(results))
     print(f"\nload average (1 min) per phase: {results['load_average']}")
     print(f"written to {out}")
 
