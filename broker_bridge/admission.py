@@ -141,7 +141,10 @@ class QueueDepthGauge:
         return depth
 
     async def _measure(self, route_key: str) -> int:
-        queue = self._topology.route_queue(route_key)
+        """Ready messages of the route's queues (one per priority class on quorum)."""
+        return sum([await self._measure_queue(q) for q in self._topology.route_queues(route_key)])
+
+    async def _measure_queue(self, queue: str) -> int:
         try:
             if self._channel is None or self._channel.is_closed:
                 self._channel = await self._link.channel(publisher_confirms=False)

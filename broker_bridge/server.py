@@ -60,9 +60,7 @@ class BridgeServer:
         self._redis = connect_redis(
             settings.redis.url.get_secret_value(), max_connections=settings.redis.max_connections
         )
-        topology = Topology(
-            settings.mesh.namespace, route_queue_expires=settings.mesh.route_queue_expires
-        )
+        topology = Topology.of(settings)
         self._publisher = JobPublisher(
             self._link, topology, confirm_timeout=settings.rabbitmq.publish_timeout
         )
@@ -83,7 +81,7 @@ class BridgeServer:
         self._pool = await open_pool(self._settings.postgres)
         try:
             channel = await self._link.channel()
-            await Topology(self._settings.mesh.namespace).declare_base(channel)
+            await Topology.of(self._settings).declare_base(channel)
             await channel.close()
         except BackendUnavailable:
             log.warning("rabbitmq not reachable at start; will retry on first submit")

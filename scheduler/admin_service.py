@@ -163,13 +163,17 @@ class MeshAdminService(
         )
 
     async def _queue_messages(self, route: str) -> int:
-        """Ready messages in the route's queue (passive declare; 0 when it does not exist)."""
+        """Ready messages in the route's queues (passive declare; 0 for one that does not
+        exist; on quorum, one queue per priority class)."""
+        return sum([await self._queue_messages_of(q) for q in self._topology.route_queues(route)])
+
+    async def _queue_messages_of(self, queue: str) -> int:
         try:
             channel = await self._link.channel(publisher_confirms=False)
         except Exception:  # BackendUnavailable: report PostgreSQL's view alone
             return 0
         try:
-            ok = await channel.queue_declare(self._topology.route_queue(route), passive=True)
+            ok = await channel.queue_declare(queue, passive=True)
             return int(ok.message_count or 0)
         except _QUEUE_GONE:
             return 0

@@ -144,7 +144,11 @@ class MeshCensus:
     async def _queue_readings(self, routes: set[str]) -> tuple[QueueReading, ...] | None:
         named = [
             *self._fixed_queues,
-            *((self._topology.route_queue(route), "route") for route in sorted(routes)),
+            *(
+                (queue, "route")
+                for route in sorted(routes)
+                for queue in self._topology.route_queues(route)
+            ),
         ]
         try:
             async with asyncio.timeout(self._broker_timeout):

@@ -83,10 +83,12 @@ class ManagementApi:
 
     @classmethod
     def of(cls, management_url: str, amqp_url: str, *, timeout: float) -> ManagementApi | None:
-        """The API of ``management_url`` for the AMQP URL's vhost; None when unset."""
+        """The API of ``management_url`` for the AMQP URL's vhost (the first URL's, when
+        it is a list); None when unset."""
         if not management_url:
             return None
-        vhost = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).path[1:]) or "/"
+        first = amqp_url.split(",", 1)[0].strip()
+        vhost = urllib.parse.unquote(urllib.parse.urlsplit(first).path[1:]) or "/"
         return cls(management_url, vhost, timeout=timeout)
 
     async def unacked(self) -> dict[str, int]:

@@ -4,6 +4,12 @@ dead-letter consumer that records expired and rejected jobs.
 Prefetch on a route equals the slots serving it, so unacked deliveries never outnumber the
 slots and RabbitMQ keeps the rest in priority order. A route no local node serves is not
 consumed at all, so another scheduler replica with such nodes gets its jobs.
+
+On quorum queues (no priorities on RabbitMQ 3.10) a route is one queue per priority class:
+each is consumed with the route's prefetch on the route's channel, and a ``PriorityGate``
+passes the deliveries on to the dispatcher highest class first, as many at once as the
+route has slots. A deferred delivery is republished to its queue and acked rather than
+requeued, so deferrals do not count towards the quorum queues' delivery limit.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import aiormq.abc
 import structlog
+from aiormq.exceptions import DeliveryError
 
 from fleetwire.domain.errors import BackendUnavailable
 from fleetwire.domain.states import JobState
@@ -33,8 +40,9 @@ from fleetwire.messaging.topology import (
 from fleetwire.process.tracing import attached
 from fleetwire.store.jobs import JobStore
 from fleetwire.v1 import job_pb2
-from scheduler.dispatcher import REQUEUE, Action, Dispatcher, Verdict
+from scheduler.dispatcher import ACK, REQUEUE, Action, Dispatcher, Verdict
 from scheduler.job_spans import delivery_context
+from scheduler.priority_gate import PriorityGate
 
 log = structlog.get_logger(__name__)
 
@@ -45,8 +53,9 @@ _BROKER_DOWN: tuple[type[BaseException], ...] = (BackendUnavailable, *AMQP_ERROR
 @dataclass(eq=False)
 class _RouteConsumer:
     channel: aiormq.abc.AbstractChannel
-    consumer_tag: str
+    consumer_tags: list[str]
     prefetch: int
+    gate: PriorityGate | None  # quorum: the route's class queues' deliveries in order
 
 
 class QueueConsumers:
@@ -149,24 +158,45 @@ class QueueConsumers:
             consumer = self._consumers.get(route)
             if consumer is None:
                 channel = await self._link.channel(publisher_confirms=False)
-                queue = await self._topology.declare_route(channel, route)
+                queues = await self._topology.declare_route_queues(channel, route)
+                # Per consumer (quorum queues have no channel-wide prefetch): each class
+                # queue of a quorum route holds at most ``slots`` deliveries here.
                 await channel.basic_qos(prefetch_count=slots)
-                ok = await channel.basic_consume(queue, self._handler_for(route))
-                self._consumers[route] = _RouteConsumer(channel, ok.consumer_tag or "", slots)
-                log.info("consuming", route=route, prefetch=slots)
+                gate = PriorityGate(slots) if self._topology.quorum else None
+                handler = self._handler_for(route, gate)
+                tags = [
+                    (await channel.basic_consume(queue, handler)).consumer_tag or ""
+                    for queue in queues
+                ]
+                self._consumers[route] = _RouteConsumer(channel, tags, slots, gate)
+                log.info("consuming", route=route, prefetch=slots, queues=len(queues))
             elif consumer.prefetch != slots:
                 await consumer.channel.basic_qos(prefetch_count=slots)
                 consumer.prefetch = slots
+                if consumer.gate is not None:
+                    consumer.gate.resize(slots)
 
     def _handler_for(
-        self, route: str
+        self, route: str, gate: PriorityGate | None
     ) -> Callable[[aiormq.abc.DeliveredMessage], Coroutine[Any, Any, None]]:
         async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-            task = asyncio.create_task(self._handle(route, message))
+            task = asyncio.create_task(self._handle_in_turn(route, message, gate))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
 
         return on_message
+
+    async def _handle_in_turn(
+        self, route: str, message: aiormq.abc.DeliveredMessage, gate: PriorityGate | None
+    ) -> None:
+        if gate is None:
+            await self._handle(route, message)
+            return
+        async with gate.admitted(message.header.properties.priority or 0):
+            if message.channel.is_closed:
+                # Its channel died while it waited: the broker hands it out again.
+                return
+            await self._handle(route, message)
 
     async def _handle(self, route: str, message: aiormq.abc.DeliveredMessage) -> None:
         tag = _tag(message)
@@ -189,6 +219,16 @@ class QueueConsumers:
                     # a redelivery runs or drops it accordingly. Nothing is lost either way.
                     log.warning("forward failed; requeueing", route=route, error=str(err))
                     verdict = REQUEUE
+            if (
+                verdict.action is Action.REQUEUE
+                and self._topology.quorum
+                and not message.channel.is_closed  # else the broker requeued it already
+            ):
+                try:
+                    await self._forward(message, verdict)
+                    verdict = ACK
+                except _BROKER_DOWN as err:
+                    log.warning("requeue by republish failed; nacking", error=str(err))
             if verdict.action is Action.REQUEUE:
                 await message.channel.basic_nack(tag, requeue=True)
             else:
@@ -199,44 +239,55 @@ class QueueConsumers:
 
     async def _forward(self, message: aiormq.abc.DeliveredMessage, verdict: Verdict) -> None:
         """Republishes a delivery (confirmed, persistent, same body, routing key and
-        priority) to a retry stage or the dead-letters queue. ``x-death`` is dropped so
-        RabbitMQ's cycle detection never discards the message on its way back."""
+        priority) to a retry stage, the dead-letters queue or (REQUEUE) back to its route.
+        ``x-death`` is dropped so RabbitMQ's cycle detection never discards the message on
+        its way back. Raises (one of ``_BROKER_DOWN``) when the broker did not confirm."""
         props = message.header.properties
         headers = {k: v for k, v in (props.headers or {}).items() if k != "x-death"}
-        headers[HEADER_LAST_ERROR] = verdict.reason[:512]
+        if verdict.reason or verdict.action is not Action.REQUEUE:
+            headers[HEADER_LAST_ERROR] = verdict.reason[:512]
         expiration = props.expiration
         expires_at_ms = headers.get(HEADER_EXPIRES_AT_MS)
         if isinstance(expires_at_ms, int):
             remaining = expires_at_ms - int(time.time() * 1000)
             expiration = str(max(1, remaining))
+        delay_ms = 0
         if verdict.action is Action.RETRY_STAGE:
             headers[HEADER_RETRIES] = verdict.stage + 1
             delay_ms = self._stage_delays_ms[verdict.stage]
             exchange = self._topology.retry_stage(verdict.stage, delay_ms)
             routing_key = message.routing_key or ""
+        elif verdict.action is Action.REQUEUE:
+            exchange, routing_key = self._topology.jobs_exchange, message.routing_key or ""
         else:
             exchange, routing_key, expiration = "", self._topology.dead_letters_queue, None
         channel = await self._publish_channel()
         if verdict.action is Action.RETRY_STAGE and exchange not in self._declared_stages:
             await self._topology.declare_retry_stage(channel, verdict.stage, delay_ms)
             self._declared_stages.add(exchange)
-        confirmation = await channel.basic_publish(
-            message.body,
-            exchange=exchange,
-            routing_key=routing_key,
-            mandatory=True,
-            timeout=10,
-            properties=aiormq.spec.Basic.Properties(
-                content_type=props.content_type,
-                message_type=props.message_type,
-                delivery_mode=2,
-                priority=props.priority,
-                expiration=expiration,
-                message_id=props.message_id,
-                timestamp=props.timestamp,
-                headers=headers,
-            ),
-        )
+        try:
+            confirmation = await channel.basic_publish(
+                message.body,
+                exchange=exchange,
+                routing_key=routing_key,
+                mandatory=True,
+                timeout=10,
+                properties=aiormq.spec.Basic.Properties(
+                    content_type=props.content_type,
+                    message_type=props.message_type,
+                    delivery_mode=2,
+                    priority=props.priority,
+                    expiration=expiration,
+                    message_id=props.message_id,
+                    timestamp=props.timestamp,
+                    headers=headers,
+                ),
+            )
+        except DeliveryError as err:  # nacked (PublishError: returned): not forwarded
+            # A channel that saw a quorum queue's leader go keeps nacking: use a new one.
+            self._publisher = None
+            await _close(channel)
+            raise ConnectionError(f"forward refused: {err}") from err
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             raise ConnectionError(f"forward not confirmed: {confirmation!r}")
 

@@ -144,9 +144,7 @@ class SchedulerServer:
             ttl=settings.redis.stream_ttl,
             finished_retention=settings.redis.finished_stream_retention,
         )
-        topology = Topology(
-            settings.mesh.namespace, route_queue_expires=settings.mesh.route_queue_expires
-        )
+        topology = Topology.of(settings)
         self._progress_relay = ProgressRelay(events)
         await self._progress_relay.start()
         metrics = SchedulerMetrics(self.metrics.registry, self.registry)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import aiormq
 import aiormq.abc
 import structlog
-from aiormq.exceptions import PublishError
+from aiormq.exceptions import DeliveryError, PublishError
 from opentelemetry.trace import SpanKind
 
 from fleetwire.domain.errors import BackendUnavailable, RouteUnavailable
@@ -104,7 +104,8 @@ class JobPublisher:
 
     async def publish(self, message: JobMessage) -> None:
         """Returns once RabbitMQ confirmed the message. Raises RouteUnavailable when it was
-        returned as unroutable and BackendUnavailable when the broker did not confirm.
+        returned as unroutable and BackendUnavailable when the broker did not confirm it or
+        refused it (a nack: a full quorum queue, no quorum).
 
         The ``publish`` span is a child of the current span when that is in the job's trace
         (Submit), else of an unknown parent in the job's trace (the outbox relay publishing
@@ -132,7 +133,7 @@ class JobPublisher:
             confirmation = await channel.basic_publish(
                 message.body,
                 exchange=self._topology.jobs_exchange,
-                routing_key=message.route_key,
+                routing_key=self._topology.publish_key(message.route_key, message.priority),
                 mandatory=True,
                 timeout=self._confirm_timeout,
                 properties=aiormq.spec.Basic.Properties(
@@ -152,6 +153,12 @@ class JobPublisher:
             )
         except PublishError as err:
             raise RouteUnavailable(f"no queue serves route {message.route_key!r}") from err
+        except DeliveryError as err:
+            # A nack: a full quorum queue (reject-publish), or one whose leader was lost.
+            # The channel is dropped: on RabbitMQ 3.10 a channel that saw a quorum queue's
+            # leader go keeps nacking it (measured: for 20 s and more), a new one does not.
+            await self._drop_channel()
+            raise BackendUnavailable("rabbitmq", f"publish refused: {err}") from err
         except BackendUnavailable:
             raise
         except AMQP_ERRORS as err:
@@ -159,6 +166,13 @@ class JobPublisher:
             raise BackendUnavailable("rabbitmq", str(err) or type(err).__name__) from err
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             raise BackendUnavailable("rabbitmq", f"publish not confirmed: {confirmation!r}")
+
+    async def _drop_channel(self) -> None:
+        async with self._lock:
+            channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*AMQP_ERRORS):
+                await channel.close()
 
     async def close(self) -> None:
         async with self._lock:

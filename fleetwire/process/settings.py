@@ -19,6 +19,7 @@ from pydantic_settings import SettingsConfigDict
 from fleetwire.messaging.topology import (
     DEFAULT_ROUTE_QUEUE_EXPIRES,
     ROUTE_EXPIRY_MARGIN,
+    QueueType,
     route_word,
 )
 from fleetwire.process.node_settings import NodeSettings
@@ -86,7 +87,12 @@ class RabbitMQSettings(_Group):
 
     model_config = _group("FLEETWIRE_RABBITMQ_")
 
-    url: SecretStr = Field(SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="AMQP URL.")
+    url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="AMQP URL, or a comma-separated list of the URLs of a cluster's nodes: "
+        "a process connects to the first that answers and, when that connection drops, to "
+        "the next (round-robin).",
+    )
     management_url: SecretStr = Field(
         SecretStr("http://guest:guest@127.0.0.1:15672/"),
         description="RabbitMQ's management API (the rabbitmq_management plugin), with its "
@@ -96,6 +102,27 @@ class RabbitMQSettings(_Group):
     publish_timeout: Duration = Field(
         timedelta(seconds=10),
         description="How long Submit (and a dead-letter replay) waits for the publisher confirm.",
+    )
+    queue_type: QueueType = Field(
+        QueueType.CLASSIC,
+        description="Type of the route, retry-stage and dead-letter queues: `classic` (one "
+        "queue per route, AMQP priorities) or `quorum` (replicated; one queue per route and "
+        "priority class, at-least-once dead-lettering, reject-publish overflow). Fixed per "
+        "namespace: switch with a new FLEETWIRE_NAMESPACE (docs/deployment.md).",
+    )
+    delivery_limit: int = Field(
+        20,
+        ge=1,
+        description="Quorum queues: deliveries of one message (redeliveries after a "
+        "consumer's channel died) before RabbitMQ dead-letters it (x-delivery-limit); the "
+        "scheduler records it FAILED. Deferrals do not count (they republish).",
+    )
+    queue_max_length: int = Field(
+        0,
+        ge=0,
+        description="Quorum queues: messages a route queue holds at most (x-max-length; 0: "
+        "no limit). Beyond, RabbitMQ refuses the publish (reject-publish) and Submit is "
+        "UNAVAILABLE; the bridge's own queue-depth guard usually answers first.",
     )
 
 
