@@ -144,6 +144,10 @@ class Dispatcher:
         self._begin: Coalescer[tuple[uuid.UUID, str], OpenedAttempt | None] = Coalescer(
             lambda items: attempts.begin_attempts(items, scheduler_id), name="begin-attempts"
         )
+        # ... and record the RUNNING of accepted attempts in one statement.
+        self._running: Coalescer[tuple[uuid.UUID, int], bool] = Coalescer(
+            attempts.mark_running_many, name="mark-running"
+        )
 
     # -- deliveries -------------------------------------------------------------------
 
@@ -367,7 +371,7 @@ class Dispatcher:
         """Records that the node accepted the attempt. Best effort: a job may go from
         DISPATCHED straight to its final state, so a backend hiccup here costs nothing."""
         try:
-            moved = await self._attempts.mark_running(uuid.UUID(run.job_id), run.attempt)
+            moved = await self._running((uuid.UUID(run.job_id), run.attempt))
         except BackendUnavailable:
             log.warning("RUNNING not recorded", job_id=run.job_id, attempt=run.attempt)
             return

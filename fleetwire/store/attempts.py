@@ -137,6 +137,33 @@ class AttemptStore:
         )
         return bool(moved)
 
+    @translating
+    async def mark_running_many(self, runs: Sequence[tuple[uuid.UUID, int]]) -> list[bool]:
+        """``mark_running`` for many (job id, attempt) pairs in one statement and one
+        commit (the scheduler's concurrent Accepts, coalesced): per pair, whether its job
+        moved."""
+        if len(runs) == 1:
+            return [await self.mark_running(*runs[0])]
+        moved = {
+            row["job_id"]
+            for row in await self._pool.fetch(
+                "WITH input AS ("
+                "  SELECT * FROM unnest($1::uuid[], $2::integer[]) AS i(job_id, attempt)"
+                "), job AS ("
+                "  UPDATE jobs j SET state = 'RUNNING', updated_at = now() FROM input i"
+                "  WHERE j.job_id = i.job_id AND j.attempts = i.attempt"
+                "  AND j.state = 'DISPATCHED' RETURNING j.job_id"
+                "), started AS ("
+                "  UPDATE attempts a SET outcome = 'RUNNING', started_at = now() FROM input i"
+                "  WHERE a.job_id = i.job_id AND a.attempt = i.attempt"
+                "  AND a.outcome = 'DISPATCHED'"
+                ") SELECT job_id FROM job",
+                [job_id for job_id, _ in runs],
+                [attempt for _, attempt in runs],
+            )
+        }
+        return [job_id in moved for job_id, _ in runs]
+
     async def finalise_success(
         self, job_id: uuid.UUID, outcome: SignedOutcome, prices: Prices | None = None
     ) -> bool:

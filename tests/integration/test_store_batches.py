@@ -159,3 +159,19 @@ async def test_an_item_the_database_refuses_does_not_fail_its_batch(
     assert done == [True, None, None]
     states = [(await store.get_job(j) or {}).get("state") for j in (a, b, c)]
     assert states == ["SUCCEEDED", "DISPATCHED", "DISPATCHED"]
+
+
+async def test_mark_running_many_moves_each_dispatched_attempt_once(
+    store: JobStore, attempts: AttemptStore, settings: Settings
+) -> None:
+    a, b = await queued_job(store, settings), await queued_job(store, settings)
+    await attempts.begin_attempts([(a, "node-1"), (b, "node-1")], "sched-test")
+    moved = await attempts.mark_running_many([(a, 1), (b, 2), (a, 1), (uuid.uuid4(), 1)])
+    # b has no attempt 2; a named twice moves once but both answers say it is RUNNING now.
+    assert moved == [True, False, True, False]
+    job_a, job_b = await store.get_job(a), await store.get_job(b)
+    assert job_a is not None
+    assert job_b is not None
+    assert (job_a["state"], job_b["state"]) == ("RUNNING", "DISPATCHED")
+    assert [x["outcome"] for x in await attempts.attempts_of(a)] == ["RUNNING"]
+    assert await attempts.mark_running_many([(a, 1), (b, 1)]) == [False, True]  # a moved on
