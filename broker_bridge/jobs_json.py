@@ -195,6 +195,8 @@ def _integer(
     value = raw.get(name)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one kind of number: 5.0 is the integer 5
     low, high = within
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         bad.append(FieldViolation(f"sampling.{name}", f"must be an integer, {low} to {high}"))

@@ -1,7 +1,7 @@
 """The bridge's OpenAPI document, served at ``GET /openapi.json`` (no key needed).
 
 Assembled from groups of paths (``openapi_common.PathGroup``, one module per group:
-``openapi_openai`` today), the JSON Schemas of their pydantic models (generated, never
+``openapi_openai``, ``openapi_jobs``), the JSON Schemas of their pydantic models (generated, never
 written by hand: ``openapi_models``), and the shared error responses, headers and bearer
 scheme (``openapi_common``). It is made from the running bridge's settings, so the limits
 it states (largest ``max_tokens`` and ``ttl``, prompt size, the model registry) are the ones
@@ -22,14 +22,14 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from broker_bridge import openapi_openai
+from broker_bridge import openapi_jobs, openapi_openai
 from broker_bridge.openapi_common import PathGroup, shared_components
 from broker_bridge.openapi_models import ErrorBody
 from fleetwire.process.settings import Settings
 
 OPENAPI_VERSION = "3.2.0"
 PATH = "/openapi.json"
-GROUPS: tuple[Callable[[Settings], PathGroup], ...] = (openapi_openai.group,)
+GROUPS: tuple[Callable[[Settings], PathGroup], ...] = (openapi_openai.group, openapi_jobs.group)
 REQUEST_MODEL_SUFFIX = "Request"
 
 
@@ -81,8 +81,9 @@ def document(settings: Settings) -> dict[str, Any]:
             "title": "fleetwire bridge HTTP API",
             "version": "v1",
             "description": "The broker bridge's HTTP port: OpenAI-compatible chat completions, "
-            "completions and models, through the same validation, tenant policy, admission "
-            "and idempotency as gRPC Submit (docs/http.md). Errors are OpenAI's error JSON.",
+            "completions and models, and the 202 jobs API (jobs, their events, batches), "
+            "through the same validation, tenant policy, admission and idempotency as gRPC "
+            "Submit (docs/http.md). Errors are OpenAI's error JSON.",
         },
         "tags": [{"name": g.tag, "description": g.description} for g in groups]
         + [{"name": "meta", "description": "About the API itself."}],

@@ -28,8 +28,9 @@ StopString = Annotated[
         description=f"1 to {validation.MAX_STOP_BYTES} bytes (UTF-8).",
     ),
 ]
-SubcloudName = Annotated[str, Field(pattern=SUBCLOUD_NAME.pattern)]
-PlainName = Annotated[str, Field(pattern=validation.NAME.pattern)]
+# An empty name is taken as absent (the validation checks only names that are set).
+SubcloudName = Annotated[str, Field(pattern=f"^$|{SUBCLOUD_NAME.pattern}")]
+PlainName = Annotated[str, Field(pattern=f"^$|{validation.NAME.pattern}")]
 LabelText = Annotated[str, Field(max_length=validation.MAX_LABEL_BYTES)]
 
 

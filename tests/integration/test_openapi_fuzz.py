@@ -1,12 +1,16 @@
 """The bridge's OpenAPI document (``GET /openapi.json``) against the live HTTP API, fuzzed
 with schemathesis: a bridge on this run's RabbitMQ, Redis and PostgreSQL that requires API
 keys, the in-process scheduler and a scripted node serving the model, so that requests
-complete (JSON and server-sent events). Every operation of the live document gets positive
-and negative cases with a valid key (schemathesis' ``ignored_auth`` also replays them
-without a key and with a bad one) and a few cases without any key, and every response must
-be documented: its status, content type, headers and body (each server-sent event against
-the stream's ``itemSchema``). No 5xx but the documented ones (502/503/504: the job failed,
-a backing service or route unavailable, the job expired) — a 500 is a bug.
+complete (JSON and server-sent events). The jobs API's paths with an id are fuzzed with
+a real job (SUCCEEDED, made first) and batch: their ids are the path parameters' examples
+and half of the positive cases' values, so that GET, DELETE, the events (which replay the
+finished job and end) and the batch's status answer 200, not only 404. Every operation of
+the live document gets positive and negative cases with a valid key (schemathesis'
+``ignored_auth`` also replays them without a key and with a bad one) and a few cases
+without any key, and every response must be documented: its status, content type,
+headers and body (each server-sent event against the stream's ``itemSchema``). No 5xx but
+the documented ones (502/503/504: the job failed, a backing service or route unavailable,
+the job expired) — a 500 is a bug.
 
 Bounded and deterministic: a fixed number of examples per operation, derandomized, no
 example database, no shrinking (a failure is reported as schemathesis' reproducible curl
@@ -16,7 +20,9 @@ command). The live requests run in a worker thread while the event loop serves t
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -27,6 +33,7 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi import checks as openapi_checks
 
@@ -54,7 +61,22 @@ OPERATIONS = [
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
     ("GET", "/v1/models"),
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs/{job_id}"),
+    ("DELETE", "/v1/jobs/{job_id}"),
+    ("GET", "/v1/jobs/{job_id}/events"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches/{batch_id}"),
 ]
+# What the document's examples answer: the jobs API's submits are 202, its reads of the
+# real job and batch made first (their ids are the path parameters' examples) are 200.
+SUCCESS = {"POST /v1/jobs": 202, "POST /v1/batches": 202}
+SUCCESS_KINDS = {
+    "POST /v1/chat/completions": {"application/json", "text/event-stream"},
+    "POST /v1/completions": {"application/json", "text/event-stream"},
+    "GET /v1/jobs/{job_id}/events": {"text/event-stream"},
+    "GET /v1/models": set(),  # nothing to give an example of
+}
 EXAMPLE_CASES = 10  # per strategy of the document's examples (fewer are distinct)
 GENERATED_CASES = {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 30}
 CASES_WITHOUT_KEY = 8
@@ -138,16 +160,31 @@ def fuzz(
     mode: GenerationMode | None,
     examples: int,
     headers: dict[str, str],
+    ids: dict[str, str],
 ) -> Seen:
     """Runs up to ``examples`` cases of one operation against the live API (blocking: call
     it in a worker thread) and returns what was answered: generated cases (``mode``), or
-    with ``mode`` None, the document's own request examples."""
-    schema = schemathesis.openapi.from_url(f"{base}/openapi.json", timeout=REQUEST_TIMEOUT)
+    with ``mode`` None, the document's own request examples. ``ids`` (path parameter →
+    a real job's or batch's id) are the path parameters' examples, and half of the positive
+    cases' values, so that those reach the 200s; negative cases keep theirs (the path
+    parameter may be what is negative in them)."""
+    live = requests.get(f"{base}/openapi.json", timeout=REQUEST_TIMEOUT).json()
+    for item in live["paths"].values():
+        for parameter in item.get("parameters", []):
+            if parameter["in"] == "path" and parameter["name"] in ids:
+                parameter["example"] = ids[parameter["name"]]
+    schema = schemathesis.openapi.from_dict(live)
     operation = schema[path][method]
     if mode is None:
         strategies = schema.get_strategies_from_examples(operation)
     else:
         strategies = [operation.as_strategy(generation_mode=mode)]
+        if mode is GenerationMode.POSITIVE and "{" in path:
+            strategies = [
+                st.tuples(strategies[0], st.booleans()).map(
+                    lambda pair: _with_real_ids(*pair, ids=ids)
+                )
+            ]
     seen: Seen = []
     with requests.Session() as session:
         for strategy in strategies:
@@ -155,6 +192,14 @@ def fuzz(
             # again for another example's body (409).
             _run(strategy, base, session, headers, examples, seen, fresh_keys=mode is None)
     return seen
+
+
+def _with_real_ids(case: schemathesis.Case, real: bool, *, ids: dict[str, str]) -> Any:
+    if real:
+        for name in case.path_parameters or {}:
+            if name in ids:
+                case.path_parameters[name] = ids[name]
+    return case
 
 
 def _run(
@@ -212,32 +257,45 @@ async def test_the_document_is_served_without_a_key_and_lists_the_operations(
     assert chat["ttl"]["anyOf"][0]["maximum"] == TTL.total_seconds()
 
 
+def real_ids(base: str, key: str) -> dict[str, str]:
+    """A job that SUCCEEDED and a batch, made through the API (blocking): the ids the
+    fuzzing reads, cancels and follows, so that those operations reach their 200s (the
+    job is terminal: its events replay and end)."""
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"model": MODEL, "prompt": "p", "sampling": {"max_tokens": 4}}
+    job = requests.post(f"{base}/v1/jobs", json=body, headers=auth, timeout=REQUEST_TIMEOUT)
+    assert job.status_code == 202, job.text
+    batch = requests.post(
+        f"{base}/v1/batches", json={"jobs": [body]}, headers=auth, timeout=REQUEST_TIMEOUT
+    )
+    assert batch.status_code == 202, batch.text
+    location = base + job.headers["location"]
+    deadline = time.monotonic() + REQUEST_TIMEOUT
+    while not requests.get(location, headers=auth, timeout=REQUEST_TIMEOUT).json()["done"]:
+        assert time.monotonic() < deadline, "the job made for the fuzzing did not end"
+        time.sleep(0.1)
+    return {"job_id": job.json()["id"], "batch_id": batch.json()["id"]}
+
+
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 async def test_every_answer_is_documented(
     fuzzed_bridge: BridgeServer, node: ScriptedNode, key: str, method: str, path: str
 ) -> None:
     base = base_of(fuzzed_bridge)
     with_key = {"Authorization": f"Bearer {key}"}
+    ids = await asyncio.to_thread(real_ids, base, key) if "{" in path else {}
+    run = functools.partial(fuzz, base, method, path, ids=ids)
     # The document's examples first: they succeed, as JSON and as event streams (a job
     # may expire on a loaded machine: 504, documented).
-    answered = await asyncio.to_thread(
-        fuzz, base, method, path, mode=None, examples=EXAMPLE_CASES, headers=with_key
-    )
-    if method == "POST":
-        assert {status for status, _ in answered} <= {200, 504}, answered
-        succeeded = {kind for status, kind in answered if status == 200}
-        assert succeeded == {"application/json", "text/event-stream"}, answered
+    answered = await asyncio.to_thread(run, mode=None, examples=EXAMPLE_CASES, headers=with_key)
+    label = f"{method} {path}"
+    success = SUCCESS.get(label, 200)
+    assert {status for status, _ in answered} <= {success, 504}, answered
+    succeeded = {kind for status, kind in answered if status == success}
+    assert succeeded == SUCCESS_KINDS.get(label, {"application/json"}), answered
     for mode, examples in GENERATED_CASES.items():
-        answered += await asyncio.to_thread(
-            fuzz, base, method, path, mode=mode, examples=examples, headers=with_key
-        )
+        answered += await asyncio.to_thread(run, mode=mode, examples=examples, headers=with_key)
     without_key = await asyncio.to_thread(
-        fuzz,
-        base,
-        method,
-        path,
-        mode=GenerationMode.POSITIVE,
-        examples=CASES_WITHOUT_KEY,
-        headers={},
+        run, mode=GenerationMode.POSITIVE, examples=CASES_WITHOUT_KEY, headers={}
     )
     assert {status for status, _ in without_key} == {401}

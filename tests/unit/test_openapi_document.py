@@ -1,11 +1,13 @@
 """The OpenAPI document (broker_bridge.openapi) in step with the code it describes: the
-request fields are exactly those ``openai_requests`` accepts (the others documented as
-refused), the enums are its tables, the settings' limits are filled in, the error statuses
-are ``openai_responses``' and the bodies it builds fit the documented schemas. The live
+request fields are exactly those ``openai_requests`` and ``jobs_json`` accept (the others
+documented as refused, or refused as unknown), the enums are their tables, the settings'
+limits are filled in, the error statuses are ``openai_responses``' and the bodies it and
+``jobs_json`` build (views, batches, event frames) fit the documented schemas. The live
 API is fuzzed against the same document in tests/integration/test_openapi_fuzz.py."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +15,7 @@ import jsonschema
 import pytest
 import schemathesis
 
-from broker_bridge import openai_requests, openai_responses, openapi
+from broker_bridge import jobs_events, jobs_json, openai_requests, openai_responses, openapi
 from broker_bridge.openapi_common import ERROR_DESCRIPTIONS
 from broker_bridge.openapi_models import ErrorDetail
 from fleetwire.domain.errors import (
@@ -23,13 +25,19 @@ from fleetwire.domain.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from fleetwire.domain.states import JobState
 from fleetwire.process.settings import Settings
-from fleetwire.v1 import job_pb2
+from fleetwire.v1 import job_pb2, job_service_pb2
 
 SETTINGS = Settings.model_validate(
     {
         "mesh": {"models": ["tiny-llama", "other"]},
-        "bridge": {"max_output_tokens": 777, "max_ttl": 600, "max_prompt_bytes": 999},
+        "bridge": {
+            "max_output_tokens": 777,
+            "max_ttl": 600,
+            "max_prompt_bytes": 999,
+            "max_batch_jobs": 5,
+        },
     }
 )
 
@@ -57,10 +65,16 @@ def test_the_document_is_openapi_that_schemathesis_loads(document: dict[str, Any
     schema = schemathesis.openapi.from_dict(document)
     labels = sorted(result.ok().label for result in schema.get_all_operations())
     assert labels == [
+        "DELETE /v1/jobs/{job_id}",
         "GET /openapi.json",
+        "GET /v1/batches/{batch_id}",
+        "GET /v1/jobs/{job_id}",
+        "GET /v1/jobs/{job_id}/events",
         "GET /v1/models",
+        "POST /v1/batches",
         "POST /v1/chat/completions",
         "POST /v1/completions",
+        "POST /v1/jobs",
     ]
 
 
@@ -168,3 +182,156 @@ def test_the_bodies_the_bridge_builds_fit_the_document(document: dict[str, Any])
         validate(document, "ErrorBody", answer.body)
     failed = job_pb2.Job(job_id="j-2", state=job_pb2.JOB_STATE_FAILED)
     validate(document, "ErrorBody", openai_responses.unfinished_answer(failed).body)
+
+
+# ---- the jobs API (/v1/jobs, /v1/batches) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "fields"),
+    [
+        ("JobRequest", jobs_json.JOB_FIELDS),
+        ("JobSampling", jobs_json.SAMPLING_FIELDS),
+        ("JobMessage", frozenset({"role", "content"})),
+        ("BatchRequest", frozenset({"jobs"})),
+    ],
+)
+def test_the_jobs_fields_are_those_jobs_json_accepts(
+    document: dict[str, Any], schema: str, fields: frozenset[str]
+) -> None:
+    assert set(props(document, schema)) == fields
+    assert document["components"]["schemas"][schema]["additionalProperties"] is False
+
+
+def test_every_documented_job_field_is_accepted_and_no_other(document: dict[str, Any]) -> None:
+    """A body with every documented field (a valid value each) maps without a violation; a
+    field the document does not list is refused, naming it."""
+    body = {
+        "model": "tiny-llama",
+        "model_version": "v1",
+        "prompt": "p",
+        "messages": [{"role": "user", "content": "c"}],
+        "sampling": {
+            "temperature": 0.5,
+            "top_p": 1,
+            "seed": 5.0,
+            "stop": ["\n"],
+            "max_tokens": 3,
+            "ignore_eos": True,
+        },
+        "priority": "bulk",
+        "ttl": 30,
+        "network": "testnet",
+        "subcloud": "eu",
+        "constraints": {"min_gpu_memory_mib": 1, "gpu_class": "a", "region": "r", "subcloud": ""},
+        "labels": {"k": "v"},
+    }
+    assert set(body) == set(props(document, "JobRequest"))
+    assert set(body["sampling"]) == set(props(document, "JobSampling"))
+    spec = jobs_json.job_spec_of(body, default_max_tokens=9)
+    assert (spec.sampling.seed, spec.sampling.max_tokens, spec.labels["k"]) == (5, 3, "v")
+    for name in ("mode", "client_request_id", "stream", "max_tokens"):
+        with pytest.raises(InvalidArgument) as caught:
+            jobs_json.job_spec_of({**body, name: 1}, default_max_tokens=9)
+        assert name in {v.field for v in caught.value.violations}
+    with pytest.raises(InvalidArgument) as caught:
+        jobs_json.batch_specs_of({"jobs": [body], "more": 1}, default_max_tokens=9)
+    assert "more" in {v.field for v in caught.value.violations}
+
+
+def test_the_jobs_limits_and_enums_are_filled_in(document: dict[str, Any]) -> None:
+    job = props(document, "JobRequest")
+    assert job["model"]["enum"] == ["tiny-llama", "other"]
+    assert job["ttl"]["anyOf"][0]["maximum"] == 600
+    assert job["prompt"]["anyOf"][0]["maxLength"] == 999
+    assert props(document, "JobSampling")["max_tokens"]["anyOf"][0]["maximum"] == 777
+    assert props(document, "BatchRequest")["jobs"]["maxItems"] == 5
+    assert set(job["priority"]["anyOf"][0]["enum"]) == set(openai_requests.PRIORITIES)
+    assert set(job["network"]["anyOf"][0]["enum"]) == set(openai_requests.NETWORKS)
+    states = document["components"]["schemas"]["JobState"]["enum"]
+    assert set(states) == {s.value for s in JobState}
+
+
+def test_the_jobs_statuses_are_documented(document: dict[str, Any]) -> None:
+    def statuses(path: str, method: str) -> set[int]:
+        return {int(s) for s in document["paths"][path][method]["responses"]}
+
+    submit = {400, 401, 403, 404, 409, 429, 500, 503}
+    read = {400, 401, 404, 500, 503}
+    assert statuses("/v1/jobs", "post") == submit | {202}
+    assert statuses("/v1/batches", "post") == submit | {202}
+    for path, method in (
+        ("/v1/jobs/{job_id}", "get"),
+        ("/v1/jobs/{job_id}", "delete"),
+        ("/v1/batches/{batch_id}", "get"),
+    ):
+        assert statuses(path, method) == read | {200}
+    assert statuses("/v1/jobs/{job_id}/events", "get") == read | {200, 429}
+    accepted = document["paths"]["/v1/jobs"]["post"]["responses"]["202"]["headers"]
+    assert accepted["Location"]["required"] is True
+    events = document["paths"]["/v1/jobs/{job_id}/events"]["get"]
+    assert "Last-Event-ID" in {p["name"] for p in events["parameters"]}
+    stream = events["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]
+    kinds = {branch["properties"]["event"]["const"] for branch in stream["oneOf"]}
+    assert kinds == {"state", "chunk", "done", "error"}
+
+
+def event_schema(document: dict[str, Any], kind: str) -> dict[str, Any]:
+    events = document["paths"]["/v1/jobs/{job_id}/events"]["get"]
+    stream = events["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]
+    (branch,) = [b for b in stream["oneOf"] if b["properties"]["event"]["const"] == kind]
+    return branch  # type: ignore[no-any-return]
+
+
+def validate_frame(document: dict[str, Any], frame: bytes) -> None:
+    """One event as ``jobs_events.frame`` writes it against its ``itemSchema`` branch, its
+    ``data`` against the branch's ``contentSchema``."""
+    fields = dict(line.split(": ", 1) for line in frame.decode().strip().split("\n"))
+    branch = event_schema(document, fields["event"])
+    envelope = {"components": document["components"], **branch}
+    jsonschema.validate(fields, envelope, cls=jsonschema.Draft202012Validator)
+    content = {
+        "components": document["components"],
+        **branch["properties"]["data"]["contentSchema"],
+    }
+    jsonschema.validate(json.loads(fields["data"]), content, cls=jsonschema.Draft202012Validator)
+
+
+def test_the_jobs_bodies_jobs_json_builds_fit_the_document(document: dict[str, Any]) -> None:
+    succeeded = finished_job()
+    succeeded.job_id = "0b7d6b5e-7e1a-4b8e-9c41-6f0c2a8f3d11"
+    succeeded.attempts = 1
+    succeeded.updated_at.FromSeconds(101)
+    succeeded.signature.node_id = "n-1"
+    succeeded.signature.attempt = 1
+    queued = job_pb2.Job(job_id="j-3", state=job_pb2.JOB_STATE_QUEUED, trace_id="t")
+    failed = job_pb2.Job(job_id="j-2", state=job_pb2.JOB_STATE_FAILED)
+    failed.error.reason, failed.error.message = "NODE_FAILED", "boom"
+    for job in (succeeded, queued, failed):
+        view = jobs_json.job_view(job)
+        assert set(view) == set(props(document, "JobView"))
+        validate(document, "JobView", view)
+    assert jobs_json.job_view(succeeded)["signature"] is not None
+    batch = job_service_pb2.Batch(batch_id="b-1", total=2, queued=1, succeeded=1, done=False)
+    batch.job_ids.extend(["j-1", "j-2"])
+    batch.created_at.FromSeconds(100)
+    batch_view = jobs_json.batch_json(batch)
+    assert set(batch_view) == set(props(document, "BatchView"))
+    assert set(batch_view["counts"]) == set(props(document, "BatchCounts"))
+    validate(document, "BatchView", batch_view)
+    with pytest.raises(jsonschema.ValidationError):  # the check can fail
+        validate(document, "JobView", batch_view)
+    chunk = job_service_pb2.TokenChunk(attempt=2, sequence=7, text="x", token_count=1)
+    cursor = jobs_events.cursor_after(chunk)
+    validate_frame(document, jobs_events.frame("chunk", jobs_events.chunk_data(chunk), cursor))
+    validate_frame(document, jobs_events.frame("state", jobs_json.job_view(succeeded), cursor))
+    validate_frame(document, jobs_events.frame("done", {"id": "j-1", "state": "SUCCEEDED"}, cursor))
+    error = jobs_json.gateway_error(BackendUnavailable("redis", "down")).body
+    validate_frame(document, jobs_events.frame("error", error, cursor))
+    with pytest.raises(jsonschema.ValidationError):
+        validate_frame(document, jobs_events.frame("chunk", jobs_json.job_view(queued), cursor))
+    bad = jobs_json.gateway_error(
+        InvalidArgument([FieldViolation("job.sampling.max_tokens", "at least 1")])
+    )
+    assert bad.body["error"]["param"] == "sampling.max_tokens"
+    validate(document, "ErrorBody", bad.body)
