@@ -26,10 +26,10 @@ BEARER = "bearerAuth"
 ERROR_DESCRIPTIONS = {
     400: "A bad or unsupported field (`param` names it), or a body that is not a JSON object.",
     401: "Missing, malformed, unknown or revoked API key.",
-    403: "The tenant's policy forbids the priority, network or subcloud, or it has no credit.",
+    403: "The tenant's policy forbids the priority, network or subcloud.",
     404: "Unknown model (`model_not_found`).",
-    409: "`Idempotency-Key` reused for another request (`idempotency_key_reused`), or the job "
-    "was cancelled.",
+    409: "`Idempotency-Key` reused for another request (`idempotency_key_reused`), the "
+    "tenant has no credit for a mainnet job (`insufficient_credit`), or the job was cancelled.",
     429: "Admission refused: the tenant's rate or waiting jobs, a full queue, too many open "
     "streams. Retry after `Retry-After` seconds.",
     500: "A bug: the message names the trace id under which it was logged.",
