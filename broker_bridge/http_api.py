@@ -15,9 +15,11 @@ in one place (``openai_responses.error_answer``); anything else is a 500 naming 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -59,6 +61,20 @@ __all__ = ["MAX_BODY_BYTES", "MAX_IDEMPOTENCY_KEY_CHARS", "OpenAIApi", "ServedMo
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+ANSWER_GRACE_S = 2.0
+"""How long past its TTL a non-streamed answer waits for the job's last state: a result
+in flight still lands; after that the client gets a 504 at once rather than after the
+deadline reaper's grace (``FLEETWIRE_SCHEDULER_REAP_GRACE``, 30 s)."""
+
+
+def answer_within(job: job_pb2.Job) -> float:
+    """Seconds a non-streamed answer waits for ``job``: what is left of its TTL, plus
+    ``ANSWER_GRACE_S``."""
+    expires_at: datetime = job.expires_at.ToDatetime(tzinfo=UTC)
+    left = (expires_at - datetime.now(UTC)).total_seconds()
+    return max(left, 0.0) + ANSWER_GRACE_S
 
 
 def _error_response(answer: answers.ErrorAnswer) -> JSONResponse:
@@ -187,7 +203,13 @@ class OpenAIApi:
         chat = endpoint is Endpoint.CHAT
         if stream:
             return await self._streamed(job, caller, chat=chat, usage=wants_usage_chunk(body))
-        job = await self._desk.wait_terminal(job.job_id, tenant_id=caller.tenant_id, job=job)
+        try:
+            async with asyncio.timeout(answer_within(job)):
+                job = await self._desk.wait_terminal(
+                    job.job_id, tenant_id=caller.tenant_id, job=job
+                )
+        except TimeoutError:
+            return _error_response(answers.overdue_answer(job))
         if job.state != job_pb2.JOB_STATE_SUCCEEDED:
             return _error_response(answers.unfinished_answer(job))
         payload = answers.chat_completion(job) if chat else answers.text_completion(job)

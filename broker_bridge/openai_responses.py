@@ -102,6 +102,15 @@ def unfinished_answer(job: job_pb2.Job) -> ErrorAnswer:
     return ErrorAnswer(status, body, {JOB_ID_HEADER: job.job_id})
 
 
+def overdue_answer(job: job_pb2.Job) -> ErrorAnswer:
+    """A job still live after its TTL (the deadline reaper ends it EXPIRED later): 504, as
+    an expired job, without holding the client until the reaper's grace has passed."""
+    state = job_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+    message = f"job {job.job_id} did not finish within its ttl (still {state}); it will expire"
+    body = error_body(message, kind=TYPE_OF_STATUS[504], code="ttl_expired")
+    return ErrorAnswer(504, body, {JOB_ID_HEADER: job.job_id})
+
+
 def signature_headers(job: job_pb2.Job) -> dict[str, str]:
     headers = {JOB_ID_HEADER: job.job_id}
     if job.signature.signature:

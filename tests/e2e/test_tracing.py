@@ -86,6 +86,7 @@ class TracedMesh:
             **self.env,
             "FLEETWIRE_TRACING_FILE": str(self.directory / f"{name}.spans.jsonl"),
             "FLEETWIRE_LOG_JSON": "true",
+            "FLEETWIRE_LOG_LEVEL": "DEBUG",  # the per-job lines ("job accepted") are DEBUG
             **(extra or {}),
         }
         log = self.directory / f"{name}.log"

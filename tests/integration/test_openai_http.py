@@ -263,6 +263,24 @@ async def test_a_failed_job_is_an_error_naming_it(
     assert caught.value.response.headers["x-fleetwire-job-id"]
 
 
+async def test_a_job_no_node_takes_is_a_504_soon_after_its_ttl(
+    client: openai.AsyncOpenAI, node: ScriptedNode
+) -> None:
+    began = asyncio.get_running_loop().time()
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.completions.create(
+            model="scripted",
+            prompt="p",
+            max_tokens=3,
+            extra_body={"ttl": 1, "network": "testnet"},  # no node serves testnet here
+        )
+    waited = asyncio.get_running_loop().time() - began
+    assert caught.value.status_code == 504
+    assert caught.value.response.headers["x-fleetwire-job-id"]
+    # The TTL and the answer's grace, not the deadline reaper's 30 s grace.
+    assert waited < 10, waited
+
+
 async def test_the_readme_example_runs(
     bridge: BridgeServer,
     key: str,
