@@ -233,7 +233,25 @@ def _run(
         kind = response.headers.get("content-type", [""])[0]
         seen.append((response.status_code, kind.split(";")[0]))
 
-    run()
+    try:
+        run()
+    except BaseException as err:
+        if not _ast_race(err):
+            raise
+        # CPython before 3.11.9 keeps the ast module's recursion counter per interpreter,
+        # not per thread (gh-106905): Hypothesis describing a strategy with ast.parse in
+        # this worker thread can fail spuriously. That is no finding of the fuzzer; run
+        # the same derandomized cases once more.
+        run()
+
+
+def _ast_race(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception grouped or chained in it) is CPython's spurious
+    "AST constructor recursion depth mismatch"."""
+    if isinstance(err, SystemError) and "recursion depth mismatch" in str(err):
+        return True
+    inner = [*getattr(err, "exceptions", ()), err.__cause__, err.__context__]
+    return any(_ast_race(e) for e in inner if e is not None)
 
 
 async def test_the_document_is_served_without_a_key_and_lists_the_operations(
