@@ -55,7 +55,7 @@ class AsyncClient:
         insecure: bool | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        stream_submits: bool = True,
+        stream_submits: bool = False,
     ) -> None:
         self.address = resolve_address(address)
         self._metadata = call_metadata(api_key)
@@ -97,11 +97,11 @@ class AsyncClient:
         timeout: float | None = None,
         traceparent: str | None = None,
     ) -> JobResult:
-        """As ``Client.submit``. A POLLING job without a ``traceparent`` of its own goes on
+        """As ``Client.submit``. With ``stream_submits=True`` (experimental, off by default:
+        see the client's README) a POLLING job without a ``traceparent`` of its own goes on
         the client's SubmitStream (one stream for all concurrent submits; the same
-        validation, admission, idempotency and errors as Submit) unless the client was made
-        with ``stream_submits=False`` or the bridge has no SubmitStream; SYNC and STREAM
-        jobs, and traced ones, are a Submit call each."""
+        validation, admission, idempotency and errors as Submit) unless the bridge has no
+        SubmitStream; SYNC and STREAM jobs, and traced ones, are a Submit call each."""
         request = job_service_pb2.SubmitRequest(job=spec_of(job))
         extra = trace_metadata(traceparent)
         streams = self._submits
