@@ -156,9 +156,6 @@ class JobDesk:
         self._read: Coalescer[tuple[uuid.UUID, str], Record | None] = Coalescer(
             store.jobs_of_tenants, name="job-reads"
         )
-        self._by_request_id: Coalescer[tuple[str, str], Record | None] = Coalescer(
-            store.jobs_by_request_ids, name="request-id-reads"
-        )
         # Submits arriving together write their rows in one statement and one commit.
         self._insert: Coalescer[NewJob, bool] = Coalescer(store.insert_jobs, name="job-inserts")
 
@@ -183,7 +180,7 @@ class JobDesk:
                 raise RuntimeError("a submit without a request id wrote no job")
             return accepted
         async with self._locks.held("job", caller.tenant_id, request_id):
-            existing = await self._by_request_id((caller.tenant_id, request_id))
+            existing = await self._store.job_by_request_id(caller.tenant_id, request_id)
             if existing is not None and self._unsettled.holds(existing["job_id"]):
                 # Left by this request's earlier, failed attempt: never published.
                 await self._unsettled.settle(existing["job_id"])

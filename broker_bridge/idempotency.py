@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -26,7 +26,6 @@ import structlog
 
 from fleetwire.domain.errors import BackendUnavailable
 from fleetwire.messaging.events import REDIS_ERRORS
-from fleetwire.process.coalescer import Coalescer
 
 log = structlog.get_logger(__name__)
 
@@ -50,33 +49,6 @@ class RequestLocks:
         self._lease_ms = max(1, int(lease.total_seconds() * 1000))
         self._release: Any = redis.register_script(_RELEASE)
         self._renew: Any = redis.register_script(_RENEW)
-        # Concurrent Submits take and give back their locks in one pipeline each way.
-        self._takes: Coalescer[tuple[str, str], bool] = Coalescer(
-            self._take_all, name="request-lock-takes"
-        )
-        self._gives: Coalescer[tuple[str, str], Any] = Coalescer(
-            self._give_all, name="request-lock-releases"
-        )
-
-    async def _take_all(self, locks: Sequence[tuple[str, str]]) -> list[bool]:
-        if len(locks) == 1:
-            key, token = locks[0]
-            return [bool(await self._redis.set(key, token, nx=True, px=self._lease_ms))]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key, token in locks:
-                pipe.set(key, token, nx=True, px=self._lease_ms)
-            replies: list[Any] = await pipe.execute()
-        return [bool(reply) for reply in replies]
-
-    async def _give_all(self, locks: Sequence[tuple[str, str]]) -> list[Any]:
-        if len(locks) == 1:
-            key, token = locks[0]
-            return [await self._release(keys=[key], args=[token])]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key, token in locks:
-                await self._release(keys=[key], args=[token], client=pipe)
-            replies: list[Any] = await pipe.execute()
-        return replies
 
     def key(self, scope: str, tenant_id: str, request_id: str) -> str:
         digest = hashlib.sha256(request_id.encode()).hexdigest()[:32]
@@ -91,17 +63,11 @@ class RequestLocks:
         token = secrets.token_hex(16)
         try:
             while True:
-                if await self._takes((key, token)):
+                if await self._redis.set(key, token, nx=True, px=self._lease_ms):
                     break
                 await asyncio.sleep(_POLL)
         except REDIS_ERRORS as err:
             raise BackendUnavailable("redis", str(err) or type(err).__name__) from err
-        except asyncio.CancelledError:
-            # A take in flight goes through even though its caller stops waiting (it is in
-            # a shared pipeline): give the lock back rather than block the id for a lease.
-            # The token is this caller's alone, so the release frees nothing of another's.
-            self._gives.enqueue((key, token)).add_done_callback(_quiet)
-            raise
         renewal = asyncio.create_task(self._keep(key, token), name="request-lock-renewal")
         try:
             yield
@@ -109,7 +75,7 @@ class RequestLocks:
             renewal.cancel()
             await asyncio.gather(renewal, return_exceptions=True)
             with contextlib.suppress(*REDIS_ERRORS):  # else the lease runs out by itself
-                await asyncio.shield(self._gives((key, token)))
+                await asyncio.shield(self._release(keys=[key], args=[token]))
 
     async def _keep(self, key: str, token: str) -> None:
         """Renews the lease until cancelled. A renewal that Redis refuses or cannot take
@@ -123,9 +89,3 @@ class RequestLocks:
                     return
             except REDIS_ERRORS as err:
                 log.warning("request lock not renewed", key=key, error=str(err))
-
-
-def _quiet(future: asyncio.Future[Any]) -> None:
-    """Retrieves a background release's outcome: the lease ends a lock Redis did not free."""
-    if not future.cancelled():
-        future.exception()

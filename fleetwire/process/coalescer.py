@@ -37,16 +37,11 @@ class Coalescer(Generic[T, R]):
         self._runner: asyncio.Task[None] | None = None
 
     async def __call__(self, item: T) -> R:
-        return await self.enqueue(item)
-
-    def enqueue(self, item: T) -> asyncio.Future[R]:
-        """Puts ``item`` in the next batch without waiting for it: its answer's future
-        (e.g. an undo that must run even though its caller is being cancelled)."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name=self._name)
-        return future
+        return await future
 
     async def drain(self) -> None:
         while self._runner is not None:

@@ -176,23 +176,6 @@ class JobStore:
         )
 
     @translating
-    async def jobs_by_request_ids(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> list[asyncpg.Record | None]:
-        """``job_by_request_id`` for many (tenant id, client request id) pairs in one
-        statement (the bridge's concurrent idempotent Submits, coalesced)."""
-        if len(keys) == 1:
-            return [await self.job_by_request_id(*keys[0])]
-        rows = await self._pool.fetch(
-            "SELECT j.* FROM jobs j JOIN unnest($1::text[], $2::text[]) AS k(t, r)"
-            " ON j.tenant_id = k.t AND j.client_request_id = k.r",
-            [tenant for tenant, _ in keys],
-            [request for _, request in keys],
-        )
-        found = {(row["tenant_id"], row["client_request_id"]): row for row in rows}
-        return [found.get(key) for key in keys]
-
-    @translating
     async def get_job(self, job_id: uuid.UUID) -> asyncpg.Record | None:
         return await self._pool.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
 

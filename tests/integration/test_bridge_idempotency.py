@@ -144,13 +144,6 @@ async def test_postgresql_constraint_is_the_last_word(settings: Settings) -> Non
         assert await store.insert_jobs([free[0], third, free[1]]) == [True, False, True]
         assert await store.get_job(third.job_id) is None
         assert await store.get_job(free[1].job_id) is not None
-        # The coalesced lookup finds each pair's job, or None.
-        found = await store.jobs_by_request_ids(
-            [("anonymous", "no-such-id"), ("anonymous", request_id)]
-        )
-        assert found[0] is None
-        assert found[1] is not None
-        assert found[1]["job_id"] == first.job_id
         await pool.execute(
             "DELETE FROM jobs WHERE job_id = ANY($1::uuid[])",
             [first.job_id, *(job.job_id for job in free)],

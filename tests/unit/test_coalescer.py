@@ -82,12 +82,3 @@ async def test_a_cancelled_caller_leaves_the_others_their_answers() -> None:
     assert await calls[2] == 30
     assert calls[1].cancelled()
     await coalescer.drain()
-
-
-async def test_an_enqueued_item_is_answered_without_a_waiting_caller() -> None:
-    run = Recorder()
-    coalescer: Coalescer[int, int] = Coalescer(run, name="test")
-    answer = coalescer.enqueue(7)
-    await coalescer.drain()
-    assert answer.result() == 70
-    assert run.batches == [[7]]
