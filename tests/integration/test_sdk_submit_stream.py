@@ -17,6 +17,7 @@ from fleetwire.process.settings import Settings
 from fleetwire_client import AsyncClient, InvalidArgument, JobRequest, RetryPolicy
 from tests.integration.bridge_kit import running_bridge, with_bridge
 from tests.support.cuttable_relay import CuttableRelay
+from tests.support.eventually import eventually
 
 JOBS = 120
 
@@ -77,7 +78,11 @@ async def test_the_unary_path_when_streams_are_off(roomy_bridge: BridgeServer) -
     address = f"127.0.0.1:{roomy_bridge.port}"
     async with AsyncClient(address, insecure=True) as client:  # the default: Submit calls
         await asyncio.gather(*(client.submit(JobRequest(prompt=f"u{i}")) for i in range(5)))
-    assert handled(roomy_bridge, "Submit") == 5
+
+    async def counted() -> bool:  # the server counts a call as it ends, after its answer
+        return handled(roomy_bridge, "Submit") == 5
+
+    await eventually(counted, within=10, what="5 Submit calls counted")
 
 
 @pytest.mark.skip(
